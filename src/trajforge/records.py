@@ -1,0 +1,545 @@
+"""Typed records of everything trajforge stores, and their camelCase wire form.
+
+Inside Python everything is snake_case dataclasses; the HTTP API and exports use the seed system's
+camelCase shapes (``../shared/formats/README.md``). ``to_wire``/``from_wire`` convert between them.
+Times are integer milliseconds since the Unix epoch (UTC) unless a field name says otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar, get_args
+
+TrajectoryStatus = Literal["active", "completed", "error", "timeout"]
+TRAJECTORY_STATUSES: tuple[str, ...] = get_args(TrajectoryStatus)
+TERMINAL_STATUSES = frozenset({"completed", "error", "timeout"})
+LlmPurpose = Literal["action", "reasoning", "evaluation", "response", "other"]
+LLM_PURPOSES: tuple[str, ...] = get_args(LlmPurpose)
+KNOWN_SOURCES = ("chat", "autonomy", "telegram", "discord", "api")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class _IdGenerator:
+    """Time-ordered unique ids: 48-bit ms time | 32 random bits per process | 48-bit counter.
+
+    Time-ordered keys keep B-tree inserts local in both SQLite and PostgreSQL, and generating one
+    costs well under a microsecond (no syscall), which matters on the agent's thread. The random
+    part is redrawn after ``fork`` so child processes never repeat the parent's ids.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reseed()
+        os.register_at_fork(after_in_child=self._reseed)
+
+    def _reseed(self) -> None:
+        self._node = int.from_bytes(os.urandom(4), "big")
+        self._counter = int.from_bytes(os.urandom(3), "big")
+
+    def __call__(self) -> str:
+        with self._lock:
+            self._counter = (self._counter + 1) & 0xFFFFFFFFFFFF
+            c = self._counter
+        h = f"{now_ms() & 0xFFFFFFFFFFFF:012x}{self._node:08x}{c:012x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+new_id = _IdGenerator()
+
+
+@dataclass(slots=True)
+class LlmCall:
+    """One model call: what was asked, what came back, what it cost."""
+
+    call_id: str = field(default_factory=new_id)
+    timestamp: int = field(default_factory=now_ms)
+    model: str = ""
+    model_version: str | None = None
+    system_prompt: str | None = None
+    user_prompt: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    response: str | None = None
+    reasoning: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
+    finish_reason: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    top_p: float | None = None
+    purpose: str = "action"
+    action_type: str | None = None
+    latency_ms: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+    tags: list[str] | None = None
+
+
+@dataclass(slots=True)
+class ProviderAccess:
+    """One read of context by the agent (memory, knowledge base, market data, a customer record)."""
+
+    access_id: str = field(default_factory=new_id)
+    timestamp: int = field(default_factory=now_ms)
+    provider_id: str | None = None
+    provider_name: str = ""
+    purpose: str = ""
+    query: Any = None
+    data: Any = None
+
+
+@dataclass(slots=True)
+class ActionResult:
+    """What the agent did with its decision and how it went."""
+
+    action_type: str
+    action_name: str | None = None
+    parameters: Any = None
+    reasoning: str | None = None
+    llm_call_id: str | None = None
+    success: bool = True
+    result: Any = None
+    error: str | None = None
+    immediate_reward: float | None = None
+    timestamp: int = field(default_factory=now_ms)
+
+
+@dataclass(slots=True)
+class Step:
+    """One decision of the agent: the context it read, the calls it made, the action it took."""
+
+    step_id: str = field(default_factory=new_id)
+    step_number: int = 0
+    timestamp: int = field(default_factory=now_ms)
+    llm_calls: list[LlmCall] = field(default_factory=list)
+    provider_accesses: list[ProviderAccess] = field(default_factory=list)
+    action: ActionResult | None = None
+    reward: float | None = None
+    done: bool | None = None
+    observation: Any = None
+    metadata: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class Score:
+    """A judgement attached to a trajectory after the fact: a reward function, a late outcome, a judge."""
+
+    trajectory_id: str
+    name: str
+    value: float
+    comment: str | None = None
+    source: str = "api"
+    score_id: str = field(default_factory=new_id)
+    created_at: int = field(default_factory=now_ms)
+
+
+@dataclass(slots=True)
+class Trajectory:
+    """One agent episode: its steps in order, its outcome and the counters the store keeps."""
+
+    id: str = field(default_factory=new_id)
+    agent_id: str = ""
+    source: str = "api"
+    status: str = "active"
+    start_time: int = field(default_factory=now_ms)
+    end_time: int | None = None
+    duration_ms: int | None = None
+    scenario_id: str | None = None
+    batch_id: str | None = None
+    group_index: int | None = None
+    is_training_data: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)
+    total_reward: float | None = None
+    steps: list[Step] = field(default_factory=list)
+    scores: list[Score] = field(default_factory=list)
+    # Kept by the store from what was actually written; ignored on input.
+    step_count: int = 0
+    llm_call_count: int = 0
+    provider_access_count: int = 0
+    total_prompt_tokens: int = 0
+    total_completion_tokens: int = 0
+    created_at: int = field(default_factory=now_ms)
+    updated_at: int = field(default_factory=now_ms)
+
+
+@dataclass(slots=True)
+class TrajectoryHeader:
+    """The trajectory row without its steps: what an upsert from the SDK or ingest carries.
+
+    Fields left ``None`` keep their stored value, so a later write can complete an earlier one.
+    """
+
+    id: str
+    agent_id: str | None = None
+    source: str | None = None
+    status: str | None = None
+    start_time: int | None = None
+    end_time: int | None = None
+    scenario_id: str | None = None
+    batch_id: str | None = None
+    group_index: int | None = None
+    is_training_data: bool | None = None
+    metadata: dict[str, Any] | None = None
+    total_reward: float | None = None
+
+
+@dataclass(slots=True)
+class StepHeader:
+    """A step row without its calls; ``None`` fields keep their stored value."""
+
+    trajectory_id: str
+    step_id: str
+    step_number: int | None = None
+    timestamp: int | None = None
+    action: ActionResult | None = None
+    reward: float | None = None
+    done: bool | None = None
+    observation: Any = None
+    metadata: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class CallRow:
+    """An LLM call on its way to the store, with where it belongs."""
+
+    trajectory_id: str
+    step_id: str
+    call: LlmCall
+
+
+@dataclass(slots=True)
+class AccessRow:
+    """A provider access on its way to the store, with where it belongs."""
+
+    trajectory_id: str
+    step_id: str
+    access: ProviderAccess
+
+
+@dataclass(slots=True)
+class WriteBatch:
+    """Everything one store transaction writes. Re-sending the same ids never duplicates anything."""
+
+    trajectories: list[TrajectoryHeader] = field(default_factory=list)
+    steps: list[StepHeader] = field(default_factory=list)
+    calls: list[CallRow] = field(default_factory=list)
+    accesses: list[AccessRow] = field(default_factory=list)
+    scores: list[Score] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return (
+            len(self.trajectories) + len(self.steps) + len(self.calls) + len(self.accesses) + len(self.scores)
+        )
+
+    def extend(self, other: WriteBatch) -> None:
+        self.trajectories.extend(other.trajectories)
+        self.steps.extend(other.steps)
+        self.calls.extend(other.calls)
+        self.accesses.extend(other.accesses)
+        self.scores.extend(other.scores)
+
+    @classmethod
+    def from_trajectory(cls, t: Trajectory) -> WriteBatch:
+        """The batch that stores a whole trajectory (used by import and HTTP ingest)."""
+        batch = cls(
+            trajectories=[
+                TrajectoryHeader(
+                    id=t.id,
+                    agent_id=t.agent_id,
+                    source=t.source,
+                    status=t.status,
+                    start_time=t.start_time,
+                    end_time=t.end_time,
+                    scenario_id=t.scenario_id,
+                    batch_id=t.batch_id,
+                    group_index=t.group_index,
+                    is_training_data=t.is_training_data,
+                    metadata=t.metadata,
+                    total_reward=t.total_reward,
+                )
+            ]
+        )
+        for number, step in enumerate(t.steps):
+            batch.steps.append(
+                StepHeader(
+                    trajectory_id=t.id,
+                    step_id=step.step_id,
+                    step_number=step.step_number if step.step_number else number,
+                    timestamp=step.timestamp,
+                    action=step.action,
+                    reward=step.reward,
+                    done=step.done,
+                    observation=step.observation,
+                    metadata=step.metadata,
+                )
+            )
+            batch.calls.extend(CallRow(t.id, step.step_id, c) for c in step.llm_calls)
+            batch.accesses.extend(AccessRow(t.id, step.step_id, a) for a in step.provider_accesses)
+        for score in t.scores:
+            score.trajectory_id = t.id
+            batch.scores.append(score)
+        return batch
+
+
+# --- wire form -----------------------------------------------------------------------------------
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+_CAMEL_CACHE: dict[str, str] = {}
+
+
+def camel(name: str) -> str:
+    """snake_case → camelCase, cached (field names repeat millions of times in exports)."""
+    out = _CAMEL_CACHE.get(name)
+    if out is None:
+        out = _CAMEL_CACHE[name] = _camel(name)
+    return out
+
+
+_NESTED: dict[str, type] = {
+    "llm_calls": LlmCall,
+    "provider_accesses": ProviderAccess,
+    "action": ActionResult,
+    "steps": Step,
+    "scores": Score,
+}
+_WIRE_ID = {Trajectory: ("id", "trajectoryId")}
+# Fields of a record that are free-form user data: their keys are passed through untouched.
+_OPAQUE = {
+    "metadata",
+    "messages",
+    "tool_calls",
+    "tools",
+    "query",
+    "data",
+    "parameters",
+    "result",
+    "observation",
+    "tags",
+}
+
+
+def to_wire(record: Any) -> dict[str, Any]:
+    """A record as the camelCase dict the API and exports emit."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(record):
+        value = getattr(record, f.name)
+        if f.name in _NESTED:
+            if isinstance(value, list):
+                value = [to_wire(v) for v in value]
+            elif value is not None:
+                value = to_wire(value)
+        out[camel(f.name)] = value
+    if isinstance(record, Trajectory):
+        out["trajectoryId"] = record.id
+    return out
+
+
+class WireError(ValueError):
+    """A wire record did not match its schema; ``field`` names the offending field (camelCase path)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+R = TypeVar("R")
+
+_SNAKE_CACHE: dict[type, dict[str, dataclasses.Field[Any]]] = {}
+
+
+def _fields_by_wire_name(cls: type) -> dict[str, dataclasses.Field[Any]]:
+    cached = _SNAKE_CACHE.get(cls)
+    if cached is None:
+        cached = {}
+        for f in dataclasses.fields(cls):
+            cached[camel(f.name)] = f
+            cached[f.name] = f
+        _SNAKE_CACHE[cls] = cached
+    return cached
+
+
+_NUMERIC = {"int": (int,), "float": (int, float), "int | None": (int,), "float | None": (int, float)}
+
+
+def from_wire(cls: type[R], data: Any, path: str = "") -> R:
+    """Build a record from its wire dict (camelCase or snake_case keys), checking basic types.
+
+    Unknown keys are ignored (forward compatibility); wrong types raise :class:`WireError` naming
+    the field, so the API can answer 422 with the exact path.
+    """
+    if not isinstance(data, dict):
+        raise WireError(f"expected an object, got {type(data).__name__}", path or None)
+    by_name = _fields_by_wire_name(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        f = by_name.get(key)
+        if f is None:
+            if cls is Trajectory and key == "trajectoryId":
+                f = by_name["id"]
+            else:
+                continue
+        where = f"{path}.{camel(f.name)}" if path else camel(f.name)
+        nested = _NESTED.get(f.name)
+        if nested is not None and value is not None:
+            if f.name == "action":
+                value = from_wire(nested, value, where)
+            else:
+                if not isinstance(value, list):
+                    raise WireError("expected an array", where)
+                value = [from_wire(nested, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        elif value is not None and f.name not in _OPAQUE:
+            value = _check_scalar(f, value, where)
+        kwargs[f.name] = value
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and f.name not in kwargs:
+            where = f"{path}.{camel(f.name)}" if path else camel(f.name)
+            raise WireError("is required", where)
+    return cls(**kwargs)
+
+
+def _check_scalar(f: dataclasses.Field[Any], value: Any, where: str) -> Any:
+    kind = str(f.type)
+    if kind in _NUMERIC:
+        if isinstance(value, bool) or not isinstance(value, _NUMERIC[kind]):
+            raise WireError(f"expected a number, got {type(value).__name__}", where)
+        if kind.startswith("int") and isinstance(value, float):
+            if not value.is_integer():
+                raise WireError("expected an integer", where)
+            value = int(value)
+        return value
+    if kind.startswith("str"):
+        if not isinstance(value, str):
+            raise WireError(f"expected a string, got {type(value).__name__}", where)
+        return value
+    if kind.startswith("bool"):
+        if not isinstance(value, bool):
+            raise WireError(f"expected true or false, got {type(value).__name__}", where)
+        return value
+    return value
+
+
+# --- batches on the wire (HTTP ingest and the SDK's spool file) ----------------------------------
+
+_HEADER_FIELDS = {camel(f.name): f for f in dataclasses.fields(TrajectoryHeader)}
+_STEP_FIELDS = {camel(f.name): f for f in dataclasses.fields(StepHeader)}
+
+
+def batch_to_wire(batch: WriteBatch) -> dict[str, Any]:
+    """A batch as ``{"trajectories": [...]}``: partial trajectory objects whose absent fields keep
+    their stored values, each with the steps (and their calls/accesses) and scores it adds."""
+    out: dict[str, dict[str, Any]] = {}
+
+    def traj(tid: str) -> dict[str, Any]:
+        t = out.get(tid)
+        if t is None:
+            t = out[tid] = {"id": tid, "steps": [], "scores": []}
+        return t
+
+    steps: dict[str, dict[str, Any]] = {}
+
+    def step(tid: str, sid: str) -> dict[str, Any]:
+        s = steps.get(sid)
+        if s is None:
+            s = steps[sid] = {"stepId": sid, "llmCalls": [], "providerAccesses": []}
+            traj(tid)["steps"].append(s)
+        return s
+
+    for h in batch.trajectories:
+        t = traj(h.id)
+        for f in dataclasses.fields(h):
+            value = getattr(h, f.name)
+            if value is not None and f.name != "id":
+                t[camel(f.name)] = value
+    for sh in batch.steps:
+        s = step(sh.trajectory_id, sh.step_id)
+        for f in dataclasses.fields(sh):
+            value = getattr(sh, f.name)
+            if value is None or f.name in ("trajectory_id", "step_id"):
+                continue
+            s[camel(f.name)] = to_wire(value) if f.name == "action" else value
+    for c in batch.calls:
+        step(c.trajectory_id, c.step_id)["llmCalls"].append(to_wire(c.call))
+    for a in batch.accesses:
+        step(a.trajectory_id, a.step_id)["providerAccesses"].append(to_wire(a.access))
+    for sc in batch.scores:
+        traj(sc.trajectory_id)["scores"].append(to_wire(sc))
+    return {"trajectories": list(out.values())}
+
+
+def batch_from_wire(data: Any) -> WriteBatch:
+    """Parse ``{"trajectories": [...]}`` (full or partial trajectories); errors name the field path."""
+    if not isinstance(data, dict) or not isinstance(data.get("trajectories"), list):
+        raise WireError("expected an object with a 'trajectories' array", "trajectories")
+    batch = WriteBatch()
+    for i, t in enumerate(data["trajectories"]):
+        path = f"trajectories[{i}]"
+        if not isinstance(t, dict):
+            raise WireError("expected an object", path)
+        tid = t.get("id", t.get("trajectoryId"))
+        if not isinstance(tid, str) or not tid:
+            raise WireError("is required (a non-empty string)", f"{path}.id")
+        header: dict[str, Any] = {}
+        for key, value in t.items():
+            f = _HEADER_FIELDS.get(key)
+            if f is None or f.name == "id" or value is None:
+                continue
+            header[f.name] = value if f.name == "metadata" else _check_scalar(f, value, f"{path}.{key}")
+        if "metadata" in header and not isinstance(header["metadata"], dict):
+            raise WireError("expected an object", f"{path}.metadata")
+        if header.get("status") is not None and header["status"] not in TRAJECTORY_STATUSES:
+            raise WireError(f"must be one of {', '.join(TRAJECTORY_STATUSES)}", f"{path}.status")
+        batch.trajectories.append(TrajectoryHeader(id=tid, **header))
+        steps = t.get("steps") or []
+        if not isinstance(steps, list):
+            raise WireError("expected an array", f"{path}.steps")
+        for j, s in enumerate(steps):
+            spath = f"{path}.steps[{j}]"
+            if not isinstance(s, dict):
+                raise WireError("expected an object", spath)
+            sid = s.get("stepId", s.get("step_id"))
+            if not isinstance(sid, str) or not sid:
+                raise WireError("is required (a non-empty string)", f"{spath}.stepId")
+            fields: dict[str, Any] = {}
+            for key, value in s.items():
+                f = _STEP_FIELDS.get(key)
+                if f is None or f.name in ("step_id", "trajectory_id") or value is None:
+                    continue
+                if f.name == "action":
+                    value = from_wire(ActionResult, value, f"{spath}.action")
+                elif f.name not in _OPAQUE:
+                    value = _check_scalar(f, value, f"{spath}.{key}")
+                fields[f.name] = value
+            if "stepNumber" not in s and "step_number" not in s:
+                fields["step_number"] = j
+            batch.steps.append(StepHeader(trajectory_id=tid, step_id=sid, **fields))
+            # Calls and accesses sent without ids get ids derived from their place, so re-sending
+            # the same payload stays idempotent.
+            for k, c in enumerate(s.get("llmCalls") or []):
+                call = from_wire(LlmCall, c, f"{spath}.llmCalls[{k}]")
+                if "callId" not in c and "call_id" not in c:
+                    call.call_id = f"{sid}:call:{k}"
+                batch.calls.append(CallRow(tid, sid, call))
+            for k, a in enumerate(s.get("providerAccesses") or []):
+                access = from_wire(ProviderAccess, a, f"{spath}.providerAccesses[{k}]")
+                if "accessId" not in a and "access_id" not in a:
+                    access.access_id = f"{sid}:access:{k}"
+                batch.accesses.append(AccessRow(tid, sid, access))
+        for k, sc in enumerate(t.get("scores") or []):
+            if isinstance(sc, dict):
+                sc = {**sc, "trajectoryId": tid}
+            batch.scores.append(from_wire(Score, sc, f"{path}.scores[{k}]"))
+    return batch

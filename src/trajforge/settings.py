@@ -1,0 +1,78 @@
+"""Every ``TRAJFORGE_*`` environment variable, documented in one place.
+
+Values are read through the small functions below (not at import time) so tests and long-running
+processes can change the environment and see the change; each function is cheap.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+HOME = "TRAJFORGE_HOME"
+"""State directory: the default SQLite file, spool files, datasets, prompt artifacts, models. Default
+``~/.trajforge``."""
+
+DATABASE_URL = "TRAJFORGE_DATABASE_URL"
+"""Where trajectories are stored: a SQLite path, ``sqlite:///path``, ``postgresql://…`` or, for the
+SDK only, ``http(s)://host:port`` of a trajforge server. Default: ``<home>/trajforge.db``."""
+
+API_TOKEN = "TRAJFORGE_API_TOKEN"
+"""Bearer token the API requires (and the HTTP SDK sends). Required when the server binds beyond
+loopback."""
+
+DISABLE_LOGGING = "TRAJFORGE_DISABLE_LOGGING"
+"""``1`` turns every recorder in this process into a no-op (the agent keeps running)."""
+
+ACTIVE_TIMEOUT_S = "TRAJFORGE_ACTIVE_TIMEOUT_S"
+"""Seconds after its last write that an ``active`` trajectory is marked ``timeout`` by the sweep.
+Default 3600."""
+
+PROMPTS_DISABLE = "TRAJFORGE_PROMPTS_DISABLE"
+"""Comma-separated task names for which ``trajforge.prompts.get`` returns the caller's default."""
+
+DISABLE_AUTO_BOOTSTRAP = "TRAJFORGE_DISABLE_AUTO_BOOTSTRAP"
+"""``1`` skips optimizing tasks that are over their threshold with no artifact at server start."""
+
+PRIVACY_SALT = "TRAJFORGE_PRIVACY_SALT"
+"""Salt for the hash that anonymizes ``@handles``; a random one is kept in the state dir if unset."""
+
+TRUTHY = {"1", "true", "yes", "on"}
+
+
+def env_flag(name: str) -> bool:
+    """True when the variable is set to 1/true/yes/on (any case)."""
+    return os.environ.get(name, "").strip().lower() in TRUTHY
+
+
+def home() -> Path:
+    """The state directory, created on first use."""
+    path = Path(os.environ.get(HOME) or Path.home() / ".trajforge").expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def database_url() -> str:
+    """The configured store location, defaulting to the SQLite file in the state dir."""
+    return os.environ.get(DATABASE_URL) or str(home() / "trajforge.db")
+
+
+def api_token() -> str | None:
+    return os.environ.get(API_TOKEN) or None
+
+
+def logging_disabled() -> bool:
+    return env_flag(DISABLE_LOGGING)
+
+
+def active_timeout_s() -> float:
+    raw = os.environ.get(ACTIVE_TIMEOUT_S)
+    if not raw:
+        return 3600.0
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{ACTIVE_TIMEOUT_S} must be a number of seconds, got {raw!r}") from exc
+    if value <= 0:
+        raise ValueError(f"{ACTIVE_TIMEOUT_S} must be positive, got {raw!r}")
+    return value

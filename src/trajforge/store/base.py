@@ -1,0 +1,146 @@
+"""The Store protocol every backend implements, and the filter it lists trajectories with."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from trajforge.errors import InvalidInput
+from trajforge.records import TRAJECTORY_STATUSES, Score, Trajectory, WriteBatch
+
+
+@dataclass(slots=True)
+class TrajectoryFilter:
+    """Which trajectories a list, stats, export or dataset build looks at. Empty means all.
+
+    Dates are epoch milliseconds and bound ``start_time`` inclusively; ``search`` uses the query
+    language of :mod:`trajforge.store.search`.
+    """
+
+    source: str | None = None
+    status: str | None = None
+    agent_id: str | None = None
+    start_date: int | None = None
+    end_date: int | None = None
+    search: str | None = None
+    scenario_id: str | None = None
+    batch_id: str | None = None
+    is_training_data: bool | None = None
+    min_reward: float | None = None
+    max_reward: float | None = None
+    trajectory_ids: Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.status is not None and self.status not in TRAJECTORY_STATUSES:
+            raise InvalidInput(
+                f"status must be one of {', '.join(TRAJECTORY_STATUSES)}, got {self.status!r}", "status"
+            )
+        if self.start_date is not None and self.end_date is not None and self.start_date > self.end_date:
+            raise InvalidInput("startDate is after endDate", "startDate")
+        if (
+            self.min_reward is not None
+            and self.max_reward is not None
+            and self.min_reward > self.max_reward
+        ):
+            raise InvalidInput("minReward is greater than maxReward", "minReward")
+        if self.search is not None and not self.search.strip():
+            self.search = None
+
+    def is_empty(self) -> bool:
+        return all(getattr(self, name) is None for name in self.__slots__)  # type: ignore[attr-defined]
+
+
+@dataclass(slots=True)
+class Page:
+    """One page of a listing, with the total number of matches."""
+
+    items: list[Trajectory]
+    total: int
+    limit: int
+    offset: int
+
+
+@dataclass(slots=True)
+class WriteResult:
+    """What a write changed: new rows (re-sent ids are not counted) and status transitions."""
+
+    new_trajectories: int = 0
+    new_steps: int = 0
+    new_calls: int = 0
+    new_accesses: int = 0
+    scores: int = 0
+    completed: list[str] = field(default_factory=list)
+    """Ids of trajectories that became ``completed`` in this write (for auto-training counters)."""
+
+
+def parse_date(value: str | int | float | None, field_name: str) -> int | None:
+    """Epoch ms from an ISO date/datetime or a number (ms); the error names the field."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return int(value)
+    text = str(value).strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise InvalidInput(
+            f"{field_name} must be an ISO date (2026-01-31 or 2026-01-31T12:00:00Z) or epoch ms, got {text!r}",
+            field_name,
+        ) from exc
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+class Store(Protocol):
+    """Where trajectories live. One implementation per database; one test suite runs on all."""
+
+    url: str
+
+    def write(self, batch: WriteBatch) -> WriteResult:
+        """Apply a batch in one transaction; re-sending the same ids never duplicates anything."""
+        ...
+
+    def get_trajectory(self, trajectory_id: str) -> Trajectory | None:
+        """One trajectory with its steps, calls, accesses, actions and scores."""
+        ...
+
+    def list_trajectories(self, flt: TrajectoryFilter, limit: int = 50, offset: int = 0) -> Page:
+        """Newest first; items carry the summary fields only (no steps)."""
+        ...
+
+    def iter_trajectories(self, flt: TrajectoryFilter, chunk: int = 500) -> Iterator[Trajectory]:
+        """Every matching trajectory in full, newest first, loaded ``chunk`` at a time."""
+        ...
+
+    def count(self, flt: TrajectoryFilter) -> int: ...
+
+    def stats(self, flt: TrajectoryFilter | None = None) -> dict[str, Any]:
+        """Totals, breakdowns by source/status/model, tokens, latency percentiles, rewards, per day."""
+        ...
+
+    def delete(self, ids: Sequence[str] | None = None, *, all: bool = False) -> int:
+        """Delete trajectories (and everything under them); returns how many were deleted."""
+        ...
+
+    def add_scores(self, scores: Sequence[Score]) -> None: ...
+
+    def get_scores(self, trajectory_ids: Sequence[str]) -> dict[str, list[Score]]: ...
+
+    def get_setting(self, key: str, default: Any = None) -> Any: ...
+
+    def set_setting(self, key: str, value: Any) -> None: ...
+
+    def sweep_timeouts(self, older_than_ms: int) -> int:
+        """Mark ``active`` trajectories with no write for ``older_than_ms`` as ``timeout``."""
+        ...
+
+    def migrations(self) -> list[str]:
+        """Names of the migrations applied to this database, in order."""
+        ...
+
+    def close(self) -> None: ...

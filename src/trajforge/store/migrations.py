@@ -1,0 +1,175 @@
+"""Named schema migrations, recorded in ``schema_migrations`` and applied on open, each in its own
+transaction. The DDL is written once with a few type placeholders filled per dialect, so SQLite and
+PostgreSQL cannot drift apart.
+
+Never edit a migration that has shipped: add a new one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TYPES = {
+    "sqlite": {"BIGINT": "INTEGER", "REAL": "REAL", "BOOL": "INTEGER", "TEXTID": "INTEGER PRIMARY KEY"},
+    "postgres": {
+        "BIGINT": "BIGINT",
+        "REAL": "DOUBLE PRECISION",
+        "BOOL": "BOOLEAN",
+        "TEXTID": "BIGINT PRIMARY KEY",
+    },
+}
+
+
+@dataclass(frozen=True)
+class Migration:
+    name: str
+    common: tuple[str, ...]
+    sqlite: tuple[str, ...] = ()
+    postgres: tuple[str, ...] = ()
+
+    def statements(self, dialect: str) -> list[str]:
+        types = TYPES[dialect]
+        out = [stmt.format(**types) for stmt in self.common]
+        out.extend(self.sqlite if dialect == "sqlite" else self.postgres)
+        return out
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        "0001_trajectories",
+        common=(
+            """CREATE TABLE trajectories (
+                id TEXT PRIMARY KEY,
+                agent_id TEXT NOT NULL DEFAULT '',
+                source TEXT NOT NULL DEFAULT 'api',
+                status TEXT NOT NULL DEFAULT 'active',
+                start_time {BIGINT} NOT NULL,
+                end_time {BIGINT},
+                duration_ms {BIGINT},
+                scenario_id TEXT,
+                batch_id TEXT,
+                group_index INTEGER,
+                is_training_data {BOOL} NOT NULL DEFAULT FALSE,
+                metadata TEXT NOT NULL DEFAULT '{{}}',
+                total_reward {REAL},
+                step_count INTEGER NOT NULL DEFAULT 0,
+                llm_call_count INTEGER NOT NULL DEFAULT 0,
+                provider_access_count INTEGER NOT NULL DEFAULT 0,
+                total_prompt_tokens {BIGINT} NOT NULL DEFAULT 0,
+                total_completion_tokens {BIGINT} NOT NULL DEFAULT 0,
+                created_at {BIGINT} NOT NULL,
+                updated_at {BIGINT} NOT NULL
+            )""",
+            "CREATE INDEX ix_traj_start ON trajectories (start_time, id)",
+            "CREATE INDEX ix_traj_active ON trajectories (updated_at) WHERE status = 'active'",
+            "CREATE INDEX ix_traj_source ON trajectories (source, start_time)",
+            "CREATE INDEX ix_traj_status ON trajectories (status, start_time)",
+            "CREATE INDEX ix_traj_agent ON trajectories (agent_id, start_time)",
+            "CREATE INDEX ix_traj_scenario ON trajectories (scenario_id, start_time)",
+            "CREATE INDEX ix_traj_batch ON trajectories (batch_id, start_time)",
+            """CREATE TABLE steps (
+                step_id TEXT PRIMARY KEY,
+                trajectory_id TEXT NOT NULL,
+                step_number INTEGER NOT NULL DEFAULT 0,
+                timestamp {BIGINT} NOT NULL,
+                action TEXT,
+                reward {REAL},
+                done {BOOL},
+                observation TEXT,
+                metadata TEXT
+            )""",
+            "CREATE INDEX ix_steps_traj ON steps (trajectory_id, step_number)",
+            """CREATE TABLE llm_calls (
+                call_id TEXT PRIMARY KEY,
+                trajectory_id TEXT NOT NULL,
+                step_id TEXT NOT NULL,
+                timestamp {BIGINT} NOT NULL,
+                model TEXT NOT NULL DEFAULT '',
+                model_version TEXT,
+                system_text {BIGINT},
+                user_text {BIGINT},
+                response_text {BIGINT},
+                reasoning_text {BIGINT},
+                messages_text {BIGINT},
+                tools_text {BIGINT},
+                tool_calls TEXT,
+                finish_reason TEXT,
+                temperature {REAL},
+                max_tokens INTEGER,
+                top_p {REAL},
+                purpose TEXT NOT NULL DEFAULT 'action',
+                action_type TEXT,
+                latency_ms {REAL},
+                prompt_tokens INTEGER,
+                completion_tokens INTEGER,
+                cache_read_input_tokens INTEGER,
+                cache_creation_input_tokens INTEGER,
+                tags TEXT
+            )""",
+            "CREATE INDEX ix_calls_traj ON llm_calls (trajectory_id)",
+            """CREATE TABLE provider_accesses (
+                access_id TEXT PRIMARY KEY,
+                trajectory_id TEXT NOT NULL,
+                step_id TEXT NOT NULL,
+                timestamp {BIGINT} NOT NULL,
+                provider_id TEXT,
+                provider_name TEXT NOT NULL DEFAULT '',
+                purpose TEXT NOT NULL DEFAULT '',
+                query TEXT,
+                data_text {BIGINT}
+            )""",
+            "CREATE INDEX ix_access_traj ON provider_accesses (trajectory_id)",
+            # Every distinct text (prompt, response, messages, payload) is stored once, keyed by a
+            # 64-bit hash of its content: agents repeat the same system prompt in every call.
+            "CREATE TABLE texts (id {TEXTID}, body TEXT NOT NULL, fts {BOOL} NOT NULL DEFAULT FALSE)",
+            # Which trajectories use which texts: the join from a full-text hit to trajectories, and
+            # what tells a delete which texts became unreferenced.
+            """CREATE TABLE trajectory_texts (
+                text_id {BIGINT} NOT NULL,
+                trajectory_id TEXT NOT NULL,
+                PRIMARY KEY (text_id, trajectory_id)
+            )""",
+            "CREATE INDEX ix_tt_traj ON trajectory_texts (trajectory_id)",
+            """CREATE TABLE scores (
+                score_id TEXT PRIMARY KEY,
+                trajectory_id TEXT NOT NULL,
+                name TEXT NOT NULL,
+                value {REAL} NOT NULL,
+                comment TEXT,
+                source TEXT NOT NULL,
+                created_at {BIGINT} NOT NULL,
+                UNIQUE (trajectory_id, name, source)
+            )""",
+            "CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at {BIGINT} NOT NULL)",
+            # Per (UTC day, model, latency bucket) call counts and token sums, kept by every write
+            # and delete, so stats over millions of calls read a few hundred rows.
+            """CREATE TABLE llm_rollup (
+                day INTEGER NOT NULL,
+                model TEXT NOT NULL,
+                bucket INTEGER NOT NULL,
+                calls {BIGINT} NOT NULL,
+                prompt_tokens {BIGINT} NOT NULL,
+                completion_tokens {BIGINT} NOT NULL,
+                latency_sum {REAL} NOT NULL,
+                PRIMARY KEY (day, model, bucket)
+            )""",
+        ),
+        sqlite=(
+            """CREATE VIRTUAL TABLE texts_fts USING fts5(
+                body, content='texts', content_rowid='id', tokenize='unicode61 remove_diacritics 0'
+            )""",
+            # Only texts flagged for search enter the index; a text stored first as a payload and
+            # later used as a prompt is indexed when its flag flips.
+            """CREATE TRIGGER texts_fts_insert AFTER INSERT ON texts WHEN new.fts BEGIN
+                INSERT INTO texts_fts (rowid, body) VALUES (new.id, new.body);
+            END""",
+            """CREATE TRIGGER texts_fts_flag AFTER UPDATE OF fts ON texts WHEN new.fts AND NOT old.fts BEGIN
+                INSERT INTO texts_fts (rowid, body) VALUES (new.id, new.body);
+            END""",
+        ),
+        postgres=(
+            "CREATE INDEX ix_texts_fts ON texts USING gin (to_tsvector('simple', left(body, 100000))) "
+            "WHERE fts",
+        ),
+    ),
+)

@@ -1,0 +1,153 @@
+"""The shared store for many agent hosts: PostgreSQL through psycopg 3, tsvector + GIN search."""
+
+from __future__ import annotations
+
+import functools
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg_pool import ConnectionPool
+
+from trajforge.errors import InvalidInput, StoreError
+from trajforge.records import now_ms
+from trajforge.store import search
+from trajforge.store.migrations import Migration
+from trajforge.store.sql import SqlStore
+
+_SCHEMA = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+# Any fixed number: serializes migrations when several hosts open the same database at once.
+_MIGRATION_LOCK = 7_320_138
+_RETRYABLE = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
+
+
+@functools.lru_cache(maxsize=512)
+def _to_pyformat(sql: str) -> str:
+    # Our SQL never contains a literal '?' or '%', so a plain rewrite is exact.
+    return sql.replace("?", "%s")
+
+
+def split_url(url: str) -> tuple[str, str | None]:
+    """Take our own ``schema=`` parameter out of a PostgreSQL URL: (libpq URL, schema)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = next((v for k, v in query if k == "schema"), None)
+    rest = [(k, v) for k, v in query if k != "schema"]
+    if schema is not None and not _SCHEMA.match(schema):
+        raise InvalidInput(f"schema must be a plain identifier, got {schema!r}", "schema")
+    return urlunsplit(parts._replace(query=urlencode(rest))), schema
+
+
+class PostgresStore(SqlStore):
+    """Safe with many concurrent writers on several hosts: every write is one transaction whose
+    upserts touch rows in a fixed order, and deadlocks or serialization failures are retried."""
+
+    dialect = "postgres"
+
+    def __init__(self, url: str, *, pool_size: int = 8) -> None:
+        self.url = url
+        conninfo, self.schema = split_url(url)
+        self._closed = False
+
+        def configure(conn: psycopg.Connection[Any]) -> None:
+            if self.schema:
+                conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                conn.execute(f'SET search_path TO "{self.schema}"')
+            conn.commit()
+
+        try:
+            self._pool = ConnectionPool(
+                conninfo,
+                min_size=1,
+                max_size=pool_size,
+                configure=configure,
+                open=True,
+                timeout=30,
+                kwargs={"connect_timeout": 10},
+            )
+            self._pool.wait(timeout=15)
+        except Exception as exc:  # noqa: BLE001 - any connection failure is the same error to the user
+            raise StoreError(f"cannot connect to PostgreSQL at {urlsplit(url).hostname}: {exc}") from exc
+        self._run_migrations()
+
+    def _q(self, sql: str) -> str:
+        return _to_pyformat(sql)
+
+    def _clean_text(self, body: str) -> str:
+        # PostgreSQL text cannot hold NUL; it is the one character we must replace.
+        return body.replace("\x00", "\ufffd") if "\x00" in body else body
+
+    def _run_migrations(self) -> None:
+        with self._pool.connection() as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)"
+            )
+            conn.commit()
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", [_MIGRATION_LOCK])
+                applied = {r[0] for r in conn.execute("SELECT name FROM schema_migrations")}
+                cur = conn.cursor()
+
+                def apply(migration: Migration) -> None:
+                    with conn.transaction():  # a savepoint per migration
+                        for stmt in migration.statements(self.dialect):
+                            cur.execute(stmt)
+                        cur.execute(
+                            "INSERT INTO schema_migrations (name, applied_at) VALUES (%s, %s)",
+                            [migration.name, now_ms()],
+                        )
+
+                self._migrate(cur, applied, apply)
+
+    @contextmanager
+    def _write_tx(self) -> Iterator[Any]:
+        if self._closed:
+            raise StoreError("the store is closed")
+        # The body of a write is replayable (idempotent by ids), so a retry after a deadlock or a
+        # serialization failure is exact. The retry loop cannot re-enter a `with` body, so writes
+        # that may conflict go through `write()` which retries whole.
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            yield cur
+
+    def write(self, batch: Any) -> Any:
+        for attempt in range(6):
+            try:
+                return super().write(batch)
+            except _RETRYABLE:
+                if attempt == 5:
+                    raise
+                time.sleep(0.01 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    @contextmanager
+    def _read_tx(self) -> Iterator[Any]:
+        if self._closed:
+            raise StoreError("the store is closed")
+        with self._pool.connection() as conn:
+            with conn.transaction(), conn.cursor() as cur:
+                yield cur
+
+    def _text_match(self, terms: tuple[search.Term, ...]) -> tuple[str, list[Any]]:
+        tsquery, params = search.tsquery_any(terms)
+        return (
+            "tt.text_id IN (SELECT x.id FROM texts x WHERE x.fts AND "
+            f"to_tsvector('simple', left(x.body, 100000)) @@ {tsquery})",
+            params,
+        )
+
+    def drop_schema(self) -> None:
+        """Drop this store's schema and everything in it (tests; requires a ``schema=`` URL)."""
+        if not self.schema:
+            raise InvalidInput("drop_schema needs a store opened with ?schema=", "schema")
+        with self._pool.connection() as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._pool.close()

@@ -1,0 +1,1008 @@
+"""The store logic shared by SQLite and PostgreSQL.
+
+Both backends speak the same SQL for everything but connections, placeholders and full-text
+search, so the logic lives here once and each backend supplies those three hooks. SQL is written
+with ``?`` placeholders; the PostgreSQL backend rewrites them to ``%s``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from trajforge import jsonutil
+from trajforge.records import (
+    ActionResult,
+    LlmCall,
+    ProviderAccess,
+    Score,
+    Step,
+    StepHeader,
+    Trajectory,
+    TrajectoryHeader,
+    WriteBatch,
+    now_ms,
+)
+from trajforge.store import search
+from trajforge.store.base import Page, TrajectoryFilter, WriteResult
+from trajforge.store.migrations import MIGRATIONS
+
+CHUNK = 500  # ids per IN (...) list: well under both databases' parameter limits
+DAY_MS = 86_400_000
+LATENCY_BASE = 1.05  # histogram bucket ratio: percentiles are exact to within ~2.5%
+
+TRAJ_COLS = (
+    "id, agent_id, source, status, start_time, end_time, duration_ms, scenario_id, batch_id, "
+    "group_index, is_training_data, metadata, total_reward, step_count, llm_call_count, "
+    "provider_access_count, total_prompt_tokens, total_completion_tokens, created_at, updated_at"
+)
+CALL_COLS = (
+    "call_id, trajectory_id, step_id, timestamp, model, model_version, system_text, user_text, "
+    "response_text, reasoning_text, messages_text, tools_text, tool_calls, finish_reason, temperature, "
+    "max_tokens, top_p, purpose, action_type, latency_ms, prompt_tokens, completion_tokens, "
+    "cache_read_input_tokens, cache_creation_input_tokens, tags"
+)
+ACCESS_COLS = "access_id, trajectory_id, step_id, timestamp, provider_id, provider_name, purpose, query, data_text"
+STEP_COLS = "step_id, trajectory_id, step_number, timestamp, action, reward, done, observation, metadata"
+SCORE_COLS = "score_id, trajectory_id, name, value, comment, source, created_at"
+
+
+def text_id(body: str) -> tuple[int, str]:
+    """The 64-bit content hash that keys a text, and the text as stored.
+
+    Lone surrogates cannot be stored as UTF-8 by either database, so they are replaced here, once,
+    rather than failing the whole batch later.
+    """
+    try:
+        raw = body.encode()
+    except UnicodeEncodeError:
+        raw = body.encode("utf-8", "replace")
+        body = raw.decode()
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big", signed=True), body
+
+
+def latency_bucket(latency_ms: float | None) -> int:
+    if latency_ms is None or latency_ms < 0 or math.isnan(latency_ms):
+        return -1
+    return int(math.log(latency_ms + 1.0, LATENCY_BASE))
+
+
+def bucket_value(bucket: int) -> float:
+    """A bucket's representative latency: the geometric middle of its bounds."""
+    return LATENCY_BASE ** (bucket + 0.5) - 1.0
+
+
+def _opt_json(value: Any) -> str | None:
+    return None if value is None else jsonutil.dumps(value)
+
+
+def _opt_loads(value: str | None) -> Any:
+    return None if value is None else jsonutil.loads(value)
+
+
+def _chunks(seq: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(seq), size):
+        yield seq[i : i + size]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """A batch reduced to rows, computed outside the write transaction to keep it short."""
+
+    headers: dict[str, TrajectoryHeader]
+    steps: dict[str, StepHeader]
+    calls: dict[str, tuple[tuple[Any, ...], list[tuple[int, str, bool]], str, LlmCall]]
+    accesses: dict[str, tuple[tuple[Any, ...], list[tuple[int, str, bool]], str]]
+    scores: list[Score]
+    first_seen: dict[str, int]
+
+
+def _merge(into: Any, new: Any) -> None:
+    """Later non-None fields win; an ``active`` header never reopens a finished trajectory."""
+    for name in new.__slots__:
+        value = getattr(new, name)
+        if value is None:
+            continue
+        if name == "status" and value == "active" and getattr(into, name) not in (None, "active"):
+            continue
+        setattr(into, name, value)
+
+
+class SqlStore:
+    """Shared implementation; subclasses provide connections, placeholders and search."""
+
+    url: str
+    dialect: str
+
+    # --- hooks -----------------------------------------------------------------------------------
+
+    def _write_tx(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _read_tx(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _q(self, sql: str) -> str:
+        return sql
+
+    def _text_match(self, terms: tuple[search.Term, ...]) -> tuple[str, list[Any]]:
+        """A condition on ``tt.text_id``: the text matches any of ``terms``."""
+        raise NotImplementedError
+
+    def _forget_texts(self, cur: Any, ids: Sequence[int]) -> None:
+        """Remove texts from the full-text index before their rows are deleted (SQLite only)."""
+
+    def _clean_text(self, body: str) -> str:
+        return body
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def _ex(self, cur: Any, sql: str, params: Sequence[Any] = ()) -> Any:
+        cur.execute(self._q(sql), params)
+        return cur
+
+    def _exmany(self, cur: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            cur.executemany(self._q(sql), rows)
+
+    def _select_in(self, cur: Any, sql: str, ids: Sequence[Any], extra: Sequence[Any] = ()) -> list[Any]:
+        """Run ``sql`` (containing ``{in}``) for ``ids`` in chunks and concatenate the rows."""
+        out: list[Any] = []
+        for chunk in _chunks(list(ids)):
+            self._ex(cur, sql.format(marks=_marks(len(chunk))), [*chunk, *extra])
+            out.extend(cur.fetchall())
+        return out
+
+    def _migrate(self, cur: Any, applied: set[str], apply: Any) -> None:
+        for migration in MIGRATIONS:
+            if migration.name not in applied:
+                apply(migration)
+
+    # --- writes ----------------------------------------------------------------------------------
+
+    def _texts_of(self, items: Iterable[tuple[str | None, bool]]) -> list[tuple[int, str, bool]]:
+        out = []
+        for body, fts in items:
+            if body is not None:
+                tid, clean = text_id(self._clean_text(body))
+                out.append((tid, clean, fts))
+        return out
+
+    def _prepare(self, batch: WriteBatch) -> _Prepared:
+        headers: dict[str, TrajectoryHeader] = {}
+        for h in batch.trajectories:
+            if h.id in headers:
+                _merge(headers[h.id], h)
+            else:
+                headers[h.id] = TrajectoryHeader(id=h.id)
+                _merge(headers[h.id], h)
+        steps: dict[str, StepHeader] = {}
+        for s in batch.steps:
+            if s.step_id in steps:
+                _merge(steps[s.step_id], s)
+            else:
+                steps[s.step_id] = StepHeader(trajectory_id=s.trajectory_id, step_id=s.step_id)
+                _merge(steps[s.step_id], s)
+        first_seen: dict[str, int] = {}
+
+        def seen(tid: str, ts: int | None) -> None:
+            ts = ts if ts is not None else now_ms()
+            if tid not in first_seen or ts < first_seen[tid]:
+                first_seen[tid] = ts
+
+        for h in headers.values():
+            seen(h.id, h.start_time)
+        for s in steps.values():
+            seen(s.trajectory_id, s.timestamp)
+        calls: dict[str, Any] = {}
+        for row in batch.calls:
+            c = row.call
+            if c.call_id in calls:
+                continue
+            seen(row.trajectory_id, c.timestamp)
+            texts = self._texts_of(
+                (
+                    (c.system_prompt, True),
+                    (c.user_prompt, True),
+                    (c.response, True),
+                    (c.reasoning, True),
+                    (None if c.messages is None else jsonutil.dumps(c.messages), False),
+                    (None if c.tools is None else jsonutil.dumps(c.tools), False),
+                )
+            )
+            slots: list[int | None] = []
+            it = iter(texts)
+            for value in (
+                c.system_prompt,
+                c.user_prompt,
+                c.response,
+                c.reasoning,
+                c.messages,
+                c.tools,
+            ):
+                slots.append(None if value is None else next(it)[0])
+            values = (
+                c.call_id,
+                row.trajectory_id,
+                row.step_id,
+                c.timestamp,
+                c.model or "",
+                c.model_version,
+                *slots,
+                _opt_json(c.tool_calls),
+                c.finish_reason,
+                c.temperature,
+                c.max_tokens,
+                c.top_p,
+                c.purpose or "other",
+                c.action_type,
+                c.latency_ms,
+                c.prompt_tokens,
+                c.completion_tokens,
+                c.cache_read_input_tokens,
+                c.cache_creation_input_tokens,
+                _opt_json(c.tags),
+            )
+            calls[c.call_id] = (values, texts, row.trajectory_id, c)
+        accesses: dict[str, Any] = {}
+        for arow in batch.accesses:
+            a = arow.access
+            if a.access_id in accesses:
+                continue
+            seen(arow.trajectory_id, a.timestamp)
+            texts = self._texts_of([(None if a.data is None else jsonutil.dumps(a.data), False)])
+            values = (
+                a.access_id,
+                arow.trajectory_id,
+                arow.step_id,
+                a.timestamp,
+                a.provider_id,
+                a.provider_name or "",
+                a.purpose or "",
+                _opt_json(a.query),
+                texts[0][0] if texts else None,
+            )
+            accesses[a.access_id] = (values, texts, arow.trajectory_id)
+        for sc in batch.scores:
+            seen(sc.trajectory_id, sc.created_at)
+        return _Prepared(headers, steps, calls, accesses, list(batch.scores), first_seen)
+
+    def write(self, batch: WriteBatch) -> WriteResult:
+        if not len(batch):
+            return WriteResult()
+        prepared = self._prepare(batch)
+        with self._write_tx() as cur:
+            return self._apply(cur, prepared)
+
+    def _apply(self, cur: Any, p: _Prepared) -> WriteResult:
+        result = WriteResult()
+        now = now_ms()
+        ids = sorted(p.first_seen)  # a fixed order keeps concurrent PostgreSQL writers deadlock-free
+        old_status = dict(self._select_in(cur, "SELECT id, status FROM trajectories WHERE id IN ({marks})", ids))
+        new_rows = []
+        for tid in ids:
+            if tid in old_status:
+                continue
+            h = p.headers.get(tid) or TrajectoryHeader(id=tid)
+            new_rows.append(
+                (
+                    tid,
+                    h.agent_id or "",
+                    h.source or "api",
+                    h.status or "active",
+                    h.start_time if h.start_time is not None else p.first_seen[tid],
+                    h.is_training_data or False,
+                    now,
+                    now,
+                )
+            )
+        result.new_trajectories = len(new_rows)
+        self._exmany(
+            cur,
+            "INSERT INTO trajectories (id, agent_id, source, status, start_time, is_training_data, "
+            "created_at, updated_at) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (id) DO NOTHING",
+            new_rows,
+        )
+        texts: dict[int, tuple[str, bool]] = {}
+        links: set[tuple[int, str]] = set()
+
+        def use(tid: str, items: list[tuple[int, str, bool]]) -> None:
+            for text_key, body, fts in items:
+                prev = texts.get(text_key)
+                if prev is None or (fts and not prev[1]):
+                    texts[text_key] = (body, fts)
+                links.add((text_key, tid))
+
+        header_rows = []
+        for tid in sorted(p.headers):
+            h = p.headers[tid]
+            meta_json = None
+            if h.metadata is not None:
+                meta_json = jsonutil.dumps(h.metadata)
+                use(tid, self._texts_of([(meta_json, True)]))
+            header_rows.append(
+                (
+                    h.agent_id,
+                    h.source,
+                    h.status,
+                    h.status,
+                    h.status,
+                    h.start_time,
+                    h.end_time,
+                    h.end_time,
+                    h.start_time,
+                    h.scenario_id,
+                    h.batch_id,
+                    h.group_index,
+                    h.is_training_data,
+                    meta_json,
+                    h.total_reward,
+                    tid,
+                )
+            )
+            if h.status == "completed" and old_status.get(tid) != "completed":
+                result.completed.append(tid)
+        self._exmany(
+            cur,
+            """UPDATE trajectories SET
+                agent_id = COALESCE(?, agent_id),
+                source = COALESCE(?, source),
+                status = CASE WHEN CAST(? AS TEXT) IS NULL THEN status
+                              WHEN CAST(? AS TEXT) = 'active' AND status <> 'active' THEN status
+                              ELSE CAST(? AS TEXT) END,
+                start_time = COALESCE(?, start_time),
+                end_time = COALESCE(?, end_time),
+                duration_ms = COALESCE(?, end_time) - COALESCE(?, start_time),
+                scenario_id = COALESCE(?, scenario_id),
+                batch_id = COALESCE(?, batch_id),
+                group_index = COALESCE(?, group_index),
+                is_training_data = COALESCE(?, is_training_data),
+                metadata = COALESCE(?, metadata),
+                total_reward = COALESCE(?, total_reward)
+            WHERE id = ?""",
+            header_rows,
+        )
+
+        # Steps: insert the new ones, complete the known ones.
+        step_ids = sorted(p.steps)
+        known_steps = {
+            r[0] for r in self._select_in(cur, "SELECT step_id FROM steps WHERE step_id IN ({marks})", step_ids)
+        }
+        deltas: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
+        step_inserts, step_updates = [], []
+        for sid in step_ids:
+            s = p.steps[sid]
+            action = None if s.action is None else jsonutil.dumps(_action_dict(s.action))
+            if sid in known_steps:
+                step_updates.append(
+                    (
+                        s.step_number,
+                        s.timestamp,
+                        action,
+                        s.reward,
+                        s.done,
+                        _opt_json(s.observation),
+                        _opt_json(s.metadata),
+                        sid,
+                    )
+                )
+            else:
+                step_inserts.append(
+                    (
+                        sid,
+                        s.trajectory_id,
+                        s.step_number or 0,
+                        s.timestamp if s.timestamp is not None else now,
+                        action,
+                        s.reward,
+                        s.done,
+                        _opt_json(s.observation),
+                        _opt_json(s.metadata),
+                    )
+                )
+                deltas[s.trajectory_id][0] += 1
+        result.new_steps = len(step_inserts)
+        self._exmany(
+            cur,
+            f"INSERT INTO steps ({STEP_COLS}) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (step_id) DO NOTHING",
+            step_inserts,
+        )
+        self._exmany(
+            cur,
+            """UPDATE steps SET step_number = COALESCE(?, step_number), timestamp = COALESCE(?, timestamp),
+               action = COALESCE(?, action), reward = COALESCE(?, reward), done = COALESCE(?, done),
+               observation = COALESCE(?, observation), metadata = COALESCE(?, metadata)
+               WHERE step_id = ?""",
+            step_updates,
+        )
+
+        # LLM calls and provider accesses are immutable events: first write wins.
+        call_ids = sorted(p.calls)
+        known_calls = {
+            r[0] for r in self._select_in(cur, "SELECT call_id FROM llm_calls WHERE call_id IN ({marks})", call_ids)
+        }
+        call_rows = []
+        rollup: dict[tuple[int, str, int], list[float]] = {}
+        for cid in call_ids:
+            if cid in known_calls:
+                continue
+            values, call_texts, tid, call = p.calls[cid]
+            call_rows.append(values)
+            use(tid, call_texts)
+            d = deltas[tid]
+            d[1] += 1
+            d[3] += call.prompt_tokens or 0
+            d[4] += call.completion_tokens or 0
+            add_to_rollup(rollup, call.timestamp, call.model or "", call.latency_ms, call.prompt_tokens, call.completion_tokens)
+        result.new_calls = len(call_rows)
+        self._exmany(
+            cur,
+            f"INSERT INTO llm_calls ({CALL_COLS}) VALUES ({_marks(25)}) ON CONFLICT (call_id) DO NOTHING",
+            call_rows,
+        )
+        access_ids = sorted(p.accesses)
+        known_access = {
+            r[0]
+            for r in self._select_in(
+                cur, "SELECT access_id FROM provider_accesses WHERE access_id IN ({marks})", access_ids
+            )
+        }
+        access_rows = []
+        for aid in access_ids:
+            if aid in known_access:
+                continue
+            values, access_texts, tid = p.accesses[aid]
+            access_rows.append(values)
+            use(tid, access_texts)
+            deltas[tid][2] += 1
+        result.new_accesses = len(access_rows)
+        self._exmany(
+            cur,
+            f"INSERT INTO provider_accesses ({ACCESS_COLS}) VALUES ({_marks(9)}) "
+            "ON CONFLICT (access_id) DO NOTHING",
+            access_rows,
+        )
+
+        # Texts: stored once; the flag flip puts a payload text into the search index when it is
+        # later used as a prompt.
+        text_rows = sorted((k, body, fts) for k, (body, fts) in texts.items())
+        self._exmany(cur, "INSERT INTO texts (id, body, fts) VALUES (?,?,?) ON CONFLICT (id) DO NOTHING", text_rows)
+        self._exmany(
+            cur,
+            "UPDATE texts SET fts = ? WHERE id = ? AND NOT fts",
+            [(True, k) for k, _, fts in text_rows if fts],
+        )
+        self._exmany(
+            cur,
+            "INSERT INTO trajectory_texts (text_id, trajectory_id) VALUES (?,?) ON CONFLICT DO NOTHING",
+            sorted(links),
+        )
+
+        counter_rows = [(*deltas[tid], now, tid) for tid in sorted(deltas)]
+        touched = [(now, tid) for tid in ids if tid not in deltas]
+        self._exmany(
+            cur,
+            """UPDATE trajectories SET step_count = step_count + ?, llm_call_count = llm_call_count + ?,
+               provider_access_count = provider_access_count + ?,
+               total_prompt_tokens = total_prompt_tokens + ?,
+               total_completion_tokens = total_completion_tokens + ?, updated_at = ? WHERE id = ?""",
+            counter_rows,
+        )
+        self._exmany(cur, "UPDATE trajectories SET updated_at = ? WHERE id = ?", touched)
+        self._exmany(
+            cur,
+            """INSERT INTO llm_rollup (day, model, bucket, calls, prompt_tokens, completion_tokens, latency_sum)
+               VALUES (?,?,?,?,?,?,?) ON CONFLICT (day, model, bucket) DO UPDATE SET
+               calls = llm_rollup.calls + excluded.calls,
+               prompt_tokens = llm_rollup.prompt_tokens + excluded.prompt_tokens,
+               completion_tokens = llm_rollup.completion_tokens + excluded.completion_tokens,
+               latency_sum = llm_rollup.latency_sum + excluded.latency_sum""",
+            [(*k, int(v[0]), int(v[1]), int(v[2]), v[3]) for k, v in sorted(rollup.items())],
+        )
+        self._upsert_scores(cur, p.scores)
+        result.scores = len(p.scores)
+        return result
+
+    def _upsert_scores(self, cur: Any, scores: Sequence[Score]) -> None:
+        # One score per (trajectory, name, source): a re-sent or corrected outcome replaces the old.
+        self._exmany(
+            cur,
+            f"""INSERT INTO scores ({SCORE_COLS}) VALUES (?,?,?,?,?,?,?)
+                ON CONFLICT (trajectory_id, name, source) DO UPDATE SET
+                value = excluded.value, comment = excluded.comment, created_at = excluded.created_at""",
+            [
+                (s.score_id, s.trajectory_id, s.name, float(s.value), s.comment, s.source, s.created_at)
+                for s in sorted(scores, key=lambda s: (s.trajectory_id, s.name, s.source))
+            ],
+        )
+
+    def add_scores(self, scores: Sequence[Score]) -> None:
+        if scores:
+            self.write(WriteBatch(scores=list(scores)))
+
+    def get_scores(self, trajectory_ids: Sequence[str]) -> dict[str, list[Score]]:
+        with self._read_tx() as cur:
+            rows = self._select_in(
+                cur,
+                f"SELECT {SCORE_COLS} FROM scores WHERE trajectory_id IN ({{marks}}) ORDER BY created_at",
+                trajectory_ids,
+            )
+        out: dict[str, list[Score]] = defaultdict(list)
+        for r in rows:
+            out[r[1]].append(_score(r))
+        return dict(out)
+
+    # --- reads -----------------------------------------------------------------------------------
+
+    def _where(self, flt: TrajectoryFilter) -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (
+            ("source", flt.source),
+            ("status", flt.status),
+            ("agent_id", flt.agent_id),
+            ("scenario_id", flt.scenario_id),
+            ("batch_id", flt.batch_id),
+        ):
+            if value is not None:
+                clauses.append(f"t.{column} = ?")
+                params.append(value)
+        if flt.is_training_data is not None:
+            clauses.append("t.is_training_data = ?")
+            params.append(bool(flt.is_training_data))
+        if flt.start_date is not None:
+            clauses.append("t.start_time >= ?")
+            params.append(int(flt.start_date))
+        if flt.end_date is not None:
+            clauses.append("t.start_time <= ?")
+            params.append(int(flt.end_date))
+        if flt.min_reward is not None:
+            clauses.append("t.total_reward >= ?")
+            params.append(float(flt.min_reward))
+        if flt.max_reward is not None:
+            clauses.append("t.total_reward <= ?")
+            params.append(float(flt.max_reward))
+        if flt.trajectory_ids is not None:
+            ids = list(flt.trajectory_ids)
+            if not ids:
+                clauses.append("1 = 0")
+            else:
+                clauses.append(f"t.id IN ({_marks(len(ids))})")
+                params.extend(ids)
+        if flt.search:
+            query = search.parse(flt.search)
+            for terms, op in [(g, "IN") for g in query.groups] + [((n,), "NOT IN") for n in query.negated]:
+                subquery, sparams = self._text_match(terms)
+                clauses.append(f"t.id {op} (SELECT tt.trajectory_id FROM trajectory_texts tt WHERE {subquery})")
+                params.extend(sparams)
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+    def count(self, flt: TrajectoryFilter) -> int:
+        where, params = self._where(flt)
+        with self._read_tx() as cur:
+            return int(self._ex(cur, f"SELECT COUNT(*) FROM trajectories t{where}", params).fetchone()[0])
+
+    def list_trajectories(self, flt: TrajectoryFilter, limit: int = 50, offset: int = 0) -> Page:
+        where, params = self._where(flt)
+        with self._read_tx() as cur:
+            rows = self._ex(
+                cur,
+                f"SELECT {TRAJ_COLS} FROM trajectories t{where} ORDER BY t.start_time DESC, t.id DESC "
+                "LIMIT ? OFFSET ?",
+                [*params, int(limit), int(offset)],
+            ).fetchall()
+            if offset == 0 and len(rows) < limit:
+                total = len(rows)  # the page holds every match: no need to count again
+            else:
+                total = int(self._ex(cur, f"SELECT COUNT(*) FROM trajectories t{where}", params).fetchone()[0])
+        return Page([_trajectory(r) for r in rows], total, limit, offset)
+
+    def get_trajectory(self, trajectory_id: str) -> Trajectory | None:
+        with self._read_tx() as cur:
+            row = self._ex(cur, f"SELECT {TRAJ_COLS} FROM trajectories WHERE id = ?", [trajectory_id]).fetchone()
+            if row is None:
+                return None
+            return self._load_full(cur, [row])[0]
+
+    def iter_trajectories(self, flt: TrajectoryFilter, chunk: int = 500) -> Iterator[Trajectory]:
+        where, params = self._where(flt)
+        joiner = " AND " if where else " WHERE "
+        cursor_key: tuple[int, str] | None = None
+        while True:
+            sql = f"SELECT {TRAJ_COLS} FROM trajectories t{where}"
+            page_params = list(params)
+            if cursor_key is not None:
+                sql += joiner + "(t.start_time < ? OR (t.start_time = ? AND t.id < ?))"
+                page_params += [cursor_key[0], cursor_key[0], cursor_key[1]]
+            sql += " ORDER BY t.start_time DESC, t.id DESC LIMIT ?"
+            page_params.append(chunk)
+            with self._read_tx() as cur:
+                rows = self._ex(cur, sql, page_params).fetchall()
+                if not rows:
+                    return
+                full = self._load_full(cur, rows)
+            yield from full
+            if len(rows) < chunk:
+                return
+            cursor_key = (rows[-1][4], rows[-1][0])
+
+    def _load_full(self, cur: Any, rows: Sequence[Any]) -> list[Trajectory]:
+        trajectories = [_trajectory(r) for r in rows]
+        by_id = {t.id: t for t in trajectories}
+        ids = list(by_id)
+        steps: dict[str, Step] = {}
+        for r in self._select_in(
+            cur,
+            f"SELECT {STEP_COLS} FROM steps WHERE trajectory_id IN ({{marks}}) ORDER BY step_number, timestamp",
+            ids,
+        ):
+            step = Step(
+                step_id=r[0],
+                step_number=r[2],
+                timestamp=r[3],
+                action=None if r[4] is None else _action(jsonutil.loads(r[4])),
+                reward=r[5],
+                done=None if r[6] is None else bool(r[6]),
+                observation=_opt_loads(r[7]),
+                metadata=_opt_loads(r[8]),
+            )
+            steps[step.step_id] = step
+            by_id[r[1]].steps.append(step)
+        call_rows = self._select_in(
+            cur,
+            f"SELECT {CALL_COLS} FROM llm_calls WHERE trajectory_id IN ({{marks}}) ORDER BY timestamp, call_id",
+            ids,
+        )
+        access_rows = self._select_in(
+            cur,
+            f"SELECT {ACCESS_COLS} FROM provider_accesses WHERE trajectory_id IN ({{marks}}) "
+            "ORDER BY timestamp, access_id",
+            ids,
+        )
+        wanted = {v for r in call_rows for v in r[6:12] if v is not None}
+        wanted.update(r[8] for r in access_rows if r[8] is not None)
+        bodies = dict(self._select_in(cur, "SELECT id, body FROM texts WHERE id IN ({marks})", sorted(wanted)))
+        for r in call_rows:
+            sys_t, user_t, resp_t, reas_t, msg_t, tools_t = (None if k is None else bodies.get(k) for k in r[6:12])
+            call = LlmCall(
+                call_id=r[0],
+                timestamp=r[3],
+                model=r[4],
+                model_version=r[5],
+                system_prompt=sys_t,
+                user_prompt=user_t,
+                response=resp_t,
+                reasoning=reas_t,
+                messages=_opt_loads(msg_t),
+                tools=_opt_loads(tools_t),
+                tool_calls=_opt_loads(r[12]),
+                finish_reason=r[13],
+                temperature=r[14],
+                max_tokens=r[15],
+                top_p=r[16],
+                purpose=r[17],
+                action_type=r[18],
+                latency_ms=r[19],
+                prompt_tokens=r[20],
+                completion_tokens=r[21],
+                cache_read_input_tokens=r[22],
+                cache_creation_input_tokens=r[23],
+                tags=_opt_loads(r[24]),
+            )
+            _step_for(steps, by_id[r[1]], r[2]).llm_calls.append(call)
+        for r in access_rows:
+            access = ProviderAccess(
+                access_id=r[0],
+                timestamp=r[3],
+                provider_id=r[4],
+                provider_name=r[5],
+                purpose=r[6],
+                query=_opt_loads(r[7]),
+                data=None if r[8] is None else _opt_loads(bodies.get(r[8])),
+            )
+            _step_for(steps, by_id[r[1]], r[2]).provider_accesses.append(access)
+        for r in self._select_in(
+            cur, f"SELECT {SCORE_COLS} FROM scores WHERE trajectory_id IN ({{marks}}) ORDER BY created_at", ids
+        ):
+            by_id[r[1]].scores.append(_score(r))
+        return trajectories
+
+    # --- stats -----------------------------------------------------------------------------------
+
+    def stats(self, flt: TrajectoryFilter | None = None) -> dict[str, Any]:
+        flt = flt or TrajectoryFilter()
+        where, params = self._where(flt)
+        with self._read_tx() as cur:
+            totals = self._ex(
+                cur,
+                "SELECT COUNT(*), SUM(step_count), SUM(llm_call_count), SUM(provider_access_count), "
+                "SUM(total_prompt_tokens), SUM(total_completion_tokens), COUNT(total_reward), "
+                f"AVG(total_reward), MIN(total_reward), MAX(total_reward) FROM trajectories t{where}",
+                params,
+            ).fetchone()
+            by_source = self._ex(
+                cur, f"SELECT source, COUNT(*) FROM trajectories t{where} GROUP BY source", params
+            ).fetchall()
+            by_status = self._ex(
+                cur, f"SELECT status, COUNT(*) FROM trajectories t{where} GROUP BY status", params
+            ).fetchall()
+            per_day_traj = self._ex(
+                cur,
+                f"SELECT t.start_time / {DAY_MS}, COUNT(*) FROM trajectories t{where} GROUP BY t.start_time / {DAY_MS}",
+                params,
+            ).fetchall()
+            if flt.is_empty():
+                rollup_rows = self._ex(
+                    cur,
+                    "SELECT day, model, bucket, calls, prompt_tokens, completion_tokens, latency_sum FROM llm_rollup",
+                ).fetchall()
+            else:
+                # A filtered view has no precomputed rollup: build the same one from its calls.
+                rollup = {}
+                rows = self._ex(
+                    cur,
+                    "SELECT timestamp, model, latency_ms, prompt_tokens, completion_tokens FROM llm_calls "
+                    f"WHERE trajectory_id IN (SELECT t.id FROM trajectories t{where})",
+                    params,
+                ).fetchall()
+                for r in rows:
+                    add_to_rollup(rollup, *r)
+                rollup_rows = [(*k, *v) for k, v in rollup.items()]
+        return _stats_report(totals, by_source, by_status, per_day_traj, rollup_rows)
+
+    # --- deletes, settings, sweep ----------------------------------------------------------------
+
+    def delete(self, ids: Sequence[str] | None = None, *, all: bool = False) -> int:
+        with self._write_tx() as cur:
+            if all:
+                n = int(self._ex(cur, "SELECT COUNT(*) FROM trajectories").fetchone()[0])
+                self._delete_all(cur)
+                return n
+            if not ids:
+                return 0
+            unique = sorted(set(ids))
+            present = [r[0] for r in self._select_in(cur, "SELECT id FROM trajectories WHERE id IN ({marks})", unique)]
+            if not present:
+                return 0
+            rollup: dict[tuple[int, str, int], list[float]] = {}
+            for r in self._select_in(
+                cur,
+                "SELECT timestamp, model, latency_ms, prompt_tokens, completion_tokens FROM llm_calls "
+                "WHERE trajectory_id IN ({marks})",
+                present,
+            ):
+                add_to_rollup(rollup, *r)
+            candidates = sorted(
+                {
+                    r[0]
+                    for r in self._select_in(
+                        cur, "SELECT text_id FROM trajectory_texts WHERE trajectory_id IN ({marks})", present
+                    )
+                }
+            )
+            for table in ("llm_calls", "provider_accesses", "steps", "scores", "trajectory_texts"):
+                for chunk in _chunks(present):
+                    self._ex(cur, f"DELETE FROM {table} WHERE trajectory_id IN ({_marks(len(chunk))})", chunk)
+            for chunk in _chunks(present):
+                self._ex(cur, f"DELETE FROM trajectories WHERE id IN ({_marks(len(chunk))})", chunk)
+            self._exmany(
+                cur,
+                """UPDATE llm_rollup SET calls = calls - ?, prompt_tokens = prompt_tokens - ?,
+                   completion_tokens = completion_tokens - ?, latency_sum = latency_sum - ?
+                   WHERE day = ? AND model = ? AND bucket = ?""",
+                [(int(v[0]), int(v[1]), int(v[2]), v[3], *k) for k, v in sorted(rollup.items())],
+            )
+            self._ex(cur, "DELETE FROM llm_rollup WHERE calls <= 0")
+            orphans = [
+                r[0]
+                for r in self._select_in(
+                    cur,
+                    "SELECT id FROM texts x WHERE id IN ({marks}) AND NOT EXISTS "
+                    "(SELECT 1 FROM trajectory_texts tt WHERE tt.text_id = x.id)",
+                    candidates,
+                )
+            ]
+            self._forget_texts(cur, orphans)
+            for chunk in _chunks(orphans):
+                self._ex(cur, f"DELETE FROM texts WHERE id IN ({_marks(len(chunk))})", chunk)
+            return len(present)
+
+    def _delete_all(self, cur: Any) -> None:
+        for table in (
+            "llm_calls",
+            "provider_accesses",
+            "steps",
+            "scores",
+            "trajectory_texts",
+            "trajectories",
+            "texts",
+            "llm_rollup",
+        ):
+            self._ex(cur, f"DELETE FROM {table}")
+
+    def get_setting(self, key: str, default: Any = None) -> Any:
+        with self._read_tx() as cur:
+            row = self._ex(cur, "SELECT value FROM settings WHERE key = ?", [key]).fetchone()
+        return default if row is None else jsonutil.loads(row[0])
+
+    def set_setting(self, key: str, value: Any) -> None:
+        with self._write_tx() as cur:
+            self._ex(
+                cur,
+                "INSERT INTO settings (key, value, updated_at) VALUES (?,?,?) ON CONFLICT (key) DO UPDATE "
+                "SET value = excluded.value, updated_at = excluded.updated_at",
+                [key, jsonutil.dumps(value), now_ms()],
+            )
+
+    def sweep_timeouts(self, older_than_ms: int) -> int:
+        cutoff = now_ms() - int(older_than_ms)
+        with self._write_tx() as cur:
+            cur = self._ex(
+                cur,
+                "UPDATE trajectories SET status = 'timeout', end_time = updated_at, "
+                "duration_ms = updated_at - start_time WHERE status = 'active' AND updated_at < ?",
+                [cutoff],
+            )
+            return int(cur.rowcount or 0)
+
+    def migrations(self) -> list[str]:
+        with self._read_tx() as cur:
+            return [r[0] for r in self._ex(cur, "SELECT name FROM schema_migrations ORDER BY name").fetchall()]
+
+
+# --- row mapping and stats ---------------------------------------------------------------------------
+
+
+def add_to_rollup(
+    rollup: dict[tuple[int, str, int], list[float]],
+    timestamp: int,
+    model: str,
+    latency_ms: float | None,
+    prompt_tokens: int | None,
+    completion_tokens: int | None,
+) -> None:
+    key = (int(timestamp) // DAY_MS, model or "", latency_bucket(latency_ms))
+    acc = rollup.get(key)
+    if acc is None:
+        acc = rollup[key] = [0, 0, 0, 0.0]
+    acc[0] += 1
+    acc[1] += prompt_tokens or 0
+    acc[2] += completion_tokens or 0
+    if key[2] >= 0:
+        acc[3] += float(latency_ms or 0.0)
+
+
+def _day(day: int) -> str:
+    return datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%d")
+
+
+def _percentiles(hist: dict[int, int]) -> dict[str, float | None]:
+    total = sum(hist.values())
+    out: dict[str, float | None] = {}
+    for name, q in (("p50", 0.5), ("p90", 0.9), ("p95", 0.95), ("p99", 0.99)):
+        if not total:
+            out[name] = None
+            continue
+        need, cum = q * total, 0
+        for bucket in sorted(hist):
+            cum += hist[bucket]
+            if cum >= need:
+                out[name] = round(bucket_value(bucket), 1)
+                break
+    return out
+
+
+def _stats_report(
+    totals: Sequence[Any],
+    by_source: Sequence[Any],
+    by_status: Sequence[Any],
+    per_day_traj: Sequence[Any],
+    rollup_rows: Sequence[Any],
+) -> dict[str, Any]:
+    by_model: dict[str, dict[str, Any]] = {}
+    per_day: dict[int, dict[str, Any]] = {}
+    hist: dict[int, int] = defaultdict(int)
+    model_hist: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    latency_sum, latency_n = 0.0, 0
+    for day, model, bucket, calls, pt, ct, lsum in rollup_rows:
+        m = by_model.setdefault(model, {"model": model, "llmCalls": 0, "promptTokens": 0, "completionTokens": 0})
+        m["llmCalls"] += int(calls)
+        m["promptTokens"] += int(pt)
+        m["completionTokens"] += int(ct)
+        d = per_day.setdefault(int(day), {"trajectories": 0, "llmCalls": 0, "promptTokens": 0, "completionTokens": 0})
+        d["llmCalls"] += int(calls)
+        d["promptTokens"] += int(pt)
+        d["completionTokens"] += int(ct)
+        if bucket >= 0:
+            hist[int(bucket)] += int(calls)
+            model_hist[model][int(bucket)] += int(calls)
+            latency_sum += float(lsum)
+            latency_n += int(calls)
+    for day, n in per_day_traj:
+        per_day.setdefault(
+            int(day), {"trajectories": 0, "llmCalls": 0, "promptTokens": 0, "completionTokens": 0}
+        )["trajectories"] = int(n)
+    for model, m in by_model.items():
+        m["latencyMs"] = _percentiles(model_hist.get(model, {}))
+    latency = _percentiles(hist)
+    latency["mean"] = round(latency_sum / latency_n, 1) if latency_n else None
+    return {
+        "totalTrajectories": int(totals[0] or 0),
+        "totalSteps": int(totals[1] or 0),
+        "totalLlmCalls": int(totals[2] or 0),
+        "totalProviderAccesses": int(totals[3] or 0),
+        "totalPromptTokens": int(totals[4] or 0),
+        "totalCompletionTokens": int(totals[5] or 0),
+        "bySource": {r[0]: int(r[1]) for r in by_source},
+        "byStatus": {r[0]: int(r[1]) for r in by_status},
+        "byModel": sorted(by_model.values(), key=lambda m: -m["llmCalls"]),
+        "latencyMs": latency,
+        "reward": {
+            "count": int(totals[6] or 0),
+            "mean": None if totals[7] is None else float(totals[7]),
+            "min": None if totals[8] is None else float(totals[8]),
+            "max": None if totals[9] is None else float(totals[9]),
+        },
+        "perDay": [{"date": _day(day), **per_day[day]} for day in sorted(per_day)],
+    }
+
+
+def _trajectory(r: Sequence[Any]) -> Trajectory:
+    return Trajectory(
+        id=r[0],
+        agent_id=r[1],
+        source=r[2],
+        status=r[3],
+        start_time=r[4],
+        end_time=r[5],
+        duration_ms=r[6],
+        scenario_id=r[7],
+        batch_id=r[8],
+        group_index=r[9],
+        is_training_data=bool(r[10]),
+        metadata=jsonutil.loads(r[11]) if r[11] else {},
+        total_reward=r[12],
+        step_count=r[13],
+        llm_call_count=r[14],
+        provider_access_count=r[15],
+        total_prompt_tokens=r[16],
+        total_completion_tokens=r[17],
+        created_at=r[18],
+        updated_at=r[19],
+    )
+
+
+def _score(r: Sequence[Any]) -> Score:
+    return Score(
+        score_id=r[0], trajectory_id=r[1], name=r[2], value=r[3], comment=r[4], source=r[5], created_at=r[6]
+    )
+
+
+def _action_dict(a: ActionResult) -> dict[str, Any]:
+    return {name: getattr(a, name) for name in a.__slots__}
+
+
+def _action(d: dict[str, Any]) -> ActionResult:
+    return ActionResult(**{k: v for k, v in d.items() if k in ActionResult.__slots__})
+
+
+def _step_for(steps: dict[str, Step], t: Trajectory, step_id: str) -> Step:
+    """The step a call belongs to; a call whose step row never arrived still shows up."""
+    step = steps.get(step_id)
+    if step is None:
+        step = steps[step_id] = Step(step_id=step_id, step_number=len(t.steps))
+        t.steps.append(step)
+    return step

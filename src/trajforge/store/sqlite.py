@@ -1,0 +1,163 @@
+"""The embedded default store: one SQLite file, WAL, one writer, FTS5 search."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from trajforge.errors import InvalidQuery, StoreError
+from trajforge.records import now_ms
+from trajforge.store import search
+from trajforge.store.migrations import Migration
+from trajforge.store.sql import SqlStore
+
+PRAGMAS = (
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = NORMAL",  # durable at checkpoints; WAL keeps the file consistent on crash
+    "PRAGMA busy_timeout = 30000",
+    "PRAGMA temp_store = MEMORY",
+    "PRAGMA cache_size = -65536",
+    "PRAGMA mmap_size = 268435456",
+)
+
+
+class SQLiteStore(SqlStore):
+    """All writes go through one connection under a lock (SQLite has one writer anyway); each reading
+    thread has its own connection so reads never wait for a write in WAL mode. Several processes may
+    share the file: ``BEGIN IMMEDIATE`` plus the busy timeout serialize them."""
+
+    dialect = "sqlite"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser()
+        self.url = f"sqlite:///{self.path}"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the directory for {self.path}: {exc}") from exc
+        self._write_lock = threading.RLock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._closed = False
+        self._writer = self._connect()
+        self._run_migrations()
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+            for pragma in PRAGMAS:
+                conn.execute(pragma)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
+        return conn
+
+    def _run_migrations(self) -> None:
+        with self._write_lock:
+            cur = self._writer.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                cur.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at INTEGER NOT NULL)"
+                )
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            applied = {r[0] for r in cur.execute("SELECT name FROM schema_migrations")}
+
+            def apply(migration: Migration) -> None:
+                cur.execute("BEGIN IMMEDIATE")
+                try:
+                    # Another process may have applied it while we waited for the lock.
+                    if cur.execute("SELECT 1 FROM schema_migrations WHERE name = ?", [migration.name]).fetchone():
+                        cur.execute("COMMIT")
+                        return
+                    for stmt in migration.statements(self.dialect):
+                        cur.execute(stmt)
+                    cur.execute(
+                        "INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)", [migration.name, now_ms()]
+                    )
+                    cur.execute("COMMIT")
+                except BaseException:
+                    cur.execute("ROLLBACK")
+                    raise
+
+            self._migrate(cur, applied, apply)
+
+    @contextmanager
+    def _write_tx(self) -> Iterator[sqlite3.Cursor]:
+        if self._closed:
+            raise StoreError("the store is closed")
+        with self._write_lock:
+            cur = self._writer.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only = 1")
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    @contextmanager
+    def _read_tx(self) -> Iterator[sqlite3.Cursor]:
+        if self._closed:
+            raise StoreError("the store is closed")
+        cur = self._reader().cursor()
+        # One read transaction: every query of a multi-query read sees the same snapshot.
+        cur.execute("BEGIN")
+        try:
+            yield cur
+        except sqlite3.OperationalError as exc:
+            cur.execute("ROLLBACK")
+            if "fts5" in str(exc):
+                raise InvalidQuery(f"search could not be run: {exc}") from exc
+            raise
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        cur.execute("COMMIT")
+
+    def _text_match(self, terms: tuple[search.Term, ...]) -> tuple[str, list[Any]]:
+        return "tt.text_id IN (SELECT rowid FROM texts_fts WHERE texts_fts MATCH ?)", [search.fts5_any(terms)]
+
+    def _forget_texts(self, cur: Any, ids: Sequence[int]) -> None:
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            cur.execute(
+                "INSERT INTO texts_fts (texts_fts, rowid, body) SELECT 'delete', id, body FROM texts "
+                f"WHERE fts AND id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+
+    def _delete_all(self, cur: Any) -> None:
+        super()._delete_all(cur)
+        cur.execute("INSERT INTO texts_fts (texts_fts) VALUES ('delete-all')")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self._write_lock:
+            self._writer.close()
+        with self._readers_lock:
+            for conn in self._readers:
+                try:
+                    conn.close()
+                except sqlite3.ProgrammingError:
+                    pass  # created in another thread that is gone; the GC closes it
+            self._readers.clear()
