@@ -86,8 +86,10 @@ def validate_trajectory(t: Trajectory, *, require_reward: bool = False) -> Valid
             response = call.response if isinstance(call.response, str) else ""
             if len(response.strip()) < MIN_RESPONSE_CHARS and not call.tool_calls:
                 r.warnings.append(f"{cw}: the response is very short ({len(response.strip())} characters)")
-        if step.action is not None and step.action.immediate_reward is not None and not _is_num(
-            step.action.immediate_reward
+        if (
+            step.action is not None
+            and step.action.immediate_reward is not None
+            and not _is_num(step.action.immediate_reward)
         ):
             r.errors.append(f"{where}.action.immediateReward: must be a number")
     return r

@@ -22,7 +22,9 @@ class HttpSink:
         self.key = destination_key(self.base_url)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         # Redirects are not followed: a batch must reach the server it was meant for.
-        self._client = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout_s, follow_redirects=False)
+        self._client = httpx.Client(
+            base_url=self.base_url, headers=headers, timeout=timeout_s, follow_redirects=False
+        )
 
     def write(self, batch: WriteBatch) -> None:
         body = jsonutil.dumps_bytes(batch_to_wire(batch))

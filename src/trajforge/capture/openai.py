@@ -43,7 +43,9 @@ def _text(content: Any) -> str | None:
 
 
 def _prompts(messages: list[dict[str, Any]]) -> tuple[str | None, str | None]:
-    system = next((_text(m.get("content")) for m in messages if m.get("role") in ("system", "developer")), None)
+    system = next(
+        (_text(m.get("content")) for m in messages if m.get("role") in ("system", "developer")), None
+    )
     user = next((_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), None)
     return system, user
 
@@ -71,7 +73,7 @@ def _record(call: LlmCall) -> None:
             if own is not None:
                 step.close()
                 own.end("completed" if call.finish_reason != "error" else "error")
-    except Exception:  # noqa: BLE001 - capture must never break the agent
+    except Exception:
         log.exception("trajforge: recording an openai call failed (the agent continues)")
 
 
@@ -117,7 +119,9 @@ def _usage(call: LlmCall, usage: Any) -> None:
     if usage is None:
         return
     call.prompt_tokens = getattr(usage, "prompt_tokens", None) or getattr(usage, "input_tokens", None)
-    call.completion_tokens = getattr(usage, "completion_tokens", None) or getattr(usage, "output_tokens", None)
+    call.completion_tokens = getattr(usage, "completion_tokens", None) or getattr(
+        usage, "output_tokens", None
+    )
     details = getattr(usage, "prompt_tokens_details", None) or getattr(usage, "input_tokens_details", None)
     cached = getattr(details, "cached_tokens", None) if details is not None else None
     if cached:
@@ -184,7 +188,7 @@ class _StreamProxy:
     def _safe_add(self, event: Any) -> None:
         try:
             self._acc.add(event)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("trajforge: reading a stream event failed (the agent continues)")
 
     def __enter__(self) -> _StreamProxy:
@@ -202,7 +206,7 @@ class _StreamProxy:
 
 
 class _AsyncStreamProxy(_StreamProxy):
-    async def __aiter__(self) -> AsyncIterator[Any]:  # type: ignore[override]
+    async def __aiter__(self) -> AsyncIterator[Any]:
         try:
             async for event in self._stream:
                 self._safe_add(event)
@@ -241,7 +245,9 @@ def _responses_request(kwargs: dict[str, Any]) -> LlmCall:
         messages=messages,
         tools=_plain(kwargs.get("tools")) if kwargs.get("tools") else None,
         temperature=_num(kwargs.get("temperature")),
-        max_tokens=kwargs.get("max_output_tokens") if isinstance(kwargs.get("max_output_tokens"), int) else None,
+        max_tokens=kwargs.get("max_output_tokens")
+        if isinstance(kwargs.get("max_output_tokens"), int)
+        else None,
         top_p=_num(kwargs.get("top_p")),
         purpose="response",
     )
@@ -319,7 +325,7 @@ def _wrap(
             return None
         try:
             return build(kwargs)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("trajforge: reading an openai request failed (the agent continues)")
             return None
 
@@ -330,7 +336,7 @@ def _wrap(
                 return proxy(result, accumulator(call, started))
             finish(call, result, started)
             _record(call)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("trajforge: reading an openai response failed (the agent continues)")
         return result
 

@@ -46,7 +46,9 @@ log = logging.getLogger("trajforge.capture")
 _current_trajectory: contextvars.ContextVar[TrajectoryScope | None] = contextvars.ContextVar(
     "trajforge_trajectory", default=None
 )
-_current_step: contextvars.ContextVar[StepScope | None] = contextvars.ContextVar("trajforge_step", default=None)
+_current_step: contextvars.ContextVar[StepScope | None] = contextvars.ContextVar(
+    "trajforge_step", default=None
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -58,7 +60,7 @@ def _safe(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except Exception:  # noqa: BLE001 - capture must never break the agent
+        except Exception:
             log.exception("trajforge: %s failed (the agent continues)", fn.__qualname__)
             return None
 
@@ -68,7 +70,18 @@ def _safe(fn: F) -> F:
 class StepScope:
     """One step of a trajectory. Use as a context manager (``with t.step() as s``)."""
 
-    __slots__ = ("_action", "_closed", "_done", "_metadata", "_observation", "_reward", "_token", "number", "step_id", "trajectory")
+    __slots__ = (
+        "_action",
+        "_closed",
+        "_done",
+        "_metadata",
+        "_observation",
+        "_reward",
+        "_token",
+        "number",
+        "step_id",
+        "trajectory",
+    )
 
     def __init__(self, trajectory: TrajectoryScope, number: int, step_id: str | None = None) -> None:
         self.trajectory = trajectory
@@ -81,9 +94,7 @@ class StepScope:
         self._metadata: dict[str, Any] | None = None
         self._closed = False
         self._token: contextvars.Token[StepScope | None] | None = None
-        trajectory._submit(
-            StepHeader(trajectory.id, self.step_id, step_number=number, timestamp=now_ms())
-        )
+        trajectory._submit(StepHeader(trajectory.id, self.step_id, step_number=number, timestamp=now_ms()))
 
     @_safe
     def provider(
@@ -184,7 +195,9 @@ class StepScope:
         self._token = _current_step.set(self)
         return self
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._token is not None:
             try:
                 _current_step.reset(self._token)
@@ -195,7 +208,9 @@ class StepScope:
     async def __aenter__(self) -> StepScope:
         return self.__enter__()
 
-    async def __aexit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.__exit__(et, ev, tb)
 
 
@@ -234,7 +249,7 @@ class TrajectoryScope:
             self._steps += 1
             self._open_step = step
             return step
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("trajforge: opening a step failed (the agent continues)")
             return _NullStep()  # type: ignore[return-value]
 
@@ -280,7 +295,9 @@ class TrajectoryScope:
         if error is not None:
             metadata = {**(metadata or {}), "error": error}
         self._submit(
-            TrajectoryHeader(self.id, status=status, end_time=now_ms(), total_reward=reward, metadata=metadata)
+            TrajectoryHeader(
+                self.id, status=status, end_time=now_ms(), total_reward=reward, metadata=metadata
+            )
         )
 
     def __enter__(self) -> TrajectoryScope:
@@ -288,13 +305,11 @@ class TrajectoryScope:
         self._step_token = _current_step.set(None)
         return self
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        for var, token in ((_current_trajectory, self._token), (_current_step, self._step_token)):
-            if token is not None:
-                try:
-                    var.reset(token)  # type: ignore[attr-defined]
-                except ValueError:
-                    var.set(None)  # type: ignore[attr-defined]
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        _reset(_current_trajectory, self._token)
+        _reset(_current_step, self._step_token)
         if ev is None:
             self.end("completed")
         else:
@@ -303,8 +318,19 @@ class TrajectoryScope:
     async def __aenter__(self) -> TrajectoryScope:
         return self.__enter__()
 
-    async def __aexit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.__exit__(et, ev, tb)
+
+
+def _reset(var: contextvars.ContextVar[Any], token: contextvars.Token[Any] | None) -> None:
+    if token is None:
+        return
+    try:
+        var.reset(token)
+    except ValueError:  # exited in another context (e.g. a generator): just clear it
+        var.set(None)
 
 
 class _NullStep:
@@ -361,7 +387,7 @@ def _flush_at_exit() -> None:
     for rec in list(_live_recorders):
         try:
             rec.close(timeout_s=10)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("trajforge: flush at exit failed")
 
 
@@ -389,6 +415,7 @@ class Recorder:
         self.reward_on_success = reward_on_success
         self.reward_on_error = reward_on_error
         self._writer: BackgroundWriter | None = None
+        self._final_stats: dict[str, Any] | None = None
         if self.disabled_by_env:
             return
         if sink is None:
@@ -405,9 +432,11 @@ class Recorder:
     @property
     def stats(self) -> dict[str, Any]:
         """Counters: submitted, written, spilled (to the spool), replayed, rejected, lost, pending."""
-        if self._writer is None:
-            return {"submitted": 0, "written": 0, "disabled": True}
-        return self._writer.counters()
+        if self._writer is not None:
+            return self._writer.counters()
+        if self._final_stats is not None:
+            return dict(self._final_stats)  # after close(): what the writer did in its life
+        return {"submitted": 0, "written": 0, "disabled": True}
 
     def _submit(self, item: Any) -> None:
         if self._writer is not None:
@@ -442,7 +471,7 @@ class Recorder:
                 metadata=dict(metadata) if metadata else None,
             )
             return TrajectoryScope(self, header)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("trajforge: opening a trajectory failed (the agent continues)")
             return _NullTrajectory()  # type: ignore[return-value]
 
@@ -459,7 +488,9 @@ class Recorder:
         self, trajectory_id: str, name: str, value: float, comment: str | None = None, source: str = "api"
     ) -> None:
         """Attach a late outcome or score to a trajectory (replaces the same name+source)."""
-        self._submit(Score(trajectory_id=trajectory_id, name=name, value=float(value), comment=comment, source=source))
+        self._submit(
+            Score(trajectory_id=trajectory_id, name=name, value=float(value), comment=comment, source=source)
+        )
 
     def wrap_action(
         self,
@@ -527,7 +558,7 @@ class Recorder:
         """Wait until everything recorded so far is written (or safely spooled)."""
         try:
             return self._writer.flush(timeout_s) if self._writer is not None else True
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("trajforge: flush failed")
             return False
 
@@ -539,9 +570,10 @@ class Recorder:
             return True
         try:
             ok = writer.close(timeout_s)
+            self._final_stats = writer.counters()
             writer.sink.close()
             return ok
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("trajforge: close failed")
             return False
 
@@ -572,7 +604,7 @@ class _ActionScope:
                 step = traj.step()
                 self.own_step = True
             self.step = step
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("trajforge: wrap_action could not open its scope (the agent continues)")
 
     def finish(self, params: Any, result: Any, exc: BaseException | None, reward: float) -> None:
@@ -594,7 +626,7 @@ class _ActionScope:
                     self.own_traj.end("completed")
                 else:
                     self.own_traj.end("error", error=f"{type(exc).__name__}: {exc}")
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("trajforge: wrap_action could not record (the agent continues)")
 
 

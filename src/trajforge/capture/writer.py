@@ -170,7 +170,7 @@ class BackgroundWriter:
             self._wake.clear()
             try:
                 self._cycle()
-            except Exception:  # noqa: BLE001 - the writer thread must survive anything
+            except Exception:
                 log.exception("trajforge writer cycle failed")
             if self._stop and not self._items:
                 return
@@ -183,7 +183,7 @@ class BackgroundWriter:
                 self.enabled = self.sink.logging_enabled()
             except TransientError:
                 pass
-            except Exception:  # noqa: BLE001 - a settings read must not stop capture
+            except Exception:
                 log.exception("trajforge could not read the logging setting")
         if not self._healthy and now >= self._next_retry:
             self._replay_spool()
@@ -234,7 +234,13 @@ class BackgroundWriter:
         count = n if n is not None else sum(len(b) for b in batches)
         path = self._spool_path if not prefix else self.spool_dir / f"{prefix}{self._spool_path.name}"
         try:
-            lines = b"".join(jsonutil.dumps_bytes(batch_to_wire(b)) + b"\n" for b in batches)
+            # Each line carries how many submitted records it holds, so "replayed" counts in the
+            # same unit as "spilled" (the wire form merges repeated headers).
+            per = [n if n is not None and len(batches) == 1 else len(b) for b in batches]
+            lines = b"".join(
+                jsonutil.dumps_bytes({"records": k, "batch": batch_to_wire(b)}) + b"\n"
+                for k, b in zip(per, batches, strict=True)
+            )
             with self._spool_lock:
                 self.spool_dir.mkdir(parents=True, exist_ok=True)
                 with open(path, "ab") as fh:
@@ -242,7 +248,7 @@ class BackgroundWriter:
                     fh.flush()
                     os.fsync(fh.fileno())
             self.stats[count_as] += count
-        except Exception:  # noqa: BLE001 - last resort: count the loss loudly
+        except Exception:
             self.stats["lost"] += count
             log.exception("trajforge LOST %d records: the spool %s could not be written", count, path)
 
@@ -289,7 +295,9 @@ class BackgroundWriter:
                 done += 1
                 continue
             try:
-                batch = batch_from_wire(jsonutil.loads(line))
+                entry = jsonutil.loads(line)
+                batch = batch_from_wire(entry["batch"])
+                records = int(entry.get("records") or len(batch))
             except Exception:  # noqa: BLE001 - a torn last line after a crash
                 log.error("trajforge skipped an unreadable spool line in %s", path)
                 self.stats["lost"] += 1
@@ -302,9 +310,9 @@ class BackgroundWriter:
                 return False
             except Exception as exc:  # noqa: BLE001
                 log.error("trajforge sink rejected a spooled batch: %s", exc)
-                self._spool_batches([batch], count_as="rejected", prefix="rejected-")
+                self._spool_batches([batch], count_as="rejected", n=records, prefix="rejected-")
             else:
-                self.stats["replayed"] += len(batch)
+                self.stats["replayed"] += records
             done += 1
         return True
 

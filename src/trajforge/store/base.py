@@ -39,17 +39,13 @@ class TrajectoryFilter:
             )
         if self.start_date is not None and self.end_date is not None and self.start_date > self.end_date:
             raise InvalidInput("startDate is after endDate", "startDate")
-        if (
-            self.min_reward is not None
-            and self.max_reward is not None
-            and self.min_reward > self.max_reward
-        ):
+        if self.min_reward is not None and self.max_reward is not None and self.min_reward > self.max_reward:
             raise InvalidInput("minReward is greater than maxReward", "minReward")
         if self.search is not None and not self.search.strip():
             self.search = None
 
     def is_empty(self) -> bool:
-        return all(getattr(self, name) is None for name in self.__slots__)  # type: ignore[attr-defined]
+        return all(getattr(self, name) is None for name in self.__slots__)
 
 
 @dataclass(slots=True)

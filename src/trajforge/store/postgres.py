@@ -56,7 +56,10 @@ class PostgresStore(SqlStore):
 
         def configure(conn: psycopg.Connection[Any]) -> None:
             if self.schema:
+                # IF NOT EXISTS is not safe against a concurrent CREATE: serialize on a lock.
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", [_MIGRATION_LOCK])
                 conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                conn.commit()
                 conn.execute(f'SET search_path TO "{self.schema}"')
             conn.commit()
 
@@ -71,7 +74,7 @@ class PostgresStore(SqlStore):
                 kwargs={"connect_timeout": 10},
             )
             self._pool.wait(timeout=15)
-        except Exception as exc:  # noqa: BLE001 - any connection failure is the same error to the user
+        except Exception as exc:
             raise StoreError(f"cannot connect to PostgreSQL at {urlsplit(url).hostname}: {exc}") from exc
         self._run_migrations()
 
@@ -84,12 +87,13 @@ class PostgresStore(SqlStore):
 
     def _run_migrations(self) -> None:
         with self._pool.connection() as conn:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)"
-            )
-            conn.commit()
             with conn.transaction():
+                # One opener at a time (several hosts may start together); the lock is taken before
+                # CREATE ... IF NOT EXISTS, which races otherwise.
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", [_MIGRATION_LOCK])
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)"
+                )
                 applied = {r[0] for r in conn.execute("SELECT name FROM schema_migrations")}
                 cur = conn.cursor()
 
@@ -128,9 +132,8 @@ class PostgresStore(SqlStore):
     def _read_tx(self) -> Iterator[Any]:
         if self._closed:
             raise StoreError("the store is closed")
-        with self._pool.connection() as conn:
-            with conn.transaction(), conn.cursor() as cur:
-                yield cur
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            yield cur
 
     def _text_match(self, terms: tuple[search.Term, ...]) -> tuple[str, list[Any]]:
         tsquery, params = search.tsquery_any(terms)

@@ -48,13 +48,15 @@ CALL_COLS = (
     "max_tokens, top_p, purpose, action_type, latency_ms, prompt_tokens, completion_tokens, "
     "cache_read_input_tokens, cache_creation_input_tokens, tags"
 )
-ACCESS_COLS = "access_id, trajectory_id, step_id, timestamp, provider_id, provider_name, purpose, query, data_text"
+ACCESS_COLS = (
+    "access_id, trajectory_id, step_id, timestamp, provider_id, provider_name, purpose, query, data_text"
+)
 STEP_COLS = "step_id, trajectory_id, step_number, timestamp, action, reward, done, observation, metadata"
 SCORE_COLS = "score_id, trajectory_id, name, value, comment, source, created_at"
 
 
-def text_id(body: str) -> tuple[int, str]:
-    """The 64-bit content hash that keys a text, and the text as stored.
+def text_hash(body: str) -> tuple[int, str]:
+    """The 64-bit content hash that finds a stored text, and the text as stored.
 
     Lone surrogates cannot be stored as UTF-8 by either database, so they are replaced here, once,
     rather than failing the whole batch later.
@@ -142,6 +144,40 @@ class SqlStore:
     def _forget_texts(self, cur: Any, ids: Sequence[int]) -> None:
         """Remove texts from the full-text index before their rows are deleted (SQLite only)."""
 
+    def _index_texts(self, cur: Any, rows: Sequence[tuple[int, str]]) -> None:
+        """Add ``(id, body)`` texts to the full-text index (SQLite; PostgreSQL's GIN index is automatic)."""
+
+    def _store_texts(self, cur: Any, texts: dict[int, tuple[str, bool]]) -> dict[int, int]:
+        """Store each distinct text once; returns hash → id for every text given.
+
+        New texts get ascending ids in one go (FTS5 indexes ascending rowids fastest); a text first
+        stored as a payload and later used as a prompt is flagged and indexed then.
+        """
+        hashes = sorted(texts)
+        known = {
+            r[0]: (r[1], bool(r[2]))
+            for r in self._select_in(cur, "SELECT hash, id, fts FROM texts WHERE hash IN ({marks})", hashes)
+        }
+        fresh = [h for h in hashes if h not in known]
+        self._exmany(
+            cur,
+            "INSERT INTO texts (hash, body, fts) VALUES (?,?,?) ON CONFLICT (hash) DO NOTHING",
+            [(h, texts[h][0], texts[h][1]) for h in fresh],
+        )
+        ids = {h: i for h, (i, _) in known.items()}
+        to_index: list[tuple[int, str]] = []
+        for r in self._select_in(cur, "SELECT hash, id, fts FROM texts WHERE hash IN ({marks})", fresh):
+            ids[r[0]] = r[1]
+            if texts[r[0]][1]:
+                if r[2]:
+                    to_index.append((r[1], texts[r[0]][0]))
+                else:  # a concurrent writer stored it first, unflagged
+                    known[r[0]] = (r[1], False)
+        flip = [(i, texts[h][0]) for h, (i, fts) in known.items() if texts[h][1] and not fts]
+        self._exmany(cur, "UPDATE texts SET fts = ? WHERE id = ?", [(True, i) for i, _ in flip])
+        self._index_texts(cur, sorted(to_index) + sorted(flip))
+        return ids
+
     def _clean_text(self, body: str) -> str:
         return body
 
@@ -177,7 +213,7 @@ class SqlStore:
         out = []
         for body, fts in items:
             if body is not None:
-                tid, clean = text_id(self._clean_text(body))
+                tid, clean = text_hash(self._clean_text(body))
                 out.append((tid, clean, fts))
         return out
 
@@ -291,7 +327,9 @@ class SqlStore:
         result = WriteResult()
         now = now_ms()
         ids = sorted(p.first_seen)  # a fixed order keeps concurrent PostgreSQL writers deadlock-free
-        old_status = dict(self._select_in(cur, "SELECT id, status FROM trajectories WHERE id IN ({marks})", ids))
+        old_status = dict(
+            self._select_in(cur, "SELECT id, status FROM trajectories WHERE id IN ({marks})", ids)
+        )
         new_rows = []
         for tid in ids:
             if tid in old_status:
@@ -317,14 +355,14 @@ class SqlStore:
             new_rows,
         )
         texts: dict[int, tuple[str, bool]] = {}
-        links: set[tuple[int, str]] = set()
+        links: dict[tuple[int, str], bool] = {}
 
         def use(tid: str, items: list[tuple[int, str, bool]]) -> None:
             for text_key, body, fts in items:
                 prev = texts.get(text_key)
                 if prev is None or (fts and not prev[1]):
                     texts[text_key] = (body, fts)
-                links.add((text_key, tid))
+                links[(text_key, tid)] = fts or links.get((text_key, tid), False)
 
         header_rows = []
         for tid in sorted(p.headers):
@@ -379,7 +417,8 @@ class SqlStore:
         # Steps: insert the new ones, complete the known ones.
         step_ids = sorted(p.steps)
         known_steps = {
-            r[0] for r in self._select_in(cur, "SELECT step_id FROM steps WHERE step_id IN ({marks})", step_ids)
+            r[0]
+            for r in self._select_in(cur, "SELECT step_id FROM steps WHERE step_id IN ({marks})", step_ids)
         }
         deltas: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
         step_inserts, step_updates = [], []
@@ -432,27 +471,12 @@ class SqlStore:
         # LLM calls and provider accesses are immutable events: first write wins.
         call_ids = sorted(p.calls)
         known_calls = {
-            r[0] for r in self._select_in(cur, "SELECT call_id FROM llm_calls WHERE call_id IN ({marks})", call_ids)
+            r[0]
+            for r in self._select_in(
+                cur, "SELECT call_id FROM llm_calls WHERE call_id IN ({marks})", call_ids
+            )
         }
-        call_rows = []
-        rollup: dict[tuple[int, str, int], list[float]] = {}
-        for cid in call_ids:
-            if cid in known_calls:
-                continue
-            values, call_texts, tid, call = p.calls[cid]
-            call_rows.append(values)
-            use(tid, call_texts)
-            d = deltas[tid]
-            d[1] += 1
-            d[3] += call.prompt_tokens or 0
-            d[4] += call.completion_tokens or 0
-            add_to_rollup(rollup, call.timestamp, call.model or "", call.latency_ms, call.prompt_tokens, call.completion_tokens)
-        result.new_calls = len(call_rows)
-        self._exmany(
-            cur,
-            f"INSERT INTO llm_calls ({CALL_COLS}) VALUES ({_marks(25)}) ON CONFLICT (call_id) DO NOTHING",
-            call_rows,
-        )
+        new_calls = [p.calls[cid] for cid in call_ids if cid not in known_calls]
         access_ids = sorted(p.accesses)
         known_access = {
             r[0]
@@ -460,35 +484,53 @@ class SqlStore:
                 cur, "SELECT access_id FROM provider_accesses WHERE access_id IN ({marks})", access_ids
             )
         }
-        access_rows = []
-        for aid in access_ids:
-            if aid in known_access:
-                continue
-            values, access_texts, tid = p.accesses[aid]
-            access_rows.append(values)
+        new_accesses = [p.accesses[aid] for aid in access_ids if aid not in known_access]
+        rollup: dict[tuple[int, str, int], list[float]] = {}
+        for _, call_texts, tid, call in new_calls:
+            use(tid, call_texts)
+            d = deltas[tid]
+            d[1] += 1
+            d[3] += call.prompt_tokens or 0
+            d[4] += call.completion_tokens or 0
+            add_to_rollup(
+                rollup,
+                call.timestamp,
+                call.model or "",
+                call.latency_ms,
+                call.prompt_tokens,
+                call.completion_tokens,
+            )
+        for _, access_texts, tid in new_accesses:
             use(tid, access_texts)
             deltas[tid][2] += 1
-        result.new_accesses = len(access_rows)
+
+        ids_by_hash = self._store_texts(cur, texts)
+
+        def mapped(values: tuple[Any, ...], first: int, last: int) -> tuple[Any, ...]:
+            return (
+                *values[:first],
+                *(None if h is None else ids_by_hash[h] for h in values[first:last]),
+                *values[last:],
+            )
+
+        result.new_calls = len(new_calls)
+        self._exmany(
+            cur,
+            f"INSERT INTO llm_calls ({CALL_COLS}) VALUES ({_marks(25)}) ON CONFLICT (call_id) DO NOTHING",
+            [mapped(values, 6, 12) for values, _, _, _ in new_calls],
+        )
+        result.new_accesses = len(new_accesses)
         self._exmany(
             cur,
             f"INSERT INTO provider_accesses ({ACCESS_COLS}) VALUES ({_marks(9)}) "
             "ON CONFLICT (access_id) DO NOTHING",
-            access_rows,
-        )
-
-        # Texts: stored once; the flag flip puts a payload text into the search index when it is
-        # later used as a prompt.
-        text_rows = sorted((k, body, fts) for k, (body, fts) in texts.items())
-        self._exmany(cur, "INSERT INTO texts (id, body, fts) VALUES (?,?,?) ON CONFLICT (id) DO NOTHING", text_rows)
-        self._exmany(
-            cur,
-            "UPDATE texts SET fts = ? WHERE id = ? AND NOT fts",
-            [(True, k) for k, _, fts in text_rows if fts],
+            [mapped(values, 8, 9) for values, _, _ in new_accesses],
         )
         self._exmany(
             cur,
-            "INSERT INTO trajectory_texts (text_id, trajectory_id) VALUES (?,?) ON CONFLICT DO NOTHING",
-            sorted(links),
+            "INSERT INTO trajectory_texts (text_id, trajectory_id, fts) VALUES (?,?,?) "
+            "ON CONFLICT (text_id, trajectory_id) DO UPDATE SET fts = trajectory_texts.fts OR excluded.fts",
+            sorted((ids_by_hash[h], tid, fts) for (h, tid), fts in links.items()),
         )
 
         counter_rows = [(*deltas[tid], now, tid) for tid in sorted(deltas)]
@@ -586,7 +628,9 @@ class SqlStore:
             query = search.parse(flt.search)
             for terms, op in [(g, "IN") for g in query.groups] + [((n,), "NOT IN") for n in query.negated]:
                 subquery, sparams = self._text_match(terms)
-                clauses.append(f"t.id {op} (SELECT tt.trajectory_id FROM trajectory_texts tt WHERE {subquery})")
+                clauses.append(
+                    f"t.id {op} (SELECT tt.trajectory_id FROM trajectory_texts tt WHERE tt.fts AND {subquery})"
+                )
                 params.extend(sparams)
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
@@ -607,12 +651,16 @@ class SqlStore:
             if offset == 0 and len(rows) < limit:
                 total = len(rows)  # the page holds every match: no need to count again
             else:
-                total = int(self._ex(cur, f"SELECT COUNT(*) FROM trajectories t{where}", params).fetchone()[0])
+                total = int(
+                    self._ex(cur, f"SELECT COUNT(*) FROM trajectories t{where}", params).fetchone()[0]
+                )
         return Page([_trajectory(r) for r in rows], total, limit, offset)
 
     def get_trajectory(self, trajectory_id: str) -> Trajectory | None:
         with self._read_tx() as cur:
-            row = self._ex(cur, f"SELECT {TRAJ_COLS} FROM trajectories WHERE id = ?", [trajectory_id]).fetchone()
+            row = self._ex(
+                cur, f"SELECT {TRAJ_COLS} FROM trajectories WHERE id = ?", [trajectory_id]
+            ).fetchone()
             if row is None:
                 return None
             return self._load_full(cur, [row])[0]
@@ -674,9 +722,13 @@ class SqlStore:
         )
         wanted = {v for r in call_rows for v in r[6:12] if v is not None}
         wanted.update(r[8] for r in access_rows if r[8] is not None)
-        bodies = dict(self._select_in(cur, "SELECT id, body FROM texts WHERE id IN ({marks})", sorted(wanted)))
+        bodies = dict(
+            self._select_in(cur, "SELECT id, body FROM texts WHERE id IN ({marks})", sorted(wanted))
+        )
         for r in call_rows:
-            sys_t, user_t, resp_t, reas_t, msg_t, tools_t = (None if k is None else bodies.get(k) for k in r[6:12])
+            sys_t, user_t, resp_t, reas_t, msg_t, tools_t = (
+                None if k is None else bodies.get(k) for k in r[6:12]
+            )
             call = LlmCall(
                 call_id=r[0],
                 timestamp=r[3],
@@ -715,7 +767,9 @@ class SqlStore:
             )
             _step_for(steps, by_id[r[1]], r[2]).provider_accesses.append(access)
         for r in self._select_in(
-            cur, f"SELECT {SCORE_COLS} FROM scores WHERE trajectory_id IN ({{marks}}) ORDER BY created_at", ids
+            cur,
+            f"SELECT {SCORE_COLS} FROM scores WHERE trajectory_id IN ({{marks}}) ORDER BY created_at",
+            ids,
         ):
             by_id[r[1]].scores.append(_score(r))
         return trajectories
@@ -751,7 +805,7 @@ class SqlStore:
                 ).fetchall()
             else:
                 # A filtered view has no precomputed rollup: build the same one from its calls.
-                rollup = {}
+                rollup: dict[tuple[int, str, int], list[float]] = {}
                 rows = self._ex(
                     cur,
                     "SELECT timestamp, model, latency_ms, prompt_tokens, completion_tokens FROM llm_calls "
@@ -774,7 +828,10 @@ class SqlStore:
             if not ids:
                 return 0
             unique = sorted(set(ids))
-            present = [r[0] for r in self._select_in(cur, "SELECT id FROM trajectories WHERE id IN ({marks})", unique)]
+            present = [
+                r[0]
+                for r in self._select_in(cur, "SELECT id FROM trajectories WHERE id IN ({marks})", unique)
+            ]
             if not present:
                 return 0
             rollup: dict[tuple[int, str, int], list[float]] = {}
@@ -860,7 +917,9 @@ class SqlStore:
 
     def migrations(self) -> list[str]:
         with self._read_tx() as cur:
-            return [r[0] for r in self._ex(cur, "SELECT name FROM schema_migrations ORDER BY name").fetchall()]
+            return [
+                r[0] for r in self._ex(cur, "SELECT name FROM schema_migrations ORDER BY name").fetchall()
+            ]
 
 
 # --- row mapping and stats ---------------------------------------------------------------------------
@@ -918,11 +977,15 @@ def _stats_report(
     model_hist: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
     latency_sum, latency_n = 0.0, 0
     for day, model, bucket, calls, pt, ct, lsum in rollup_rows:
-        m = by_model.setdefault(model, {"model": model, "llmCalls": 0, "promptTokens": 0, "completionTokens": 0})
+        m = by_model.setdefault(
+            model, {"model": model, "llmCalls": 0, "promptTokens": 0, "completionTokens": 0}
+        )
         m["llmCalls"] += int(calls)
         m["promptTokens"] += int(pt)
         m["completionTokens"] += int(ct)
-        d = per_day.setdefault(int(day), {"trajectories": 0, "llmCalls": 0, "promptTokens": 0, "completionTokens": 0})
+        d = per_day.setdefault(
+            int(day), {"trajectories": 0, "llmCalls": 0, "promptTokens": 0, "completionTokens": 0}
+        )
         d["llmCalls"] += int(calls)
         d["promptTokens"] += int(pt)
         d["completionTokens"] += int(ct)

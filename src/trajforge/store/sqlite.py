@@ -74,13 +74,16 @@ class SQLiteStore(SqlStore):
                 cur.execute("BEGIN IMMEDIATE")
                 try:
                     # Another process may have applied it while we waited for the lock.
-                    if cur.execute("SELECT 1 FROM schema_migrations WHERE name = ?", [migration.name]).fetchone():
+                    if cur.execute(
+                        "SELECT 1 FROM schema_migrations WHERE name = ?", [migration.name]
+                    ).fetchone():
                         cur.execute("COMMIT")
                         return
                     for stmt in migration.statements(self.dialect):
                         cur.execute(stmt)
                     cur.execute(
-                        "INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)", [migration.name, now_ms()]
+                        "INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)",
+                        [migration.name, now_ms()],
                     )
                     cur.execute("COMMIT")
                 except BaseException:
@@ -134,6 +137,10 @@ class SQLiteStore(SqlStore):
 
     def _text_match(self, terms: tuple[search.Term, ...]) -> tuple[str, list[Any]]:
         return "tt.text_id IN (SELECT rowid FROM texts_fts WHERE texts_fts MATCH ?)", [search.fts5_any(terms)]
+
+    def _index_texts(self, cur: Any, rows: Sequence[tuple[int, str]]) -> None:
+        if rows:
+            cur.executemany("INSERT INTO texts_fts (rowid, body) VALUES (?, ?)", rows)
 
     def _forget_texts(self, cur: Any, ids: Sequence[int]) -> None:
         for i in range(0, len(ids), 500):
