@@ -86,27 +86,26 @@ class PostgresStore(SqlStore):
         return body.replace("\x00", "\ufffd") if "\x00" in body else body
 
     def _run_migrations(self) -> None:
-        with self._pool.connection() as conn:
-            with conn.transaction():
-                # One opener at a time (several hosts may start together); the lock is taken before
-                # CREATE ... IF NOT EXISTS, which races otherwise.
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", [_MIGRATION_LOCK])
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)"
-                )
-                applied = {r[0] for r in conn.execute("SELECT name FROM schema_migrations")}
-                cur = conn.cursor()
+        with self._pool.connection() as conn, conn.transaction():
+            # One opener at a time (several hosts may start together); the lock is taken before
+            # CREATE ... IF NOT EXISTS, which races otherwise.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", [_MIGRATION_LOCK])
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)"
+            )
+            applied = {r[0] for r in conn.execute("SELECT name FROM schema_migrations")}
+            cur = conn.cursor()
 
-                def apply(migration: Migration) -> None:
-                    with conn.transaction():  # a savepoint per migration
-                        for stmt in migration.statements(self.dialect):
-                            cur.execute(stmt)
-                        cur.execute(
-                            "INSERT INTO schema_migrations (name, applied_at) VALUES (%s, %s)",
-                            [migration.name, now_ms()],
-                        )
+            def apply(migration: Migration) -> None:
+                with conn.transaction():  # a savepoint per migration
+                    for stmt in migration.statements(self.dialect):
+                        cur.execute(stmt)
+                    cur.execute(
+                        "INSERT INTO schema_migrations (name, applied_at) VALUES (%s, %s)",
+                        [migration.name, now_ms()],
+                    )
 
-                self._migrate(cur, applied, apply)
+            self._migrate(cur, applied, apply)
 
     @contextmanager
     def _write_tx(self) -> Iterator[Any]:
