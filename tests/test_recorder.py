@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import trajforge
+import trajforge.errors
 from trajforge.capture.transport import StoreSink, TransientError
 from trajforge.capture.writer import BackgroundWriter
 from trajforge.records import WriteBatch
@@ -387,3 +388,16 @@ def test_validate_trajectory_reports_errors_and_warnings() -> None:
     assert "steps[0].llmCalls[0].prompt_tokens: must be a non-negative integer" in r2.errors
     assert any("prompt is very short" in w for w in r2.warnings)
     assert any("response is very short" in w for w in r2.warnings)
+
+
+def test_a_store_down_at_start_spools_instead_of_raising(tmp_path: Path) -> None:
+    rec = trajforge.Recorder("postgresql://postgres@127.0.0.1:1/test", spool_dir=tmp_path / "spool")
+    with rec.trajectory(agent_id="early") as t, t.step() as s:
+        s.llm_call(model="m")
+    assert rec.flush(10)
+    stats = rec.stats
+    assert stats["spilled"] > 0 and stats["lost"] == 0 and not stats["healthy"]
+    rec.close(timeout_s=5)
+    assert list((tmp_path / "spool").glob("*.jsonl"))
+    with pytest.raises(trajforge.errors.InvalidInput):
+        trajforge.Recorder("sqlite://relative.db")  # a malformed URL is the caller's mistake: raised

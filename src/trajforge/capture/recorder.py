@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from trajforge import settings
 from trajforge.capture.transport import Sink, StoreSink
 from trajforge.capture.writer import BackgroundWriter
+from trajforge.errors import StoreError
 from trajforge.records import (
     AccessRow,
     ActionResult,
@@ -638,7 +639,13 @@ def _make_sink(target: str | Path | Store | None, token: str | None) -> Sink:
         from trajforge.capture.http import HttpSink
 
         return HttpSink(url, token=token if token is not None else settings.api_token())
-    return StoreSink(open_store(url))
+    try:
+        return StoreSink(open_store(url))
+    except StoreError as exc:
+        # Unreachable now (database down, network): spool until it answers. A malformed URL is
+        # InvalidInput and still raises here, where the mistake is made.
+        log.warning("trajforge: store %s unavailable at start (%s); spooling until it answers", url, exc)
+        return StoreSink(url=url)
 
 
 def current_step() -> StepScope | None:

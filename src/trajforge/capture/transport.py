@@ -14,7 +14,7 @@ import psycopg
 
 from trajforge.errors import StoreError
 from trajforge.records import WriteBatch
-from trajforge.store import Store
+from trajforge.store import Store, open_store
 
 LOGGING_ENABLED = "logging_enabled"
 """The settings key that turns capture on/off for every recorder using a store."""
@@ -40,12 +40,30 @@ def destination_key(url: str) -> str:
 
 
 class StoreSink:
-    """Writes batches into a :class:`Store` in this process."""
+    """Writes batches into a :class:`Store` in this process.
 
-    def __init__(self, store: Store, *, owns_store: bool = True) -> None:
-        self.store = store
-        self.key = destination_key(store.url)
+    Given a URL instead of a store, it opens the store on first use and again after a failure, so
+    an agent that starts while its database is down spools instead of failing.
+    """
+
+    def __init__(
+        self, store: Store | None = None, *, url: str | None = None, owns_store: bool = True
+    ) -> None:
+        if store is None and url is None:
+            raise ValueError("StoreSink needs a store or a url")
+        self._store = store
+        self._url = url if url is not None else store.url  # type: ignore[union-attr]
+        self.key = destination_key(self._url)
         self._owns = owns_store
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            try:
+                self._store = open_store(self._url)
+            except (sqlite3.OperationalError, psycopg.OperationalError, StoreError) as exc:
+                raise TransientError(str(exc)) from exc
+        return self._store
 
     def write(self, batch: WriteBatch) -> None:
         try:
@@ -60,5 +78,5 @@ class StoreSink:
             raise TransientError(str(exc)) from exc
 
     def close(self) -> None:
-        if self._owns:
-            self.store.close()
+        if self._owns and self._store is not None:
+            self._store.close()

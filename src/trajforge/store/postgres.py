@@ -64,6 +64,8 @@ class PostgresStore(SqlStore):
             conn.commit()
 
         try:
+            # Probe first: a refused connection fails here at once instead of after the pool's wait.
+            psycopg.connect(conninfo, connect_timeout=5).close()
             self._pool = ConnectionPool(
                 conninfo,
                 min_size=1,
