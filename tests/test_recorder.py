@@ -401,3 +401,22 @@ def test_a_store_down_at_start_spools_instead_of_raising(tmp_path: Path) -> None
     assert list((tmp_path / "spool").glob("*.jsonl"))
     with pytest.raises(trajforge.errors.InvalidInput):
         trajforge.Recorder("sqlite://relative.db")  # a malformed URL is the caller's mistake: raised
+
+
+def test_the_writer_sweeps_abandoned_trajectories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = str(tmp_path / "sweep.db")
+    rec = trajforge.Recorder(url)
+    abandoned = rec.trajectory(agent_id="crashed")  # never ended: its process "died"
+    abandoned.llm_call(model="m", user_prompt="half way")
+    rec.close()
+    monkeypatch.setenv("TRAJFORGE_ACTIVE_TIMEOUT_S", "0.2")
+    time.sleep(0.3)
+    rec2 = trajforge.Recorder(url)  # any later recorder on the store sweeps on its first cycle
+    store = open_store(url)
+    deadline = time.monotonic() + 5
+    while (got := store.get_trajectory(abandoned.id)) is not None and got.status == "active":
+        assert time.monotonic() < deadline, "the trajectory was never swept"
+        time.sleep(0.05)
+    assert got is not None and got.status == "timeout" and got.llm_call_count == 1
+    rec2.close()
+    store.close()

@@ -50,5 +50,8 @@ class HttpSink:
             raise TransientError(f"server answered {response.status_code}")
         return bool(response.json().get("enabled", True))
 
+    def sweep(self, older_than_ms: int) -> int:
+        return 0  # the server sweeps its own store
+
     def close(self) -> None:
         self._client.close()

@@ -32,6 +32,10 @@ class Sink(Protocol):
 
     def logging_enabled(self) -> bool: ...
 
+    def sweep(self, older_than_ms: int) -> int:
+        """Mark stale ``active`` trajectories ``timeout``; a server sink leaves that to the server."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -74,6 +78,12 @@ class StoreSink:
     def logging_enabled(self) -> bool:
         try:
             return bool(self.store.get_setting(LOGGING_ENABLED, True))
+        except (sqlite3.OperationalError, psycopg.OperationalError, StoreError) as exc:
+            raise TransientError(str(exc)) from exc
+
+    def sweep(self, older_than_ms: int) -> int:
+        try:
+            return self.store.sweep_timeouts(older_than_ms)
         except (sqlite3.OperationalError, psycopg.OperationalError, StoreError) as exc:
             raise TransientError(str(exc)) from exc
 

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from trajforge import jsonutil
+from trajforge import jsonutil, settings
 from trajforge.capture.transport import Sink, TransientError
 from trajforge.records import (
     AccessRow,
@@ -88,6 +88,8 @@ class BackgroundWriter:
         put_timeout_s: float = 2.0,
         retry_max_s: float = 5.0,
         settings_refresh_s: float = 2.0,
+        sweep_every_s: float = 60.0,
+        active_timeout_s: float | None = None,
     ) -> None:
         self.sink = sink
         self.spool_dir = spool_dir
@@ -97,6 +99,11 @@ class BackgroundWriter:
         self.put_timeout_s = put_timeout_s
         self.retry_max_s = retry_max_s
         self.settings_refresh_s = settings_refresh_s
+        self.sweep_every_s = sweep_every_s
+        self.active_timeout_s = (
+            active_timeout_s if active_timeout_s is not None else settings.active_timeout_s()
+        )
+        self._next_sweep = 0.0
         self.enabled = True
         self.stats: dict[str, int] = dict.fromkeys(
             ("written", "spilled", "replayed", "rejected", "lost", "write_errors"), 0
@@ -185,6 +192,15 @@ class BackgroundWriter:
                 pass
             except Exception:
                 log.exception("trajforge could not read the logging setting")
+        if self._healthy and now >= self._next_sweep:
+            # Trajectories whose agent died mid-episode would stay `active` forever otherwise.
+            self._next_sweep = now + self.sweep_every_s
+            try:
+                self.sink.sweep(int(self.active_timeout_s * 1000))
+            except TransientError:
+                pass
+            except Exception:
+                log.exception("trajforge could not sweep timed-out trajectories")
         if not self._healthy and now >= self._next_retry:
             self._replay_spool()
         while self._items:
