@@ -16,10 +16,8 @@ from typing import Any, Literal, TypeVar, get_args
 
 TrajectoryStatus = Literal["active", "completed", "error", "timeout"]
 TRAJECTORY_STATUSES: tuple[str, ...] = get_args(TrajectoryStatus)
-TERMINAL_STATUSES = frozenset({"completed", "error", "timeout"})
 LlmPurpose = Literal["action", "reasoning", "evaluation", "response", "other"]
 LLM_PURPOSES: tuple[str, ...] = get_args(LlmPurpose)
-KNOWN_SOURCES = ("chat", "autonomy", "telegram", "discord", "api")
 
 
 def now_ms() -> int:
@@ -315,7 +313,6 @@ _NESTED: dict[str, type] = {
     "steps": Step,
     "scores": Score,
 }
-_WIRE_ID = {Trajectory: ("id", "trajectoryId")}
 # Fields of a record that are free-form user data: their keys are passed through untouched.
 _OPAQUE = {
     "metadata",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from trajforge.records import TRAJECTORY_STATUSES, Trajectory
+from trajforge.records import LLM_PURPOSES, TRAJECTORY_STATUSES, Trajectory
 
 MIN_PROMPT_CHARS = 10
 MIN_RESPONSE_CHARS = 2
@@ -29,7 +29,7 @@ def validate_trajectory(t: Trajectory, *, require_reward: bool = False) -> Valid
 
     Errors: no steps, a step without LLM calls, a missing reward when ``require_reward``, bad
     timestamps (end before start, steps out of order or before the start), wrong types.
-    Warnings: very short prompts or responses, an unfinished trajectory.
+    Warnings: very short prompts or responses, an unfinished trajectory, an unknown call purpose.
     """
     r = ValidationResult()
     if not isinstance(t.id, str) or not t.id:
@@ -70,6 +70,8 @@ def validate_trajectory(t: Trajectory, *, require_reward: bool = False) -> Valid
             cw = f"{where}.llmCalls[{j}]"
             if not isinstance(call.model, str) or not call.model:
                 r.errors.append(f"{cw}.model: must be a non-empty string")
+            if call.purpose not in LLM_PURPOSES:
+                r.warnings.append(f"{cw}.purpose: {call.purpose!r} is not one of {', '.join(LLM_PURPOSES)}")
             for name in ("system_prompt", "user_prompt", "response", "reasoning"):
                 value = getattr(call, name)
                 if value is not None and not isinstance(value, str):

@@ -338,14 +338,6 @@ class BackgroundWriter:
         tmp.write_bytes(b"".join(line + b"\n" for line in rest))
         os.replace(tmp, path)
 
-    def spool_size(self) -> int:
-        """Bytes waiting in this destination's spool files."""
-        total = 0
-        for p in self._spool_files():
-            with contextlib.suppress(OSError):
-                total += p.stat().st_size
-        return total
-
     def counters(self) -> dict[str, Any]:
         """What happened to every record submitted: written, spilled, replayed, rejected, lost."""
         return {"submitted": self._submitted, "pending": self.pending, "healthy": self._healthy, **self.stats}

@@ -107,7 +107,7 @@ class PostgresStore(SqlStore):
                         [migration.name, now_ms()],
                     )
 
-            self._migrate(cur, applied, apply)
+            self._migrate(applied, apply)
 
     @contextmanager
     def _write_tx(self) -> Iterator[Any]:

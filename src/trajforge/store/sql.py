@@ -194,15 +194,16 @@ class SqlStore:
         if rows:
             cur.executemany(self._q(sql), rows)
 
-    def _select_in(self, cur: Any, sql: str, ids: Sequence[Any], extra: Sequence[Any] = ()) -> list[Any]:
-        """Run ``sql`` (containing ``{in}``) for ``ids`` in chunks and concatenate the rows."""
+    def _select_in(self, cur: Any, sql: str, ids: Sequence[Any]) -> list[Any]:
+        """Run ``sql`` (containing ``IN ({marks})``) for ``ids`` in chunks and concatenate the rows."""
         out: list[Any] = []
         for chunk in _chunks(list(ids)):
-            self._ex(cur, sql.format(marks=_marks(len(chunk))), [*chunk, *extra])
+            self._ex(cur, sql.format(marks=_marks(len(chunk))), chunk)
             out.extend(cur.fetchall())
         return out
 
-    def _migrate(self, cur: Any, applied: set[str], apply: Any) -> None:
+    @staticmethod
+    def _migrate(applied: set[str], apply: Any) -> None:
         for migration in MIGRATIONS:
             if migration.name not in applied:
                 apply(migration)
@@ -220,18 +221,12 @@ class SqlStore:
     def _prepare(self, batch: WriteBatch) -> _Prepared:
         headers: dict[str, TrajectoryHeader] = {}
         for h in batch.trajectories:
-            if h.id in headers:
-                _merge(headers[h.id], h)
-            else:
-                headers[h.id] = TrajectoryHeader(id=h.id)
-                _merge(headers[h.id], h)
+            _merge(headers.setdefault(h.id, TrajectoryHeader(id=h.id)), h)
         steps: dict[str, StepHeader] = {}
         for s in batch.steps:
-            if s.step_id in steps:
-                _merge(steps[s.step_id], s)
-            else:
-                steps[s.step_id] = StepHeader(trajectory_id=s.trajectory_id, step_id=s.step_id)
-                _merge(steps[s.step_id], s)
+            _merge(
+                steps.setdefault(s.step_id, StepHeader(trajectory_id=s.trajectory_id, step_id=s.step_id)), s
+            )
         first_seen: dict[str, int] = {}
 
         def seen(tid: str, ts: int | None) -> None:
@@ -249,27 +244,18 @@ class SqlStore:
             if c.call_id in calls:
                 continue
             seen(row.trajectory_id, c.timestamp)
-            texts = self._texts_of(
-                (
-                    (c.system_prompt, True),
-                    (c.user_prompt, True),
-                    (c.response, True),
-                    (c.reasoning, True),
-                    (None if c.messages is None else jsonutil.dumps(c.messages), False),
-                    (None if c.tools is None else jsonutil.dumps(c.tools), False),
-                )
+            fields = (
+                (c.system_prompt, True),
+                (c.user_prompt, True),
+                (c.response, True),
+                (c.reasoning, True),
+                (None if c.messages is None else jsonutil.dumps(c.messages), False),
+                (None if c.tools is None else jsonutil.dumps(c.tools), False),
             )
-            slots: list[int | None] = []
-            it = iter(texts)
-            for value in (
-                c.system_prompt,
-                c.user_prompt,
-                c.response,
-                c.reasoning,
-                c.messages,
-                c.tools,
-            ):
-                slots.append(None if value is None else next(it)[0])
+            texts = self._texts_of(fields)
+            # One slot per field: the text's hash, or None where the field is empty.
+            hashes = iter(t[0] for t in texts)
+            slots = [None if body is None else next(hashes) for body, _ in fields]
             values = (
                 c.call_id,
                 row.trajectory_id,

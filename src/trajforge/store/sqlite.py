@@ -90,7 +90,7 @@ class SQLiteStore(SqlStore):
                     cur.execute("ROLLBACK")
                     raise
 
-            self._migrate(cur, applied, apply)
+            self._migrate(applied, apply)
 
     @contextmanager
     def _write_tx(self) -> Iterator[sqlite3.Cursor]:
