@@ -1,23 +1,37 @@
-"""The ``trajforge`` command. Every command is a thin layer over a library function."""
+"""The ``trajforge`` command. Every command opens the store, calls one library function and formats
+the result; library errors become a clean message naming the flag."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import contextlib
+import itertools
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.tree import Tree
 
+from trajforge import export as exports
 from trajforge import settings
+from trajforge.capture.transport import LOGGING_ENABLED
 from trajforge.errors import TrajforgeError
-from trajforge.store import TrajectoryFilter, open_store
+from trajforge.records import iso_ms
+from trajforge.store import Store, TrajectoryFilter, build_filter, open_store
 
 app = typer.Typer(
     help="trajforge: capture agent trajectories, curate datasets, improve the agent.", no_args_is_help=True
 )
 trajectories_app = typer.Typer(help="Browse and manage stored trajectories.", no_args_is_help=True)
+config_app = typer.Typer(help="Settings shared by every recorder of a store.", no_args_is_help=True)
 app.add_typer(trajectories_app, name="trajectories")
+app.add_typer(config_app, name="config")
 console = Console()
+err = Console(stderr=True)
 
 DbOption = Annotated[
     str | None,
@@ -25,30 +39,185 @@ DbOption = Annotated[
         "--db", help="Store URL or SQLite path (default: $TRAJFORGE_DATABASE_URL or the state dir)."
     ),
 ]
+FLAG_NAMES = {
+    "startDate": "--start-date",
+    "endDate": "--end-date",
+    "minReward": "--min-reward",
+    "maxReward": "--max-reward",
+    "search": "--search",
+    "status": "--status",
+    "db": "--db",
+    "format": "--format",
+    "file": "FILE",
+}
 
 
 def fail(exc: TrajforgeError) -> None:
-    flag = f" (--{exc.field.replace('_', '-')})" if exc.field else ""
-    console.print(f"[red]error{flag}:[/red] {exc.message}")
+    flag = FLAG_NAMES.get(exc.field or "", f"--{exc.field.replace('_', '-')}" if exc.field else "")
+    err.print(f"[red]error{f' ({flag})' if flag else ''}:[/red] {exc.message}")
     raise typer.Exit(2)
+
+
+@contextlib.contextmanager
+def store_at(db: str | None) -> Iterator[Store]:
+    """Open the store and turn library errors into CLI errors."""
+    try:
+        store = open_store(db)
+    except TrajforgeError as exc:
+        fail(exc)
+        raise AssertionError from exc  # unreachable: fail() exits
+    try:
+        yield store
+    except TrajforgeError as exc:
+        fail(exc)
+    finally:
+        store.close()
+
+
+def filter_from(**kwargs: Any) -> TrajectoryFilter:
+    try:
+        return build_filter(**kwargs)
+    except TrajforgeError as exc:
+        fail(exc)
+        raise AssertionError from exc
+
+
+# Shared filter options of list/export/stats.
+Source = Annotated[str | None, typer.Option("--source", help="chat, autonomy, telegram, discord, api, …")]
+Status = Annotated[str | None, typer.Option("--status", help="active, completed, error or timeout")]
+Search = Annotated[
+    str | None, typer.Option("--search", "-q", help='Full-text: words, "phrase", a OR b, -word, pre*')
+]
+Scenario = Annotated[str | None, typer.Option("--scenario", help="Scenario id")]
+Batch = Annotated[str | None, typer.Option("--batch", help="Batch id")]
+Agent = Annotated[str | None, typer.Option("--agent", help="Agent id")]
+Start = Annotated[str | None, typer.Option("--start-date", help="ISO date/time or epoch ms (inclusive)")]
+End = Annotated[str | None, typer.Option("--end-date", help="ISO date/time or epoch ms (inclusive)")]
+MinR = Annotated[float | None, typer.Option("--min-reward", help="Minimum total reward")]
+MaxR = Annotated[float | None, typer.Option("--max-reward", help="Maximum total reward")]
+
+
+@trajectories_app.command("list")
+def trajectories_list(
+    db: DbOption = None,
+    source: Source = None,
+    status: Status = None,
+    search: Search = None,
+    scenario: Scenario = None,
+    batch: Batch = None,
+    agent: Agent = None,
+    start_date: Start = None,
+    end_date: End = None,
+    min_reward: MinR = None,
+    max_reward: MaxR = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=500, help="Rows per page")] = 50,
+    offset: Annotated[int, typer.Option("--offset", min=0, help="Rows to skip")] = 0,
+) -> None:
+    """List trajectories, newest first."""
+    flt = filter_from(
+        source=source,
+        status=status,
+        search=search,
+        scenario_id=scenario,
+        batch_id=batch,
+        agent_id=agent,
+        start_date=start_date,
+        end_date=end_date,
+        min_reward=min_reward,
+        max_reward=max_reward,
+    )
+    with store_at(db) as store:
+        page = store.list_trajectories(flt, limit=limit, offset=offset)
+    table = Table(
+        title=f"{page.total} trajectories (showing {offset + 1 if page.items else 0}–{offset + len(page.items)})"
+    )
+    for col in ("started", "id", "agent", "source", "status", "steps", "calls", "tokens", "reward"):
+        table.add_column(col, overflow="fold")
+    for t in page.items:
+        table.add_row(
+            iso_ms(t.start_time)[:19].replace("T", " "),
+            t.id,
+            t.agent_id,
+            t.source,
+            t.status,
+            str(t.step_count),
+            str(t.llm_call_count),
+            str(t.total_prompt_tokens + t.total_completion_tokens),
+            "" if t.total_reward is None else f"{t.total_reward:.3g}",
+        )
+    console.print(table)
+
+
+def _clip(text: str | None, n: int = 300) -> str:
+    if text is None:
+        return "∅"
+    text = text.replace("\n", " ⏎ ")
+    return text if len(text) <= n else text[:n] + f"… (+{len(text) - n} chars)"
+
+
+@trajectories_app.command("show")
+def trajectories_show(
+    trajectory_id: Annotated[str, typer.Argument(help="The trajectory id")],
+    db: DbOption = None,
+    full: Annotated[bool, typer.Option("--full", help="Do not shorten long texts")] = False,
+) -> None:
+    """Print one trajectory as a tree of steps, calls, accesses and actions."""
+    with store_at(db) as store:
+        t = store.get_trajectory(trajectory_id)
+    if t is None:
+        err.print(f"[red]error:[/red] no trajectory with id {trajectory_id!r}")
+        raise typer.Exit(1)
+    n = 10**9 if full else 300
+    reward = "" if t.total_reward is None else f" reward={t.total_reward:.3g}"
+    root = Tree(
+        f"[bold]{t.id}[/bold] agent={t.agent_id} source={t.source} status={t.status}{reward}",
+        guide_style="dim",
+    )
+    if t.scenario_id or t.batch_id:
+        root.add(f"scenario={t.scenario_id} batch={t.batch_id}")
+    if t.metadata:
+        root.add(f"metadata: {_clip(str(t.metadata), n)}")
+    for step in t.steps:
+        node = root.add(f"[bold]step {step.step_number}[/bold] {step.step_id}")
+        for a in step.provider_accesses:
+            node.add(f"[cyan]provider[/cyan] {a.provider_name} ({a.purpose}): {_clip(str(a.data), n)}")
+        for c in step.llm_calls:
+            call = node.add(
+                f"[magenta]llm[/magenta] {c.model} purpose={c.purpose} action={c.action_type} "
+                f"latency={c.latency_ms}ms tokens={c.prompt_tokens}/{c.completion_tokens}"
+            )
+            if c.system_prompt is not None:
+                call.add(f"system: {_clip(c.system_prompt, n)}")
+            if c.user_prompt is not None:
+                call.add(f"user: {_clip(c.user_prompt, n)}")
+            if c.reasoning:
+                call.add(f"reasoning: {_clip(c.reasoning, n)}")
+            call.add(f"response: {_clip(c.response, n)}")
+            if c.tool_calls:
+                call.add(f"tool calls: {_clip(str(c.tool_calls), n)}")
+        if step.action is not None:
+            act = step.action
+            mark = "[green]✓[/green]" if act.success else "[red]✗[/red]"
+            node.add(
+                f"[yellow]action[/yellow] {act.action_type} {mark} params={_clip(str(act.parameters), n)} "
+                f"reward={act.immediate_reward}" + (f" error={act.error}" if act.error else "")
+            )
+    for s in t.scores:
+        root.add(
+            f"[green]score[/green] {s.name}={s.value} ({s.source}){' — ' + s.comment if s.comment else ''}"
+        )
+    console.print(root, soft_wrap=False)
 
 
 @trajectories_app.command("stats")
 def trajectories_stats(db: DbOption = None) -> None:
     """Totals, breakdowns by source, status and model, tokens, latency and rewards."""
-    try:
-        store = open_store(db)
-        try:
-            s = store.stats(TrajectoryFilter())
-        finally:
-            store.close()
-    except TrajforgeError as exc:
-        fail(exc)
-        return
+    with store_at(db) as store:
+        s = store.stats(TrajectoryFilter())
     print_stats(s)
 
 
-def print_stats(s: dict) -> None:
+def print_stats(s: dict[str, Any]) -> None:
     table = Table(title="Trajectories", show_header=False)
     for key in (
         "totalTrajectories",
@@ -67,6 +236,164 @@ def print_stats(s: dict) -> None:
     r = s["reward"]
     table.add_row("reward", f"n={r['count']} mean={r['mean']} min={r['min']} max={r['max']}")
     console.print(table)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    )
+
+
+@trajectories_app.command("export")
+def trajectories_export(
+    out: Annotated[Path, typer.Option("--out", "-o", help="File to write ('-' for stdout)")],
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help=f"One of {', '.join(exports.FORMATS)}")
+    ] = "jsonl",
+    db: DbOption = None,
+    include_prompts: Annotated[
+        bool,
+        typer.Option("--include-prompts/--no-prompts", help="Replace prompt/response text with a marker"),
+    ] = True,
+    source: Source = None,
+    status: Status = None,
+    search: Search = None,
+    scenario: Scenario = None,
+    batch: Batch = None,
+    agent: Agent = None,
+    start_date: Start = None,
+    end_date: End = None,
+    min_reward: MinR = None,
+    max_reward: MaxR = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="At most this many trajectories")
+    ] = None,
+) -> None:
+    """Export trajectories to a file in json, jsonl, csv, art, zip or parquet (streamed)."""
+    try:
+        exports.exporter(fmt)
+    except TrajforgeError as exc:
+        fail(exc)
+    flt = filter_from(
+        source=source,
+        status=status,
+        search=search,
+        scenario_id=scenario,
+        batch_id=batch,
+        agent_id=agent,
+        start_date=start_date,
+        end_date=end_date,
+        min_reward=min_reward,
+        max_reward=max_reward,
+    )
+    with store_at(db) as store:
+        total = store.count(flt)
+        if limit is not None:
+            total = min(total, limit)
+        items = store.iter_trajectories(flt, full=exports.needs_full(fmt))
+        if limit is not None:
+            items = itertools.islice(items, limit)
+        to_stdout = str(out) == "-"
+        with contextlib.ExitStack() as stack:
+            fh = sys.stdout.buffer if to_stdout else stack.enter_context(open(out, "wb"))
+            progress = stack.enter_context(_progress())
+            task = progress.add_task(f"export {fmt}", total=total)
+            count = exports.write(
+                fmt,
+                items,
+                fh,
+                include_prompts=include_prompts,
+                on_progress=lambda n: progress.update(task, completed=n),
+            )
+    if not to_stdout:
+        err.print(f"wrote {count} trajectories to {out}")
+
+
+@trajectories_app.command("delete")
+def trajectories_delete(
+    ids: Annotated[list[str] | None, typer.Argument(help="Trajectory ids to delete")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Delete every trajectory")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")] = False,
+    db: DbOption = None,
+) -> None:
+    """Delete trajectories by id, or all of them (asks first unless --yes)."""
+    if all_ == bool(ids):
+        err.print("[red]error (--all):[/red] give trajectory ids or --all, not both and not neither")
+        raise typer.Exit(2)
+    with store_at(db) as store:
+        if all_:
+            n = store.count(TrajectoryFilter())
+            if not yes and not typer.confirm(f"Delete all {n} trajectories from {store.url}?", default=False):
+                err.print("nothing deleted")
+                raise typer.Exit(1)
+            deleted = store.delete(all=True)
+        else:
+            deleted = store.delete(ids or [])
+    console.print(f"deleted {deleted} trajectories")
+
+
+@trajectories_app.command("import")
+def trajectories_import(
+    file: Annotated[
+        Path, typer.Argument(help="A json/jsonl export of trajforge, or a seed-shaped JSONL of LLM calls")
+    ],
+    db: DbOption = None,
+) -> None:
+    """Import trajectories from a file (idempotent: ids are kept)."""
+    from trajforge.importer import import_file
+
+    with store_at(db) as store, _progress() as progress:
+        task = progress.add_task(f"import {file.name}", total=None)
+        counts = import_file(store, file, on_progress=lambda n: progress.update(task, completed=n))
+    console.print(
+        f"read {counts['trajectories']} trajectories ({counts['llmCalls']} LLM calls); "
+        f"stored {counts['newTrajectories']} new trajectories, {counts['newLlmCalls']} new LLM calls"
+    )
+
+
+@config_app.command("logging")
+def config_logging(
+    state: Annotated[str, typer.Argument(help="on or off")],
+    db: DbOption = None,
+) -> None:
+    """Turn trajectory logging on or off for every recorder using this store."""
+    if state not in ("on", "off"):
+        err.print(f"[red]error (STATE):[/red] must be on or off, got {state!r}")
+        raise typer.Exit(2)
+    with store_at(db) as store:
+        store.set_setting(LOGGING_ENABLED, state == "on")
+    console.print(f"logging {state}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port")] = 2138,
+    db: DbOption = None,
+) -> None:
+    """Run the HTTP API over the store (refuses a non-loopback address without TRAJFORGE_API_TOKEN)."""
+    import uvicorn
+
+    from trajforge.server import create_app, is_loopback
+
+    if not is_loopback(host) and not settings.api_token():
+        err.print(
+            f"[red]error (--host):[/red] binding to {host} exposes the API beyond this machine; "
+            f"set {settings.API_TOKEN} first (clients then send 'Authorization: Bearer <token>')"
+        )
+        raise typer.Exit(2)
+    try:
+        application = create_app(db)
+    except TrajforgeError as exc:
+        fail(exc)
+        return
+    err.print(f"trajforge API on http://{host}:{port} (store: {application.state.store.url})")
+    uvicorn.run(application, host=host, port=port, log_level="warning")
 
 
 @app.command()

@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar, get_args
 
 TrajectoryStatus = Literal["active", "completed", "error", "timeout"]
@@ -22,6 +23,11 @@ LLM_PURPOSES: tuple[str, ...] = get_args(LlmPurpose)
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def iso_ms(ms: int) -> str:
+    """Epoch ms as an ISO 8601 UTC string with milliseconds (``2026-01-31T12:00:00.000Z``)."""
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class _IdGenerator:

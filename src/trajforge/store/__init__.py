@@ -6,9 +6,9 @@ from pathlib import Path
 
 from trajforge import settings
 from trajforge.errors import InvalidInput
-from trajforge.store.base import Page, Store, TrajectoryFilter, WriteResult, parse_date
+from trajforge.store.base import Page, Store, TrajectoryFilter, WriteResult, build_filter, parse_date
 
-__all__ = ["Page", "Store", "TrajectoryFilter", "WriteResult", "open_store", "parse_date"]
+__all__ = ["Page", "Store", "TrajectoryFilter", "WriteResult", "build_filter", "open_store", "parse_date"]
 
 
 def open_store(url: str | Path | None = None) -> Store:

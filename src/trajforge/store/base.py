@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from trajforge.errors import InvalidInput
 from trajforge.records import TRAJECTORY_STATUSES, Score, Trajectory, WriteBatch
+from trajforge.store import search as search_lang
 
 
 @dataclass(slots=True)
@@ -92,6 +93,41 @@ def parse_date(value: str | int | float | None, field_name: str) -> int | None:
     return int(dt.timestamp() * 1000)
 
 
+def build_filter(
+    *,
+    source: str | None = None,
+    status: str | None = None,
+    start_date: str | int | None = None,
+    end_date: str | int | None = None,
+    search: str | None = None,
+    scenario_id: str | None = None,
+    batch_id: str | None = None,
+    is_training_data: bool | None = None,
+    agent_id: str | None = None,
+    min_reward: float | None = None,
+    max_reward: float | None = None,
+    trajectory_ids: list[str] | None = None,
+) -> TrajectoryFilter:
+    """The filter from API/CLI arguments; the search is parsed now so a bad one fails before any
+    response (or export stream) starts."""
+    if search:
+        search_lang.parse(search)
+    return TrajectoryFilter(
+        source=source,
+        status=status,
+        agent_id=agent_id,
+        start_date=parse_date(start_date, "startDate"),
+        end_date=parse_date(end_date, "endDate"),
+        search=search,
+        scenario_id=scenario_id,
+        batch_id=batch_id,
+        is_training_data=is_training_data,
+        min_reward=min_reward,
+        max_reward=max_reward,
+        trajectory_ids=trajectory_ids,
+    )
+
+
 class Store(Protocol):
     """Where trajectories live. One implementation per database; one test suite runs on all."""
 
@@ -109,8 +145,11 @@ class Store(Protocol):
         """Newest first; items carry the summary fields only (no steps)."""
         ...
 
-    def iter_trajectories(self, flt: TrajectoryFilter, chunk: int = 500) -> Iterator[Trajectory]:
-        """Every matching trajectory in full, newest first, loaded ``chunk`` at a time."""
+    def iter_trajectories(
+        self, flt: TrajectoryFilter, chunk: int = 500, *, full: bool = True
+    ) -> Iterator[Trajectory]:
+        """Every matching trajectory, newest first, loaded ``chunk`` at a time (summaries only
+        when ``full`` is false)."""
         ...
 
     def count(self, flt: TrajectoryFilter) -> int: ...

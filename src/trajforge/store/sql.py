@@ -651,7 +651,9 @@ class SqlStore:
                 return None
             return self._load_full(cur, [row])[0]
 
-    def iter_trajectories(self, flt: TrajectoryFilter, chunk: int = 500) -> Iterator[Trajectory]:
+    def iter_trajectories(
+        self, flt: TrajectoryFilter, chunk: int = 500, *, full: bool = True
+    ) -> Iterator[Trajectory]:
         where, params = self._where(flt)
         joiner = " AND " if where else " WHERE "
         cursor_key: tuple[int, str] | None = None
@@ -667,8 +669,8 @@ class SqlStore:
                 rows = self._ex(cur, sql, page_params).fetchall()
                 if not rows:
                     return
-                full = self._load_full(cur, rows)
-            yield from full
+                page = self._load_full(cur, rows) if full else [_trajectory(r) for r in rows]
+            yield from page
             if len(rows) < chunk:
                 return
             cursor_key = (rows[-1][4], rows[-1][0])

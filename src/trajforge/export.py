@@ -1,0 +1,423 @@
+"""Exports: one streaming function per format.
+
+Each ``iter_<format>`` takes trajectories (any iterable, typically ``store.iter_trajectories``) and
+yields bytes as it goes, so 100k trajectories export in constant memory, to a file (``write``) or
+as an HTTP body. Formats: ``json``, ``jsonl``, ``csv`` (RFC 4180), ``art`` (OpenPipe ART JSONL),
+``zip`` (manifest + a folder per trajectory) and ``parquet`` (one row per LLM call, zstd).
+
+An unknown format is an error, never a silent fall-through to another format.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, Any
+
+from trajforge import jsonutil
+from trajforge.errors import InvalidInput
+from trajforge.records import LlmCall, Trajectory, iso_ms, now_ms, to_wire
+
+FORMATS = ("json", "jsonl", "csv", "art", "zip", "parquet")
+PROMPT_MARKER = "[omitted: includePrompts=false]"
+MEDIA_TYPES = {
+    "json": "application/json",
+    "jsonl": "application/x-ndjson",
+    "csv": "text/csv; charset=utf-8",
+    "art": "application/x-ndjson",
+    "zip": "application/zip",
+    "parquet": "application/vnd.apache.parquet",
+}
+EXTENSIONS = {
+    "json": "json",
+    "jsonl": "jsonl",
+    "csv": "csv",
+    "art": "jsonl",
+    "zip": "zip",
+    "parquet": "parquet",
+}
+CSV_COLUMNS = (
+    "trajectoryId",
+    "agentId",
+    "source",
+    "status",
+    "startTime",
+    "endTime",
+    "durationMs",
+    "scenarioId",
+    "batchId",
+    "stepCount",
+    "llmCallCount",
+    "providerAccessCount",
+    "promptTokens",
+    "completionTokens",
+    "totalReward",
+)
+ART_FORMAT_VERSION = "art-trajectory/1"
+
+
+def needs_full(fmt: str) -> bool:
+    """Whether a format needs steps and calls (csv reads the summary row only)."""
+    return fmt != "csv"
+
+
+def redact_prompts(t: Trajectory) -> Trajectory:
+    """Replace prompt, response, reasoning and message text with a marker (``includePrompts: false``)."""
+    for step in t.steps:
+        for call in step.llm_calls:
+            _redact_call(call)
+    return t
+
+
+def _redact_call(call: LlmCall) -> None:
+    for name in ("system_prompt", "user_prompt", "response", "reasoning"):
+        if getattr(call, name) is not None:
+            setattr(call, name, PROMPT_MARKER)
+    if call.messages is not None:
+        call.messages = [{**m, "content": PROMPT_MARKER} if isinstance(m, dict) else m for m in call.messages]
+
+
+def _prepared(trajectories: Iterable[Trajectory], include_prompts: bool) -> Iterator[Trajectory]:
+    for t in trajectories:
+        yield t if include_prompts else redact_prompts(t)
+
+
+def iter_json(trajectories: Iterable[Trajectory], include_prompts: bool = True) -> Iterator[bytes]:
+    yield b"["
+    first = True
+    for t in _prepared(trajectories, include_prompts):
+        yield (b"" if first else b",") + jsonutil.dumps_bytes(to_wire(t))
+        first = False
+    yield b"]\n"
+
+
+def iter_jsonl(trajectories: Iterable[Trajectory], include_prompts: bool = True) -> Iterator[bytes]:
+    for t in _prepared(trajectories, include_prompts):
+        yield jsonutil.dumps_bytes(to_wire(t)) + b"\n"
+
+
+def csv_row(t: Trajectory) -> list[Any]:
+    return [
+        t.id,
+        t.agent_id,
+        t.source,
+        t.status,
+        t.start_time,
+        t.end_time,
+        t.duration_ms,
+        t.scenario_id,
+        t.batch_id,
+        t.step_count,
+        t.llm_call_count,
+        t.provider_access_count,
+        t.total_prompt_tokens,
+        t.total_completion_tokens,
+        t.total_reward,
+    ]
+
+
+def iter_csv(trajectories: Iterable[Trajectory], include_prompts: bool = True) -> Iterator[bytes]:
+    """One row per trajectory, RFC 4180 (CRLF line ends, fields quoted when needed)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
+    writer.writerow(CSV_COLUMNS)
+    for i, t in enumerate(trajectories):
+        writer.writerow(["" if v is None else v for v in csv_row(t)])
+        if i % 256 == 255:
+            yield buf.getvalue().encode()
+            buf.seek(0)
+            buf.truncate()
+    yield buf.getvalue().encode()
+
+
+def art_messages(t: Trajectory) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """The trajectory as one chat transcript: the system message only when it changes, then the user
+    and assistant turns of every LLM call in order; and the tools offered, if any."""
+    messages: list[dict[str, Any]] = []
+    tools = None
+    last_system: str | None = None
+    for step in t.steps:
+        for call in step.llm_calls:
+            tools = tools or call.tools
+            turns: list[dict[str, Any]] = []
+            if call.user_prompt is None and call.messages:
+                turns = [dict(m) for m in call.messages if isinstance(m, dict)]
+            else:
+                if call.system_prompt is not None:
+                    turns.append({"role": "system", "content": call.system_prompt})
+                if call.user_prompt is not None:
+                    turns.append({"role": "user", "content": call.user_prompt})
+            for m in turns:
+                if m.get("role") in ("system", "developer"):
+                    if m.get("content") == last_system:
+                        continue
+                    last_system = m.get("content")
+                messages.append(m)
+            assistant: dict[str, Any] = {"role": "assistant", "content": call.response}
+            if call.tool_calls:
+                assistant["tool_calls"] = call.tool_calls
+            messages.append(assistant)
+    return messages, tools
+
+
+def art_record(t: Trajectory) -> dict[str, Any]:
+    messages, tools = art_messages(t)
+    actions = [s.action for s in t.steps if s.action is not None]
+    metrics: dict[str, Any] = {
+        "stepCount": t.step_count or len(t.steps),
+        "llmCallCount": t.llm_call_count,
+        "providerAccessCount": t.provider_access_count,
+        "promptTokens": t.total_prompt_tokens,
+        "completionTokens": t.total_completion_tokens,
+        "durationMs": t.duration_ms,
+    }
+    if actions:
+        metrics["actionSuccessRate"] = sum(1 for a in actions if a.success) / len(actions)
+    for score in t.scores:
+        metrics[f"score.{score.source}.{score.name}"] = score.value
+    record: dict[str, Any] = {
+        "messages": messages,
+        "reward": t.total_reward if t.total_reward is not None else 0.0,
+        "metadata": {
+            **t.metadata,
+            "trajectoryId": t.id,
+            "agentId": t.agent_id,
+            "source": t.source,
+            "status": t.status,
+            "scenarioId": t.scenario_id,
+            "batchId": t.batch_id,
+            "groupIndex": t.group_index,
+            "format": ART_FORMAT_VERSION,
+        },
+        "metrics": metrics,
+    }
+    if tools:
+        record["tools"] = tools
+    return record
+
+
+def iter_art(trajectories: Iterable[Trajectory], include_prompts: bool = True) -> Iterator[bytes]:
+    for t in _prepared(trajectories, include_prompts):
+        yield jsonutil.dumps_bytes(art_record(t)) + b"\n"
+
+
+class _Pipe(io.RawIOBase):
+    """A write-only stream whose bytes are taken out as they arrive (for zip and parquet writers).
+    It knows its position but cannot seek, so zipfile writes data descriptors."""
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self._pos = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        b = bytes(data)
+        self._chunks.append(b)
+        self._pos += len(b)
+        return len(b)
+
+    def tell(self) -> int:
+        return self._pos
+
+    def take(self) -> bytes:
+        out = b"".join(self._chunks)
+        self._chunks.clear()
+        return out
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_folder(trajectory_id: str, taken: set[str]) -> str:
+    """A folder name from an untrusted id: no separators, no dot-only names, unique, bounded."""
+    name = _UNSAFE.sub("_", trajectory_id).strip(".")[:100] or "trajectory"
+    candidate, n = name, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}-{n}"
+    taken.add(candidate)
+    return candidate
+
+
+def iter_zip(trajectories: Iterable[Trajectory], include_prompts: bool = True) -> Iterator[bytes]:
+    pipe = _Pipe()
+    taken: set[str] = set()
+    manifest: list[dict[str, Any]] = []
+    with zipfile.ZipFile(pipe, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=5) as zf:
+        for t in _prepared(trajectories, include_prompts):
+            folder = safe_folder(t.id, taken)
+            wire = to_wire(t)
+            zf.writestr(f"{folder}/trajectory.json", jsonutil.dumps_bytes(wire))
+            summary = {k: v for k, v in wire.items() if k not in ("steps", "scores")}
+            summary["scores"] = [{"name": s.name, "value": s.value, "source": s.source} for s in t.scores]
+            zf.writestr(f"{folder}/summary.json", jsonutil.dumps_bytes(summary))
+            manifest.append({"trajectoryId": t.id, "folder": folder, "createdAt": _iso(t.created_at)})
+            yield pipe.take()
+        zf.writestr(
+            "manifest.json",
+            jsonutil.dumps_bytes({"exportedAt": _iso(None), "trajectories": manifest}),
+        )
+    yield pipe.take()
+
+
+def _iso(ms: int | None) -> str:
+    return iso_ms(now_ms() if ms is None else ms)
+
+
+PARQUET_ROW_GROUP = 20_000
+
+
+def parquet_schema() -> Any:
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("trajectoryId", pa.string()),
+            ("agentId", pa.string()),
+            ("source", pa.string()),
+            ("status", pa.string()),
+            ("scenarioId", pa.string()),
+            ("batchId", pa.string()),
+            ("trajectoryReward", pa.float64()),
+            ("stepId", pa.string()),
+            ("stepNumber", pa.int32()),
+            ("stepReward", pa.float64()),
+            ("actionType", pa.string()),
+            ("actionSuccess", pa.bool_()),
+            ("callId", pa.string()),
+            ("timestamp", pa.int64()),
+            ("model", pa.string()),
+            ("systemPrompt", pa.string()),
+            ("userPrompt", pa.string()),
+            ("messages", pa.string()),
+            ("response", pa.string()),
+            ("reasoning", pa.string()),
+            ("toolCalls", pa.string()),
+            ("tools", pa.string()),
+            ("finishReason", pa.string()),
+            ("temperature", pa.float64()),
+            ("maxTokens", pa.int64()),
+            ("purpose", pa.string()),
+            ("callActionType", pa.string()),
+            ("latencyMs", pa.float64()),
+            ("promptTokens", pa.int64()),
+            ("completionTokens", pa.int64()),
+        ]
+    )
+
+
+def _opt_dump(value: Any) -> str | None:
+    return None if value is None else jsonutil.dumps(value)
+
+
+def iter_parquet(trajectories: Iterable[Trajectory], include_prompts: bool = True) -> Iterator[bytes]:
+    """One row per LLM call with the trajectory's and step's context as flat columns; nested fields
+    are JSON strings. zstd-compressed, readable by pyarrow and Hugging Face ``datasets``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = parquet_schema()
+    names = schema.names
+    pipe = _Pipe()
+    columns: dict[str, list[Any]] = {n: [] for n in names}
+    n_rows = 0
+    with pq.ParquetWriter(pa.PythonFile(pipe, mode="w"), schema, compression="zstd") as writer:
+
+        def flush() -> None:
+            nonlocal columns, n_rows
+            if n_rows:
+                writer.write_table(pa.table(columns, schema=schema))
+                columns = {n: [] for n in names}
+                n_rows = 0
+
+        for t in _prepared(trajectories, include_prompts):
+            for step in t.steps:
+                action = step.action
+                for c in step.llm_calls:
+                    row = (
+                        t.id,
+                        t.agent_id,
+                        t.source,
+                        t.status,
+                        t.scenario_id,
+                        t.batch_id,
+                        t.total_reward,
+                        step.step_id,
+                        step.step_number,
+                        step.reward,
+                        None if action is None else action.action_type,
+                        None if action is None else action.success,
+                        c.call_id,
+                        c.timestamp,
+                        c.model,
+                        c.system_prompt,
+                        c.user_prompt,
+                        _opt_dump(c.messages),
+                        c.response,
+                        c.reasoning,
+                        _opt_dump(c.tool_calls),
+                        _opt_dump(c.tools),
+                        c.finish_reason,
+                        c.temperature,
+                        c.max_tokens,
+                        c.purpose,
+                        c.action_type,
+                        c.latency_ms,
+                        c.prompt_tokens,
+                        c.completion_tokens,
+                    )
+                    for name, value in zip(names, row, strict=True):
+                        columns[name].append(value)
+                    n_rows += 1
+            if n_rows >= PARQUET_ROW_GROUP:
+                flush()
+                yield pipe.take()
+        flush()
+    yield pipe.take()
+
+
+EXPORTERS: dict[str, Callable[[Iterable[Trajectory], bool], Iterator[bytes]]] = {
+    "json": iter_json,
+    "jsonl": iter_jsonl,
+    "csv": iter_csv,
+    "art": iter_art,
+    "zip": iter_zip,
+    "parquet": iter_parquet,
+}
+
+
+def exporter(fmt: str) -> Callable[[Iterable[Trajectory], bool], Iterator[bytes]]:
+    try:
+        return EXPORTERS[fmt]
+    except KeyError:
+        raise InvalidInput(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}", "format") from None
+
+
+def write(
+    fmt: str,
+    trajectories: Iterable[Trajectory],
+    out: IO[bytes],
+    *,
+    include_prompts: bool = True,
+    on_progress: Callable[[int], None] | None = None,
+) -> int:
+    """Write ``trajectories`` to ``out`` in ``fmt``; returns how many were written."""
+    count = 0
+
+    def counted() -> Iterator[Trajectory]:
+        nonlocal count
+        for t in trajectories:
+            count += 1
+            if on_progress is not None:
+                on_progress(count)
+            yield t
+
+    for chunk in exporter(fmt)(counted(), include_prompts):
+        if chunk:
+            out.write(chunk)
+    return count

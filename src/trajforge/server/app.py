@@ -1,0 +1,145 @@
+"""The FastAPI application factory: error shape, bearer auth, lifespan (the timeout sweep)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from trajforge import __version__, settings
+from trajforge.errors import TrajforgeError
+from trajforge.server.schemas import ErrorResponse
+from trajforge.store import Store, open_store
+
+log = logging.getLogger("trajforge.server")
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in (
+        (400, "Bad request (e.g. a malformed search)"),
+        (401, "Missing or wrong bearer token"),
+        (404, "Not found"),
+        (422, "A field has a wrong value; `error.field` names it"),
+    )
+}
+
+
+class Unauthorized(TrajforgeError):
+    """The bearer token is missing or wrong."""
+
+    status = 401
+    code = "unauthorized"
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if field is not None:
+        body["field"] = field
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+_bearer = HTTPBearer(auto_error=False, description="Required when the server has TRAJFORGE_API_TOKEN set.")
+
+
+def create_app(
+    store: Store | str | None = None,
+    *,
+    token: str | None = None,
+    sweep_interval_s: float = 60.0,
+    max_ingest_bytes: int = 32 * 1024 * 1024,
+) -> FastAPI:
+    """Build the app over ``store`` (a Store, a URL, or the configured default).
+
+    ``token`` (default ``$TRAJFORGE_API_TOKEN``) makes every ``/api/`` route require
+    ``Authorization: Bearer <token>``.
+    """
+    owns_store = store is None or isinstance(store, str)
+    the_store: Store = open_store(store) if store is None or isinstance(store, str) else store
+    api_token = token if token is not None else settings.api_token()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async def sweeper() -> None:
+            while True:
+                try:
+                    await run_in_threadpool(the_store.sweep_timeouts, int(settings.active_timeout_s() * 1000))
+                except Exception:
+                    log.exception("timeout sweep failed")
+                await asyncio.sleep(sweep_interval_s)
+
+        task = asyncio.create_task(sweeper())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            if owns_store:
+                the_store.close()
+
+    async def require_token(
+        credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),  # noqa: B008
+    ) -> None:
+        if api_token is None:
+            return
+        given = credentials.credentials if credentials is not None else ""
+        if not hmac.compare_digest(given.encode(), api_token.encode()):
+            raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
+
+    app = FastAPI(
+        title="trajforge",
+        version=__version__,
+        description="Capture, browse, curate and train on agent trajectories.",
+        lifespan=lifespan,
+    )
+    app.state.store = the_store
+    app.state.max_ingest_bytes = max_ingest_bytes
+
+    @app.exception_handler(TrajforgeError)
+    async def trajforge_error(request: Request, exc: TrajforgeError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message, exc.field)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        message = first.get("msg", "invalid request")
+        if first.get("type") == "json_invalid":
+            return error_response(400, "invalid_json", f"the body is not valid JSON: {message}")
+        return error_response(422, "invalid", message, ".".join(loc) or None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status_code, "error")
+        return error_response(exc.status_code, code, str(exc.detail))
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, Any]:
+        return {"ok": True, "version": __version__}
+
+    from trajforge.server import trajectories
+
+    app.include_router(trajectories.router, dependencies=[Depends(require_token)], responses=ERROR_RESPONSES)
+    return app

@@ -1,0 +1,285 @@
+"""``/api/trajectories``: list, detail, stats, logging config, export, delete, ingest, scores."""
+
+from __future__ import annotations
+
+import itertools
+import zlib
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Path, Query, Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from trajforge import export, jsonutil
+from trajforge.capture.transport import LOGGING_ENABLED
+from trajforge.errors import InvalidInput, NotFound, TrajforgeError
+from trajforge.records import Score, Trajectory, WireError, batch_from_wire, iso_ms, to_wire
+from trajforge.server.schemas import (
+    INGEST_BODY_SCHEMA,
+    DeleteRequest,
+    DeleteResult,
+    ErrorResponse,
+    ExportRequest,
+    IngestCounts,
+    IngestResult,
+    LoggingConfig,
+    ScoreOut,
+    ScoreRequest,
+    ScoreResult,
+    TrajectoryDetail,
+    TrajectoryList,
+)
+from trajforge.store import Store, TrajectoryFilter, build_filter
+
+router = APIRouter(prefix="/api/trajectories", tags=["trajectories"])
+
+
+class TooLarge(TrajforgeError):
+    """The request body is over the ingest size limit."""
+
+    status = 413
+    code = "too_large"
+
+
+def _store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+def list_item(t: Trajectory) -> dict[str, Any]:
+    return {
+        "id": t.id,
+        "agentId": t.agent_id,
+        "source": t.source,
+        "status": t.status,
+        "startTime": t.start_time,
+        "endTime": t.end_time,
+        "durationMs": t.duration_ms,
+        "llmCallCount": t.llm_call_count,
+        "totalPromptTokens": t.total_prompt_tokens,
+        "totalCompletionTokens": t.total_completion_tokens,
+        "createdAt": iso_ms(t.created_at),
+        "scenarioId": t.scenario_id,
+        "batchId": t.batch_id,
+        "isTrainingData": t.is_training_data,
+        "stepCount": t.step_count,
+        "providerAccessCount": t.provider_access_count,
+        "totalReward": t.total_reward,
+    }
+
+
+@router.get("", response_model=TrajectoryList, summary="List trajectories, newest first")
+def list_trajectories(
+    request: Request,
+    source: str | None = None,
+    status: Annotated[str | None, Query(pattern="^(active|completed|error|timeout)$")] = None,
+    start_date: Annotated[
+        str | None, Query(alias="startDate", description="ISO date/time or epoch ms")
+    ] = None,
+    end_date: Annotated[str | None, Query(alias="endDate", description="ISO date/time or epoch ms")] = None,
+    search: Annotated[
+        str | None, Query(max_length=512, description='Words, "phrases", OR, -word, prefix*')
+    ] = None,
+    scenario_id: Annotated[str | None, Query(alias="scenarioId")] = None,
+    batch_id: Annotated[str | None, Query(alias="batchId")] = None,
+    is_training_data: Annotated[bool | None, Query(alias="isTrainingData")] = None,
+    agent_id: Annotated[str | None, Query(alias="agentId")] = None,
+    min_reward: Annotated[float | None, Query(alias="minReward", allow_inf_nan=False)] = None,
+    max_reward: Annotated[float | None, Query(alias="maxReward", allow_inf_nan=False)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> dict[str, Any]:
+    flt = build_filter(
+        source=source,
+        status=status,
+        start_date=start_date,
+        end_date=end_date,
+        search=search,
+        scenario_id=scenario_id,
+        batch_id=batch_id,
+        is_training_data=is_training_data,
+        agent_id=agent_id,
+        min_reward=min_reward,
+        max_reward=max_reward,
+    )
+    page = _store(request).list_trajectories(flt, limit=limit, offset=offset)
+    return {
+        "trajectories": [list_item(t) for t in page.items],
+        "total": page.total,
+        "limit": limit,
+        "offset": offset,
+    }
+
+
+@router.get("/stats", summary="Totals, by source/status/model, tokens, latency percentiles, rewards, per day")
+def stats(request: Request) -> dict[str, Any]:
+    return _store(request).stats()
+
+
+@router.get("/config", response_model=LoggingConfig, summary="Is trajectory logging on?")
+def get_config(request: Request) -> dict[str, Any]:
+    return {"enabled": bool(_store(request).get_setting(LOGGING_ENABLED, True))}
+
+
+@router.put(
+    "/config", response_model=LoggingConfig, summary="Turn logging on/off for every recorder of this store"
+)
+def put_config(request: Request, body: LoggingConfig) -> dict[str, Any]:
+    _store(request).set_setting(LOGGING_ENABLED, body.enabled)
+    return {"enabled": body.enabled}
+
+
+@router.post(
+    "/export",
+    summary="Export trajectories (streamed)",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {mt: {} for mt in set(export.MEDIA_TYPES.values())}, "description": "The export"}
+    },
+)
+def export_trajectories(request: Request, body: ExportRequest) -> StreamingResponse:
+    flt = build_filter(
+        source=body.source,
+        status=body.status,
+        start_date=body.startDate,
+        end_date=body.endDate,
+        search=body.search,
+        scenario_id=body.scenarioId,
+        batch_id=body.batchId,
+        is_training_data=body.isTrainingData,
+        agent_id=body.agentId,
+        min_reward=body.minReward,
+        max_reward=body.maxReward,
+        trajectory_ids=body.trajectoryIds,
+    )
+    store = _store(request)
+    items = store.iter_trajectories(flt, full=export.needs_full(body.format))
+    if body.limit is not None:
+        items = itertools.islice(items, body.limit)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    filename = f"trajectories-{stamp}.{export.EXTENSIONS[body.format]}"
+    return StreamingResponse(
+        export.exporter(body.format)(items, body.includePrompts),
+        media_type=export.MEDIA_TYPES[body.format],
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+@router.delete("", response_model=DeleteResult, summary="Delete trajectories by id, or all")
+def delete_trajectories(request: Request, body: DeleteRequest) -> dict[str, Any]:
+    if body.all:
+        if body.ids:
+            raise InvalidInput("give either ids or all: true, not both", "ids")
+        return {"deleted": _store(request).delete(all=True)}
+    if not body.ids:
+        raise InvalidInput("ids must list at least one trajectory id (or send all: true)", "ids")
+    return {"deleted": _store(request).delete(body.ids)}
+
+
+async def _read_body(request: Request) -> bytes:
+    limit: int = request.app.state.max_ingest_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"the body is over the {limit} byte limit")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"the body is over the {limit} byte limit")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").lower()
+    if encoding == "gzip":
+        try:
+            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            raw = d.decompress(raw, limit + 1)  # bounded: a gzip bomb stops at the limit
+        except zlib.error as exc:
+            raise InvalidInput(f"the body is not valid gzip: {exc}", "Content-Encoding") from exc
+        if len(raw) > limit or d.unconsumed_tail:
+            raise TooLarge(f"the decompressed body is over the {limit} byte limit")
+    elif encoding not in ("identity", ""):
+        raise InvalidInput("Content-Encoding must be gzip or identity", "Content-Encoding")
+    return raw
+
+
+@router.post(
+    "",
+    response_model=IngestResult,
+    summary="Ingest trajectories (full, or partial with appended steps); idempotent by ids",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": INGEST_BODY_SCHEMA}},
+            "description": "gzip accepted with Content-Encoding: gzip",
+        }
+    },
+    responses={413: {"model": ErrorResponse, "description": "The body is over the size limit"}},
+)
+async def ingest(request: Request) -> dict[str, Any]:
+    raw = await _read_body(request)
+    try:
+        data = jsonutil.loads(raw)
+    except ValueError as exc:
+        raise TrajforgeError(f"the body is not valid JSON: {exc}") from exc
+    try:
+        batch = batch_from_wire(data)
+    except WireError as exc:
+        raise InvalidInput(str(exc), exc.field) from exc
+    result = await run_in_threadpool(_store(request).write, batch)
+    received = IngestCounts(
+        trajectories=len(batch.trajectories),
+        steps=len(batch.steps),
+        llmCalls=len(batch.calls),
+        providerAccesses=len(batch.accesses),
+        scores=len(batch.scores),
+    )
+    stored = IngestCounts(
+        trajectories=result.new_trajectories,
+        steps=result.new_steps,
+        llmCalls=result.new_calls,
+        providerAccesses=result.new_accesses,
+        scores=result.scores,
+    )
+    return {"received": received, "stored": stored}
+
+
+@router.get("/{trajectory_id}", response_model=TrajectoryDetail, summary="One trajectory, organized by step")
+def get_trajectory(request: Request, trajectory_id: Annotated[str, Path(max_length=200)]) -> dict[str, Any]:
+    t = _store(request).get_trajectory(trajectory_id)
+    if t is None:
+        raise NotFound(f"no trajectory with id {trajectory_id!r}", "id")
+    wire = to_wire(t)
+    wire["createdAt"] = iso_ms(t.created_at)
+    wire["updatedAt"] = iso_ms(t.updated_at)
+    return {"trajectory": wire}
+
+
+@router.post(
+    "/{trajectory_id}/scores",
+    response_model=ScoreResult,
+    status_code=201,
+    summary="Attach a score or late outcome (replaces the same name + source)",
+)
+def add_score(
+    request: Request,
+    trajectory_id: Annotated[str, Path(max_length=200)],
+    body: Annotated[ScoreRequest, Body()],
+) -> dict[str, Any]:
+    store = _store(request)
+    if store.count(TrajectoryFilter(trajectory_ids=[trajectory_id])) == 0:
+        raise NotFound(f"no trajectory with id {trajectory_id!r}", "id")
+    score = Score(
+        trajectory_id=trajectory_id,
+        name=body.name,
+        value=body.value,
+        comment=body.comment,
+        source=body.source,
+    )
+    store.add_scores([score])
+    stored = next(
+        s
+        for s in store.get_scores([trajectory_id])[trajectory_id]
+        if (s.name, s.source) == (score.name, score.source)
+    )
+    return {"score": ScoreOut(**to_wire(stored))}
