@@ -168,6 +168,7 @@ def test_list_filters_pagination_and_limits(client: TestClient) -> None:
         ({"startDate": "last tuesday"}, "startDate"),
         ({"minReward": "nan"}, "minReward"),
         ({"isTrainingData": "maybe"}, "isTrainingData"),
+        ({"scenarioID": "sc-1"}, "scenarioID"),  # a misspelt filter is an error, not ignored
     ):
         resp = client.get("/api/trajectories", params=params)
         assert resp.status_code == 422, params
@@ -232,9 +233,14 @@ def test_delete(client: TestClient) -> None:
     assert client.request("DELETE", "/api/trajectories", json={"ids": [a.id, "nope"]}).json() == {
         "deleted": 1
     }
-    for body in ({}, {"ids": []}, {"ids": [b.id], "all": True}):
+    for body, field in (
+        ({}, "ids"),
+        ({"ids": []}, "ids"),
+        ({"ids": [b.id], "all": True}, "all"),
+        ({"all": False}, "ids"),
+    ):
         r = client.request("DELETE", "/api/trajectories", json=body)
-        assert r.status_code == 422 and r.json()["error"]["field"] == "ids"
+        assert r.status_code == 422 and r.json()["error"]["field"] == field, (body, r.json())
     assert client.request("DELETE", "/api/trajectories", json={"all": True}).json() == {"deleted": 2}
     assert client.get("/api/trajectories").json()["total"] == 0
 

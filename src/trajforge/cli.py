@@ -132,7 +132,7 @@ def trajectories_list(
         title=f"{page.total} trajectories (showing {offset + 1 if page.items else 0}–{offset + len(page.items)})"
     )
     for col in ("started", "id", "agent", "source", "status", "steps", "calls", "tokens", "reward"):
-        table.add_column(col, overflow="fold")
+        table.add_column(col, overflow="fold", no_wrap=col in ("started", "id"))
     for t in page.items:
         table.add_row(
             iso_ms(t.start_time)[:19].replace("T", " "),

@@ -128,7 +128,10 @@ def import_file(
             raise InvalidInput(f"{where}: expected a JSON object", "file")
         try:
             if _is_seed_row(obj):
-                tid, sid = str(obj["trajectoryId"]), str(obj.get("stepId") or f"{obj['trajectoryId']}:step")
+                # Seed step ids are often per-trajectory ("step-0"): scope them so two trajectories
+                # never share a step row. Deterministic, so re-importing stays idempotent.
+                tid = str(obj["trajectoryId"])
+                sid = f"{tid}:{obj.get('stepId') or 'step'}"
                 t = seed.get(tid)
                 if t is None:
                     t = seed[tid] = Trajectory(

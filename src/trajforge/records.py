@@ -483,6 +483,15 @@ def batch_to_wire(batch: WriteBatch) -> dict[str, Any]:
     return {"trajectories": list(out.values())}
 
 
+def _array(obj: dict[str, Any], key: str, path: str) -> list[Any]:
+    value = obj.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise WireError("expected an array", f"{path}.{key}")
+    return value
+
+
 def batch_from_wire(data: Any) -> WriteBatch:
     """Parse ``{"trajectories": [...]}`` (full or partial trajectories); errors name the field path."""
     if not isinstance(data, dict) or not isinstance(data.get("trajectories"), list):
@@ -506,9 +515,7 @@ def batch_from_wire(data: Any) -> WriteBatch:
         if header.get("status") is not None and header["status"] not in TRAJECTORY_STATUSES:
             raise WireError(f"must be one of {', '.join(TRAJECTORY_STATUSES)}", f"{path}.status")
         batch.trajectories.append(TrajectoryHeader(id=tid, **header))
-        steps = t.get("steps") or []
-        if not isinstance(steps, list):
-            raise WireError("expected an array", f"{path}.steps")
+        steps = _array(t, "steps", path)
         for j, s in enumerate(steps):
             spath = f"{path}.steps[{j}]"
             if not isinstance(s, dict):
@@ -531,17 +538,17 @@ def batch_from_wire(data: Any) -> WriteBatch:
             batch.steps.append(StepHeader(trajectory_id=tid, step_id=sid, **fields))
             # Calls and accesses sent without ids get ids derived from their place, so re-sending
             # the same payload stays idempotent.
-            for k, c in enumerate(s.get("llmCalls") or []):
+            for k, c in enumerate(_array(s, "llmCalls", spath)):
                 call = from_wire(LlmCall, c, f"{spath}.llmCalls[{k}]")
                 if "callId" not in c and "call_id" not in c:
                     call.call_id = f"{sid}:call:{k}"
                 batch.calls.append(CallRow(tid, sid, call))
-            for k, a in enumerate(s.get("providerAccesses") or []):
+            for k, a in enumerate(_array(s, "providerAccesses", spath)):
                 access = from_wire(ProviderAccess, a, f"{spath}.providerAccesses[{k}]")
                 if "accessId" not in a and "access_id" not in a:
                     access.access_id = f"{sid}:access:{k}"
                 batch.accesses.append(AccessRow(tid, sid, access))
-        for k, sc in enumerate(t.get("scores") or []):
+        for k, sc in enumerate(_array(t, "scores", path)):
             if isinstance(sc, dict):
                 sc = {**sc, "trajectoryId": tid}
             batch.scores.append(from_wire(Score, sc, f"{path}.scores[{k}]"))

@@ -14,8 +14,8 @@ GZIP_ABOVE = 8 * 1024  # bytes: small batches are not worth compressing
 
 
 class HttpSink:
-    """POSTs batches to ``/api/trajectories``. Connection failures, timeouts, 429 and 5xx are
-    transient (the writer spools and replays); other 4xx mean the batch itself is bad."""
+    """POSTs batches to ``/api/trajectories``. Connection failures, timeouts, 401/403, 429 and 5xx
+    are transient (the writer spools and replays); other 4xx mean the batch itself is bad."""
 
     def __init__(self, base_url: str, *, token: str | None = None, timeout_s: float = 10.0) -> None:
         self.base_url = base_url.rstrip("/")
@@ -38,6 +38,12 @@ class HttpSink:
             raise TransientError(f"{type(exc).__name__}: {exc}") from exc
         if response.status_code == 429 or response.status_code >= 500:
             raise TransientError(f"server answered {response.status_code}")
+        if response.status_code in (401, 403):
+            # A token problem is fixed by configuration, not by changing the data: keep the batch
+            # in the spool so the next process (with the right token) delivers it.
+            raise TransientError(
+                f"server refused the token ({response.status_code}): check TRAJFORGE_API_TOKEN"
+            )
         if response.status_code >= 400:
             raise ValueError(f"server rejected the batch ({response.status_code}): {response.text[:500]}")
 

@@ -7,6 +7,7 @@ import contextlib
 import hmac
 import ipaddress
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -42,12 +43,16 @@ class Unauthorized(TrajforgeError):
     code = "unauthorized"
 
 
-def error_response(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, field: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     body: dict[str, Any] = {"code": code, "message": message}
     if field is not None:
         body["field"] = field
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse({"error": body}, status_code=status, headers=headers)
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse({"error": body}, status_code=status, headers=headers or None)
 
 
 def is_loopback(host: str) -> bool:
@@ -57,6 +62,27 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods /openapi.json documents for the request's path (for the ``Allow`` header)."""
+    table = getattr(request.app.state, "allow_table", None)
+    if table is None:
+        table = [
+            (
+                re.compile("^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(path)) + "$"),
+                "{" not in path,
+                sorted(m.upper() for m in ops),
+            )
+            for path, ops in request.app.openapi()["paths"].items()
+        ]
+        request.app.state.allow_table = table
+    matches = [(literal, ops) for pattern, literal, ops in table if pattern.match(request.url.path)]
+    # A literal path (/api/trajectories/export) is what the schema names; templated siblings
+    # ({trajectory_id}) only answer when no literal path matches.
+    if any(literal for literal, _ in matches):
+        matches = [m for m in matches if m[0]]
+    return sorted({op for _, ops in matches for op in ops})
 
 
 _bearer = HTTPBearer(auto_error=False, description="Required when the server has TRAJFORGE_API_TOKEN set.")
@@ -101,8 +127,7 @@ def create_app(
     async def require_token(
         credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),  # noqa: B008
     ) -> None:
-        if api_token is None:
-            return
+        assert api_token is not None
         given = credentials.credentials if credentials is not None else ""
         if not hmac.compare_digest(given.encode(), api_token.encode()):
             raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
@@ -124,7 +149,12 @@ def create_app(
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {}
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        # Keep field names only: drop the request part and union member names (DeleteIds, ...).
+        loc = [
+            str(p)
+            for p in first.get("loc", ())
+            if p not in ("body", "query", "path", "header") and not (isinstance(p, str) and p[:1].isupper())
+        ]
         message = first.get("msg", "invalid request")
         if first.get("type") == "json_invalid":
             return error_response(400, "invalid_json", f"the body is not valid JSON: {message}")
@@ -133,7 +163,11 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status_code, "error")
-        return error_response(exc.status_code, code, str(exc.detail))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette lists only the first matching route's methods; RFC 9110 wants all of them.
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return error_response(exc.status_code, code, str(exc.detail), headers=headers)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, Any]:
@@ -141,5 +175,8 @@ def create_app(
 
     from trajforge.server import trajectories
 
-    app.include_router(trajectories.router, dependencies=[Depends(require_token)], responses=ERROR_RESPONSES)
+    # The bearer scheme is declared (and enforced) only when a token is set, so /openapi.json says
+    # exactly what the server requires.
+    guard = [Depends(require_token)] if api_token is not None else []
+    app.include_router(trajectories.router, dependencies=guard, responses=ERROR_RESPONSES)
     return app

@@ -3,9 +3,24 @@ edge; inside, the routes hand typed records to the library."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, StrictBool
+
+# JSON numbers only: lax pydantic would take `false` or "1" for a float.
+Number = Annotated[float, Strict()]
+EpochMs = Annotated[int, Strict()]
+
+
+def _iso_only(value: Any) -> Any:
+    if not isinstance(value, str | datetime):
+        raise ValueError("must be an ISO 8601 date/time string or an integer (epoch ms)")
+    return value
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_only)]
+DATE_HELP = "ISO 8601 date/time (UTC if no offset) or epoch milliseconds; bounds are inclusive"
 
 
 class Wire(BaseModel):
@@ -56,12 +71,18 @@ class TrajectoryDetail(BaseModel):
 
 
 class LoggingConfig(Wire):
-    enabled: bool
+    enabled: StrictBool
 
 
-class DeleteRequest(Wire):
-    ids: list[str] | None = Field(default=None, max_length=100_000)
-    all: bool = False
+class DeleteIds(Wire):
+    ids: list[str] = Field(min_length=1, max_length=100_000, description="Trajectory ids to delete")
+
+
+class DeleteAll(Wire):
+    all: Literal[True] = Field(description="Delete every trajectory")
+
+
+DeleteRequest = DeleteIds | DeleteAll
 
 
 class DeleteResult(BaseModel):
@@ -70,25 +91,25 @@ class DeleteResult(BaseModel):
 
 class ExportRequest(Wire):
     format: Literal["json", "jsonl", "csv", "art", "zip", "parquet"]
-    includePrompts: bool = True
+    includePrompts: StrictBool = True
     trajectoryIds: list[str] | None = Field(default=None, max_length=100_000)
-    startDate: str | int | None = None
-    endDate: str | int | None = None
+    startDate: EpochMs | IsoDateTime | None = Field(default=None, description=DATE_HELP)
+    endDate: EpochMs | IsoDateTime | None = Field(default=None, description=DATE_HELP)
     scenarioId: str | None = None
     batchId: str | None = None
     source: str | None = None
     status: Literal["active", "completed", "error", "timeout"] | None = None
     agentId: str | None = None
     search: str | None = Field(default=None, max_length=512)
-    isTrainingData: bool | None = None
-    minReward: float | None = None
-    maxReward: float | None = None
-    limit: int | None = Field(default=None, ge=1)
+    isTrainingData: StrictBool | None = None
+    minReward: Number | None = Field(default=None, allow_inf_nan=False)
+    maxReward: Number | None = Field(default=None, allow_inf_nan=False)
+    limit: int | None = Field(default=None, ge=1, le=100_000_000)
 
 
 class ScoreRequest(Wire):
     name: str = Field(min_length=1, max_length=200)
-    value: float = Field(allow_inf_nan=False)
+    value: Number = Field(allow_inf_nan=False)
     comment: str | None = Field(default=None, max_length=10_000)
     source: str = Field(default="api", min_length=1, max_length=100)
 
@@ -120,6 +141,11 @@ class IngestResult(BaseModel):
     stored: IngestCounts = Field(description="What was new; re-sent ids are not stored twice.")
 
 
+def _nullable(props: dict[str, Any], keep: tuple[str, ...]) -> dict[str, Any]:
+    """Mark optional properties nullable: on ingest, null means "keep the stored value"."""
+    return {k: v if k in keep else {**v, "type": [v["type"], "null"]} for k, v in props.items()}
+
+
 INGEST_BODY_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["trajectories"],
@@ -131,21 +157,43 @@ INGEST_BODY_SCHEMA: dict[str, Any] = {
                 "required": ["id"],
                 "description": "A full or partial trajectory: absent fields keep their stored values; "
                 "steps (with llmCalls, providerAccesses, action) and scores are added.",
-                "properties": {
-                    "id": {"type": "string", "minLength": 1},
-                    "agentId": {"type": "string"},
-                    "source": {"type": "string"},
-                    "status": {"type": "string", "enum": ["active", "completed", "error", "timeout"]},
-                    "startTime": {"type": "integer"},
-                    "endTime": {"type": "integer"},
-                    "scenarioId": {"type": "string"},
-                    "batchId": {"type": "string"},
-                    "isTrainingData": {"type": "boolean"},
-                    "metadata": {"type": "object"},
-                    "totalReward": {"type": "number"},
-                    "steps": {"type": "array", "items": {"type": "object"}},
-                    "scores": {"type": "array", "items": {"type": "object"}},
-                },
+                "properties": _nullable(
+                    {
+                        "id": {"type": "string", "minLength": 1},
+                        "agentId": {"type": "string"},
+                        "source": {"type": "string"},
+                        "status": {"type": "string", "enum": ["active", "completed", "error", "timeout"]},
+                        "startTime": {"type": "integer"},
+                        "endTime": {"type": "integer"},
+                        "scenarioId": {"type": "string"},
+                        "batchId": {"type": "string"},
+                        "isTrainingData": {"type": "boolean"},
+                        "metadata": {"type": "object"},
+                        "totalReward": {"type": "number"},
+                        "steps": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["stepId"],
+                                "properties": _nullable(
+                                    {
+                                        "stepId": {"type": "string", "minLength": 1},
+                                        "stepNumber": {"type": "integer"},
+                                        "timestamp": {"type": "integer"},
+                                        "llmCalls": {"type": "array", "items": {"type": "object"}},
+                                        "providerAccesses": {"type": "array", "items": {"type": "object"}},
+                                        "action": {"type": "object", "required": ["actionType"]},
+                                        "reward": {"type": "number"},
+                                        "done": {"type": "boolean"},
+                                    },
+                                    ("stepId",),
+                                ),
+                            },
+                        },
+                        "scores": {"type": "array", "items": {"type": "object"}},
+                    },
+                    ("id",),
+                ),
             },
         }
     },

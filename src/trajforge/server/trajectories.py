@@ -17,6 +17,7 @@ from trajforge.errors import InvalidInput, NotFound, TrajforgeError
 from trajforge.records import Score, Trajectory, WireError, batch_from_wire, iso_ms, to_wire
 from trajforge.server.schemas import (
     INGEST_BODY_SCHEMA,
+    DeleteAll,
     DeleteRequest,
     DeleteResult,
     ErrorResponse,
@@ -69,6 +70,25 @@ def list_item(t: Trajectory) -> dict[str, Any]:
     }
 
 
+LIST_PARAMS = frozenset(
+    {
+        "source",
+        "status",
+        "startDate",
+        "endDate",
+        "search",
+        "scenarioId",
+        "batchId",
+        "isTrainingData",
+        "agentId",
+        "minReward",
+        "maxReward",
+        "limit",
+        "offset",
+    }
+)
+
+
 @router.get("", response_model=TrajectoryList, summary="List trajectories, newest first")
 def list_trajectories(
     request: Request,
@@ -90,6 +110,16 @@ def list_trajectories(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> dict[str, Any]:
+    # A misspelt filter (scenarioID) silently ignored would return the wrong rows: refuse it.
+    unknown = sorted(set(request.query_params) - LIST_PARAMS)
+    if unknown:
+        raise InvalidInput(
+            f"unknown query parameter {unknown[0]!r}; known: {', '.join(sorted(LIST_PARAMS))}", unknown[0]
+        )
+    names = [k for k, _ in request.query_params.multi_items()]
+    repeated = sorted({k for k in names if names.count(k) > 1})
+    if repeated:
+        raise InvalidInput(f"query parameter {repeated[0]!r} is given more than once", repeated[0])
     flt = build_filter(
         source=source,
         status=status,
@@ -168,12 +198,8 @@ def export_trajectories(request: Request, body: ExportRequest) -> StreamingRespo
 
 @router.delete("", response_model=DeleteResult, summary="Delete trajectories by id, or all")
 def delete_trajectories(request: Request, body: DeleteRequest) -> dict[str, Any]:
-    if body.all:
-        if body.ids:
-            raise InvalidInput("give either ids or all: true, not both", "ids")
+    if isinstance(body, DeleteAll):
         return {"deleted": _store(request).delete(all=True)}
-    if not body.ids:
-        raise InvalidInput("ids must list at least one trajectory id (or send all: true)", "ids")
     return {"deleted": _store(request).delete(body.ids)}
 
 

@@ -72,10 +72,13 @@ class WriteResult:
     """Ids of trajectories that became ``completed`` in this write (for auto-training counters)."""
 
 
-def parse_date(value: str | int | float | None, field_name: str) -> int | None:
-    """Epoch ms from an ISO date/datetime or a number (ms); the error names the field."""
+def parse_date(value: str | int | float | datetime | None, field_name: str) -> int | None:
+    """Epoch ms from an ISO date/datetime, a datetime or a number (ms); the error names the field."""
     if value is None or value == "":
         return None
+    if isinstance(value, datetime):
+        dt = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        return int(dt.timestamp() * 1000)
     if isinstance(value, int | float) and not isinstance(value, bool):
         return int(value)
     text = str(value).strip()
@@ -97,8 +100,8 @@ def build_filter(
     *,
     source: str | None = None,
     status: str | None = None,
-    start_date: str | int | None = None,
-    end_date: str | int | None = None,
+    start_date: str | int | datetime | None = None,
+    end_date: str | int | datetime | None = None,
     search: str | None = None,
     scenario_id: str | None = None,
     batch_id: str | None = None,

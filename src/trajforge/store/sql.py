@@ -109,11 +109,15 @@ class _Prepared:
     first_seen: dict[str, int]
 
 
+_IDENTITY = frozenset({"id", "trajectory_id", "step_id"})
+
+
 def _merge(into: Any, new: Any) -> None:
-    """Later non-None fields win; an ``active`` header never reopens a finished trajectory."""
+    """Later non-None fields win; an ``active`` header never reopens a finished trajectory, and a
+    step never moves to another trajectory (its first one keeps it)."""
     for name in new.__slots__:
         value = getattr(new, name)
-        if value is None:
+        if value is None or name in _IDENTITY:
             continue
         if name == "status" and value == "active" and getattr(into, name) not in (None, "active"):
             continue

@@ -1,0 +1,198 @@
+"""Export formats in detail, and the export → import round trip (a property test)."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.helpers import make_trajectory
+from trajforge import export
+from trajforge.importer import import_file
+from trajforge.records import (
+    ActionResult,
+    LlmCall,
+    ProviderAccess,
+    Score,
+    Step,
+    Trajectory,
+    WriteBatch,
+    to_wire,
+)
+from trajforge.store import TrajectoryFilter, open_store
+
+
+def test_zip_folders_are_safe_for_hostile_ids() -> None:
+    ids = ["../../etc/passwd", "..", "a/b\\c", "same", "same", "x" * 500, "émoji🙂", ""]
+    trajectories = [make_trajectory(n_steps=1) for _ in ids]
+    for t, tid in zip(trajectories, ids, strict=True):
+        t.id = tid
+    data = b"".join(export.iter_zip(trajectories))
+    z = zipfile.ZipFile(io.BytesIO(data))
+    assert z.testzip() is None
+    folders = [e["folder"] for e in json.loads(z.read("manifest.json"))["trajectories"]]
+    assert len(set(folders)) == len(ids)
+    for name in z.namelist():
+        assert not name.startswith(("/", "..")) and "/../" not in name and "\\" not in name
+        assert len(name.split("/")[0]) <= 104
+    assert [e["trajectoryId"] for e in json.loads(z.read("manifest.json"))["trajectories"]] == ids
+
+
+def test_art_sends_the_system_message_only_when_it_changes() -> None:
+    t = Trajectory(total_reward=0.5)
+    for system in ("A", "A", "B", "B", "A"):
+        t.steps.append(
+            Step(llm_calls=[LlmCall(model="m", system_prompt=system, user_prompt="u", response="r")])
+        )
+    t.steps[0].action = ActionResult(action_type="X", success=True)
+    t.steps[1].action = ActionResult(action_type="X", success=False)
+    record = export.art_record(t)
+    systems = [m["content"] for m in record["messages"] if m["role"] == "system"]
+    assert systems == ["A", "B", "A"]
+    assert record["reward"] == 0.5 and record["metrics"]["actionSuccessRate"] == 0.5
+    assert record["metadata"]["format"] == export.ART_FORMAT_VERSION
+
+
+def test_unknown_format_is_an_error_not_a_fallback() -> None:
+    import pytest
+
+    from trajforge.errors import InvalidInput
+
+    with pytest.raises(InvalidInput) as exc:
+        export.exporter("arrow")
+    assert exc.value.field == "format"
+
+
+def test_seed_shaped_jsonl_is_rebuilt_into_trajectories(tmp_path: Path) -> None:
+    rows = [
+        {
+            "trajectoryId": "t-1",
+            "stepId": f"s-{i // 2}",
+            "callId": f"c-{i}",
+            "purpose": "action",
+            "actionType": "REPLY",
+            "model": "gpt-x",
+            "timestamp": 1_700_000_000_000 + i,
+            "request": {
+                "messages": [{"role": "system", "content": "sys"}, {"role": "user", "content": f"q{i}"}]
+            },
+            "response": {"text": f"a{i}"},
+            "usage": {"prompt_tokens": 10, "completion_tokens": 2},
+        }
+        for i in range(4)
+    ]
+    rows.append({**rows[0], "trajectoryId": "t-2", "callId": "c-x", "request": {"prompt": "plain prompt"}})
+    path = tmp_path / "seed.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    store = open_store(str(tmp_path / "s.db"))
+    counts = import_file(store, path)
+    assert counts["trajectories"] == 2 and counts["llmCalls"] == 5
+    t = store.get_trajectory("t-1")
+    assert t is not None and t.step_count == 2 and t.llm_call_count == 4 and t.total_prompt_tokens == 40
+    call = t.steps[1].llm_calls[1]
+    assert (call.system_prompt, call.user_prompt, call.response, call.model) == ("sys", "q3", "a3", "gpt-x")
+    assert store.get_trajectory("t-2").steps[0].llm_calls[0].user_prompt == "plain prompt"  # type: ignore[union-attr]
+    again = import_file(store, path)
+    assert again["newTrajectories"] == 0 and again["newLlmCalls"] == 0
+    store.close()
+
+
+texts = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | texts,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(texts, children, max_size=3),
+    max_leaves=8,
+)
+
+
+@st.composite
+def trajectories(draw: st.DrawFn) -> Trajectory:
+    start = draw(st.integers(1_600_000_000_000, 1_800_000_000_000))
+    t = Trajectory(
+        agent_id=draw(texts),
+        source=draw(st.sampled_from(["chat", "api", "telegram", "custom"])),
+        status=draw(st.sampled_from(["active", "completed", "error", "timeout"])),
+        start_time=start,
+        end_time=draw(st.none() | st.integers(start, start + 10**7)),
+        scenario_id=draw(st.none() | texts),
+        batch_id=draw(st.none() | texts),
+        group_index=draw(st.none() | st.integers(0, 100)),
+        is_training_data=draw(st.booleans()),
+        metadata=draw(st.dictionaries(texts, json_values, max_size=3)),
+        total_reward=draw(st.none() | st.floats(-10, 10, allow_nan=False)),
+    )
+    for n in range(draw(st.integers(0, 3))):
+        step = Step(
+            step_number=n, timestamp=start + n, reward=draw(st.none() | st.floats(-1, 1, allow_nan=False))
+        )
+        for k in range(draw(st.integers(0, 2))):
+            step.llm_calls.append(
+                LlmCall(
+                    timestamp=start + n * 10 + k,
+                    model=draw(texts),
+                    system_prompt=draw(st.none() | texts),
+                    user_prompt=draw(st.none() | texts),
+                    response=draw(st.none() | texts),
+                    reasoning=draw(st.none() | texts),
+                    messages=draw(
+                        st.none()
+                        | st.lists(
+                            st.fixed_dictionaries({"role": st.just("user"), "content": texts}), max_size=2
+                        )
+                    ),
+                    latency_ms=draw(st.none() | st.floats(0, 1e5)),
+                    prompt_tokens=draw(st.none() | st.integers(0, 10**6)),
+                    completion_tokens=draw(st.none() | st.integers(0, 10**6)),
+                    purpose=draw(st.sampled_from(["action", "reasoning", "other"])),
+                )
+            )
+        if draw(st.booleans()):
+            step.provider_accesses.append(
+                ProviderAccess(timestamp=start + n, provider_name=draw(texts), data=draw(json_values))
+            )
+        if draw(st.booleans()):
+            step.action = ActionResult(
+                action_type=draw(texts),
+                parameters=draw(json_values),
+                success=draw(st.booleans()),
+                immediate_reward=0.1,
+            )
+        t.steps.append(step)
+    if draw(st.booleans()):
+        t.scores.append(
+            Score(t.id, draw(texts) or "s", draw(st.floats(-1, 1, allow_nan=False)), source="outcome")
+        )
+    return t
+
+
+def _comparable(t: Trajectory) -> dict:
+    wire = to_wire(t)
+    for key in ("createdAt", "updatedAt"):
+        wire.pop(key)
+    return wire
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(items=st.lists(trajectories(), min_size=1, max_size=4), fmt=st.sampled_from(["json", "jsonl"]))
+def test_export_then_import_round_trips(tmp_path: Path, items: list[Trajectory], fmt: str) -> None:
+    folder = tmp_path / f"rt-{id(items)}"
+    folder.mkdir()
+    src = open_store(str(folder / "src.db"))
+    dst = open_store(str(folder / "dst.db"))
+    try:
+        for t in items:
+            src.write(WriteBatch.from_trajectory(t))
+        path = folder / f"out.{fmt}"
+        with open(path, "wb") as fh:
+            export.write(fmt, src.iter_trajectories(TrajectoryFilter()), fh)
+        import_file(dst, path)
+        before = [_comparable(t) for t in src.iter_trajectories(TrajectoryFilter())]
+        after = [_comparable(t) for t in dst.iter_trajectories(TrajectoryFilter())]
+        assert after == before
+    finally:
+        src.close()
+        dst.close()
