@@ -374,6 +374,8 @@ def _fields_by_wire_name(cls: type) -> dict[str, dataclasses.Field[Any]]:
     return cached
 
 
+MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: anything later is not a time
+_TIME_FIELDS = frozenset({"timestamp", "start_time", "end_time", "created_at", "updated_at"})
 _NUMERIC = {"int": (int,), "float": (int, float), "int | None": (int,), "float | None": (int, float)}
 
 
@@ -423,6 +425,10 @@ def _check_scalar(f: dataclasses.Field[Any], value: Any, where: str) -> Any:
             if not value.is_integer():
                 raise WireError("expected an integer", where)
             value = int(value)
+        if kind.startswith("int"):
+            low, high = (0, MAX_TIME_MS) if f.name in _TIME_FIELDS else (-(2**31), 2**31 - 1)
+            if not low <= value <= high:
+                raise WireError(f"must be between {low} and {high}", where)
         return value
     if kind.startswith("str"):
         if not isinstance(value, str):

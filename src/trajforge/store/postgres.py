@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -30,6 +30,13 @@ _RETRYABLE = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
 def _to_pyformat(sql: str) -> str:
     # Our SQL never contains a literal '?' or '%', so a plain rewrite is exact.
     return sql.replace("?", "%s")
+
+
+def _no_nul(value: Any) -> Any:
+    # PostgreSQL text cannot hold NUL, in any column: replace it rather than fail the batch.
+    if isinstance(value, str) and "\x00" in value:
+        return value.replace("\x00", "\ufffd")
+    return value
 
 
 def split_url(url: str) -> tuple[str, str | None]:
@@ -82,6 +89,14 @@ class PostgresStore(SqlStore):
 
     def _q(self, sql: str) -> str:
         return _to_pyformat(sql)
+
+    def _ex(self, cur: Any, sql: str, params: Sequence[Any] = ()) -> Any:
+        cur.execute(self._q(sql), [_no_nul(v) for v in params])
+        return cur
+
+    def _exmany(self, cur: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            cur.executemany(self._q(sql), [[_no_nul(v) for v in row] for row in rows])
 
     def _clean_text(self, body: str) -> str:
         # PostgreSQL text cannot hold NUL; it is the one character we must replace.

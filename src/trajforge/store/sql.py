@@ -937,7 +937,10 @@ def add_to_rollup(
 
 
 def _day(day: int) -> str:
-    return datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%d")
+    try:
+        return datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%d")
+    except (OverflowError, OSError, ValueError):
+        return f"day {day}"  # a stored time outside the calendar must not break stats
 
 
 def _percentiles(hist: dict[int, int]) -> dict[str, float | None]:
