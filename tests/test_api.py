@@ -339,9 +339,20 @@ def test_hostile_values_are_refused_or_stored_safely(client: TestClient) -> None
     r = client.post("/api/trajectories", json={"trajectories": [{"id": "big", "startTime": 10**20}]})
     assert r.status_code == 422 and r.json()["error"]["field"] == "trajectories[0].startTime"
     call = {"model": "m", "promptTokens": 2**40}
-    r = client.post("/api/trajectories", json={"trajectories": [{"id": "t", "steps": [{"stepId": "s", "llmCalls": [call]}]}]})
-    assert r.status_code == 422 and r.json()["error"]["field"] == "trajectories[0].steps[0].llmCalls[0].promptTokens"
-    nul = {"id": "nul", "agentId": "a\x00b", "metadata": {"k": "v\x00"}, "steps": [{"stepId": "n1", "llmCalls": [{"model": "m\x00", "userPrompt": "p\x00q"}]}]}
+    r = client.post(
+        "/api/trajectories",
+        json={"trajectories": [{"id": "t", "steps": [{"stepId": "s", "llmCalls": [call]}]}]},
+    )
+    assert (
+        r.status_code == 422
+        and r.json()["error"]["field"] == "trajectories[0].steps[0].llmCalls[0].promptTokens"
+    )
+    nul = {
+        "id": "nul",
+        "agentId": "a\x00b",
+        "metadata": {"k": "v\x00"},
+        "steps": [{"stepId": "n1", "llmCalls": [{"model": "m\x00", "userPrompt": "p\x00q"}]}],
+    }
     assert client.post("/api/trajectories", json={"trajectories": [nul]}).status_code == 200
     got = client.get("/api/trajectories/nul").json()["trajectory"]
     assert got["agentId"] in ("a\x00b", "a\ufffdb")  # PostgreSQL text cannot hold NUL
