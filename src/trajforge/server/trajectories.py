@@ -89,6 +89,9 @@ LIST_PARAMS = frozenset(
 )
 
 
+TYPED_PARAMS = ("startDate", "endDate", "isTrainingData", "minReward", "maxReward", "limit", "offset")
+
+
 @router.get("", response_model=TrajectoryList, summary="List trajectories, newest first")
 def list_trajectories(
     request: Request,
@@ -116,6 +119,9 @@ def list_trajectories(
         raise InvalidInput(
             f"unknown query parameter {unknown[0]!r}; known: {', '.join(sorted(LIST_PARAMS))}", unknown[0]
         )
+    for key in TYPED_PARAMS:
+        if request.query_params.get(key) == "":
+            raise InvalidInput(f"{key} must not be empty (leave it out instead)", key)
     names = [k for k, _ in request.query_params.multi_items()]
     repeated = sorted({k for k in names if names.count(k) > 1})
     if repeated:

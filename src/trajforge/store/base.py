@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from trajforge.errors import InvalidInput
-from trajforge.records import TRAJECTORY_STATUSES, Score, Trajectory, WriteBatch
+from trajforge.records import MAX_TIME_MS, TRAJECTORY_STATUSES, Score, Trajectory, WriteBatch
 from trajforge.store import search as search_lang
 
 
@@ -74,6 +74,13 @@ class WriteResult:
 
 def parse_date(value: str | int | float | datetime | None, field_name: str) -> int | None:
     """Epoch ms from an ISO date/datetime, a datetime or a number (ms); the error names the field."""
+    ms = _parse_date(value, field_name)
+    if ms is not None and not -MAX_TIME_MS <= ms <= MAX_TIME_MS:
+        raise InvalidInput(f"{field_name} is outside the years 1 to 9999", field_name)
+    return ms
+
+
+def _parse_date(value: str | int | float | datetime | None, field_name: str) -> int | None:
     if value is None or value == "":
         return None
     if isinstance(value, datetime):
