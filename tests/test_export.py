@@ -169,6 +169,18 @@ def trajectories(draw: st.DrawFn) -> Trajectory:
     return t
 
 
+def _first_diff(a: object, b: object, path: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k):
+                return _first_diff(a.get(k), b.get(k), f"{path}.{k}")
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            if x != y:
+                return _first_diff(x, y, f"{path}[{i}]")
+    return f"{path}: {a!r} != {b!r}"
+
+
 def _comparable(t: Trajectory) -> dict:
     wire = to_wire(t)
     for key in ("createdAt", "updatedAt"):
@@ -187,8 +199,13 @@ def test_export_then_import_round_trips(tmp_path: Path, items: list[Trajectory],
         for t in items:
             src.write(WriteBatch.from_trajectory(t))
         path = folder / f"out.{fmt}"
-        with open(path, "wb") as fh:
-            export.write(fmt, src.iter_trajectories(TrajectoryFilter()), fh)
+        with open(path, "wb") as fh:  # the database-assembled fast path
+            for chunk in export.stream(src, fmt, TrajectoryFilter()):
+                fh.write(chunk)
+        records = b"".join(export.exporter(fmt)(src.iter_trajectories(TrajectoryFilter()), True))
+        fast = [json.loads(x) for x in path.read_bytes().splitlines()]
+        slow = [json.loads(x) for x in records.splitlines()]
+        assert slow == fast, _first_diff(slow, fast)
         import_file(dst, path)
         before = [_comparable(t) for t in src.iter_trajectories(TrajectoryFilter())]
         after = [_comparable(t) for t in dst.iter_trajectories(TrajectoryFilter())]

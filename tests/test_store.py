@@ -345,3 +345,26 @@ def test_concurrent_writers_lose_and_duplicate_nothing(store_url: str) -> None:
     assert s["totalTrajectories"] == 40 and s["totalLlmCalls"] == 160 and s["totalSteps"] == 80
     for st in stores:
         st.close()
+
+
+def test_database_assembled_documents_equal_the_record_path(store: Store) -> None:
+    import orjson
+
+    from trajforge import export
+    from trajforge.records import to_wire
+
+    t = make_trajectory(n_steps=3, metadata={"nested": {"list": [1, None, "x"]}, "ü": True})
+    t.steps[0].llm_calls[0].messages = [{"role": "user", "content": 'with "quotes" and \n newline'}]
+    t.steps[0].llm_calls[0].tool_calls = [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    ]
+    t.steps[1].done = True
+    t.steps[2].observation = {"seen": [1, 2]}
+    t.scores.append(Score(t.id, "s", 0.25, source="judge"))
+    put(store, t, make_trajectory(n_steps=1))
+    docs = [orjson.loads(d) for d in store.iter_json_docs(TrajectoryFilter())]
+    assert docs == [to_wire(x) for x in store.iter_trajectories(TrajectoryFilter())]
+    rows = list(store.iter_call_rows(TrajectoryFilter()))
+    expected = list(export.call_rows(store.iter_trajectories(TrajectoryFilter())))
+    assert [r[:10] + r[11:] for r in rows] == [r[:10] + r[11:] for r in expected]
+    assert [orjson.loads(r[10]) for r in rows] == [orjson.loads(r[10]) for r in expected]  # action JSON

@@ -4,7 +4,6 @@ the result; library errors become a clean message naming the flag."""
 from __future__ import annotations
 
 import contextlib
-import itertools
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -295,21 +294,22 @@ def trajectories_export(
         total = store.count(flt)
         if limit is not None:
             total = min(total, limit)
-        items = store.iter_trajectories(flt, full=exports.needs_full(fmt))
-        if limit is not None:
-            items = itertools.islice(items, limit)
         to_stdout = str(out) == "-"
+        count = 0
+
+        def progressed(n: int) -> None:
+            nonlocal count
+            count = n
+            progress.update(task, completed=n)
+
         with contextlib.ExitStack() as stack:
             fh = sys.stdout.buffer if to_stdout else stack.enter_context(open(out, "wb"))
             progress = stack.enter_context(_progress())
             task = progress.add_task(f"export {fmt}", total=total)
-            count = exports.write(
-                fmt,
-                items,
-                fh,
-                include_prompts=include_prompts,
-                on_progress=lambda n: progress.update(task, completed=n),
-            )
+            for chunk in exports.stream(
+                store, fmt, flt, include_prompts=include_prompts, limit=limit, on_progress=progressed
+            ):
+                fh.write(chunk)
     if not to_stdout:
         err.print(f"wrote {count} trajectories to {out}")
 

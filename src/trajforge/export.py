@@ -15,12 +15,15 @@ import io
 import re
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from trajforge import jsonutil
 from trajforge.errors import InvalidInput
 from trajforge.records import LlmCall, Trajectory, iso_ms, now_ms, to_wire
+from trajforge.store.base import Store, TrajectoryFilter
+from trajforge.store.documents import CALL_ROW_COLUMNS
 
+T = TypeVar("T")
 FORMATS = ("json", "jsonl", "csv", "art", "zip", "parquet")
 PROMPT_MARKER = "[omitted: includePrompts=false]"
 MEDIA_TYPES = {
@@ -270,115 +273,120 @@ def _iso(ms: int | None) -> str:
 
 
 PARQUET_ROW_GROUP = 20_000
+_PARQUET_TYPES = {
+    "trajectoryReward": "float64",
+    "stepNumber": "int32",
+    "stepReward": "float64",
+    "timestamp": "int64",
+    "temperature": "float64",
+    "maxTokens": "int64",
+    "latencyMs": "float64",
+    "promptTokens": "int64",
+    "completionTokens": "int64",
+}
+_TEXT_COLUMNS = ("systemPrompt", "userPrompt", "response", "reasoning")
 
 
 def parquet_schema() -> Any:
+    """One row per LLM call: :data:`CALL_ROW_COLUMNS`; JSON-valued columns (stepAction, messages,
+    toolCalls, tools) are JSON strings."""
     import pyarrow as pa
 
-    return pa.schema(
-        [
-            ("trajectoryId", pa.string()),
-            ("agentId", pa.string()),
-            ("source", pa.string()),
-            ("status", pa.string()),
-            ("scenarioId", pa.string()),
-            ("batchId", pa.string()),
-            ("trajectoryReward", pa.float64()),
-            ("stepId", pa.string()),
-            ("stepNumber", pa.int32()),
-            ("stepReward", pa.float64()),
-            ("actionType", pa.string()),
-            ("actionSuccess", pa.bool_()),
-            ("callId", pa.string()),
-            ("timestamp", pa.int64()),
-            ("model", pa.string()),
-            ("systemPrompt", pa.string()),
-            ("userPrompt", pa.string()),
-            ("messages", pa.string()),
-            ("response", pa.string()),
-            ("reasoning", pa.string()),
-            ("toolCalls", pa.string()),
-            ("tools", pa.string()),
-            ("finishReason", pa.string()),
-            ("temperature", pa.float64()),
-            ("maxTokens", pa.int64()),
-            ("purpose", pa.string()),
-            ("callActionType", pa.string()),
-            ("latencyMs", pa.float64()),
-            ("promptTokens", pa.int64()),
-            ("completionTokens", pa.int64()),
-        ]
-    )
+    return pa.schema([(name, getattr(pa, _PARQUET_TYPES.get(name, "string"))()) for name in CALL_ROW_COLUMNS])
+
+
+def call_rows(trajectories: Iterable[Trajectory]) -> Iterator[tuple[Any, ...]]:
+    """The parquet rows of record trajectories (same columns as ``store.iter_call_rows``)."""
+    for t in trajectories:
+        for step in t.steps:
+            action = None if step.action is None else jsonutil.dumps(to_wire(step.action))
+            for c in step.llm_calls:
+                yield (
+                    t.id,
+                    t.agent_id,
+                    t.source,
+                    t.status,
+                    t.scenario_id,
+                    t.batch_id,
+                    t.total_reward,
+                    step.step_id,
+                    step.step_number,
+                    step.reward,
+                    action,
+                    c.call_id,
+                    c.timestamp,
+                    c.model,
+                    c.system_prompt,
+                    c.user_prompt,
+                    _opt_dump(c.messages),
+                    c.response,
+                    c.reasoning,
+                    _opt_dump(c.tool_calls),
+                    _opt_dump(c.tools),
+                    c.finish_reason,
+                    c.temperature,
+                    c.max_tokens,
+                    c.purpose,
+                    c.action_type,
+                    c.latency_ms,
+                    c.prompt_tokens,
+                    c.completion_tokens,
+                )
 
 
 def _opt_dump(value: Any) -> str | None:
     return None if value is None else jsonutil.dumps(value)
 
 
-def iter_parquet(trajectories: Iterable[Trajectory], include_prompts: bool = True) -> Iterator[bytes]:
-    """One row per LLM call with the trajectory's and step's context as flat columns; nested fields
-    are JSON strings. zstd-compressed, readable by pyarrow and Hugging Face ``datasets``."""
+_TEXT_INDEXES = tuple(CALL_ROW_COLUMNS.index(c) for c in _TEXT_COLUMNS)
+_MESSAGES_INDEX = CALL_ROW_COLUMNS.index("messages")
+
+
+def _redact_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    out = list(row)
+    for i in _TEXT_INDEXES:
+        if out[i] is not None:
+            out[i] = PROMPT_MARKER
+    if out[_MESSAGES_INDEX] is not None:
+        messages = jsonutil.loads(out[_MESSAGES_INDEX])
+        out[_MESSAGES_INDEX] = jsonutil.dumps(
+            [{**m, "content": PROMPT_MARKER} if isinstance(m, dict) else m for m in messages]
+        )
+    return tuple(out)
+
+
+def iter_parquet_rows(rows: Iterable[tuple[Any, ...]], include_prompts: bool = True) -> Iterator[bytes]:
+    """Parquet (zstd, row groups of 20k calls) from flat call rows, streamed."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     schema = parquet_schema()
-    names = schema.names
+    width = len(CALL_ROW_COLUMNS)
     pipe = _Pipe()
-    columns: dict[str, list[Any]] = {n: [] for n in names}
-    n_rows = 0
+    buffer: list[tuple[Any, ...]] = []
     with pq.ParquetWriter(pa.PythonFile(pipe, mode="w"), schema, compression="zstd") as writer:
 
         def flush() -> None:
-            nonlocal columns, n_rows
-            if n_rows:
-                writer.write_table(pa.table(columns, schema=schema))
-                columns = {n: [] for n in names}
-                n_rows = 0
+            columns = list(zip(*buffer, strict=True)) if buffer else [()] * width
+            writer.write_table(
+                pa.table(dict(zip(CALL_ROW_COLUMNS, map(list, columns), strict=True)), schema=schema)
+            )
+            buffer.clear()
 
-        for t in _prepared(trajectories, include_prompts):
-            for step in t.steps:
-                action = step.action
-                for c in step.llm_calls:
-                    row = (
-                        t.id,
-                        t.agent_id,
-                        t.source,
-                        t.status,
-                        t.scenario_id,
-                        t.batch_id,
-                        t.total_reward,
-                        step.step_id,
-                        step.step_number,
-                        step.reward,
-                        None if action is None else action.action_type,
-                        None if action is None else action.success,
-                        c.call_id,
-                        c.timestamp,
-                        c.model,
-                        c.system_prompt,
-                        c.user_prompt,
-                        _opt_dump(c.messages),
-                        c.response,
-                        c.reasoning,
-                        _opt_dump(c.tool_calls),
-                        _opt_dump(c.tools),
-                        c.finish_reason,
-                        c.temperature,
-                        c.max_tokens,
-                        c.purpose,
-                        c.action_type,
-                        c.latency_ms,
-                        c.prompt_tokens,
-                        c.completion_tokens,
-                    )
-                    for name, value in zip(names, row, strict=True):
-                        columns[name].append(value)
-                    n_rows += 1
-            if n_rows >= PARQUET_ROW_GROUP:
+        for row in rows:
+            buffer.append(row if include_prompts else _redact_row(row))
+            if len(buffer) >= PARQUET_ROW_GROUP:
                 flush()
                 yield pipe.take()
-        flush()
+        if buffer:
+            flush()
     yield pipe.take()
+
+
+def iter_parquet(trajectories: Iterable[Trajectory], include_prompts: bool = True) -> Iterator[bytes]:
+    """One row per LLM call with the trajectory's and step's context as flat columns; nested fields
+    are JSON strings. zstd-compressed, readable by pyarrow and Hugging Face ``datasets``."""
+    return iter_parquet_rows(call_rows(trajectories), include_prompts)
 
 
 EXPORTERS: dict[str, Callable[[Iterable[Trajectory], bool], Iterator[bytes]]] = {
@@ -396,6 +404,68 @@ def exporter(fmt: str) -> Callable[[Iterable[Trajectory], bool], Iterator[bytes]
         return EXPORTERS[fmt]
     except KeyError:
         raise InvalidInput(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}", "format") from None
+
+
+def _counted(items: Iterable[T], limit: int | None, on_progress: Callable[[int], None] | None) -> Iterator[T]:
+    for n, item in enumerate(items, 1):
+        if limit is not None and n > limit:
+            return
+        if on_progress is not None:
+            on_progress(n)
+        yield item
+
+
+def _rows_counted(
+    rows: Iterable[tuple[Any, ...]], limit: int | None, on_progress: Callable[[int], None] | None
+) -> Iterator[tuple[Any, ...]]:
+    """Call rows, stopping after ``limit`` trajectories (rows come grouped by trajectory)."""
+    last, n = None, 0
+    for row in rows:
+        if row[0] != last:
+            last, n = row[0], n + 1
+            if limit is not None and n > limit:
+                return
+            if on_progress is not None:
+                on_progress(n)
+        yield row
+
+
+def stream(
+    store: Store,
+    fmt: str,
+    flt: TrajectoryFilter,
+    *,
+    include_prompts: bool = True,
+    limit: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> Iterator[bytes]:
+    """Export what ``flt`` matches from ``store`` in ``fmt``: the function behind both
+    ``POST /api/trajectories/export`` and ``trajforge trajectories export``.
+
+    json/jsonl read documents the database assembles; parquet reads flat call rows; csv reads
+    summaries only; art and zip (and redacted json/jsonl) go through records.
+    """
+    make = exporter(fmt)
+    if fmt in ("json", "jsonl") and include_prompts:
+        docs = _counted(store.iter_json_docs(flt), limit, on_progress)
+        if fmt == "jsonl":
+            return (doc + b"\n" for doc in docs)
+        return _json_array(docs)
+    if fmt == "parquet":
+        return iter_parquet_rows(
+            _rows_counted(store.iter_call_rows(flt), limit, on_progress), include_prompts
+        )
+    items = _counted(store.iter_trajectories(flt, full=needs_full(fmt)), limit, on_progress)
+    return make(items, include_prompts)
+
+
+def _json_array(docs: Iterable[bytes]) -> Iterator[bytes]:
+    yield b"["
+    first = True
+    for doc in docs:
+        yield doc if first else b"," + doc
+        first = False
+    yield b"]\n"
 
 
 def write(

@@ -334,18 +334,29 @@ _OPAQUE = {
 }
 
 
+_PLANS: dict[type, tuple[tuple[str, str, int], ...]] = {}
+
+
+def _plan(cls: type) -> tuple[tuple[str, str, int], ...]:
+    """(attribute, wire key, 0 plain | 1 nested record | 2 list of records) for each field."""
+    plan = _PLANS.get(cls)
+    if plan is None:
+        plan = _PLANS[cls] = tuple(
+            (f.name, camel(f.name), 0 if f.name not in _NESTED else (1 if f.name == "action" else 2))
+            for f in dataclasses.fields(cls)
+        )
+    return plan
+
+
 def to_wire(record: Any) -> dict[str, Any]:
-    """A record as the camelCase dict the API and exports emit."""
+    """A record as the camelCase dict the API and exports emit (hot in exports: kept lean)."""
     out: dict[str, Any] = {}
-    for f in dataclasses.fields(record):
-        value = getattr(record, f.name)
-        if f.name in _NESTED:
-            if isinstance(value, list):
-                value = [to_wire(v) for v in value]
-            elif value is not None:
-                value = to_wire(value)
-        out[camel(f.name)] = value
-    if isinstance(record, Trajectory):
+    for name, key, kind in _plan(type(record)):
+        value = getattr(record, name)
+        if kind and value is not None:
+            value = to_wire(value) if kind == 1 else [to_wire(v) for v in value]
+        out[key] = value
+    if type(record) is Trajectory:
         out["trajectoryId"] = record.id
     return out
 

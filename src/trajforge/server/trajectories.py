@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import zlib
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -189,14 +188,12 @@ def export_trajectories(request: Request, body: ExportRequest) -> StreamingRespo
         max_reward=body.maxReward,
         trajectory_ids=body.trajectoryIds,
     )
-    store = _store(request)
-    items = store.iter_trajectories(flt, full=export.needs_full(body.format))
-    if body.limit is not None:
-        items = itertools.islice(items, body.limit)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     filename = f"trajectories-{stamp}.{export.EXTENSIONS[body.format]}"
     return StreamingResponse(
-        export.exporter(body.format)(items, body.includePrompts),
+        export.stream(
+            _store(request), body.format, flt, include_prompts=body.includePrompts, limit=body.limit
+        ),
         media_type=export.MEDIA_TYPES[body.format],
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )

@@ -162,6 +162,14 @@ class Store(Protocol):
         when ``full`` is false)."""
         ...
 
+    def iter_json_docs(self, flt: TrajectoryFilter, chunk: int = 500) -> Iterator[bytes]:
+        """Each matching trajectory as its wire JSON document, assembled by the database."""
+        ...
+
+    def iter_call_rows(self, flt: TrajectoryFilter, chunk: int = 500) -> Iterator[tuple[Any, ...]]:
+        """One flat row per LLM call (``documents.CALL_ROW_COLUMNS``), for parquet and datasets."""
+        ...
+
     def count(self, flt: TrajectoryFilter) -> int: ...
 
     def stats(self, flt: TrajectoryFilter | None = None) -> dict[str, Any]:

@@ -55,6 +55,7 @@ class PostgresStore(SqlStore):
     upserts touch rows in a fixed order, and deadlocks or serialization failures are retried."""
 
     dialect = "postgres"
+    json_object_fn = "json_build_object"
 
     def __init__(self, url: str, *, pool_size: int = 8) -> None:
         self.url = url
@@ -89,6 +90,15 @@ class PostgresStore(SqlStore):
 
     def _q(self, sql: str) -> str:
         return _to_pyformat(sql)
+
+    def _as_json(self, expr: str) -> str:
+        return f"({expr})::json"
+
+    def _json_text(self, expr: str) -> str:
+        return f"({expr})::text"
+
+    def _num(self, expr: str) -> str:
+        return expr  # PostgreSQL prints the shortest exact form of a double already
 
     def _ex(self, cur: Any, sql: str, params: Sequence[Any] = ()) -> Any:
         cur.execute(self._q(sql), [_no_nul(v) for v in params])

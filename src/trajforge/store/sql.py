@@ -27,10 +27,13 @@ from trajforge.records import (
     Trajectory,
     TrajectoryHeader,
     WriteBatch,
+    camel,
     now_ms,
+    to_wire,
 )
 from trajforge.store import search
 from trajforge.store.base import Page, TrajectoryFilter, WriteResult
+from trajforge.store.documents import DocumentReads
 from trajforge.store.migrations import MIGRATIONS
 
 CHUNK = 500  # ids per IN (...) list: well under both databases' parameter limits
@@ -124,7 +127,7 @@ def _merge(into: Any, new: Any) -> None:
         setattr(into, name, value)
 
 
-class SqlStore:
+class SqlStore(DocumentReads):
     """Shared implementation; subclasses provide connections, placeholders and search."""
 
     url: str
@@ -414,7 +417,7 @@ class SqlStore:
         step_inserts, step_updates = [], []
         for sid in step_ids:
             s = p.steps[sid]
-            action = None if s.action is None else jsonutil.dumps(_action_dict(s.action))
+            action = None if s.action is None else jsonutil.dumps(to_wire(s.action))
             if sid in known_steps:
                 step_updates.append(
                     (
@@ -655,9 +658,9 @@ class SqlStore:
                 return None
             return self._load_full(cur, [row])[0]
 
-    def iter_trajectories(
-        self, flt: TrajectoryFilter, chunk: int = 500, *, full: bool = True
-    ) -> Iterator[Trajectory]:
+    def _pages(self, flt: TrajectoryFilter, chunk: int) -> Iterator[list[Any]]:
+        """Trajectory rows matching ``flt``, newest first, ``chunk`` per page (keyset pagination:
+        constant cost per page however deep the export goes)."""
         where, params = self._where(flt)
         joiner = " AND " if where else " WHERE "
         cursor_key: tuple[int, str] | None = None
@@ -671,13 +674,23 @@ class SqlStore:
             page_params.append(chunk)
             with self._read_tx() as cur:
                 rows = self._ex(cur, sql, page_params).fetchall()
-                if not rows:
-                    return
-                page = self._load_full(cur, rows) if full else [_trajectory(r) for r in rows]
-            yield from page
+            if not rows:
+                return
+            yield rows
             if len(rows) < chunk:
                 return
             cursor_key = (rows[-1][4], rows[-1][0])
+
+    def iter_trajectories(
+        self, flt: TrajectoryFilter, chunk: int = 500, *, full: bool = True
+    ) -> Iterator[Trajectory]:
+        for rows in self._pages(flt, chunk):
+            if not full:
+                yield from (_trajectory(r) for r in rows)
+                continue
+            with self._read_tx() as cur:
+                page = self._load_full(cur, rows)
+            yield from page
 
     def _load_full(self, cur: Any, rows: Sequence[Any]) -> list[Trajectory]:
         trajectories = [_trajectory(r) for r in rows]
@@ -1049,18 +1062,22 @@ def _score(r: Sequence[Any]) -> Score:
     )
 
 
-def _action_dict(a: ActionResult) -> dict[str, Any]:
-    return {name: getattr(a, name) for name in a.__slots__}
+# Stored in wire (camelCase) form; snake_case keys are read too, so no stored action is unreadable.
+_ACTION_FIELDS = {
+    **{name: name for name in ActionResult.__slots__},
+    **{camel(n): n for n in ActionResult.__slots__},
+}
 
 
 def _action(d: dict[str, Any]) -> ActionResult:
-    return ActionResult(**{k: v for k, v in d.items() if k in ActionResult.__slots__})
+    """An action from its stored (wire, camelCase) JSON."""
+    return ActionResult(**{_ACTION_FIELDS[k]: v for k, v in d.items() if k in _ACTION_FIELDS})
 
 
 def _step_for(steps: dict[str, Step], t: Trajectory, step_id: str) -> Step:
     """The step a call belongs to; a call whose step row never arrived still shows up."""
     step = steps.get(step_id)
     if step is None:
-        step = steps[step_id] = Step(step_id=step_id, step_number=len(t.steps))
+        step = steps[step_id] = Step(step_id=step_id, step_number=len(t.steps), timestamp=0)
         t.steps.append(step)
     return step

@@ -1,0 +1,205 @@
+"""Query latency and export throughput over HTTP on loopback, with 100,000 stored trajectories
+(1M LLM calls, the ingest benchmark's generator).
+
+    python benchmarks/query.py [--n 100000] [--db PATH_OR_URL] [--keep]
+
+Builds the store once (reused by later runs when it already holds N trajectories), starts
+``trajforge serve`` on a free loopback port, and measures: the list page (50 newest), a filtered
+list, a full-text search for a word in ~1% of prompts, one full trajectory, stats; then export
+throughput for jsonl and parquet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from generator import MARKER, Generator
+from trajforge.records import ActionResult, LlmCall, ProviderAccess, Step, Trajectory, WriteBatch
+from trajforge.store import TrajectoryFilter, open_store
+
+SOURCES = ("chat", "autonomy", "telegram", "discord", "api")
+STATUSES = ("completed", "completed", "completed", "error", "timeout")
+
+
+def build(url: str, n: int) -> None:
+    store = open_store(url)
+    have = store.count(TrajectoryFilter())
+    if have >= n:
+        print(f"store already holds {have} trajectories: reusing it")
+        store.close()
+        return
+    if have:
+        store.delete(all=True)
+    gen = Generator(seed=7)
+    base = 1_760_000_000_000
+    started = time.perf_counter()
+    batch = WriteBatch()
+    for i, spec in enumerate(gen.trajectories(n)):
+        start = base + i * 25_000  # ~1 month of traffic
+        t = Trajectory(
+            agent_id=spec.agent_id,
+            source=SOURCES[i % 5],
+            status=STATUSES[(i // 5) % 5],
+            start_time=start,
+            end_time=start + 20_000,
+            scenario_id=spec.scenario_id,
+            batch_id=f"batch-{i // 1000}",
+            total_reward=spec.reward,
+            metadata={"run": i // 10_000},
+        )
+        for k, st in enumerate(spec.steps):
+            step = Step(step_number=k, timestamp=start + k * 1000, reward=st.reward)
+            step.provider_accesses.append(
+                ProviderAccess(timestamp=start + k * 1000, provider_name="market", data=st.payload)
+            )
+            for j, c in enumerate(st.calls):
+                step.llm_calls.append(
+                    LlmCall(
+                        timestamp=start + k * 1000 + j,
+                        model=c.model,
+                        system_prompt=c.system,
+                        user_prompt=c.user,
+                        response=c.response,
+                        reasoning=c.reasoning,
+                        latency_ms=c.latency_ms,
+                        prompt_tokens=c.prompt_tokens,
+                        completion_tokens=c.completion_tokens,
+                        action_type=st.action,
+                    )
+                )
+            step.action = ActionResult(action_type=st.action, immediate_reward=st.reward)
+            t.steps.append(step)
+        batch.extend(WriteBatch.from_trajectory(t))
+        if len(batch.trajectories) >= 200:
+            store.write(batch)
+            batch = WriteBatch()
+            if (i + 1) % 10_000 == 0:
+                rate = (i + 1) / (time.perf_counter() - started)
+                print(f"  built {i + 1}/{n} ({rate:.0f} trajectories/s)", flush=True)
+    store.write(batch)
+    store.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def serve(url: str, port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trajforge.cli", "serve", "--port", str(port), "--db", url],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+def timed(client: httpx.Client, requests: list[tuple[str, str, dict]], warmup: int = 3) -> list[float]:
+    for method, path, kw in requests[:warmup]:
+        client.request(method, path, **kw).raise_for_status()
+    out = []
+    for method, path, kw in requests:
+        a = time.perf_counter()
+        r = client.request(method, path, **kw)
+        out.append((time.perf_counter() - a) * 1000)
+        r.raise_for_status()
+    return out
+
+
+def pcts(ms: list[float]) -> str:
+    s = sorted(ms)
+    p95 = s[min(len(s) - 1, int(0.95 * len(s)))]
+    return f"p50 {statistics.median(s):7.1f} ms   p95 {p95:7.1f} ms   (n={len(s)})"
+
+
+def export_rate(client: httpx.Client, fmt: str, n: int) -> str:
+    a = time.perf_counter()
+    size = 0
+    with client.stream("POST", "/api/trajectories/export", json={"format": fmt}, timeout=3600) as r:
+        r.raise_for_status()
+        for chunk in r.iter_bytes():
+            size += len(chunk)
+    s = time.perf_counter() - a
+    return f"{n / s:8.0f} trajectories/s  ({s:.1f} s, {size / 1e6:.0f} MB)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--db", help="SQLite path or postgresql:// URL (default: a file under the temp dir)")
+    args = parser.parse_args()
+    url = args.db or str(Path(tempfile.gettempdir()) / f"trajforge-query-bench-{args.n}.db")
+    print(f"store: {url}")
+    t0 = time.perf_counter()
+    build(url, args.n)
+    print(f"build/check: {time.perf_counter() - t0:.0f} s")
+    store = open_store(url)
+    ids = [
+        t.id
+        for t in store.list_trajectories(TrajectoryFilter(), limit=500, offset=min(5000, args.n // 2)).items
+    ]
+    store.close()
+    port = free_port()
+    proc = serve(url, port)
+    rng = random.Random(1)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+            total = c.get("/api/trajectories", params={"limit": 1}).json()["total"]
+            print(f"trajectories: {total}")
+            rounds = 50
+            listing = timed(c, [("GET", "/api/trajectories", {"params": {"limit": 50}})] * rounds)
+            filtered = timed(
+                c,
+                [
+                    (
+                        "GET",
+                        "/api/trajectories",
+                        {"params": {"source": SOURCES[i % 5], "status": "error", "limit": 50}},
+                    )
+                    for i in range(rounds)
+                ],
+            )
+            searches = timed(
+                c, [("GET", "/api/trajectories", {"params": {"search": MARKER, "limit": 50}})] * rounds
+            )
+            hits = c.get("/api/trajectories", params={"search": MARKER, "limit": 1}).json()["total"]
+            detail = timed(c, [("GET", f"/api/trajectories/{rng.choice(ids)}", {}) for _ in range(rounds)])
+            stats = timed(c, [("GET", "/api/trajectories/stats", {})] * 10, warmup=1)
+            print(f"list page (50 newest):       {pcts(listing)}")
+            print(f"filtered list (source+status): {pcts(filtered)}")
+            print(f"full-text search ({hits} hits): {pcts(searches)}")
+            print(f"one full trajectory:         {pcts(detail)}")
+            print(f"stats:                       {pcts(stats)}")
+            print(f"export jsonl:   {export_rate(c, 'jsonl', total)}")
+            print(f"export parquet: {export_rate(c, 'parquet', total)}")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TRAJFORGE_DISABLE_AUTO_BOOTSTRAP", "1")
+    main()
