@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import csv
 import io
+import queue
 import re
+import threading
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any, TypeVar
@@ -447,7 +449,7 @@ def stream(
     """
     make = exporter(fmt)
     if fmt in ("json", "jsonl") and include_prompts:
-        docs = _counted(store.iter_json_docs(flt), limit, on_progress)
+        docs = _counted(prefetch(store.iter_json_docs(flt)), limit, on_progress)
         if fmt == "jsonl":
             return (doc + b"\n" for doc in docs)
         return _json_array(docs)
@@ -457,6 +459,62 @@ def stream(
         )
     items = _counted(store.iter_trajectories(flt, full=needs_full(fmt)), limit, on_progress)
     return make(items, include_prompts)
+
+
+def prefetch(items: Iterable[T], depth: int = 1024) -> Iterator[T]:
+    """Produce ``items`` on a background thread, up to ``depth`` ahead of the consumer.
+
+    The database does the heavy lifting of an export (assembling JSON, reading text) and releases
+    the GIL while it does, so reading the next page overlaps with encoding and sending this one: on
+    two cores, close to twice the throughput. Errors surface in the consumer; abandoning the
+    iterator (client gone) stops the producer.
+    """
+    q: queue.Queue[tuple[int, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((0, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((1, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, re-raised there
+            q.put((2, exc))
+
+    thread = threading.Thread(target=produce, name="trajforge-export", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == 1:
+                return
+            if kind == 2:
+                raise value
+            yield value
+    finally:
+        stop.set()
+
+
+def coalesce(chunks: Iterable[bytes], size: int = 256 * 1024) -> Iterator[bytes]:
+    """Merge small chunks into ~``size`` bytes: an HTTP server hands each chunk of a streamed body to
+    a worker thread, so thousands of tiny chunks cost more than the data."""
+    buf: list[bytes] = []
+    n = 0
+    for chunk in chunks:
+        buf.append(chunk)
+        n += len(chunk)
+        if n >= size:
+            yield b"".join(buf)
+            buf.clear()
+            n = 0
+    if buf:
+        yield b"".join(buf)
 
 
 def _json_array(docs: Iterable[bytes]) -> Iterator[bytes]:

@@ -191,8 +191,10 @@ def export_trajectories(request: Request, body: ExportRequest) -> StreamingRespo
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     filename = f"trajectories-{stamp}.{export.EXTENSIONS[body.format]}"
     return StreamingResponse(
-        export.stream(
-            _store(request), body.format, flt, include_prompts=body.includePrompts, limit=body.limit
+        export.coalesce(
+            export.stream(
+                _store(request), body.format, flt, include_prompts=body.includePrompts, limit=body.limit
+            )
         ),
         media_type=export.MEDIA_TYPES[body.format],
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
