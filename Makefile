@@ -37,8 +37,11 @@ lint: $(VENV)/.dev-installed
 test: lint
 	$(VENV)/bin/pytest -n 2 --dist loadgroup -q
 
+# Benchmarks print figures against their in-run baselines; results go to BENCHMARKS.md by hand.
+# query.py builds a 100k-trajectory store once (several minutes) and reuses it on later runs.
 bench: $(VENV)/.dev-installed
 	$(PY) benchmarks/ingest.py
+	$(PY) benchmarks/query.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,9 +1,11 @@
 """Exports: one streaming function per format.
 
-Each ``iter_<format>`` takes trajectories (any iterable, typically ``store.iter_trajectories``) and
-yields bytes as it goes, so 100k trajectories export in constant memory, to a file (``write``) or
-as an HTTP body. Formats: ``json``, ``jsonl``, ``csv`` (RFC 4180), ``art`` (OpenPipe ART JSONL),
-``zip`` (manifest + a folder per trajectory) and ``parquet`` (one row per LLM call, zstd).
+``stream(store, fmt, filter)`` is what the API and the CLI call: it yields bytes as it goes, so 100k
+trajectories export in constant memory, picking the fastest source per format. Each
+``iter_<format>`` does the same from record trajectories (any iterable), for library use.
+
+Formats: ``json``, ``jsonl``, ``csv`` (RFC 4180), ``art`` (OpenPipe ART JSONL), ``zip`` (manifest
++ a folder per trajectory) and ``parquet`` (one row per LLM call, zstd).
 
 An unknown format is an error, never a silent fall-through to another format.
 """
@@ -17,7 +19,7 @@ import re
 import threading
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 from trajforge import jsonutil
 from trajforge.errors import InvalidInput
@@ -524,28 +526,3 @@ def _json_array(docs: Iterable[bytes]) -> Iterator[bytes]:
         yield doc if first else b"," + doc
         first = False
     yield b"]\n"
-
-
-def write(
-    fmt: str,
-    trajectories: Iterable[Trajectory],
-    out: IO[bytes],
-    *,
-    include_prompts: bool = True,
-    on_progress: Callable[[int], None] | None = None,
-) -> int:
-    """Write ``trajectories`` to ``out`` in ``fmt``; returns how many were written."""
-    count = 0
-
-    def counted() -> Iterator[Trajectory]:
-        nonlocal count
-        for t in trajectories:
-            count += 1
-            if on_progress is not None:
-                on_progress(count)
-            yield t
-
-    for chunk in exporter(fmt)(counted(), include_prompts):
-        if chunk:
-            out.write(chunk)
-    return count
