@@ -28,10 +28,13 @@ def put(store: Store, *trajectories):
 
 
 def test_migrations_are_recorded_and_not_reapplied(store: Store, store_url: str) -> None:
-    assert store.migrations() == ["0001_trajectories"]
+    from trajforge.store.migrations import MIGRATIONS
+
+    names = [m.name for m in MIGRATIONS]
+    assert store.migrations() == names and names[0] == "0001_trajectories"
     again = open_store(store_url)
     try:
-        assert again.migrations() == ["0001_trajectories"]
+        assert again.migrations() == names
     finally:
         again.close()
 

@@ -582,7 +582,12 @@ class SqlStore(DocumentReads):
 
     # --- reads -----------------------------------------------------------------------------------
 
-    def _where(self, flt: TrajectoryFilter) -> tuple[str, list[Any]]:
+    # How a search condition names the trajectory id in a page query. SQLite overrides it with
+    # "+t.id": the unary plus stops it from driving the query through the id index, so it walks the
+    # newest-first time index and stops after one page instead of sorting every hit.
+    page_search_id = "t.id"
+
+    def _where(self, flt: TrajectoryFilter, *, page: bool = False) -> tuple[str, list[Any]]:
         clauses: list[str] = []
         params: list[Any] = []
         for column, value in (
@@ -621,33 +626,41 @@ class SqlStore(DocumentReads):
             query = search.parse(flt.search)
             for terms, op in [(g, "IN") for g in query.groups] + [((n,), "NOT IN") for n in query.negated]:
                 subquery, sparams = self._text_match(terms)
+                id_expr = self.page_search_id if page else "t.id"
                 clauses.append(
-                    f"t.id {op} (SELECT tt.trajectory_id FROM trajectory_texts tt WHERE tt.fts AND {subquery})"
+                    f"{id_expr} {op} (SELECT tt.trajectory_id FROM trajectory_texts tt WHERE tt.fts AND {subquery})"
                 )
                 params.extend(sparams)
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
     def count(self, flt: TrajectoryFilter) -> int:
-        where, params = self._where(flt)
         with self._read_tx() as cur:
-            return int(self._ex(cur, f"SELECT COUNT(*) FROM trajectories t{where}", params).fetchone()[0])
+            return self._count(cur, flt)
 
     def list_trajectories(self, flt: TrajectoryFilter, limit: int = 50, offset: int = 0) -> Page:
-        where, params = self._where(flt)
+        page_where, page_params = self._where(flt, page=True)
         with self._read_tx() as cur:
             rows = self._ex(
                 cur,
-                f"SELECT {TRAJ_COLS} FROM trajectories t{where} ORDER BY t.start_time DESC, t.id DESC "
+                f"SELECT {TRAJ_COLS} FROM trajectories t{page_where} ORDER BY t.start_time DESC, t.id DESC "
                 "LIMIT ? OFFSET ?",
-                [*params, int(limit), int(offset)],
+                [*page_params, int(limit), int(offset)],
             ).fetchall()
-            if offset == 0 and len(rows) < limit:
-                total = len(rows)  # the page holds every match: no need to count again
-            else:
-                total = int(
-                    self._ex(cur, f"SELECT COUNT(*) FROM trajectories t{where}", params).fetchone()[0]
-                )
+            # When the first page holds every match there is nothing left to count.
+            total = len(rows) if offset == 0 and len(rows) < limit else self._count(cur, flt)
         return Page([_trajectory(r) for r in rows], total, limit, offset)
+
+    def _count(self, cur: Any, flt: TrajectoryFilter) -> int:
+        query = search.parse(flt.search) if flt.search else None
+        only_search = query is not None and TrajectoryFilter(search=flt.search) == flt
+        if only_search and query is not None and len(query.groups) == 1 and not query.negated:
+            # A plain search with no other filter: count distinct trajectories straight from the
+            # link index, without visiting the trajectories table at all.
+            subquery, sparams = self._text_match(query.groups[0])
+            sql = f"SELECT COUNT(DISTINCT tt.trajectory_id) FROM trajectory_texts tt WHERE tt.fts AND {subquery}"
+            return int(self._ex(cur, sql, sparams).fetchone()[0])
+        where, params = self._where(flt)
+        return int(self._ex(cur, f"SELECT COUNT(*) FROM trajectories t{where}", params).fetchone()[0])
 
     def get_trajectory(self, trajectory_id: str) -> Trajectory | None:
         with self._read_tx() as cur:

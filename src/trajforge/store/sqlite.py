@@ -31,6 +31,7 @@ class SQLiteStore(SqlStore):
     share the file: ``BEGIN IMMEDIATE`` plus the busy timeout serialize them."""
 
     dialect = "sqlite"
+    page_search_id = "+t.id"
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).expanduser()
