@@ -94,6 +94,23 @@ def build(url: str, n: int) -> None:
     store.close()
 
 
+def analyze(url: str) -> None:
+    """Refresh PostgreSQL's planner statistics (autovacuum is off on some machines, including the
+    one these figures come from; a production server would have run it on its own)."""
+    if not url.startswith("postgres"):
+        return
+    import psycopg
+
+    from trajforge.store.postgres import split_url
+
+    conninfo, schema = split_url(url)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        if schema:
+            conn.execute(f'SET search_path TO "{schema}"')
+        for table in ("trajectories", "texts", "trajectory_texts", "llm_calls", "steps", "provider_accesses"):
+            conn.execute(f"VACUUM ANALYZE {table}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -155,6 +172,7 @@ def main() -> None:
     print(f"store: {url}")
     t0 = time.perf_counter()
     build(url, args.n)
+    analyze(url)
     print(f"build/check: {time.perf_counter() - t0:.0f} s")
     store = open_store(url)
     ids = [

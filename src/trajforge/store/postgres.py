@@ -163,9 +163,11 @@ class PostgresStore(SqlStore):
 
     def _text_match(self, terms: tuple[search.Term, ...]) -> tuple[str, list[Any]]:
         tsquery, params = search.tsquery_any(terms)
+        # OFFSET 0 fences the subquery: PostgreSQL then reads the GIN index once for all hits
+        # instead of re-evaluating the text match per candidate trajectory (3.5 s -> ms at 100k).
         return (
             "tt.text_id IN (SELECT x.id FROM texts x WHERE x.fts AND "
-            f"to_tsvector('simple', left(x.body, 100000)) @@ {tsquery})",
+            f"to_tsvector('simple', left(x.body, 100000)) @@ {tsquery} OFFSET 0)",
             params,
         )
 
