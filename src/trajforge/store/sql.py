@@ -798,14 +798,22 @@ class SqlStore(DocumentReads):
         flt = flt or TrajectoryFilter()
         where, params = self._where(flt)
         with self._read_tx() as cur:
-            # One scan grouped by (source, status, day); Python folds the groups into the totals
-            # and breakdowns (four scans of the table cost four times as much).
-            groups = self._ex(
+            totals = self._ex(
                 cur,
-                f"SELECT source, status, t.start_time / {DAY_MS}, COUNT(*), SUM(step_count), "
-                "SUM(llm_call_count), SUM(provider_access_count), SUM(total_prompt_tokens), "
-                "SUM(total_completion_tokens), COUNT(total_reward), SUM(total_reward), MIN(total_reward), "
-                f"MAX(total_reward) FROM trajectories t{where} GROUP BY source, status, t.start_time / {DAY_MS}",
+                "SELECT COUNT(*), SUM(step_count), SUM(llm_call_count), SUM(provider_access_count), "
+                "SUM(total_prompt_tokens), SUM(total_completion_tokens), COUNT(total_reward), "
+                f"AVG(total_reward), MIN(total_reward), MAX(total_reward) FROM trajectories t{where}",
+                params,
+            ).fetchone()
+            by_source = self._ex(
+                cur, f"SELECT source, COUNT(*) FROM trajectories t{where} GROUP BY source", params
+            ).fetchall()
+            by_status = self._ex(
+                cur, f"SELECT status, COUNT(*) FROM trajectories t{where} GROUP BY status", params
+            ).fetchall()
+            per_day_traj = self._ex(
+                cur,
+                f"SELECT t.start_time / {DAY_MS}, COUNT(*) FROM trajectories t{where} GROUP BY t.start_time / {DAY_MS}",
                 params,
             ).fetchall()
             if flt.is_empty():
@@ -825,7 +833,7 @@ class SqlStore(DocumentReads):
                 for r in rows:
                     add_to_rollup(rollup, *r)
                 rollup_rows = [(*k, *v) for k, v in rollup.items()]
-        return _stats_report(groups, rollup_rows)
+        return _stats_report(totals, by_source, by_status, per_day_traj, rollup_rows)
 
     # --- deletes, settings, sweep ----------------------------------------------------------------
 
@@ -977,25 +985,13 @@ def _percentiles(hist: dict[int, int]) -> dict[str, float | None]:
     return out
 
 
-def _stats_report(groups: Sequence[Any], rollup_rows: Sequence[Any]) -> dict[str, Any]:
-    totals = [0, 0, 0, 0, 0, 0]
-    by_source: dict[str, int] = defaultdict(int)
-    by_status: dict[str, int] = defaultdict(int)
-    per_day_traj: dict[int, int] = defaultdict(int)
-    reward_n, reward_sum = 0, 0.0
-    reward_min: float | None = None
-    reward_max: float | None = None
-    for source, status, day, n, *sums, rn, rsum, rmin, rmax in groups:
-        for i, value in enumerate((n, *sums)):
-            totals[i] += int(value or 0)
-        by_source[source] += int(n)
-        by_status[status] += int(n)
-        per_day_traj[int(day)] += int(n)
-        if rn:
-            reward_n += int(rn)
-            reward_sum += float(rsum)
-            reward_min = float(rmin) if reward_min is None else min(reward_min, float(rmin))
-            reward_max = float(rmax) if reward_max is None else max(reward_max, float(rmax))
+def _stats_report(
+    totals: Sequence[Any],
+    by_source: Sequence[Any],
+    by_status: Sequence[Any],
+    per_day_traj: Sequence[Any],
+    rollup_rows: Sequence[Any],
+) -> dict[str, Any]:
     by_model: dict[str, dict[str, Any]] = {}
     per_day: dict[int, dict[str, Any]] = {}
     hist: dict[int, int] = defaultdict(int)
@@ -1019,7 +1015,7 @@ def _stats_report(groups: Sequence[Any], rollup_rows: Sequence[Any]) -> dict[str
             model_hist[model][int(bucket)] += int(calls)
             latency_sum += float(lsum)
             latency_n += int(calls)
-    for day, n in per_day_traj.items():
+    for day, n in per_day_traj:
         per_day.setdefault(
             int(day), {"trajectories": 0, "llmCalls": 0, "promptTokens": 0, "completionTokens": 0}
         )["trajectories"] = int(n)
@@ -1028,21 +1024,21 @@ def _stats_report(groups: Sequence[Any], rollup_rows: Sequence[Any]) -> dict[str
     latency = _percentiles(hist)
     latency["mean"] = round(latency_sum / latency_n, 1) if latency_n else None
     return {
-        "totalTrajectories": totals[0],
-        "totalSteps": totals[1],
-        "totalLlmCalls": totals[2],
-        "totalProviderAccesses": totals[3],
-        "totalPromptTokens": totals[4],
-        "totalCompletionTokens": totals[5],
-        "bySource": dict(by_source),
-        "byStatus": dict(by_status),
+        "totalTrajectories": int(totals[0] or 0),
+        "totalSteps": int(totals[1] or 0),
+        "totalLlmCalls": int(totals[2] or 0),
+        "totalProviderAccesses": int(totals[3] or 0),
+        "totalPromptTokens": int(totals[4] or 0),
+        "totalCompletionTokens": int(totals[5] or 0),
+        "bySource": {r[0]: int(r[1]) for r in by_source},
+        "byStatus": {r[0]: int(r[1]) for r in by_status},
         "byModel": sorted(by_model.values(), key=lambda m: -m["llmCalls"]),
         "latencyMs": latency,
         "reward": {
-            "count": reward_n,
-            "mean": reward_sum / reward_n if reward_n else None,
-            "min": reward_min,
-            "max": reward_max,
+            "count": int(totals[6] or 0),
+            "mean": None if totals[7] is None else float(totals[7]),
+            "min": None if totals[8] is None else float(totals[8]),
+            "max": None if totals[9] is None else float(totals[9]),
         },
         "perDay": [{"date": _day(day), **per_day[day]} for day in sorted(per_day)],
     }
