@@ -12,7 +12,6 @@ throughput for jsonl and parquet.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import signal
 import socket
@@ -219,5 +218,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TRAJFORGE_DISABLE_AUTO_BOOTSTRAP", "1")
     main()

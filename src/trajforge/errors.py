@@ -32,6 +32,13 @@ class InvalidQuery(TrajforgeError):
         super().__init__(message, field)
 
 
+class Unauthorized(TrajforgeError):
+    """The bearer token is missing or wrong."""
+
+    status = 401
+    code = "unauthorized"
+
+
 class NotFound(TrajforgeError):
     """The thing asked for does not exist."""
 
@@ -44,6 +51,13 @@ class Conflict(TrajforgeError):
 
     status = 409
     code = "conflict"
+
+
+class TooLarge(TrajforgeError):
+    """A request body is over the size limit."""
+
+    status = 413
+    code = "too_large"
 
 
 class StoreError(TrajforgeError):

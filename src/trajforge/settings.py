@@ -28,15 +28,6 @@ ACTIVE_TIMEOUT_S = "TRAJFORGE_ACTIVE_TIMEOUT_S"
 """Seconds after its last write that an ``active`` trajectory is marked ``timeout`` by the sweep.
 Default 3600."""
 
-PROMPTS_DISABLE = "TRAJFORGE_PROMPTS_DISABLE"
-"""Comma-separated task names for which ``trajforge.prompts.get`` returns the caller's default."""
-
-DISABLE_AUTO_BOOTSTRAP = "TRAJFORGE_DISABLE_AUTO_BOOTSTRAP"
-"""``1`` skips optimizing tasks that are over their threshold with no artifact at server start."""
-
-PRIVACY_SALT = "TRAJFORGE_PRIVACY_SALT"
-"""Salt for the hash that anonymizes ``@handles``; a random one is kept in the state dir if unset."""
-
 TRUTHY = {"1", "true", "yes", "on"}
 
 

@@ -6,8 +6,10 @@ unreachable, server down) and anything else when the batch itself is bad.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sqlite3
+from collections.abc import Iterator
 from typing import Protocol
 
 import psycopg
@@ -43,6 +45,15 @@ def destination_key(url: str) -> str:
     return hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def _unavailable_is_transient() -> Iterator[None]:
+    """A locked, unreachable or closed database is an outage: retry or spool, not a bad batch."""
+    try:
+        yield
+    except (sqlite3.OperationalError, psycopg.OperationalError, StoreError) as exc:
+        raise TransientError(str(exc)) from exc
+
+
 class StoreSink:
     """Writes batches into a :class:`Store` in this process.
 
@@ -63,29 +74,21 @@ class StoreSink:
     @property
     def store(self) -> Store:
         if self._store is None:
-            try:
+            with _unavailable_is_transient():
                 self._store = open_store(self._url)
-            except (sqlite3.OperationalError, psycopg.OperationalError, StoreError) as exc:
-                raise TransientError(str(exc)) from exc
         return self._store
 
     def write(self, batch: WriteBatch) -> None:
-        try:
+        with _unavailable_is_transient():
             self.store.write(batch)
-        except (sqlite3.OperationalError, psycopg.OperationalError, StoreError) as exc:
-            raise TransientError(str(exc)) from exc
 
     def logging_enabled(self) -> bool:
-        try:
+        with _unavailable_is_transient():
             return bool(self.store.get_setting(LOGGING_ENABLED, True))
-        except (sqlite3.OperationalError, psycopg.OperationalError, StoreError) as exc:
-            raise TransientError(str(exc)) from exc
 
     def sweep(self, older_than_ms: int) -> int:
-        try:
+        with _unavailable_is_transient():
             return self.store.sweep_timeouts(older_than_ms)
-        except (sqlite3.OperationalError, psycopg.OperationalError, StoreError) as exc:
-            raise TransientError(str(exc)) from exc
 
     def close(self) -> None:
         if self._owns and self._store is not None:

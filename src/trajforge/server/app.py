@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from trajforge import __version__, settings
-from trajforge.errors import TrajforgeError
+from trajforge.errors import TrajforgeError, Unauthorized
 from trajforge.server.schemas import ErrorResponse
 from trajforge.store import Store, open_store
 
@@ -34,13 +34,6 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (422, "A field has a wrong value; `error.field` names it"),
     )
 }
-
-
-class Unauthorized(TrajforgeError):
-    """The bearer token is missing or wrong."""
-
-    status = 401
-    code = "unauthorized"
 
 
 def error_response(

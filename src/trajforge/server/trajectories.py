@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from trajforge import export, jsonutil
 from trajforge.capture.transport import LOGGING_ENABLED
-from trajforge.errors import InvalidInput, NotFound, TrajforgeError
+from trajforge.errors import InvalidInput, NotFound, TooLarge, TrajforgeError
 from trajforge.records import Score, Trajectory, WireError, batch_from_wire, iso_ms, to_wire
 from trajforge.server.schemas import (
     INGEST_BODY_SCHEMA,
@@ -33,13 +33,6 @@ from trajforge.server.schemas import (
 from trajforge.store import Store, TrajectoryFilter, build_filter
 
 router = APIRouter(prefix="/api/trajectories", tags=["trajectories"])
-
-
-class TooLarge(TrajforgeError):
-    """The request body is over the ingest size limit."""
-
-    status = 413
-    code = "too_large"
 
 
 def _store(request: Request) -> Store:
