@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from trajforge import export as exports
-from trajforge import settings
+from trajforge import privacy, settings
 from trajforge.capture.transport import LOGGING_ENABLED
 from trajforge.errors import TrajforgeError
 from trajforge.records import iso_ms
@@ -28,7 +28,9 @@ app = typer.Typer(
 trajectories_app = typer.Typer(help="Browse and manage stored trajectories.", no_args_is_help=True)
 config_app = typer.Typer(help="Settings shared by every recorder of a store.", no_args_is_help=True)
 app.add_typer(trajectories_app, name="trajectories")
+datasets_app = typer.Typer(help="Build and inspect training dataset snapshots.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(datasets_app, name="datasets")
 console = Console()
 err = Console(stderr=True)
 
@@ -48,6 +50,18 @@ FLAG_NAMES = {
     "db": "--db",
     "format": "--format",
     "file": "FILE",
+    "limit": "--limit",
+    "minLlmCallsPerTrajectory": "--min-llm-calls",
+    "evalFraction": "--eval-fraction",
+    "preferenceMargin": "--margin",
+    "pairBy": "--pair-by",
+    "name": "--name",
+    "privacy": "--privacy-pattern",
+    "privacy.dropOn": "--drop-on",
+    "fn": "--fn",
+    "baseUrl": "--base-url",
+    "model": "--model",
+    "id": "ID",
 }
 
 
@@ -259,6 +273,13 @@ def trajectories_export(
         bool,
         typer.Option("--include-prompts/--no-prompts", help="Replace prompt/response text with a marker"),
     ] = True,
+    private: Annotated[
+        bool,
+        typer.Option(
+            "--privacy-filter/--raw",
+            help="Redact personal data and secrets (default); --raw exports as stored, for your own use",
+        ),
+    ] = True,
     source: Source = None,
     status: Status = None,
     search: Search = None,
@@ -306,8 +327,15 @@ def trajectories_export(
             fh = sys.stdout.buffer if to_stdout else stack.enter_context(open(out, "wb"))
             progress = stack.enter_context(_progress())
             task = progress.add_task(f"export {fmt}", total=total)
+            pf = privacy.for_store(store) if private else None
             for chunk in exports.stream(
-                store, fmt, flt, include_prompts=include_prompts, limit=limit, on_progress=progressed
+                store,
+                fmt,
+                flt,
+                include_prompts=include_prompts,
+                privacy=pf,
+                limit=limit,
+                on_progress=progressed,
             ):
                 fh.write(chunk)
     if not to_stdout:
@@ -416,6 +444,255 @@ def demo(
         rec.close()
     console.print(f"Recorded {len(ids)} trajectories; capture counters: {rec.stats}")
     trajectories_stats(db=url)
+
+
+def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
+    out = {}
+    for v in values or []:
+        label, sep, rx = v.partition("=")
+        if not sep or not label:
+            err.print(f"[red]error ({flag}):[/red] expected LABEL=REGEX, got {v!r}")
+            raise typer.Exit(2)
+        out[label] = rx
+    return out
+
+
+@app.command()
+def score(
+    fn: Annotated[
+        str,
+        typer.Option(
+            "--fn",
+            help="A registered reward function (action_reward_sum, action_success_rate), outcome:<score name>, "
+            "or module:function",
+        ),
+    ],
+    name: Annotated[
+        str | None, typer.Option("--name", help="Score name (default: the function's name)")
+    ] = None,
+    db: DbOption = None,
+    source: Source = None,
+    status: Status = None,
+    search: Search = None,
+    scenario: Scenario = None,
+    batch: Batch = None,
+    agent: Agent = None,
+    start_date: Start = None,
+    end_date: End = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="At most this many trajectories")
+    ] = None,
+) -> None:
+    """Apply a reward function to matching trajectories and store one score each."""
+    from trajforge import rewards
+
+    flt = filter_from(
+        source=source, status=status, search=search, scenario_id=scenario, batch_id=batch, agent_id=agent,
+        start_date=start_date, end_date=end_date,
+    )  # fmt: skip
+    sys.path.insert(0, str(Path.cwd()))  # module:function names a module of the user's project
+    with store_at(db) as store, _progress() as progress:
+        task = progress.add_task("score", total=store.count(flt) if limit is None else limit)
+        run = rewards.score_trajectories(
+            store, fn, flt, name=name, limit=limit, on_progress=lambda n: progress.update(task, completed=n)
+        )
+    console.print(f"{run.name}: scored {run.scored}, no opinion {run.skipped}, errors {run.errors}")
+    for sample in run.error_samples:
+        err.print(f"  {sample['trajectoryId']}: {sample['error']}")
+
+
+@app.command()
+def judge(
+    model: Annotated[
+        str | None, typer.Option("--model", help=f"Judge model (default ${settings.LM_MODEL})")
+    ] = None,
+    base_url: Annotated[
+        str | None,
+        typer.Option("--base-url", help=f"OpenAI-compatible endpoint (default ${settings.LM_BASE_URL})"),
+    ] = None,
+    rubric: Annotated[str | None, typer.Option("--rubric", help="What a good trajectory does")] = None,
+    name: Annotated[str, typer.Option("--name", help="Score name")] = "ruler",
+    db: DbOption = None,
+    source: Source = None,
+    status: Status = None,
+    scenario: Scenario = None,
+    batch: Batch = None,
+    agent: Agent = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="At most this many trajectories")
+    ] = None,
+) -> None:
+    """Score trajectories with an LLM judge, scenario by scenario (RULER-style, scores in [0, 1])."""
+    from trajforge import lm, rewards
+
+    flt = filter_from(source=source, status=status, scenario_id=scenario, batch_id=batch, agent_id=agent)
+    with store_at(db) as store, _progress() as progress:
+        judge_lm = lm.from_settings(model, base_url)
+        task = progress.add_task("judge", total=store.count(flt) if limit is None else limit)
+        run = rewards.judge(
+            store,
+            judge_lm,
+            flt,
+            rubric=rubric or rewards.DEFAULT_RUBRIC,
+            name=name,
+            limit=limit,
+            on_progress=lambda n: progress.update(task, completed=n),
+        )
+    console.print(
+        f"{run.name}: {run.scored} trajectories scored in {run.groups} groups, {len(run.errors)} failed"
+    )
+    for e in run.errors[:10]:
+        err.print(f"  {e['trajectoryId']}: {e['error']}")
+
+
+@datasets_app.command("build")
+def datasets_build(
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format", "-f", help="sft, prompt_completion, preference, grpo, openai, openai_dpo or art"
+        ),
+    ] = "sft",
+    limit: Annotated[int, typer.Option("--limit", help="Most trajectories to include")] = 1000,
+    min_llm_calls: Annotated[
+        int, typer.Option("--min-llm-calls", help="Skip trajectories with fewer LLM calls")
+    ] = 0,
+    reward_score: Annotated[
+        str | None,
+        typer.Option(
+            "--reward-score", help="Score name used as the reward (default: the trajectory's total reward)"
+        ),
+    ] = None,
+    min_reward: MinR = None,
+    max_reward: MaxR = None,
+    require_score: Annotated[
+        str | None, typer.Option("--require-score", help="Leave out trajectories without this score yet")
+    ] = None,
+    task: Annotated[
+        str | None, typer.Option("--task", help="Only this task (action type or purpose)")
+    ] = None,
+    eval_fraction: Annotated[
+        float, typer.Option("--eval-fraction", help="Share of scenarios held out")
+    ] = 0.1,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the train/eval split")] = 0,
+    dedup: Annotated[bool, typer.Option("--dedup/--no-dedup", help="Drop duplicate examples")] = True,
+    margin: Annotated[
+        float, typer.Option("--margin", help="Preference pairs: minimum reward difference")
+    ] = 0.1,
+    pair_by: Annotated[
+        str, typer.Option("--pair-by", help="Preference pairs share a 'prompt' or a 'scenario'")
+    ] = "prompt",
+    name: Annotated[
+        str | None, typer.Option("--name", help="Dataset name; rebuilds become new versions")
+    ] = None,
+    privacy_pattern: Annotated[
+        list[str] | None, typer.Option("--privacy-pattern", help="Extra redaction LABEL=REGEX (repeatable)")
+    ] = None,
+    allow: Annotated[
+        list[str] | None, typer.Option("--allow", help="A literal never to redact (repeatable)")
+    ] = None,
+    drop_on: Annotated[
+        list[str] | None, typer.Option("--drop-on", help="Drop whole trajectories containing this category")
+    ] = None,
+    db: DbOption = None,
+    source: Source = None,
+    status: Status = None,
+    search: Search = None,
+    scenario: Scenario = None,
+    batch: Batch = None,
+    agent: Agent = None,
+    start_date: Start = None,
+    end_date: End = None,
+) -> None:
+    """Build a private, versioned dataset snapshot from the matching trajectories."""
+    from trajforge import datasets
+
+    flt = filter_from(
+        source=source, status=status, search=search, scenario_id=scenario, batch_id=batch, agent_id=agent,
+        start_date=start_date, end_date=end_date,
+    )  # fmt: skip
+    try:
+        req = datasets.BuildRequest(
+            format=fmt,
+            limit=limit,
+            min_llm_calls_per_trajectory=min_llm_calls,
+            reward_score=reward_score,
+            min_reward=min_reward,
+            max_reward=max_reward,
+            require_score=require_score,
+            task=task,
+            eval_fraction=eval_fraction,
+            seed=seed,
+            dedup=dedup,
+            preference_margin=margin,
+            pair_by=pair_by,
+            name=name,
+            filter=flt,
+            privacy=datasets.PrivacyOptions(
+                extra_patterns=_pairs(privacy_pattern, "--privacy-pattern"),
+                allow=allow or [],
+                drop_on=drop_on or [],
+            ),
+        )
+    except TrajforgeError as exc:
+        fail(exc)
+        return
+    with store_at(db) as store, _progress() as progress:
+        bar = progress.add_task(f"build {fmt}", total=limit)
+        ds = datasets.build(store, req, on_progress=lambda n: progress.update(bar, completed=n))
+        progress.update(bar, total=ds.trajectory_count, completed=ds.trajectory_count)
+    _print_dataset(ds)
+
+
+def _print_dataset(ds: Any) -> None:
+    m = ds.manifest
+    console.print(f"[bold]{ds.id}[/bold]  {ds.name} v{ds.version}  format {ds.format}  ({ds.path})")
+    rows = m["counts"]["rows"]
+    console.print(f"  {ds.trajectory_count} trajectories → {rows['train']} train / {rows['eval']} eval rows")
+    for t, c in m["counts"]["tasks"].items():
+        console.print(f"  task {t}: {c['train']} train / {c['eval']} eval")
+    p = m["privacy"]
+    if p["redactions"]:
+        console.print("  redacted: " + ", ".join(f"{k} {v}" for k, v in p["redactions"].items()))
+    if p["droppedCount"]:
+        console.print("  dropped: " + ", ".join(f"{k} ({v})" for k, v in p["droppedByReason"].items()))
+    for w in m.get("warnings", []):
+        err.print(f"[yellow]warning:[/yellow] {w}")
+
+
+@datasets_app.command("list")
+def datasets_list(
+    db: DbOption = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="Rows")] = 50,
+) -> None:
+    """List dataset snapshots, newest first."""
+    with store_at(db) as store:
+        items = store.list_datasets(limit=limit)
+    table = Table("id", "name", "ver", "format", "trajectories", "train", "eval", "created")
+    for ds in items:
+        rows = ds.manifest["counts"]["rows"]
+        table.add_row(
+            ds.id, ds.name, str(ds.version), ds.format, str(ds.trajectory_count), str(rows["train"]),
+            str(rows["eval"]), iso_ms(ds.created_at),
+        )  # fmt: skip
+    console.print(table)
+
+
+@datasets_app.command("show")
+def datasets_show(
+    dataset_id: Annotated[str, typer.Argument(metavar="ID", help="Dataset id")],
+    db: DbOption = None,
+    manifest: Annotated[bool, typer.Option("--manifest", help="Print the whole manifest as JSON")] = False,
+) -> None:
+    """Show one dataset snapshot (its manifest with --manifest)."""
+    from trajforge import datasets, jsonutil
+
+    with store_at(db) as store:
+        ds = datasets.get(store, dataset_id)
+    if manifest:
+        sys.stdout.write(jsonutil.dumps(ds.manifest) + "\n")
+    else:
+        _print_dataset(ds)
 
 
 def main() -> None:

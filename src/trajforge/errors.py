@@ -65,3 +65,10 @@ class StoreError(TrajforgeError):
 
     status = 503
     code = "store_unavailable"
+
+
+class LMError(TrajforgeError):
+    """A model endpoint failed or answered with something that is not a chat completion."""
+
+    status = 502
+    code = "lm_error"

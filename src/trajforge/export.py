@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from trajforge import jsonutil
 from trajforge.errors import InvalidInput
+from trajforge.privacy import PrivacyFilter, filter_trajectory
 from trajforge.records import LlmCall, Trajectory, iso_ms, now_ms, to_wire
 from trajforge.store.base import Store, TrajectoryFilter
 from trajforge.store.documents import CALL_ROW_COLUMNS
@@ -344,6 +345,20 @@ def _opt_dump(value: Any) -> str | None:
 
 _TEXT_INDEXES = tuple(CALL_ROW_COLUMNS.index(c) for c in _TEXT_COLUMNS)
 _MESSAGES_INDEX = CALL_ROW_COLUMNS.index("messages")
+_JSON_INDEXES = tuple(CALL_ROW_COLUMNS.index(c) for c in ("messages", "toolCalls", "tools", "stepAction"))
+_AGENT_INDEX = CALL_ROW_COLUMNS.index("agentId")
+
+
+def filter_call_row(pf: PrivacyFilter, row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The privacy filter over one flat call row: agent id, prompt texts and the JSON columns."""
+    out = list(row)
+    out[_AGENT_INDEX] = pf.value(out[_AGENT_INDEX])
+    for i in _TEXT_INDEXES:
+        out[i] = pf.value(out[i])
+    for i in _JSON_INDEXES:
+        if out[i] is not None:
+            out[i] = jsonutil.dumps(pf.value(jsonutil.loads(out[i])))
+    return tuple(out)
 
 
 def _redact_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -440,27 +455,33 @@ def stream(
     flt: TrajectoryFilter,
     *,
     include_prompts: bool = True,
+    privacy: PrivacyFilter | None = None,
     limit: int | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> Iterator[bytes]:
     """Export what ``flt`` matches from ``store`` in ``fmt``: the function behind both
     ``POST /api/trajectories/export`` and ``trajforge trajectories export``.
 
-    json/jsonl read documents the database assembles; parquet reads flat call rows; csv reads
-    summaries only; art and zip (and redacted json/jsonl) go through records.
+    With ``privacy`` every user-content string goes through that filter first (the API and CLI
+    pass the store's filter unless asked for a raw export). Raw json/jsonl read documents the
+    database assembles; parquet reads flat call rows; csv reads summaries only; the rest go
+    through records.
     """
     make = exporter(fmt)
-    if fmt in ("json", "jsonl") and include_prompts:
+    if fmt in ("json", "jsonl") and include_prompts and privacy is None:
         docs = _counted(prefetch(store.iter_json_docs(flt)), limit, on_progress)
         if fmt == "jsonl":
             return (doc + b"\n" for doc in docs)
         return _json_array(docs)
     if fmt == "parquet":
-        return iter_parquet_rows(
-            _rows_counted(store.iter_call_rows(flt), limit, on_progress), include_prompts
-        )
-    items = _counted(store.iter_trajectories(flt, full=needs_full(fmt)), limit, on_progress)
-    return make(items, include_prompts)
+        rows: Iterable[tuple[Any, ...]] = store.iter_call_rows(flt)
+        if privacy is not None:
+            rows = (filter_call_row(privacy, r) for r in rows)
+        return iter_parquet_rows(_rows_counted(rows, limit, on_progress), include_prompts)
+    items: Iterable[Trajectory] = store.iter_trajectories(flt, full=needs_full(fmt))
+    if privacy is not None:
+        items = (filter_trajectory(privacy, t) for t in items)
+    return make(_counted(items, limit, on_progress), include_prompts)
 
 
 def prefetch(items: Iterable[T], depth: int = 1024) -> Iterator[T]:

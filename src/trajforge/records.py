@@ -174,6 +174,52 @@ class Trajectory:
     updated_at: int = field(default_factory=now_ms)
 
 
+EventKind = Literal[
+    "job_started",
+    "job_progress",
+    "job_log",
+    "job_completed",
+    "job_failed",
+    "job_cancelled",
+    "dataset_built",
+    "model_activated",
+    "model_imported",
+]
+EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
+
+
+@dataclass(slots=True)
+class Dataset:
+    """A built dataset snapshot: immutable files under ``path`` described by ``manifest``."""
+
+    id: str
+    name: str
+    version: int
+    format: str
+    path: str
+    trajectory_count: int
+    row_count: int
+    manifest: dict[str, Any]
+    parent: str | None = None
+    created_at: int = field(default_factory=now_ms)
+
+
+@dataclass(slots=True)
+class JobEvent:
+    """Something that happened in the training loop, in the order the store numbered it (``seq``)."""
+
+    kind: str
+    message: str
+    ts: int = field(default_factory=now_ms)
+    job_id: str | None = None
+    dataset_id: str | None = None
+    model_id: str | None = None
+    progress: float | None = None
+    phase: str | None = None
+    data: dict[str, Any] | None = None
+    seq: int | None = None
+
+
 @dataclass(slots=True)
 class TrajectoryHeader:
     """The trajectory row without its steps: what an upsert from the SDK or ingest carries.

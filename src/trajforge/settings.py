@@ -28,6 +28,20 @@ ACTIVE_TIMEOUT_S = "TRAJFORGE_ACTIVE_TIMEOUT_S"
 """Seconds after its last write that an ``active`` trajectory is marked ``timeout`` by the sweep.
 Default 3600."""
 
+LM_BASE_URL = "TRAJFORGE_LM_BASE_URL"
+"""OpenAI-compatible endpoint the LLM judge (and optimizers) call when none is given, e.g.
+``http://127.0.0.1:11434/v1`` for Ollama."""
+
+LM_MODEL = "TRAJFORGE_LM_MODEL"
+"""Model name at ``TRAJFORGE_LM_BASE_URL``."""
+
+LM_API_KEY = "TRAJFORGE_LM_API_KEY"
+"""Key sent to that endpoint (falls back to ``OPENAI_API_KEY``; local servers need none)."""
+
+PRIVACY_SALT = "TRAJFORGE_PRIVACY_SALT"
+"""Salt for the privacy filter's ``@handle`` hashes. Default: a random salt created once per store and
+kept in its settings, so builds from one store map a handle to the same id."""
+
 TRUTHY = {"1", "true", "yes", "on"}
 
 
@@ -67,3 +81,10 @@ def active_timeout_s() -> float:
     if value <= 0:
         raise ValueError(f"{ACTIVE_TIMEOUT_S} must be positive, got {raw!r}")
     return value
+
+
+def datasets_dir() -> Path:
+    """Where dataset snapshots are written: ``<home>/datasets``."""
+    path = home() / "datasets"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -166,10 +166,11 @@ def create_app(
     def healthz() -> dict[str, Any]:
         return {"ok": True, "version": __version__}
 
-    from trajforge.server import trajectories
+    from trajforge.server import training, trajectories
 
     # The bearer scheme is declared (and enforced) only when a token is set, so /openapi.json says
     # exactly what the server requires.
     guard = [Depends(require_token)] if api_token is not None else []
     app.include_router(trajectories.router, dependencies=guard, responses=ERROR_RESPONSES)
+    app.include_router(training.router, dependencies=guard, responses=ERROR_RESPONSES)
     return app

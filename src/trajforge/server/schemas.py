@@ -11,6 +11,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, Stri
 # JSON numbers only: lax pydantic would take `false` or "1" for a float.
 Number = Annotated[float, Strict()]
 EpochMs = Annotated[int, Strict()]
+Int = Annotated[int, Strict()]
 
 
 def _iso_only(value: Any) -> Any:
@@ -92,6 +93,10 @@ class DeleteResult(BaseModel):
 class ExportRequest(Wire):
     format: Literal["json", "jsonl", "csv", "art", "zip", "parquet"]
     includePrompts: StrictBool = True
+    privacyFilter: StrictBool = Field(
+        default=True,
+        description="Run the privacy filter over every user-content string (false: a raw export for your own use)",
+    )
     trajectoryIds: list[str] | None = Field(default=None, max_length=100_000)
     startDate: EpochMs | IsoDateTime | None = Field(default=None, description=DATE_HELP)
     endDate: EpochMs | IsoDateTime | None = Field(default=None, description=DATE_HELP)
@@ -198,3 +203,81 @@ INGEST_BODY_SCHEMA: dict[str, Any] = {
         }
     },
 }
+
+
+class PrivacyBody(Wire):
+    extraPatterns: dict[str, str] = Field(
+        default_factory=dict, description="label → regular expression, redacted as <REDACTED:label>"
+    )
+    allow: list[str] = Field(default_factory=list, description="Literal strings never redacted")
+    dropOn: list[str] = Field(
+        default_factory=list, description="Categories that drop the whole trajectory (e.g. private_key)"
+    )
+
+
+class DatasetBuildRequest(Wire):
+    format: Literal["sft", "prompt_completion", "preference", "grpo", "openai", "openai_dpo", "art"] = "sft"
+    limit: Int = Field(default=1000, ge=1, le=10_000_000, description="Most trajectories to include")
+    minLlmCallsPerTrajectory: Int = Field(default=0, ge=0)
+    rewardScore: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Score used as the reward (default: the trajectory's totalReward)",
+    )
+    minReward: Number | None = Field(default=None, allow_inf_nan=False)
+    maxReward: Number | None = Field(default=None, allow_inf_nan=False)
+    requireScore: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Leave out trajectories without this score yet",
+    )
+    task: str | None = Field(
+        default=None, min_length=1, max_length=200, description="Only calls of this task"
+    )
+    evalFraction: Number = Field(default=0.1, ge=0, lt=1)
+    seed: Int = Field(default=0, ge=0, le=2**63 - 1)
+    dedup: StrictBool = True
+    preferenceMargin: Number = Field(default=0.1, ge=0, allow_inf_nan=False)
+    pairBy: Literal["prompt", "scenario"] = "prompt"
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
+    privacy: PrivacyBody = Field(default_factory=PrivacyBody)
+    trajectoryIds: list[str] | None = Field(default=None, max_length=100_000)
+    startDate: EpochMs | IsoDateTime | None = Field(default=None, description=DATE_HELP)
+    endDate: EpochMs | IsoDateTime | None = Field(default=None, description=DATE_HELP)
+    scenarioId: str | None = None
+    batchId: str | None = None
+    source: str | None = None
+    status: Literal["active", "completed", "error", "timeout"] | None = None
+    agentId: str | None = None
+    search: str | None = Field(default=None, max_length=512)
+    isTrainingData: StrictBool | None = None
+
+
+class DatasetSummary(BaseModel):
+    id: str
+    name: str
+    version: int
+    parent: str | None
+    format: str
+    trajectoryCount: int
+    rowCount: int
+    rows: dict[str, int]
+    tasks: list[str]
+    path: str
+    createdAt: str
+    contentSha256: str | None
+    warnings: list[str]
+
+
+class DatasetDetail(DatasetSummary):
+    manifest: dict[str, Any]
+
+
+class DatasetResult(BaseModel):
+    dataset: DatasetDetail
+
+
+class DatasetList(BaseModel):
+    datasets: list[DatasetSummary]

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Body, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from trajforge import export, jsonutil
+from trajforge import export, jsonutil, privacy
 from trajforge.capture.transport import LOGGING_ENABLED
 from trajforge.errors import InvalidInput, NotFound, TooLarge, TrajforgeError
 from trajforge.records import Score, Trajectory, WireError, batch_from_wire, iso_ms, to_wire
@@ -181,12 +181,14 @@ def export_trajectories(request: Request, body: ExportRequest) -> StreamingRespo
         max_reward=body.maxReward,
         trajectory_ids=body.trajectoryIds,
     )
+    store = _store(request)
+    pf = privacy.for_store(store) if body.privacyFilter else None
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     filename = f"trajectories-{stamp}.{export.EXTENSIONS[body.format]}"
     return StreamingResponse(
         export.coalesce(
             export.stream(
-                _store(request), body.format, flt, include_prompts=body.includePrompts, limit=body.limit
+                store, body.format, flt, include_prompts=body.includePrompts, privacy=pf, limit=body.limit
             )
         ),
         media_type=export.MEDIA_TYPES[body.format],

@@ -8,7 +8,15 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from trajforge.errors import InvalidInput
-from trajforge.records import MAX_TIME_MS, TRAJECTORY_STATUSES, Score, Trajectory, WriteBatch
+from trajforge.records import (
+    MAX_TIME_MS,
+    TRAJECTORY_STATUSES,
+    Dataset,
+    JobEvent,
+    Score,
+    Trajectory,
+    WriteBatch,
+)
 from trajforge.store import search as search_lang
 
 
@@ -191,6 +199,27 @@ class Store(Protocol):
     def sweep_timeouts(self, older_than_ms: int) -> int:
         """Mark ``active`` trajectories with no write for ``older_than_ms`` as ``timeout``."""
         ...
+
+    def add_dataset(self, ds: Dataset) -> None: ...
+
+    def get_dataset(self, dataset_id: str) -> Dataset | None: ...
+
+    def list_datasets(self, limit: int = 100, offset: int = 0) -> list[Dataset]: ...
+
+    def latest_dataset(self, name: str) -> Dataset | None: ...
+
+    def add_event(self, event: JobEvent) -> int:
+        """Append to the training event log; returns the event's sequence number."""
+        ...
+
+    def list_events(
+        self,
+        *,
+        after: int = 0,
+        job_id: str | None = None,
+        kinds: Sequence[str] | None = None,
+        limit: int = 500,
+    ) -> list[JobEvent]: ...
 
     def migrations(self) -> list[str]:
         """Names of the migrations applied to this database, in order."""

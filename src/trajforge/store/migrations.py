@@ -10,12 +10,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 TYPES = {
-    "sqlite": {"BIGINT": "INTEGER", "REAL": "REAL", "BOOL": "INTEGER", "TEXTID": "INTEGER PRIMARY KEY"},
+    "sqlite": {
+        "BIGINT": "INTEGER",
+        "REAL": "REAL",
+        "BOOL": "INTEGER",
+        "TEXTID": "INTEGER PRIMARY KEY",
+        "SERIAL": "INTEGER PRIMARY KEY AUTOINCREMENT",
+    },
     "postgres": {
         "BIGINT": "BIGINT",
         "REAL": "DOUBLE PRECISION",
         "BOOL": "BOOLEAN",
         "TEXTID": "BIGSERIAL PRIMARY KEY",
+        "SERIAL": "BIGSERIAL PRIMARY KEY",
     },
 }
 
@@ -179,6 +186,42 @@ MIGRATIONS: tuple[Migration, ...] = (
             # Search joins full-text hits to trajectories through searchable links only; covering
             # them in one partial index avoids a table lookup per hit (47 ms -> ~10 ms for 10k hits).
             "CREATE INDEX ix_tt_search ON trajectory_texts (text_id, trajectory_id) WHERE fts",
+        ),
+    ),
+    Migration(
+        "0003_datasets_events",
+        common=(
+            # A dataset's files live in the state dir; the row makes it visible to every server and
+            # CLI on this store, and keeps the manifest queryable after the files are archived.
+            """CREATE TABLE datasets (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                parent TEXT,
+                format TEXT NOT NULL,
+                path TEXT NOT NULL,
+                trajectory_count {BIGINT} NOT NULL,
+                row_count {BIGINT} NOT NULL,
+                manifest TEXT NOT NULL,
+                created_at {BIGINT} NOT NULL,
+                UNIQUE (name, version)
+            )""",
+            "CREATE INDEX ix_datasets_created ON datasets (created_at)",
+            # The training loop's event log: numbered by the database so Server-Sent Events can
+            # resume from Last-Event-ID, and shared by every process on this store.
+            """CREATE TABLE events (
+                seq {SERIAL},
+                kind TEXT NOT NULL,
+                ts {BIGINT} NOT NULL,
+                message TEXT NOT NULL,
+                job_id TEXT,
+                dataset_id TEXT,
+                model_id TEXT,
+                progress {REAL},
+                phase TEXT,
+                data TEXT
+            )""",
+            "CREATE INDEX ix_events_job ON events (job_id, seq)",
         ),
     ),
 )

@@ -35,6 +35,7 @@ from trajforge.store import search
 from trajforge.store.base import Page, TrajectoryFilter, WriteResult
 from trajforge.store.documents import DocumentReads
 from trajforge.store.migrations import MIGRATIONS
+from trajforge.store.training import TrainingRecords
 
 CHUNK = 500  # ids per IN (...) list: well under both databases' parameter limits
 DAY_MS = 86_400_000
@@ -127,7 +128,7 @@ def _merge(into: Any, new: Any) -> None:
         setattr(into, name, value)
 
 
-class SqlStore(DocumentReads):
+class SqlStore(DocumentReads, TrainingRecords):
     """Shared implementation; subclasses provide connections, placeholders and search."""
 
     url: str

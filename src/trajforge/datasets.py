@@ -1,0 +1,945 @@
+"""From trajectories to training data: curated, private, reproducible, versioned dataset snapshots.
+
+``build(store, BuildRequest(...))`` is the function behind ``trajforge datasets build`` and
+``POST /api/training/datasets/build``. It reads LLM calls as flat rows (the database does the
+joins), keeps the trajectories the request selects (filters, reward range by a named score, a
+required late outcome, a minimum number of calls), turns each call into an *example* (prompt
+messages, the assistant's completion, the tools offered), runs every string through the privacy
+filter, drops duplicates, splits train/eval by scenario (so no scenario is in both) and writes rows
+in one of the named formats below. The result is an immutable folder
+``<state>/datasets/<id>/`` with ``train.jsonl``, ``eval.jsonl``, their ``.parquet`` twins,
+per-task files and ``manifest.json`` (the request, counts, source trajectory ids, the privacy
+report and the sha256 of every file). The same store, request and seed give byte-identical files.
+
+Formats follow Hugging Face TRL's conventions, each a converter plus a check (TRL style):
+
+=====================  ======================================================================
+``sft``                ``{"messages": [...], "tools"?}`` conversational language modeling
+``prompt_completion``  ``{"prompt": [...], "completion": [assistant], "tools"?}``
+``preference``         ``{"prompt", "chosen", "rejected"}``: pairs of completions to one prompt
+                       (or scenario) whose rewards differ by at least ``preferenceMargin``
+``grpo``               ``{"prompt", "group", "reward", "task"}`` prompt-only rows
+``openai``             OpenAI fine-tuning SFT JSONL (tool arguments as JSON strings, ``weight``)
+``openai_dpo``         OpenAI fine-tuning DPO JSONL (``input``/``preferred_output``/…)
+``art``                OpenPipe ART trajectory groups: one line per scenario
+=====================  ======================================================================
+
+A call's *task* is its ``actionType`` when set, else its ``purpose`` (action, reasoning, …).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+from trajforge import settings
+from trajforge.errors import InvalidInput, NotFound
+from trajforge.privacy import CATEGORIES, PrivacyFilter, PrivacyReport, store_salt
+from trajforge.records import Dataset, JobEvent, iso_ms, new_id, now_ms
+from trajforge.store.base import Store, TrajectoryFilter
+
+FORMATS = ("sft", "prompt_completion", "preference", "grpo", "openai", "openai_dpo", "art")
+PAIR_FORMATS = ("preference", "openai_dpo")
+FORMAT_VERSION = "trajforge-dataset/1"
+_ROLES = {"system", "developer", "user", "assistant", "tool"}
+_MAX_LISTED_IDS = 10_000
+
+# Call row columns (store.documents.CALL_ROW_COLUMNS) by name, for readability below.
+(
+    _TID,
+    _AGENT,
+    _SOURCE,
+    _STATUS,
+    _SCENARIO,
+    _BATCH,
+    _TREWARD,
+    _STEP_ID,
+    _STEP_NO,
+    _STEP_REWARD,
+    _ACTION,
+    _CALL_ID,
+    _TS,
+    _MODEL,
+    _SYSTEM,
+    _USER,
+    _MESSAGES,
+    _RESPONSE,
+    _REASONING,
+    _TOOL_CALLS,
+    _TOOLS,
+    _FINISH,
+    _TEMP,
+    _MAX_TOKENS,
+    _PURPOSE,
+    _ACTION_TYPE,
+    _LATENCY,
+    _PTOK,
+    _CTOK,
+) = range(29)
+
+
+@dataclass(slots=True)
+class PrivacyOptions:
+    """``extra_patterns``: label → regex to redact; ``allow``: literals never redacted;
+    ``drop_on``: categories that drop the whole trajectory instead of redacting it."""
+
+    extra_patterns: dict[str, str] = field(default_factory=dict)
+    allow: list[str] = field(default_factory=list)
+    drop_on: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        unknown = [c for c in self.drop_on if c not in CATEGORIES and c not in self.extra_patterns]
+        if unknown:
+            raise InvalidInput(
+                f"privacy.dropOn names unknown categories {unknown}; known: {', '.join(CATEGORIES)}",
+                "privacy.dropOn",
+            )
+
+
+@dataclass(slots=True)
+class BuildRequest:
+    """What to build. Field names are the snake_case twins of the API's camelCase body."""
+
+    format: str = "sft"
+    limit: int = 1000
+    """Most trajectories to include (newest first, after every other condition)."""
+    min_llm_calls_per_trajectory: int = 0
+    reward_score: str | None = None
+    """Which score is the reward for curation: a score name, or None for the trajectory's own
+    ``totalReward``."""
+    min_reward: float | None = None
+    max_reward: float | None = None
+    require_score: str | None = None
+    """Leave out trajectories without this score yet (a late outcome still to come)."""
+    task: str | None = None
+    """Only calls of this task; None builds every task, with one file per task as well."""
+    eval_fraction: float = 0.1
+    seed: int = 0
+    dedup: bool = True
+    preference_margin: float = 0.1
+    pair_by: str = "prompt"
+    """``prompt``: pair completions of the same prompt; ``scenario``: of the same scenario."""
+    name: str | None = None
+    """Dataset name; builds with the same name are versions 1, 2, … of it (default: the format)."""
+    filter: TrajectoryFilter = field(default_factory=TrajectoryFilter)
+    privacy: PrivacyOptions = field(default_factory=PrivacyOptions)
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise InvalidInput(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}", "format")
+        if not 1 <= self.limit <= 10_000_000:
+            raise InvalidInput("limit must be between 1 and 10,000,000", "limit")
+        if self.min_llm_calls_per_trajectory < 0:
+            raise InvalidInput("minLlmCallsPerTrajectory must be 0 or more", "minLlmCallsPerTrajectory")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise InvalidInput("evalFraction must be at least 0 and below 1", "evalFraction")
+        if self.preference_margin < 0:
+            raise InvalidInput("preferenceMargin must be 0 or more", "preferenceMargin")
+        if self.pair_by not in ("prompt", "scenario"):
+            raise InvalidInput("pairBy must be 'prompt' or 'scenario'", "pairBy")
+        if self.min_reward is not None and self.max_reward is not None and self.min_reward > self.max_reward:
+            raise InvalidInput("minReward is greater than maxReward", "minReward")
+        if self.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}", self.name):
+            raise InvalidInput(
+                "name must be 1-80 letters, digits, _.- starting with a letter or digit", "name"
+            )
+
+    def to_wire(self) -> dict[str, Any]:
+        flt = {
+            k: getattr(self.filter, k) for k in self.filter.__slots__ if getattr(self.filter, k) is not None
+        }
+        if "trajectory_ids" in flt:
+            flt["trajectory_ids"] = list(flt["trajectory_ids"])
+        return {
+            "format": self.format,
+            "limit": self.limit,
+            "minLlmCallsPerTrajectory": self.min_llm_calls_per_trajectory,
+            "rewardScore": self.reward_score,
+            "minReward": self.min_reward,
+            "maxReward": self.max_reward,
+            "requireScore": self.require_score,
+            "task": self.task,
+            "evalFraction": self.eval_fraction,
+            "seed": self.seed,
+            "dedup": self.dedup,
+            "preferenceMargin": self.preference_margin,
+            "pairBy": self.pair_by,
+            "name": self.name,
+            "filter": {_camel(k): v for k, v in sorted(flt.items())},
+            "privacy": {
+                "extraPatterns": self.privacy.extra_patterns,
+                "allow": self.privacy.allow,
+                "dropOn": self.privacy.drop_on,
+            },
+        }
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p.capitalize() for p in rest)
+
+
+# --- examples ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Example:
+    """One LLM call ready for training: what the model saw, what it answered, how it went."""
+
+    trajectory_id: str
+    scenario_id: str | None
+    agent_id: str
+    source: str
+    task: str
+    reward: float | None
+    prompt: list[dict[str, Any]]
+    completion: dict[str, Any]
+    tools: list[dict[str, Any]] | None
+    call_id: str
+    model: str
+
+    @property
+    def group(self) -> str:
+        """What train/eval are split by: the scenario, else the trajectory."""
+        return self.scenario_id or self.trajectory_id
+
+
+def _loads(text: Any) -> Any:
+    if text is None or not isinstance(text, str | bytes):
+        return text
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+
+
+def _content(value: Any) -> str:
+    """Message content as a string: text parts of a multi-part content joined, others as JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        texts: list[str] = [
+            p["text"] for p in value if isinstance(p, dict) and isinstance(p.get("text"), str)
+        ]
+        if texts and len(texts) == len(value):
+            return "".join(texts)
+    return orjson.dumps(value).decode()
+
+
+def _tool_call(tc: Any) -> dict[str, Any] | None:
+    """A tool call in TRL's form: ``{"type": "function", "function": {"name", "arguments": {…}}}``."""
+    if not isinstance(tc, dict):
+        return None
+    fn: dict[str, Any] = tc["function"] if isinstance(tc.get("function"), dict) else tc
+    name = fn.get("name")
+    if not isinstance(name, str) or not name:
+        return None
+    args = fn.get("arguments", fn.get("input", {}))
+    if isinstance(args, str):
+        parsed = _loads(args) if args.strip() else {}
+        args = parsed if isinstance(parsed, dict) else {"_raw": args}
+    elif not isinstance(args, dict):
+        args = {"_value": args}
+    return {"type": "function", "function": {"name": name, "arguments": args}}
+
+
+def _message(m: Any) -> dict[str, Any] | None:
+    if not isinstance(m, dict):
+        return None
+    role = m.get("role")
+    if role not in _ROLES:
+        return None
+    out: dict[str, Any] = {
+        "role": "system" if role == "developer" else role,
+        "content": _content(m.get("content")),
+    }
+    calls = [c for c in (_tool_call(tc) for tc in m.get("tool_calls") or []) if c]
+    if calls:
+        out["tool_calls"] = calls
+    if role == "tool" and isinstance(m.get("name"), str):
+        out["name"] = m["name"]
+    return out
+
+
+def _tools(raw: Any) -> list[dict[str, Any]] | None:
+    """Tools as JSON-schema function specs (Chat Completions' shape; Responses' is wrapped)."""
+    if not isinstance(raw, list):
+        return None
+    out = []
+    for t in raw:
+        if not isinstance(t, dict):
+            continue
+        fn: dict[str, Any] = t["function"] if isinstance(t.get("function"), dict) else t
+        if isinstance(fn.get("name"), str):
+            spec = {k: fn[k] for k in ("name", "description", "parameters") if k in fn}
+            out.append({"type": "function", "function": spec})
+    return out or None
+
+
+def task_of(row: Sequence[Any]) -> str:
+    return row[_ACTION_TYPE] or row[_PURPOSE] or "other"
+
+
+def example_from_row(row: Sequence[Any], reward: float | None) -> Example | None:
+    """The example of one call row; None when the call has no completion to learn from."""
+    tool_calls = [c for c in (_tool_call(tc) for tc in _loads(row[_TOOL_CALLS]) or []) if c]
+    if row[_RESPONSE] is None and not tool_calls:
+        return None
+    raw_messages = _loads(row[_MESSAGES])
+    prompt: list[dict[str, Any]] = []
+    if isinstance(raw_messages, list) and raw_messages:
+        prompt = [m for m in (_message(m) for m in raw_messages) if m]
+        if row[_SYSTEM] is not None and not any(m["role"] == "system" for m in prompt):
+            prompt.insert(0, {"role": "system", "content": row[_SYSTEM]})
+    else:
+        if row[_SYSTEM] is not None:
+            prompt.append({"role": "system", "content": row[_SYSTEM]})
+        if row[_USER] is not None:
+            prompt.append({"role": "user", "content": row[_USER]})
+    if not any(m["role"] != "system" for m in prompt):
+        return None
+    completion: dict[str, Any] = {"role": "assistant", "content": row[_RESPONSE] or ""}
+    if tool_calls:
+        completion["tool_calls"] = tool_calls
+    return Example(
+        trajectory_id=row[_TID],
+        scenario_id=row[_SCENARIO],
+        agent_id=row[_AGENT] or "",
+        source=row[_SOURCE] or "",
+        task=task_of(row),
+        reward=reward,
+        prompt=prompt,
+        completion=completion,
+        tools=_tools(_loads(row[_TOOLS])),
+        call_id=row[_CALL_ID],
+        model=row[_MODEL] or "",
+    )
+
+
+# --- formats -----------------------------------------------------------------------------------
+
+
+def _with_tools(row: dict[str, Any], ex: Example) -> dict[str, Any]:
+    if ex.tools:
+        row["tools"] = ex.tools
+    return row
+
+
+def to_sft(ex: Example) -> dict[str, Any]:
+    return _with_tools({"messages": [*ex.prompt, ex.completion]}, ex)
+
+
+def to_prompt_completion(ex: Example) -> dict[str, Any]:
+    return _with_tools({"prompt": ex.prompt, "completion": [ex.completion]}, ex)
+
+
+def to_grpo(ex: Example) -> dict[str, Any]:
+    return {"prompt": ex.prompt, "group": ex.group, "reward": ex.reward, "task": ex.task}
+
+
+def _openai_message(m: dict[str, Any], ids: Iterator[str], weight: int | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": m["role"], "content": m["content"]}
+    if m.get("tool_calls"):
+        out["content"] = m["content"] or None
+        out["tool_calls"] = [
+            {
+                "id": next(ids),
+                "type": "function",
+                "function": {
+                    "name": tc["function"]["name"],
+                    "arguments": orjson.dumps(
+                        tc["function"]["arguments"], option=orjson.OPT_SORT_KEYS
+                    ).decode(),
+                },
+            }
+            for tc in m["tool_calls"]
+        ]
+    if m["role"] == "tool":
+        out["tool_call_id"] = f"call_{m.get('name', 'tool')}"
+    if weight is not None and m["role"] == "assistant":
+        out["weight"] = weight
+    return out
+
+
+def _call_ids() -> Iterator[str]:
+    n = 0
+    while True:
+        n += 1
+        yield f"call_{n}"
+
+
+def to_openai(ex: Example) -> dict[str, Any]:
+    """OpenAI SFT: earlier assistant turns of the prompt are context (weight 0), the completion
+    trains (weight 1); tool call arguments become JSON strings."""
+    ids = _call_ids()
+    messages = [_openai_message(m, ids, weight=0) for m in ex.prompt]
+    messages.append(_openai_message(ex.completion, ids, weight=1))
+    row: dict[str, Any] = {"messages": messages}
+    if ex.tools:
+        row["tools"] = ex.tools
+    return row
+
+
+def to_preference(chosen: Example, rejected: Example) -> dict[str, Any]:
+    return _with_tools(
+        {"prompt": chosen.prompt, "chosen": [chosen.completion], "rejected": [rejected.completion]}, chosen
+    )
+
+
+def to_openai_dpo(chosen: Example, rejected: Example) -> dict[str, Any]:
+    ids = _call_ids()
+    return {
+        "input": {"messages": [_openai_message(m, ids) for m in chosen.prompt], "tools": chosen.tools or []},
+        "preferred_output": [_openai_message(chosen.completion, ids)],
+        "non_preferred_output": [_openai_message(rejected.completion, ids)],
+    }
+
+
+def _transcript(examples: Sequence[Example]) -> list[dict[str, Any]]:
+    """One trajectory's calls as one conversation: a call whose prompt continues the conversation
+    so far adds only its new messages; the system message appears only when it changes."""
+    out: list[dict[str, Any]] = []
+    last_system: str | None = None
+    for ex in examples:
+        prompt = ex.prompt
+        if out and prompt[: len(out)] == out:
+            new = prompt[len(out) :]
+        else:
+            new = []
+            for m in prompt:
+                if m["role"] == "system":
+                    if m["content"] == last_system:
+                        continue
+                    last_system = m["content"]
+                new.append(m)
+        out.extend(new)
+        out.append(ex.completion)
+    return out
+
+
+def to_art_group(scenario: str, trajectories: Sequence[Sequence[Example]]) -> dict[str, Any]:
+    """An ART ``TrajectoryGroup``: the scenario's trajectories, each with its messages and reward."""
+    group = []
+    for examples in trajectories:
+        first = examples[0]
+        tools = next((ex.tools for ex in examples if ex.tools), None)
+        group.append(
+            {
+                "messages_and_choices": _transcript(examples),
+                "tools": tools or [],
+                "reward": first.reward if first.reward is not None else 0.0,
+                "metrics": {"llm_calls": len(examples)},
+                "metadata": {
+                    "trajectory_id": first.trajectory_id,
+                    "agent_id": first.agent_id,
+                    "source": first.source,
+                    "scenario_id": first.scenario_id,
+                    "task": first.task,
+                },
+                "logs": [],
+            }
+        )
+    return {"scenario_id": scenario, "trajectories": group}
+
+
+def _is_messages(value: Any, *, last_assistant: bool = False) -> bool:
+    if not isinstance(value, list) or not value:
+        return False
+    if not all(isinstance(m, dict) and m.get("role") in _ROLES for m in value):
+        return False
+    return not last_assistant or value[-1]["role"] == "assistant"
+
+
+def check_row(fmt: str, row: dict[str, Any]) -> str | None:
+    """Why ``row`` is not a valid ``fmt`` row, or None. Run on every row a build writes."""
+    if fmt == "sft":
+        ok = _is_messages(row.get("messages"), last_assistant=True)
+    elif fmt == "prompt_completion":
+        ok = _is_messages(row.get("prompt")) and _is_messages(row.get("completion"), last_assistant=True)
+    elif fmt == "preference":
+        ok = (
+            _is_messages(row.get("prompt"))
+            and _is_messages(row.get("chosen"), last_assistant=True)
+            and _is_messages(row.get("rejected"), last_assistant=True)
+            and row["chosen"] != row["rejected"]
+        )
+    elif fmt == "grpo":
+        ok = _is_messages(row.get("prompt")) and isinstance(row.get("reward"), int | float)
+    elif fmt == "openai":
+        msgs = row.get("messages") or []
+        ok = _is_messages(msgs, last_assistant=True) and all(
+            isinstance(tc["function"]["arguments"], str) for m in msgs for tc in m.get("tool_calls") or []
+        )
+    elif fmt == "openai_dpo":
+        ok = (
+            isinstance(row.get("input"), dict)
+            and _is_messages(row["input"].get("messages"))
+            and _is_messages(row.get("preferred_output"), last_assistant=True)
+            and _is_messages(row.get("non_preferred_output"), last_assistant=True)
+        )
+    elif fmt == "art":
+        ok = isinstance(row.get("trajectories"), list) and all(
+            _is_messages(t.get("messages_and_choices")) and isinstance(t.get("reward"), int | float)
+            for t in row["trajectories"]
+        )
+    else:
+        return f"unknown format {fmt!r}"
+    return None if ok else f"not a valid {fmt} row"
+
+
+# --- the build ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Files:
+    """Open JSONL files of one build: the combined split files and, per task, its own."""
+
+    root: Path
+    per_task: bool
+    handles: dict[str, BinaryIO] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    task_dirs: dict[str, str] = field(default_factory=dict)
+
+    def write(self, split: str, task: str, line: bytes) -> None:
+        self._put(f"{split}.jsonl", line)
+        if self.per_task:
+            self._put(f"tasks/{self.task_dir(task)}/{split}.jsonl", line)
+
+    def task_dir(self, task: str) -> str:
+        """A folder name for a task: its characters made safe, plus a hash so two tasks never
+        share a folder (task names come from user data; they are never a path as given)."""
+        name = self.task_dirs.get(task)
+        if name is None:
+            slug = re.sub(r"[^A-Za-z0-9_-]+", "_", task)[:40].strip("_") or "task"
+            name = self.task_dirs[task] = f"{slug}-{hashlib.sha256(task.encode()).hexdigest()[:8]}"
+        return name
+
+    def _put(self, rel: str, line: bytes) -> None:
+        fh = self.handles.get(rel)
+        if fh is None:
+            path = self.root / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fh = self.handles[rel] = open(path, "wb")  # noqa: SIM115 - closed in close()
+        fh.write(line)
+        self.rows[rel] += 1
+
+    def close(self) -> None:
+        for fh in self.handles.values():
+            fh.close()
+
+
+@dataclass(slots=True)
+class _Selection:
+    """Which trajectories made it in, and why the others did not."""
+
+    included: list[str] = field(default_factory=list)
+    tasks: dict[str, dict[str, int]] = field(
+        default_factory=lambda: defaultdict(lambda: {"train": 0, "eval": 0})
+    )
+    duplicates: int = 0
+
+
+def _is_eval(seed: int, key: str, fraction: float) -> bool:
+    if fraction <= 0:
+        return False
+    digest = hashlib.sha256(f"{seed}\x00{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def _groups(rows: Iterator[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
+    """Call rows grouped per trajectory (the store yields them trajectory by trajectory)."""
+    current: list[tuple[Any, ...]] = []
+    for row in rows:
+        if current and row[_TID] != current[0][_TID]:
+            yield current
+            current = []
+        current.append(row)
+    if current:
+        yield current
+
+
+def _batches(
+    groups: Iterator[list[tuple[Any, ...]]], size: int = 500
+) -> Iterator[list[list[tuple[Any, ...]]]]:
+    batch: list[list[tuple[Any, ...]]] = []
+    for g in groups:
+        batch.append(g)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _score_value(scores: Sequence[Any], name: str) -> float | None:
+    values = [s for s in scores if s.name == name]
+    return max(values, key=lambda s: s.created_at).value if values else None
+
+
+def _select(
+    store: Store,
+    req: BuildRequest,
+    pf: PrivacyFilter,
+    report: PrivacyReport,
+    sel: _Selection,
+    on_progress: Callable[[int], None] | None,
+) -> Iterator[list[Example]]:
+    """The examples of each trajectory the request keeps, privacy-filtered, in store order."""
+    flt = req.filter
+    if req.reward_score is None and (req.min_reward is not None or req.max_reward is not None):
+        # The trajectory's own reward is a column: let the database filter it.
+        flt = TrajectoryFilter(
+            **{k: getattr(flt, k) for k in flt.__slots__ if k not in ("min_reward", "max_reward")},
+            min_reward=req.min_reward,
+            max_reward=req.max_reward,
+        )
+    need_scores = req.reward_score is not None or req.require_score is not None
+    drop_on = set(req.privacy.drop_on)
+    for batch in _batches(_groups(store.iter_call_rows(flt))):
+        scores = store.get_scores([g[0][_TID] for g in batch]) if need_scores else {}
+        for rows in batch:
+            tid = rows[0][_TID]
+            mine = scores.get(tid, [])
+            if req.require_score is not None and _score_value(mine, req.require_score) is None:
+                report.drop(tid, f"awaiting score {req.require_score!r}")
+                continue
+            reward = rows[0][_TREWARD] if req.reward_score is None else _score_value(mine, req.reward_score)
+            if req.min_reward is not None or req.max_reward is not None:
+                if reward is None:
+                    report.drop(tid, "no reward")
+                    continue
+                if req.min_reward is not None and reward < req.min_reward:
+                    report.drop(tid, "reward below minReward")
+                    continue
+                if req.max_reward is not None and reward > req.max_reward:
+                    report.drop(tid, "reward above maxReward")
+                    continue
+            if len(rows) < req.min_llm_calls_per_trajectory:
+                report.drop(tid, "fewer LLM calls than minLlmCallsPerTrajectory")
+                continue
+            examples = []
+            for row in rows:
+                if req.task is not None and task_of(row) != req.task:
+                    continue
+                ex = example_from_row(row, reward)
+                if ex is not None:
+                    examples.append(ex)
+            if not examples:
+                report.drop(
+                    tid, "no LLM call with a completion" + (f" for task {req.task!r}" if req.task else "")
+                )
+                continue
+            changed = report.strings_changed
+            found: set[str] = set()
+            for ex in examples:
+                if drop_on:
+                    found |= pf.categories_in([ex.prompt, ex.completion, ex.tools, ex.agent_id])
+                ex.prompt = pf.value(ex.prompt)
+                ex.completion = pf.value(ex.completion)
+                if ex.tools:
+                    ex.tools = pf.value(ex.tools)
+                ex.agent_id = pf.text(ex.agent_id)
+            if report.strings_changed > changed:
+                report.trajectories_with_redactions += 1
+            hit = sorted(found & drop_on)
+            if hit:
+                report.drop(tid, f"privacy: contains {', '.join(hit)}")
+                continue
+            sel.included.append(tid)
+            if on_progress is not None:
+                on_progress(len(sel.included))
+            yield examples
+            if len(sel.included) >= req.limit:
+                return
+
+
+_DUMP = orjson.OPT_APPEND_NEWLINE
+
+
+def _dedup_key(ex: Example) -> bytes:
+    return hashlib.blake2b(orjson.dumps([ex.task, ex.prompt, ex.completion]), digest_size=16).digest()
+
+
+def _write_examples(
+    req: BuildRequest, stream: Iterator[list[Example]], files: _Files, sel: _Selection
+) -> None:
+    convert: Callable[[Example], dict[str, Any]] = {
+        "sft": to_sft,
+        "prompt_completion": to_prompt_completion,
+        "grpo": to_grpo,
+        "openai": to_openai,
+    }[req.format]
+    seen: set[bytes] = set()
+    for examples in stream:
+        for ex in examples:
+            if req.dedup:
+                key = _dedup_key(ex)
+                if key in seen:
+                    sel.duplicates += 1
+                    continue
+                seen.add(key)
+            row = convert(ex)
+            problem = check_row(req.format, row)
+            if problem:
+                raise AssertionError(f"{problem}: {row}")  # a converter bug, not bad input
+            split = "eval" if _is_eval(req.seed, ex.group, req.eval_fraction) else "train"
+            files.write(split, ex.task, orjson.dumps(row, option=_DUMP))
+            sel.tasks[ex.task][split] += 1
+
+
+def _write_pairs(req: BuildRequest, stream: Iterator[list[Example]], files: _Files, sel: _Selection) -> None:
+    """Preference pairs: within a group, the best completion against the worst, the second best
+    against the second worst, … while their rewards differ by at least the margin."""
+    groups: dict[tuple[str, str], list[Example]] = defaultdict(list)
+    seen: set[bytes] = set()
+    for examples in stream:
+        for ex in examples:
+            if ex.reward is None:
+                continue
+            if req.dedup:
+                key = _dedup_key(ex)
+                if key in seen:
+                    sel.duplicates += 1
+                    continue
+                seen.add(key)
+            prompt_key = hashlib.blake2b(orjson.dumps(ex.prompt), digest_size=16).hexdigest()
+            by = prompt_key if req.pair_by == "prompt" or ex.scenario_id is None else ex.scenario_id
+            groups[(ex.task, by)].append(ex)
+    convert = to_preference if req.format == "preference" else to_openai_dpo
+    for task, by in sorted(groups):
+        members = sorted(groups[(task, by)], key=lambda e: (-(e.reward or 0.0), e.trajectory_id, e.call_id))
+        for i in range(len(members) // 2):
+            chosen, rejected = members[i], members[-1 - i]
+            if (chosen.reward or 0.0) - (rejected.reward or 0.0) < req.preference_margin:
+                break
+            if chosen.completion == rejected.completion:
+                continue
+            row = convert(chosen, rejected)
+            problem = check_row(req.format, row)
+            if problem:
+                raise AssertionError(f"{problem}: {row}")
+            split = "eval" if _is_eval(req.seed, chosen.scenario_id or by, req.eval_fraction) else "train"
+            files.write(split, task, orjson.dumps(row, option=_DUMP))
+            sel.tasks[task][split] += 1
+
+
+def _write_art(req: BuildRequest, stream: Iterator[list[Example]], files: _Files, sel: _Selection) -> None:
+    scenarios: dict[tuple[str, str], list[list[Example]]] = defaultdict(list)
+    for examples in stream:
+        by_task: dict[str, list[Example]] = defaultdict(list)
+        for ex in examples:
+            by_task[ex.task].append(ex)
+        for task, exs in by_task.items():
+            scenarios[(task, exs[0].group)].append(exs)
+    for task, scenario in sorted(scenarios):
+        members = sorted(scenarios[(task, scenario)], key=lambda exs: exs[0].trajectory_id)
+        row = to_art_group(scenario, members)
+        problem = check_row("art", row)
+        if problem:
+            raise AssertionError(f"{problem}: {row}")
+        split = "eval" if _is_eval(req.seed, scenario, req.eval_fraction) else "train"
+        files.write(split, task, orjson.dumps(row, option=_DUMP))
+        sel.tasks[task][split] += 1
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _parquet(jsonl: Path) -> Path:
+    """The JSONL file's parquet twin (zstd), typed by Arrow's JSON reader, as ``datasets`` does."""
+    import pyarrow.json as pj
+    import pyarrow.parquet as pq
+
+    table = pj.read_json(jsonl, read_options=pj.ReadOptions(block_size=64 << 20))
+    out = jsonl.with_suffix(".parquet")
+    pq.write_table(table, out, compression="zstd")
+    return out
+
+
+def build(
+    store: Store,
+    req: BuildRequest,
+    *,
+    root: Path | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> Dataset:
+    """Build the dataset ``req`` describes from ``store`` into ``root`` (default
+    ``<state>/datasets``) and record it in the store. Never modifies trajectories."""
+    root = Path(root) if root is not None else settings.datasets_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    name = req.name or req.format
+    parent = store.latest_dataset(name)
+    dataset_id = f"dataset-{new_id()}"
+    tmp = root / f".{dataset_id}.tmp"
+    final = root / dataset_id
+    # Every build runs the privacy filter: there is deliberately no way to turn it off.
+    report = PrivacyReport()
+    pf = PrivacyFilter(store_salt(store), extra_patterns=req.privacy.extra_patterns, allow=req.privacy.allow)
+    pf.report = report
+    sel = _Selection()
+    files = _Files(tmp, per_task=req.task is None)
+    try:
+        tmp.mkdir()
+        stream = _select(store, req, pf, report, sel, on_progress)
+        if req.format in PAIR_FORMATS:
+            _write_pairs(req, stream, files, sel)
+        elif req.format == "art":
+            _write_art(req, stream, files, sel)
+        else:
+            _write_examples(req, stream, files, sel)
+        files.close()
+        for split in ("train", "eval"):  # both files always exist, even when empty
+            (tmp / f"{split}.jsonl").touch()
+        if req.task is None and len(sel.tasks) < 2:
+            shutil.rmtree(tmp / "tasks", ignore_errors=True)
+            files.task_dirs.clear()
+        manifest = _manifest(dataset_id, name, parent, req, store, sel, report, files, tmp)
+        (tmp / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                path.chmod(0o444)
+        tmp.rename(final)
+    except BaseException:
+        files.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    rows = sum(manifest["counts"]["rows"].values())
+    ds = Dataset(
+        id=dataset_id,
+        name=name,
+        version=manifest["version"],
+        parent=manifest["parent"],
+        format=req.format,
+        path=str(final),
+        trajectory_count=len(sel.included),
+        row_count=rows,
+        manifest=manifest,
+        created_at=manifest["createdAtMs"],
+    )
+    try:
+        store.add_dataset(ds)
+    except BaseException:
+        shutil.rmtree(final, ignore_errors=True)
+        raise
+    store.add_event(
+        JobEvent(
+            kind="dataset_built",
+            message=f"dataset {name} v{ds.version}: {rows} rows from {ds.trajectory_count} trajectories",
+            dataset_id=dataset_id,
+            data={"format": req.format, "rows": rows, "trajectories": ds.trajectory_count},
+        )
+    )
+    return ds
+
+
+def _manifest(
+    dataset_id: str,
+    name: str,
+    parent: Dataset | None,
+    req: BuildRequest,
+    store: Store,
+    sel: _Selection,
+    report: PrivacyReport,
+    files: _Files,
+    tmp: Path,
+) -> dict[str, Any]:
+    file_info: dict[str, Any] = {}
+    for rel in sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*.jsonl")):
+        path = tmp / rel
+        rows = files.rows.get(rel, 0)
+        file_info[rel] = {"rows": rows, "bytes": path.stat().st_size, "sha256": _sha256(path)}
+        if rows:
+            pq_path = _parquet(path)
+            prel = pq_path.relative_to(tmp).as_posix()
+            file_info[prel] = {"rows": rows, "bytes": pq_path.stat().st_size, "sha256": _sha256(pq_path)}
+    ids = sorted(sel.included)
+    ids_hash = hashlib.sha256("\n".join(ids).encode()).hexdigest()
+    sources: dict[str, Any] = {"count": len(ids), "sha256": ids_hash}
+    if len(ids) <= _MAX_LISTED_IDS:
+        sources["ids"] = ids
+    content = hashlib.sha256(
+        "".join(
+            f"{k}\x00{v['sha256']}\n" for k, v in sorted(file_info.items()) if k.endswith(".jsonl")
+        ).encode()
+    ).hexdigest()
+    warnings = []
+    train_rows = files.rows.get("train.jsonl", 0)
+    if req.format in ("openai", "openai_dpo") and train_rows < 10:
+        warnings.append(
+            f"OpenAI fine-tuning needs at least 10 training examples; this build has {train_rows}"
+        )
+    if not train_rows:
+        warnings.append("the training split is empty: no trajectory matched, or every one was dropped")
+    created = now_ms()
+    privacy = report.to_wire()
+    privacy["duplicatesSkipped"] = sel.duplicates
+    return {
+        "id": dataset_id,
+        "name": name,
+        "version": (parent.version + 1) if parent else 1,
+        "parent": parent.id if parent else None,
+        "formatVersion": FORMAT_VERSION,
+        "format": req.format,
+        "createdAt": iso_ms(created),
+        "createdAtMs": created,
+        "request": req.to_wire(),
+        "store": {"backend": getattr(store, "dialect", type(store).__name__)},
+        "counts": {
+            "trajectories": len(ids),
+            "rows": {"train": train_rows, "eval": files.rows.get("eval.jsonl", 0)},
+            "tasks": {
+                task: {
+                    **counts,
+                    **({"folder": f"tasks/{files.task_dirs[task]}"} if task in files.task_dirs else {}),
+                }
+                for task, counts in sorted(sel.tasks.items())
+            },
+        },
+        "sourceTrajectories": sources,
+        "privacy": privacy,
+        "files": file_info,
+        "contentSha256": content,
+        "warnings": warnings,
+    }
+
+
+def get(store: Store, dataset_id: str) -> Dataset:
+    ds = store.get_dataset(dataset_id)
+    if ds is None:
+        raise NotFound(f"no dataset {dataset_id!r}", "id")
+    return ds
+
+
+def summary(ds: Dataset) -> dict[str, Any]:
+    """The wire form of a dataset in lists (the manifest has everything else)."""
+    m = ds.manifest
+    return {
+        "id": ds.id,
+        "name": ds.name,
+        "version": ds.version,
+        "parent": ds.parent,
+        "format": ds.format,
+        "trajectoryCount": ds.trajectory_count,
+        "rowCount": ds.row_count,
+        "rows": m["counts"]["rows"],
+        "tasks": sorted(m["counts"]["tasks"]),
+        "path": ds.path,
+        "createdAt": iso_ms(ds.created_at),
+        "contentSha256": m.get("contentSha256"),
+        "warnings": m.get("warnings", []),
+    }
