@@ -63,3 +63,104 @@ def make_trajectory(
         )
         t.steps.append(step)
     return t
+
+
+SUPPORT_SYSTEM = "You are a support agent. Answer with one JSON action: REFUND, TRACK, ESCALATE or REPLY."
+_ATTEMPTS = (
+    ('{"action": "REFUND", "params": {"orderId": "A-10%d"}}', 1.0),
+    ('{"action": "REFUND", "params": {}}', 0.5),
+    ('{"action": "TRACK", "params": {"orderId": "A-10%d"}}', 0.0),
+)
+
+
+def make_support_corpus(scenarios: int = 6) -> list[Trajectory]:
+    """A small labelled support-desk corpus: each scenario's customer message answered three ways
+    (right, half right, wrong: rewards 1, 0.5, 0), with personal data in the prompts, a second task
+    (``reasoning`` calls), and one scenario answered by a tool call."""
+    out: list[Trajectory] = []
+    base = 1_700_000_000_000
+    for sc in range(scenarios):
+        user = (
+            f"Hi, I'm customer {sc}. My order A-10{sc} never arrived. Mail me at buyer{sc}@example.com "
+            f"or call +1 415 555 26{sc:02d}. Handle @shopper{sc}."
+        )
+        for attempt, (response, reward) in enumerate(_ATTEMPTS):
+            t = Trajectory(
+                agent_id="support-bot",
+                source="chat",
+                status="completed",
+                start_time=base + (sc * 10 + attempt) * 1000,
+                end_time=base + (sc * 10 + attempt) * 1000 + 500,
+                scenario_id=f"scenario-{sc}",
+                total_reward=reward,
+                metadata={"customer": f"buyer{sc}@example.com"},
+            )
+            step = Step(step_number=0, timestamp=t.start_time)
+            step.provider_accesses.append(
+                ProviderAccess(
+                    provider_name="orders", data={"orderId": f"A-10{sc}", "email": f"buyer{sc}@example.com"}
+                )
+            )
+            step.llm_calls.append(
+                LlmCall(
+                    timestamp=t.start_time + 1,
+                    model="m-1",
+                    system_prompt=SUPPORT_SYSTEM,
+                    user_prompt=f"Think about: {user}",
+                    response=f"The customer {sc} wants order A-10{sc} handled.",
+                    purpose="reasoning",
+                )
+            )
+            if sc == 0:
+                # A tool-calling turn recorded from an OpenAI-style client.
+                call = LlmCall(
+                    timestamp=t.start_time + 2,
+                    model="m-1",
+                    system_prompt=SUPPORT_SYSTEM,
+                    user_prompt=user,
+                    messages=[
+                        {"role": "system", "content": SUPPORT_SYSTEM},
+                        {"role": "user", "content": user},
+                    ],
+                    response=None,
+                    tool_calls=[
+                        {
+                            "id": "call_a",
+                            "type": "function",
+                            "function": {
+                                "name": "lookup_order",
+                                "arguments": f'{{"orderId": "A-10{attempt}"}}',
+                            },
+                        }
+                    ],
+                    tools=[
+                        {
+                            "type": "function",
+                            "function": {
+                                "name": "lookup_order",
+                                "description": "Find an order",
+                                "parameters": {
+                                    "type": "object",
+                                    "properties": {"orderId": {"type": "string"}},
+                                },
+                            },
+                        }
+                    ],
+                    purpose="action",
+                    action_type="support_reply",
+                )
+            else:
+                call = LlmCall(
+                    timestamp=t.start_time + 2,
+                    model="m-1",
+                    system_prompt=SUPPORT_SYSTEM,
+                    user_prompt=user,
+                    response=response % sc if "%d" in response else response,
+                    purpose="action",
+                    action_type="support_reply",
+                )
+            step.llm_calls.append(call)
+            step.action = ActionResult(action_type="REFUND", success=reward > 0, immediate_reward=reward)
+            t.steps.append(step)
+            out.append(t)
+    return out

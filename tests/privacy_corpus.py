@@ -140,6 +140,7 @@ POSITIVES: list[tuple[str, str, str]] = [
     ("handle", "cc @Bob_99, @carol", "Bob_99"),
     ("handle", "cc @Bob_99, @carol", "carol"),
     ("handle", "DM from @night_owl: where is my order", "night_owl"),
+    ("handle", "Follow me, handle @shopper2.", "shopper2"),
 ]
 
 NEGATIVES: list[str] = [

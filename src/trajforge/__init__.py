@@ -21,6 +21,7 @@ from trajforge.records import (
     Step,
     Trajectory,
 )
+from trajforge.rewards import reward_function
 from trajforge.store import TrajectoryFilter, open_store
 from trajforge.validation import ValidationResult, validate_trajectory
 
@@ -40,5 +41,6 @@ __all__ = [
     "current_trajectory",
     "instrument_openai",
     "open_store",
+    "reward_function",
     "validate_trajectory",
 ]

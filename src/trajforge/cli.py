@@ -668,7 +668,9 @@ def datasets_list(
     """List dataset snapshots, newest first."""
     with store_at(db) as store:
         items = store.list_datasets(limit=limit)
-    table = Table("id", "name", "ver", "format", "trajectories", "train", "eval", "created")
+    table = Table(title=f"{len(items)} datasets")
+    for col in ("id", "name", "ver", "format", "trajectories", "train", "eval", "created"):
+        table.add_column(col, overflow="fold", no_wrap=col == "id")
     for ds in items:
         rows = ds.manifest["counts"]["rows"]
         table.add_row(

@@ -326,7 +326,9 @@ _ADDRESS = re.compile(
     r"(?:de\s+la\s+|de\s+l'|de\s+|du\s+|des\s+|d')?[A-ZÉ][\w'-]+(?:\s+[A-ZÉ][\w'-]+)*"
     r"|\b(?:Calle|Avenida|Av\.|Paseo|Plaza)\s+(?:de\s+(?:la\s+|los\s+|las\s+)?)?[A-ZÁÉÍÓÚ][\wáéíóúñ'-]+(?:\s+[A-ZÁÉÍÓÚ][\wáéíóúñ'-]+)*,?\s+\d{1,4}\b"
 )
-_HANDLE = re.compile(r"(?<![\w@.+/-])@(?P<name>[A-Za-z_][A-Za-z0-9_]{1,38})(?![\w@-])(?P<next>[./(]?)")
+_HANDLE = re.compile(
+    r"(?<![\w@.+/-])@(?P<name>[A-Za-z_][A-Za-z0-9_]{1,38})(?![\w@-])(?P<next>[/(]|\.(?=\w))?"
+)
 
 
 def luhn_ok(digits: str) -> bool:
@@ -669,7 +671,7 @@ class PrivacyFilter:
         # The trailing lookahead char is part of the match; put it back after the replacement.
         def with_next(m: re.Match[str]) -> str | None:
             out = repl(m)
-            return None if out is None else out + m.group("next")
+            return None if out is None else out + (m.group("next") or "")
 
         return self._sub(_HANDLE, s, counts, "handle", with_next)
 

@@ -81,6 +81,15 @@ def allowed_methods(request: Request) -> list[str]:
 _bearer = HTTPBearer(auto_error=False, description="Required when the server has TRAJFORGE_API_TOKEN set.")
 
 
+_TYPE_TAGS = {"int", "float", "str", "bool", "datetime", "date", "list", "dict", "none", "constrained-str"}
+
+
+def _union_tag(part: object) -> bool:
+    """Pydantic names the member of a union that failed (``DeleteIds``, ``int``,
+    ``function-after[...]``) in an error's location: not a field name."""
+    return isinstance(part, str) and (part[:1].isupper() or part in _TYPE_TAGS or "[" in part)
+
+
 def create_app(
     store: Store | str | None = None,
     *,
@@ -146,7 +155,7 @@ def create_app(
         loc = [
             str(p)
             for p in first.get("loc", ())
-            if p not in ("body", "query", "path", "header") and not (isinstance(p, str) and p[:1].isupper())
+            if p not in ("body", "query", "path", "header") and not _union_tag(p)
         ]
         message = first.get("msg", "invalid request")
         if first.get("type") == "json_invalid":
