@@ -42,6 +42,7 @@ test: lint
 bench: $(VENV)/.dev-installed
 	$(PY) benchmarks/ingest.py
 	$(PY) benchmarks/query.py
+	$(PY) benchmarks/datasets.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -51,8 +51,23 @@ class TrajectorySpec:
     reward: float
 
 
+_PII = (
+    "Reach me at {name}{i}@example.com.",
+    "My phone is +1 415 555 {i4}.",
+    "ping @{name}_{i} about it",
+    "Card 4111 1111 1111 1111 was charged twice.",
+    "I live at {i} Baker Street, flat 2.",
+    "Server 203.0.113.{b} refused the token sk-proj-{key}.",
+)
+
+
 class Generator:
-    def __init__(self, seed: int = 42) -> None:
+    """``pii=True`` makes user prompts look like real support traffic for the privacy filter: every
+    prompt carries numbers (an order id, a date, an amount) and ~5% carry personal data or a
+    secret of one of the filter's kinds."""
+
+    def __init__(self, seed: int = 42, *, pii: bool = False) -> None:
+        self.pii = pii
         self.rng = random.Random(seed)
         self.words = _vocabulary(self.rng)
         self.systems = [self.text(1500) for _ in range(3)]
@@ -78,6 +93,13 @@ class Generator:
                 user = self.text(500)
                 if rng.random() < 0.01:
                     user = f"{user} {MARKER}"
+                if self.pii:
+                    n = rng.randint(1000, 99999)
+                    user = f"Order A-{n} placed 2026-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d} for ${n / 100:.2f}. {user}"
+                    if rng.random() < 0.05:
+                        user += " " + rng.choice(_PII).format(
+                            name=rng.choice(self.words), i=n, i4=f"{n % 10000:04d}", b=n % 250, key="Q2x9" * 6
+                        )
                 calls.append(
                     CallSpec(
                         system=self.systems[agent],

@@ -34,7 +34,7 @@ SOURCES = ("chat", "autonomy", "telegram", "discord", "api")
 STATUSES = ("completed", "completed", "completed", "error", "timeout")
 
 
-def build(url: str, n: int) -> None:
+def build(url: str, n: int, gen: Generator | None = None) -> None:
     store = open_store(url)
     have = store.count(TrajectoryFilter())
     if have >= n:
@@ -43,7 +43,7 @@ def build(url: str, n: int) -> None:
         return
     if have:
         store.delete(all=True)
-    gen = Generator(seed=7)
+    gen = gen or Generator(seed=7)
     base = 1_760_000_000_000
     started = time.perf_counter()
     batch = WriteBatch()

@@ -280,3 +280,40 @@ def test_postgres_build_equals_sqlite_build(tmp_path: Path, monkeypatch: pytest.
         sq.close()
         pg.close()
         drop_pg_schema(url)
+
+
+@pytest.mark.parametrize("fmt", ["sft", "openai", "grpo"])
+def test_worker_processes_write_the_same_files(store: Store, tmp_path: Path, fmt: str) -> None:
+    """Big builds curate in worker processes; the files must not depend on that."""
+    for i in range(4):
+        for t in make_support_corpus():
+            t.id = f"{t.id}-{i}"
+            t.start_time += i
+            store.write(WriteBatch.from_trajectory(t))
+    store.add_scores([])
+    one = datasets.build(
+        store, BuildRequest(format=fmt, eval_fraction=0.3, limit=60), root=tmp_path / "a", workers=1
+    )
+    two = datasets.build(
+        store, BuildRequest(format=fmt, eval_fraction=0.3, limit=60), root=tmp_path / "b", workers=2
+    )
+    assert one.trajectory_count == two.trajectory_count == 60
+    assert one.manifest["privacy"] == two.manifest["privacy"]
+    assert one.manifest["counts"] == two.manifest["counts"]
+    for name, info in one.manifest["files"].items():
+        assert two.manifest["files"][name]["sha256"] == info["sha256"], name
+
+
+def test_art_groups_keep_the_independent_reward_when_a_score_is_the_reward(
+    store: Store, tmp_path: Path
+) -> None:
+    ids = _fill(store, scenarios=2)
+    store.add_scores([Score(tid, "ruler", 0.25, source="judge") for tid in ids])
+    ds = _build(store, tmp_path, format="art", task="support_reply", reward_score="ruler", eval_fraction=0)
+    groups = _rows(Path(ds.path) / "train.jsonl")
+    assert len(groups) == 2 and all(len(g["trajectories"]) == 3 for g in groups)
+    for g in groups:
+        for t in g["trajectories"]:
+            assert t["reward"] == 0.25 and t["metrics"]["reward_score"] == "ruler"
+            assert t["metrics"]["independent_reward"] in (0.0, 0.5, 1.0)
+            assert t["messages_and_choices"][0]["role"] == "system"

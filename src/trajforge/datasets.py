@@ -30,6 +30,8 @@ A call's *task* is its ``actionType`` when set, else its ``purpose`` (action, re
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
+import os
 import re
 import shutil
 from collections import defaultdict
@@ -42,6 +44,7 @@ import orjson
 
 from trajforge import settings
 from trajforge.errors import InvalidInput, NotFound
+from trajforge.export import prefetch
 from trajforge.privacy import CATEGORIES, PrivacyFilter, PrivacyReport, store_salt
 from trajforge.records import Dataset, JobEvent, iso_ms, new_id, now_ms
 from trajforge.store.base import Store, TrajectoryFilter
@@ -205,6 +208,10 @@ class Example:
     tools: list[dict[str, Any]] | None
     call_id: str
     model: str
+    own_reward: float | None = None
+    """The trajectory's own total reward (kept when ``reward`` comes from a named score)."""
+    reward_from: str | None = None
+    """The score name ``reward`` comes from; None for the trajectory's own reward."""
 
     @property
     def group(self) -> str:
@@ -433,12 +440,18 @@ def to_art_group(scenario: str, trajectories: Sequence[Sequence[Example]]) -> di
     for examples in trajectories:
         first = examples[0]
         tools = next((ex.tools for ex in examples if ex.tools), None)
+        metrics: dict[str, Any] = {"llm_calls": len(examples)}
+        if first.reward_from is not None:
+            # RULER's convention: the judged (or otherwise named) score is the reward; the
+            # trajectory's own reward stays as a metric.
+            metrics["independent_reward"] = first.own_reward
+            metrics["reward_score"] = first.reward_from
         group.append(
             {
                 "messages_and_choices": _transcript(examples),
                 "tools": tools or [],
                 "reward": first.reward if first.reward is not None else 0.0,
-                "metrics": {"llm_calls": len(examples)},
+                "metrics": metrics,
                 "metadata": {
                     "trajectory_id": first.trajectory_id,
                     "agent_id": first.agent_id,
@@ -500,18 +513,41 @@ def check_row(fmt: str, row: dict[str, Any]) -> str | None:
 # --- the build ---------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _Files:
-    """Open JSONL files of one build: the combined split files and, per task, its own."""
+_PARQUET_CHUNK_ROWS = 5000
 
-    root: Path
-    per_task: bool
-    handles: dict[str, BinaryIO] = field(default_factory=dict)
-    rows: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    task_dirs: dict[str, str] = field(default_factory=dict)
+
+class _Files:
+    """Open JSONL files of one build: the combined split files and, per task, its own.
+
+    The combined files also get parquet twins, converted chunk by chunk on a background thread
+    while the build goes on (Arrow parses JSON without the GIL, so this uses the second core);
+    chunks are concatenated with permissive schema promotion, in order, so the result does not
+    depend on timing.
+    """
+
+    def __init__(self, root: Path, per_task: bool) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.root = root
+        self.per_task = per_task
+        self.handles: dict[str, BinaryIO] = {}
+        self._buffers: dict[str, list[bytes]] = {}
+        self.hashes: dict[str, Any] = {}
+        self.rows: dict[str, int] = defaultdict(int)
+        self.task_dirs: dict[str, str] = {}
+        self._pending: dict[str, list[bytes]] = defaultdict(list)
+        self._tables: dict[str, list[Any]] = defaultdict(list)
+        self._writers: dict[str, Any] = {}
+        self._mixed: set[str] = set()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trajforge-parquet")
 
     def write(self, split: str, task: str, line: bytes) -> None:
-        self._put(f"{split}.jsonl", line)
+        rel = f"{split}.jsonl"
+        self._put(rel, line)
+        pending = self._pending[rel]
+        pending.append(line)
+        if len(pending) >= _PARQUET_CHUNK_ROWS:
+            self._flush(rel)
         if self.per_task:
             self._put(f"tasks/{self.task_dir(task)}/{split}.jsonl", line)
 
@@ -525,17 +561,95 @@ class _Files:
         return name
 
     def _put(self, rel: str, line: bytes) -> None:
-        fh = self.handles.get(rel)
-        if fh is None:
+        # Lines are gathered and written 512 at a time: one write call per line costs more than
+        # the copy itself.
+        buf = self._buffers.get(rel)
+        if buf is None:
             path = self.root / rel
             path.parent.mkdir(parents=True, exist_ok=True)
-            fh = self.handles[rel] = open(path, "wb")  # noqa: SIM115 - closed in close()
-        fh.write(line)
+            self.handles[rel] = open(path, "wb")  # noqa: SIM115 - closed in close()
+            self.hashes[rel] = hashlib.sha256()
+            buf = self._buffers[rel] = []
+        buf.append(line)
         self.rows[rel] += 1
+        if len(buf) >= 512:
+            self._drain(rel)
+
+    def _drain(self, rel: str) -> None:
+        block = b"".join(self._buffers[rel])
+        self._buffers[rel].clear()
+        # Hashed on the way out (the manifest needs every file's sha256): no second read.
+        self.hashes[rel].update(block)
+        self.handles[rel].write(block)
+
+    def _flush(self, rel: str) -> None:
+        chunk = b"".join(self._pending.pop(rel, []))
+        if chunk:
+            self._tables[rel].append(self._pool.submit(self._convert, rel, chunk))
+
+    def _convert(self, rel: str, chunk: bytes) -> Any:
+        """Parse a chunk and, while every chunk has the first one's schema, append it to the
+        parquet file as a row group (runs on the single background thread, in chunk order)."""
+        import pyarrow.parquet as pq
+
+        table = _arrow_table(chunk)
+        writer = self._writers.get(rel)
+        if writer is None and rel not in self._mixed:
+            writer = self._writers[rel] = pq.ParquetWriter(
+                self.root / (rel.removesuffix(".jsonl") + ".parquet"), table.schema, compression="zstd"
+            )
+        if writer is not None:
+            if table.schema.equals(writer.schema):
+                writer.write_table(table)
+            else:  # rows grew a field (tool calls, say): rewrite at the end from all chunks, promoted
+                writer.close()
+                del self._writers[rel]
+                self._mixed.add(rel)
+        return table
 
     def close(self) -> None:
+        for rel, fh in self.handles.items():
+            if not fh.closed:
+                self._drain(rel)
+                fh.close()
+
+    def write_parquet(self) -> list[str]:
+        """Finish the parquet twins of the combined files; returns their relative paths."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        for rel in list(self._pending):
+            self._flush(rel)
+        written = []
+        try:
+            for rel, futures in sorted(self._tables.items()):
+                tables = [f.result() for f in futures]
+                out = rel.removesuffix(".jsonl") + ".parquet"
+                if rel in self._mixed:
+                    table = pa.concat_tables(tables, promote_options="permissive")
+                    pq.write_table(table, self.root / out, compression="zstd")
+                else:
+                    self._writers.pop(rel).close()
+                written.append(out)
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            for w in self._writers.values():
+                w.close()
+        return written
+
+    def abort(self) -> None:
         for fh in self.handles.values():
             fh.close()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _arrow_table(chunk: bytes) -> Any:
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    # One block, one thread: measured twice as fast as Arrow's threaded reader on chunks this size.
+    options = pj.ReadOptions(block_size=max(1 << 20, len(chunk) + 1), use_threads=False)
+    return pj.read_json(pa.BufferReader(chunk), read_options=options)
 
 
 @dataclass(slots=True)
@@ -554,6 +668,20 @@ def _is_eval(seed: int, key: str, fraction: float) -> bool:
         return False
     digest = hashlib.sha256(f"{seed}\x00{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+class _Splitter:
+    """``train`` or ``eval`` for a group key, decided by a seeded hash and remembered (groups repeat)."""
+
+    def __init__(self, seed: int, fraction: float) -> None:
+        self.seed, self.fraction = seed, fraction
+        self.known: dict[str, str] = {}
+
+    def __call__(self, key: str) -> str:
+        split = self.known.get(key)
+        if split is None:
+            split = self.known[key] = "eval" if _is_eval(self.seed, key, self.fraction) else "train"
+        return split
 
 
 def _groups(rows: Iterator[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
@@ -586,15 +714,21 @@ def _score_value(scores: Sequence[Any], name: str) -> float | None:
     return max(values, key=lambda s: s.created_at).value if values else None
 
 
-def _select(
-    store: Store,
-    req: BuildRequest,
-    pf: PrivacyFilter,
-    report: PrivacyReport,
-    sel: _Selection,
-    on_progress: Callable[[int], None] | None,
-) -> Iterator[list[Example]]:
-    """The examples of each trajectory the request keeps, privacy-filtered, in store order."""
+@dataclass(slots=True)
+class _Outcome:
+    """What curation decided for one trajectory: dropped (and why), or its filtered examples,
+    with the redactions made in it."""
+
+    trajectory_id: str
+    drop: str | None = None
+    examples: list[Example] = field(default_factory=list)
+    redactions: dict[str, int] = field(default_factory=dict)
+    strings_changed: int = 0
+    lines: list[tuple[str, str, bytes]] | None = None
+    """(task, group, JSONL line) per example, when converted where it was curated."""
+
+
+def _effective_filter(req: BuildRequest) -> TrajectoryFilter:
     flt = req.filter
     if req.reward_score is None and (req.min_reward is not None or req.max_reward is not None):
         # The trajectory's own reward is a column: let the database filter it.
@@ -603,29 +737,37 @@ def _select(
             min_reward=req.min_reward,
             max_reward=req.max_reward,
         )
+    return flt
+
+
+def _curate(
+    store: Store, req: BuildRequest, pf: PrivacyFilter, batches: Iterator[list[list[tuple[Any, ...]]]]
+) -> Iterator[_Outcome]:
+    """Decide, trajectory by trajectory in store order, what goes into the dataset."""
     need_scores = req.reward_score is not None or req.require_score is not None
     drop_on = set(req.privacy.drop_on)
-    for batch in _batches(_groups(store.iter_call_rows(flt))):
+    counts = pf.report.counts
+    for batch in batches:
         scores = store.get_scores([g[0][_TID] for g in batch]) if need_scores else {}
         for rows in batch:
             tid = rows[0][_TID]
             mine = scores.get(tid, [])
             if req.require_score is not None and _score_value(mine, req.require_score) is None:
-                report.drop(tid, f"awaiting score {req.require_score!r}")
+                yield _Outcome(tid, f"awaiting score {req.require_score!r}")
                 continue
             reward = rows[0][_TREWARD] if req.reward_score is None else _score_value(mine, req.reward_score)
             if req.min_reward is not None or req.max_reward is not None:
                 if reward is None:
-                    report.drop(tid, "no reward")
+                    yield _Outcome(tid, "no reward")
                     continue
                 if req.min_reward is not None and reward < req.min_reward:
-                    report.drop(tid, "reward below minReward")
+                    yield _Outcome(tid, "reward below minReward")
                     continue
                 if req.max_reward is not None and reward > req.max_reward:
-                    report.drop(tid, "reward above maxReward")
+                    yield _Outcome(tid, "reward above maxReward")
                     continue
             if len(rows) < req.min_llm_calls_per_trajectory:
-                report.drop(tid, "fewer LLM calls than minLlmCallsPerTrajectory")
+                yield _Outcome(tid, "fewer LLM calls than minLlmCallsPerTrajectory")
                 continue
             examples = []
             for row in rows:
@@ -633,77 +775,208 @@ def _select(
                     continue
                 ex = example_from_row(row, reward)
                 if ex is not None:
+                    ex.own_reward, ex.reward_from = row[_TREWARD], req.reward_score
                     examples.append(ex)
             if not examples:
-                report.drop(
-                    tid, "no LLM call with a completion" + (f" for task {req.task!r}" if req.task else "")
-                )
+                why = "no LLM call with a completion" + (f" for task {req.task!r}" if req.task else "")
+                yield _Outcome(tid, why)
                 continue
-            changed = report.strings_changed
+            before, changed = dict(counts), pf.report.strings_changed
             found: set[str] = set()
             for ex in examples:
                 if drop_on:
                     found |= pf.categories_in([ex.prompt, ex.completion, ex.tools, ex.agent_id])
-                ex.prompt = pf.value(ex.prompt)
-                ex.completion = pf.value(ex.completion)
+                _filter_messages(pf, ex.prompt)
+                _filter_messages(pf, [ex.completion])
                 if ex.tools:
                     ex.tools = pf.value(ex.tools)
                 ex.agent_id = pf.text(ex.agent_id)
-            if report.strings_changed > changed:
-                report.trajectories_with_redactions += 1
+            out = _Outcome(tid, examples=examples, strings_changed=pf.report.strings_changed - changed)
+            if out.strings_changed:
+                out.redactions = {k: n - before.get(k, 0) for k, n in counts.items() if n != before.get(k, 0)}
             hit = sorted(found & drop_on)
             if hit:
-                report.drop(tid, f"privacy: contains {', '.join(hit)}")
-                continue
-            sel.included.append(tid)
-            if on_progress is not None:
-                on_progress(len(sel.included))
-            yield examples
-            if len(sel.included) >= req.limit:
-                return
+                out.drop, out.examples = f"privacy: contains {', '.join(hit)}", []
+            yield out
+
+
+def _accept(
+    outcomes: Iterator[_Outcome],
+    req: BuildRequest,
+    report: PrivacyReport,
+    sel: _Selection,
+    on_progress: Callable[[int], None] | None,
+) -> Iterator[_Outcome]:
+    """Account for each outcome in the build's report and stop at ``limit`` included trajectories."""
+    for out in outcomes:
+        if out.strings_changed:
+            report.strings_changed += out.strings_changed
+            report.trajectories_with_redactions += 1
+            report.counts.update(out.redactions)
+        if out.drop is not None:
+            report.drop(out.trajectory_id, out.drop)
+            continue
+        sel.included.append(out.trajectory_id)
+        if on_progress is not None:
+            on_progress(len(sel.included))
+        yield out
+        if len(sel.included) >= req.limit:
+            return
+
+
+def _local_outcomes(store: Store, req: BuildRequest, pf: PrivacyFilter) -> Iterator[_Outcome]:
+    # The next batch is read on a thread while this one is processed: SQLite and PostgreSQL drivers
+    # release the GIL while the database works.
+    rows = store.iter_call_rows(_effective_filter(req))
+    return _curate(store, req, pf, prefetch(_batches(_groups(rows)), depth=2))
+
+
+# --- parallel curation: worker processes for big builds of per-example formats ---------------------
+
+_PARALLEL_MIN = 2000
+"""Builds that may include fewer trajectories run in-process: starting workers costs ~1 s."""
+_PAGE = 200
+_worker: tuple[Store, BuildRequest, PrivacyFilter] | None = None
+
+
+def _worker_init(url: str, req: BuildRequest, salt: str) -> None:
+    global _worker
+    from trajforge.store import open_store
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    pf = PrivacyFilter(salt, extra_patterns=req.privacy.extra_patterns, allow=req.privacy.allow)
+    _worker = (open_store(url), req, pf)
+
+
+_Meta = tuple[str, str | None, dict[str, int], int, list[tuple[str, str, int]]]
+
+
+def _worker_page(ids: list[str]) -> tuple[list[_Meta], bytes]:
+    """Curate and convert one page of trajectories (in a worker process). Returns what the parent
+    needs per trajectory, and all the page's JSONL lines as one blob: one big bytes object crosses
+    the process boundary far cheaper than many small ones."""
+    assert _worker is not None
+    store, req, pf = _worker
+    rows = store.iter_call_rows(TrajectoryFilter(trajectory_ids=ids))
+    metas: list[_Meta] = []
+    lines: list[bytes] = []
+    for out in _curate(store, req, pf, _batches(_groups(rows))):
+        placed = []
+        for ex in out.examples:
+            task, group, line = _line(req.format, ex, check=len(lines) % _CHECK_EVERY == 0)
+            lines.append(line)
+            placed.append((task, group, len(line)))
+        metas.append((out.trajectory_id, out.drop, out.redactions, out.strings_changed, placed))
+    return metas, b"".join(lines)
+
+
+def _unpack(metas: list[_Meta], blob: bytes) -> Iterator[_Outcome]:
+    pos = 0
+    for tid, drop, redactions, changed, placed in metas:
+        lines = []
+        for task, group, n in placed:
+            lines.append((task, group, blob[pos : pos + n]))
+            pos += n
+        yield _Outcome(tid, drop, redactions=redactions, strings_changed=changed, lines=lines)
+
+
+def _parallel_outcomes(store: Store, req: BuildRequest, salt: str, workers: int) -> Iterator[_Outcome]:
+    """Outcomes in store order, curated by ``workers`` processes a page at a time. The parent only
+    lists ids and writes; the order of results never depends on which worker finished first."""
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    # fork, not spawn: spawn re-imports the caller's __main__, which breaks any script without an
+    # `if __name__ == "__main__"` guard. The children only open their own store connection and run
+    # pure Python; they never touch the parent's connections or threads.
+    ctx = multiprocessing.get_context("fork")
+    pending: deque[Any] = deque()
+    with ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_worker_init, initargs=(store.url, req, salt)
+    ) as pool:
+        try:
+            for ids in store.iter_ids(_effective_filter(req), chunk=_PAGE):
+                pending.append(pool.submit(_worker_page, ids))
+                if len(pending) > 2 * workers:
+                    yield from _unpack(*pending.popleft().result())
+            while pending:
+                yield from _unpack(*pending.popleft().result())
+        finally:
+            for f in pending:
+                f.cancel()
+
+
+def _line(fmt: str, ex: Example, check: bool = True) -> tuple[str, str, bytes]:
+    row = _CONVERTERS[fmt](ex)
+    if check:
+        problem = check_row(fmt, row)
+        if problem:
+            raise AssertionError(f"{problem}: {row}")  # a converter bug, not bad input
+    return ex.task, ex.group, orjson.dumps(row, option=_DUMP)
+
+
+_CHECK_EVERY = 16
+"""Rows are checked against their format's check function the way TRL detects formats: not every
+one (the converters are the same code for every row; the test suite checks every row of every
+format), but the first of each page and one in 16 after it."""
 
 
 _DUMP = orjson.OPT_APPEND_NEWLINE
+_CONVERTERS: dict[str, Callable[[Example], dict[str, Any]]] = {
+    "sft": to_sft,
+    "prompt_completion": to_prompt_completion,
+    "grpo": to_grpo,
+    "openai": to_openai,
+}
+
+
+def _filter_messages(pf: PrivacyFilter, messages: list[dict[str, Any]]) -> None:
+    """Filter the user content of normalized messages in place: their text, tool call arguments
+    and tool names (roles are ours, not user content)."""
+    for m in messages:
+        m["content"] = pf.text(m["content"])
+        if "tool_calls" in m:
+            m["tool_calls"] = pf.value(m["tool_calls"])
+        if "name" in m:
+            m["name"] = pf.text(m["name"])
 
 
 def _dedup_key(ex: Example) -> bytes:
     return hashlib.blake2b(orjson.dumps([ex.task, ex.prompt, ex.completion]), digest_size=16).digest()
 
 
-def _write_examples(
-    req: BuildRequest, stream: Iterator[list[Example]], files: _Files, sel: _Selection
-) -> None:
-    convert: Callable[[Example], dict[str, Any]] = {
-        "sft": to_sft,
-        "prompt_completion": to_prompt_completion,
-        "grpo": to_grpo,
-        "openai": to_openai,
-    }[req.format]
+def _write_examples(req: BuildRequest, outcomes: Iterator[_Outcome], files: _Files, sel: _Selection) -> None:
     seen: set[bytes] = set()
-    for examples in stream:
-        for ex in examples:
+    split_of = _Splitter(req.seed, req.eval_fraction)
+    n = 0
+    for out in outcomes:
+        lines = out.lines
+        if lines is None:
+            lines = [
+                _line(req.format, ex, check=(n + i) % _CHECK_EVERY == 0) for i, ex in enumerate(out.examples)
+            ]
+            n += len(lines)
+        for task, group, line in lines:
             if req.dedup:
-                key = _dedup_key(ex)
+                # Equal rows are equal bytes: orjson keeps key order, and the converters build
+                # every row the same way.
+                key = hashlib.blake2b(line, digest_size=16).digest()
                 if key in seen:
                     sel.duplicates += 1
                     continue
                 seen.add(key)
-            row = convert(ex)
-            problem = check_row(req.format, row)
-            if problem:
-                raise AssertionError(f"{problem}: {row}")  # a converter bug, not bad input
-            split = "eval" if _is_eval(req.seed, ex.group, req.eval_fraction) else "train"
-            files.write(split, ex.task, orjson.dumps(row, option=_DUMP))
-            sel.tasks[ex.task][split] += 1
+            split = split_of(group)
+            files.write(split, task, line)
+            sel.tasks[task][split] += 1
 
 
-def _write_pairs(req: BuildRequest, stream: Iterator[list[Example]], files: _Files, sel: _Selection) -> None:
+def _write_pairs(req: BuildRequest, outcomes: Iterator[_Outcome], files: _Files, sel: _Selection) -> None:
     """Preference pairs: within a group, the best completion against the worst, the second best
     against the second worst, … while their rewards differ by at least the margin."""
     groups: dict[tuple[str, str], list[Example]] = defaultdict(list)
     seen: set[bytes] = set()
-    for examples in stream:
-        for ex in examples:
+    for out in outcomes:
+        for ex in out.examples:
             if ex.reward is None:
                 continue
             if req.dedup:
@@ -733,11 +1006,11 @@ def _write_pairs(req: BuildRequest, stream: Iterator[list[Example]], files: _Fil
             sel.tasks[task][split] += 1
 
 
-def _write_art(req: BuildRequest, stream: Iterator[list[Example]], files: _Files, sel: _Selection) -> None:
+def _write_art(req: BuildRequest, outcomes: Iterator[_Outcome], files: _Files, sel: _Selection) -> None:
     scenarios: dict[tuple[str, str], list[list[Example]]] = defaultdict(list)
-    for examples in stream:
+    for out in outcomes:
         by_task: dict[str, list[Example]] = defaultdict(list)
-        for ex in examples:
+        for ex in out.examples:
             by_task[ex.task].append(ex)
         for task, exs in by_task.items():
             scenarios[(task, exs[0].group)].append(exs)
@@ -760,26 +1033,19 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _parquet(jsonl: Path) -> Path:
-    """The JSONL file's parquet twin (zstd), typed by Arrow's JSON reader, as ``datasets`` does."""
-    import pyarrow.json as pj
-    import pyarrow.parquet as pq
-
-    table = pj.read_json(jsonl, read_options=pj.ReadOptions(block_size=64 << 20))
-    out = jsonl.with_suffix(".parquet")
-    pq.write_table(table, out, compression="zstd")
-    return out
-
-
 def build(
     store: Store,
     req: BuildRequest,
     *,
     root: Path | None = None,
     on_progress: Callable[[int], None] | None = None,
+    workers: int | None = None,
 ) -> Dataset:
     """Build the dataset ``req`` describes from ``store`` into ``root`` (default
-    ``<state>/datasets``) and record it in the store. Never modifies trajectories."""
+    ``<state>/datasets``) and record it in the store. Never modifies trajectories.
+
+    Large builds of per-example formats curate in ``workers`` processes (default: 2 when the
+    machine has the cores and ``limit`` is at least 2,000); the files are the same either way."""
     root = Path(root) if root is not None else settings.datasets_dir()
     root.mkdir(parents=True, exist_ok=True)
     name = req.name or req.format
@@ -787,15 +1053,23 @@ def build(
     dataset_id = f"dataset-{new_id()}"
     tmp = root / f".{dataset_id}.tmp"
     final = root / dataset_id
-    # Every build runs the privacy filter: there is deliberately no way to turn it off.
+    # Every build runs the privacy filter: there is deliberately no way to turn it off. Its
+    # counts go to a scratch report; _accept adds each included or dropped trajectory's share.
     report = PrivacyReport()
-    pf = PrivacyFilter(store_salt(store), extra_patterns=req.privacy.extra_patterns, allow=req.privacy.allow)
-    pf.report = report
+    salt = store_salt(store)
+    pf = PrivacyFilter(salt, extra_patterns=req.privacy.extra_patterns, allow=req.privacy.allow)
     sel = _Selection()
     files = _Files(tmp, per_task=req.task is None)
     try:
         tmp.mkdir()
-        stream = _select(store, req, pf, report, sel, on_progress)
+        if workers is None:
+            can_fork = "fork" in multiprocessing.get_all_start_methods()
+            workers = min(2, os.cpu_count() or 1) if req.limit >= _PARALLEL_MIN and can_fork else 1
+        if workers > 1 and req.format in _CONVERTERS:
+            raw = _parallel_outcomes(store, req, salt, workers)
+        else:
+            raw = _local_outcomes(store, req, pf)
+        stream = _accept(raw, req, report, sel, on_progress)
         if req.format in PAIR_FORMATS:
             _write_pairs(req, stream, files, sel)
         elif req.format == "art":
@@ -803,6 +1077,7 @@ def build(
         else:
             _write_examples(req, stream, files, sel)
         files.close()
+        files.write_parquet()
         for split in ("train", "eval"):  # both files always exist, even when empty
             (tmp / f"{split}.jsonl").touch()
         if req.task is None and len(sel.tasks) < 2:
@@ -815,7 +1090,7 @@ def build(
                 path.chmod(0o444)
         tmp.rename(final)
     except BaseException:
-        files.close()
+        files.abort()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     rows = sum(manifest["counts"]["rows"].values())
@@ -859,14 +1134,11 @@ def _manifest(
     tmp: Path,
 ) -> dict[str, Any]:
     file_info: dict[str, Any] = {}
-    for rel in sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*.jsonl")):
-        path = tmp / rel
-        rows = files.rows.get(rel, 0)
-        file_info[rel] = {"rows": rows, "bytes": path.stat().st_size, "sha256": _sha256(path)}
-        if rows:
-            pq_path = _parquet(path)
-            prel = pq_path.relative_to(tmp).as_posix()
-            file_info[prel] = {"rows": rows, "bytes": pq_path.stat().st_size, "sha256": _sha256(pq_path)}
+    for path in sorted(p for p in tmp.rglob("*") if p.suffix in (".jsonl", ".parquet")):
+        rel = path.relative_to(tmp).as_posix()
+        rows = files.rows.get(rel.removesuffix(".parquet") + ".jsonl", 0)
+        digest = files.hashes[rel].hexdigest() if rel in files.hashes else _sha256(path)
+        file_info[rel] = {"rows": rows, "bytes": path.stat().st_size, "sha256": digest}
     ids = sorted(sel.included)
     ids_hash = hashlib.sha256("\n".join(ids).encode()).hexdigest()
     sources: dict[str, Any] = {"count": len(ids), "sha256": ids_hash}

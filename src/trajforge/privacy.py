@@ -139,27 +139,78 @@ _CREDENTIAL_HINTS = (
     "xox", "hf_", "Bearer",
 )  # fmt: skip
 
-# Cheap prechecks. Each full recogniser costs ~10-25 us per 300 characters in `re` (it tries every
-# position); these start with a plain character class or literal, which `re` skips through in C at
-# a fraction of that, so a text only pays for the recognisers it could possibly trigger.
-_HAS_DEC3 = re.compile(r"\d\.\d{3}")
-_HAS_13_DIGITS = re.compile(r"\d(?:[ -]?\d){12}")
-_HAS_7_DIGITS = re.compile(r"\d(?:[\s().-]{0,2}\d){6,}")
-_HAS_IPV4 = re.compile(r"\d\.\d{1,3}\.\d{1,3}\.\d")
-_HAS_IBAN = re.compile(r"[A-Z]{2}\d{2}")
-# One regex per kind of hint: an alternation whose branches start with different kinds of token
-# loses the fast prefix scan.
-_HAS_STREET = (
-    re.compile(
-        r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|"
-        r"Parkway|Pkwy|Highway|Hwy|Square|Sq|Circle|Cir|Trail|Crescent|Close|Row|Alley|Plaza|Calle|Avenida|"
-        r"Av\.|Paseo)\b"
-    ),
-    re.compile(r"(?:straße|strasse|str\.|weg|gasse|platz|allee|damm|ring)\s+\d"),
-    re.compile(r"\d,?\s+(?:rue|avenue|boulevard|bd|place|chemin|allée|impasse|quai)\s"),
+# Gating. A full recogniser costs ~10-25 us per 500 characters in `re`, which tries it at every
+# position. Instead, one scan finds the runs of digits in a text (digits with short separators
+# between them) and a few C-speed `in` tests look for the rare literals; a recogniser runs only
+# when some run or literal could start what it looks for.
+_NUM_RUN = re.compile(r"\d(?:[\d\s().,:/+-]{0,3}\d)*")
+_SEPARATORS = str.maketrans("", "", " \t\n\r\f\v().,:/+-")
+_DEC3 = re.compile(r"\.\d{3}")
+_DIGIT_BYTES = b"0123456789"
+_F_PHONE, _F_CARD, _F_IP, _F_GEO, _F_IBAN, _F_ADDRESS = 1, 2, 4, 8, 16, 32
+# A house number is followed by a capitalised street name (English) or a French street type, or
+# preceded by a German street name or a Spanish street type; both checks look at a few characters.
+_ADDRESS_AFTER = re.compile(
+    r"[A-Za-z]?(?:-\d{1,5})?,?\s+(?:[A-Z]|(?:bis|ter)\b|(?:rue|avenue|boulevard|bd|place|chemin|allée|impasse|quai)\s)"
 )
-_DIGITS = b"0123456789"
+_ADDRESS_BEFORE = re.compile(
+    r"straße|strasse|str\.|weg|gasse|platz|allee|damm|ring|calle|avenida|av\.|paseo|plaza"
+)
 _DATE_LIKE = re.compile(r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2})?|\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}")
+
+
+def _maybe_credential(s: str) -> bool:
+    """Whether ``s`` holds one of :data:`_CREDENTIAL_HINTS`. Testing each hint with ``in`` costs
+    ~6 us per 500 characters (their first letters are common); single characters are found by
+    ``memchr`` almost for free, so test those first."""
+    if "-" in s and ("sk-" in s or "xox" in s):
+        return True
+    if "_" in s and ("k_" in s or "hf_" in s or "gh" in s):
+        return True
+    return "AKIA" in s or "ASIA" in s or "AIza" in s or "Bearer" in s
+
+
+def _number_flags(s: str) -> int:
+    """Which digit-based recognisers ``s`` needs, from one scan of its digit runs."""
+    if s.isascii():
+        # No digit at all (common for model output): bytes.translate answers that in ~0.5 us,
+        # where even the cheapest regex scan costs several.
+        b = s.encode()
+        if len(b.translate(None, _DIGIT_BYTES)) == len(b):
+            return 0
+    flags = 0
+    for m in _NUM_RUN.finditer(s):
+        run = m.group()
+        digits = len(run.translate(_SEPARATORS))
+        if digits >= 7 and not _DATE_LIKE.fullmatch(run):
+            flags |= _F_PHONE
+            if digits >= 13:
+                flags |= _F_CARD
+        if "." in run:
+            if run.count(".") >= 3:
+                flags |= _F_IP
+            if _DEC3.search(run):
+                flags |= _F_GEO
+        start = m.start()
+        if start >= 2:
+            before = s[start - 1]
+            if before.isalpha():
+                pair = s[start - 2 : start]
+                if pair.isupper() and pair.isalpha():
+                    flags |= _F_IBAN
+            elif (
+                digits <= 5
+                and before.isspace()
+                and s[start - 2].isalpha()
+                # "Hauptstraße 5", "Calle Mayor 15": a street name before the number.
+                and _ADDRESS_BEFORE.search(s[max(0, start - 40) : start].lower())
+            ):
+                flags |= _F_ADDRESS
+        if digits <= 5 and _ADDRESS_AFTER.match(s, m.end()):
+            flags |= _F_ADDRESS
+    return flags
+
+
 _SECRET_WORDS = ("pass", "pwd", "secret", "key", "token")
 
 _SECRET_ASSIGN = re.compile(
@@ -400,7 +451,8 @@ class PrivacyFilter:
         self.phone_regions = tuple(phone_regions)
         self.report = PrivacyReport()
         self._cache: dict[str, tuple[str, tuple[tuple[str, int], ...]]] = {}
-        self._digits = 0  # digits in the string being filtered: most recognisers need some
+        self._flags = 0  # which digit-based recognisers the string being filtered needs
+        self._counts: Counter[str] = Counter()  # reused: one Counter per string costs ~1 us
         self._extra: list[tuple[str, re.Pattern[str]]] = []
         for label, rx in (extra_patterns or {}).items():
             if not re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", label):
@@ -420,22 +472,6 @@ class PrivacyFilter:
             reverse=True,
         )
         self._env = re.compile("|".join(re.escape(v) for v in values)) if values else None
-        self._passes: tuple[Callable[[str, Counter[str]], str], ...] = (
-            self._private_keys,
-            self._jwts,
-            self._credentials,
-            self._env_values,
-            self._secret_assignments,
-            self._geo,
-            self._emails,
-            self._cards,
-            self._ibans,
-            self._ips,
-            self._phones,
-            self._addresses,
-            self._handles,
-            self._extra_patterns,
-        )
 
     # --- public -----------------------------------------------------------------------------
 
@@ -445,12 +481,41 @@ class PrivacyFilter:
             return s
         hit = self._cache.get(s)
         if hit is None:
-            raw = s.encode("utf-8", "surrogatepass")
-            self._digits = len(raw) - len(raw.translate(None, _DIGITS))
-            counts: Counter[str] = Counter()
+            self._flags = _number_flags(s)
+            counts = self._counts
+            counts.clear()
+            flags = self._flags
+            # Each recogniser is called only when a C-speed test says it could match: a Python
+            # call per recogniser per string adds up over millions of strings.
             out = s
-            for step in self._passes:
-                out = step(out, counts)
+            if "PRIVATE KEY" in out:
+                out = self._private_keys(out, counts)
+            if "eyJ" in out:
+                out = self._jwts(out, counts)
+            out = self._credentials(out, counts)
+            if self._env is not None:
+                out = self._env_values(out, counts)
+            if "=" in out or ":" in out:
+                out = self._secret_assignments(out, counts)
+            if flags & _F_GEO or "°" in out:
+                out = self._geo(out, counts)
+            has_at = "@" in out
+            if has_at:
+                out = self._emails(out, counts)
+            if flags & _F_CARD:
+                out = self._cards(out, counts)
+            if flags & _F_IBAN:
+                out = self._ibans(out, counts)
+            if flags & _F_IP or "::" in out or out.count(":") >= 7:
+                out = self._ips(out, counts)
+            if flags & _F_PHONE:
+                out = self._phones(out, counts)
+            if flags & _F_ADDRESS:
+                out = self._addresses(out, counts)
+            if has_at and "@" in out:
+                out = self._handles(out, counts)
+            if self._extra:
+                out = self._extra_patterns(out, counts)
             hit = (out, tuple(counts.items()))
             if len(s) <= _CACHE_MAX_LEN and len(self._cache) < _CACHE_MAX:
                 self._cache[s] = hit
@@ -517,7 +582,7 @@ class PrivacyFilter:
         return self._sub(_JWT, s, counts, "jwt", lambda m: "<REDACTED:jwt>")
 
     def _credentials(self, s: str, counts: Counter[str]) -> str:
-        if not any(h in s for h in _CREDENTIAL_HINTS):
+        if not _maybe_credential(s):
             return s
 
         def repl(m: re.Match[str]) -> str | None:
@@ -550,7 +615,7 @@ class PrivacyFilter:
         return self._sub(_SECRET_ASSIGN, s, counts, "secret", repl)
 
     def _geo(self, s: str, counts: Counter[str]) -> str:
-        if (self._digits >= 8 and _HAS_DEC3.search(s)) or "°" in s:
+        if self._flags & _F_GEO or "°" in s:
 
             def pair(m: re.Match[str]) -> str | None:
                 lat, lon = float(m.group("lat")), float(m.group("lon"))
@@ -560,7 +625,7 @@ class PrivacyFilter:
                     return None
                 return "[REDACTED_GEO]"
 
-            if self._digits >= 8 and _HAS_DEC3.search(s):
+            if self._flags & _F_GEO:
                 s = self._sub(_GEO_PAIR, s, counts, "geo", pair)
             if "°" in s:
                 s = self._sub(_GEO_DMS, s, counts, "geo", lambda m: "[REDACTED_GEO]")
@@ -587,12 +652,12 @@ class PrivacyFilter:
                 return "[REDACTED_CARD]"
             return None
 
-        if self._digits < 13 or not _HAS_13_DIGITS.search(s):
+        if not self._flags & _F_CARD:
             return s
         return self._sub(_CARD, s, counts, "card", repl)
 
     def _ibans(self, s: str, counts: Counter[str]) -> str:
-        if self._digits < 8 or not _HAS_IBAN.search(s):
+        if not self._flags & _F_IBAN:
             return s
         return self._sub(
             _IBAN, s, counts, "iban", lambda m: "[REDACTED_IBAN]" if iban_ok(m.group(0)) else None
@@ -608,7 +673,7 @@ class PrivacyFilter:
                 return None
             return "[REDACTED_IP]"
 
-        if self._digits >= 4 and _HAS_IPV4.search(s):
+        if self._flags & _F_IP:
             s = self._sub(_IPV4, s, counts, "ip", repl)
         if "::" in s or s.count(":") >= 7:
             s = self._sub(_IPV6, s, counts, "ip", repl)
@@ -620,9 +685,7 @@ class PrivacyFilter:
 
         # Dates and times are the commonest runs of 7+ digits in agent text: only a run that is
         # more than a date sends the text through the phone recogniser.
-        if self._digits < 7 or not any(
-            not _DATE_LIKE.fullmatch(m.group(0)) for m in _HAS_7_DIGITS.finditer(s)
-        ):
+        if not self._flags & _F_PHONE:
             return s
         return self._sub(_PHONE, s, counts, "phone", repl)
 
@@ -648,7 +711,7 @@ class PrivacyFilter:
         return False
 
     def _addresses(self, s: str, counts: Counter[str]) -> str:
-        if self._digits < 1 or not any(rx.search(s) for rx in _HAS_STREET):
+        if not self._flags & _F_ADDRESS:
             return s
         return self._sub(_ADDRESS, s, counts, "address", lambda m: "[REDACTED_ADDRESS]")
 

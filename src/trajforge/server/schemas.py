@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, StrictBool
 
+from trajforge.store import TrajectoryFilter, build_filter
+
 # JSON numbers only: lax pydantic would take `false` or "1" for a float.
 Number = Annotated[float, Strict()]
 EpochMs = Annotated[int, Strict()]
@@ -90,13 +92,9 @@ class DeleteResult(BaseModel):
     deleted: int
 
 
-class ExportRequest(Wire):
-    format: Literal["json", "jsonl", "csv", "art", "zip", "parquet"]
-    includePrompts: StrictBool = True
-    privacyFilter: StrictBool = Field(
-        default=True,
-        description="Run the privacy filter over every user-content string (false: a raw export for your own use)",
-    )
+class FilterBody(Wire):
+    """The trajectory filters a request body can carry (export, dataset build)."""
+
     trajectoryIds: list[str] | None = Field(default=None, max_length=100_000)
     startDate: EpochMs | IsoDateTime | None = Field(default=None, description=DATE_HELP)
     endDate: EpochMs | IsoDateTime | None = Field(default=None, description=DATE_HELP)
@@ -107,6 +105,30 @@ class ExportRequest(Wire):
     agentId: str | None = None
     search: str | None = Field(default=None, max_length=512)
     isTrainingData: StrictBool | None = None
+
+    def trajectory_filter(self, **extra: Any) -> TrajectoryFilter:
+        return build_filter(
+            source=self.source,
+            status=self.status,
+            start_date=self.startDate,
+            end_date=self.endDate,
+            search=self.search,
+            scenario_id=self.scenarioId,
+            batch_id=self.batchId,
+            is_training_data=self.isTrainingData,
+            agent_id=self.agentId,
+            trajectory_ids=self.trajectoryIds,
+            **extra,
+        )
+
+
+class ExportRequest(FilterBody):
+    format: Literal["json", "jsonl", "csv", "art", "zip", "parquet"]
+    includePrompts: StrictBool = True
+    privacyFilter: StrictBool = Field(
+        default=True,
+        description="Run the privacy filter over every user-content string (false: a raw export for your own use)",
+    )
     minReward: Number | None = Field(default=None, allow_inf_nan=False)
     maxReward: Number | None = Field(default=None, allow_inf_nan=False)
     limit: int | None = Field(default=None, ge=1, le=100_000_000)
@@ -215,7 +237,7 @@ class PrivacyBody(Wire):
     )
 
 
-class DatasetBuildRequest(Wire):
+class DatasetBuildRequest(FilterBody):
     format: Literal["sft", "prompt_completion", "preference", "grpo", "openai", "openai_dpo", "art"] = "sft"
     limit: Int = Field(default=1000, ge=1, le=10_000_000, description="Most trajectories to include")
     minLlmCallsPerTrajectory: Int = Field(default=0, ge=0)
@@ -243,16 +265,6 @@ class DatasetBuildRequest(Wire):
     pairBy: Literal["prompt", "scenario"] = "prompt"
     name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
     privacy: PrivacyBody = Field(default_factory=PrivacyBody)
-    trajectoryIds: list[str] | None = Field(default=None, max_length=100_000)
-    startDate: EpochMs | IsoDateTime | None = Field(default=None, description=DATE_HELP)
-    endDate: EpochMs | IsoDateTime | None = Field(default=None, description=DATE_HELP)
-    scenarioId: str | None = None
-    batchId: str | None = None
-    source: str | None = None
-    status: Literal["active", "completed", "error", "timeout"] | None = None
-    agentId: str | None = None
-    search: str | None = Field(default=None, max_length=512)
-    isTrainingData: StrictBool | None = None
 
 
 class DatasetSummary(BaseModel):

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query, Request
 
 from trajforge import datasets
 from trajforge.server.schemas import DatasetBuildRequest, DatasetList, DatasetResult
-from trajforge.store import Store, build_filter
+from trajforge.store import Store
 
 router = APIRouter(prefix="/api/training", tags=["training"])
 
@@ -30,18 +30,7 @@ def _detail(ds: Any) -> dict[str, Any]:
 )
 def build_dataset(request: Request, body: DatasetBuildRequest) -> dict[str, Any]:
     # A sync route: FastAPI runs it on a worker thread, so a long build never blocks the loop.
-    flt = build_filter(
-        source=body.source,
-        status=body.status,
-        start_date=body.startDate,
-        end_date=body.endDate,
-        search=body.search,
-        scenario_id=body.scenarioId,
-        batch_id=body.batchId,
-        is_training_data=body.isTrainingData,
-        agent_id=body.agentId,
-        trajectory_ids=body.trajectoryIds,
-    )
+    flt = body.trajectory_filter()
     req = datasets.BuildRequest(
         format=body.format,
         limit=body.limit,

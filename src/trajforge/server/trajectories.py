@@ -167,20 +167,7 @@ def put_config(request: Request, body: LoggingConfig) -> dict[str, Any]:
     },
 )
 def export_trajectories(request: Request, body: ExportRequest) -> StreamingResponse:
-    flt = build_filter(
-        source=body.source,
-        status=body.status,
-        start_date=body.startDate,
-        end_date=body.endDate,
-        search=body.search,
-        scenario_id=body.scenarioId,
-        batch_id=body.batchId,
-        is_training_data=body.isTrainingData,
-        agent_id=body.agentId,
-        min_reward=body.minReward,
-        max_reward=body.maxReward,
-        trajectory_ids=body.trajectoryIds,
-    )
+    flt = body.trajectory_filter(min_reward=body.minReward, max_reward=body.maxReward)
     store = _store(request)
     pf = privacy.for_store(store) if body.privacyFilter else None
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

@@ -170,6 +170,10 @@ class Store(Protocol):
         when ``full`` is false)."""
         ...
 
+    def iter_ids(self, flt: TrajectoryFilter, chunk: int = 500) -> Iterator[list[str]]:
+        """Ids of the matching trajectories, newest first, a page of ``chunk`` at a time."""
+        ...
+
     def iter_json_docs(self, flt: TrajectoryFilter, chunk: int = 500) -> Iterator[bytes]:
         """Each matching trajectory as its wire JSON document, assembled by the database."""
         ...

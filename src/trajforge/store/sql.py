@@ -695,6 +695,10 @@ class SqlStore(DocumentReads, TrainingRecords):
                 return
             cursor_key = (rows[-1][4], rows[-1][0])
 
+    def iter_ids(self, flt: TrajectoryFilter, chunk: int = 500) -> Iterator[list[str]]:
+        for rows in self._pages(flt, chunk):
+            yield [r[0] for r in rows]
+
     def iter_trajectories(
         self, flt: TrajectoryFilter, chunk: int = 500, *, full: bool = True
     ) -> Iterator[Trajectory]:
