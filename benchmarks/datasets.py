@@ -26,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from generator import CALLS_PER_STEP, STEPS, Generator
 from query import analyze, build
-
 from trajforge import datasets
 from trajforge.privacy import PrivacyFilter
 from trajforge.store import TrajectoryFilter, open_store
