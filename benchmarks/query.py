@@ -151,10 +151,11 @@ def pcts(ms: list[float]) -> str:
     return f"p50 {statistics.median(s):7.1f} ms   p95 {p95:7.1f} ms   (n={len(s)})"
 
 
-def export_rate(client: httpx.Client, fmt: str, n: int) -> str:
+def export_rate(client: httpx.Client, fmt: str, n: int, private: bool = False) -> str:
     a = time.perf_counter()
     size = 0
-    with client.stream("POST", "/api/trajectories/export", json={"format": fmt}, timeout=3600) as r:
+    body = {"format": fmt, "privacyFilter": private}
+    with client.stream("POST", "/api/trajectories/export", json=body, timeout=3600) as r:
         r.raise_for_status()
         for chunk in r.iter_bytes():
             size += len(chunk)
@@ -210,8 +211,14 @@ def main() -> None:
             print(f"full-text search ({hits} hits): {pcts(searches)}")
             print(f"one full trajectory:         {pcts(detail)}")
             print(f"stats:                       {pcts(stats)}")
-            print(f"export jsonl:   {export_rate(c, 'jsonl', total)}")
-            print(f"export parquet: {export_rate(c, 'parquet', total)}")
+            print(f"export jsonl, raw:   {export_rate(c, 'jsonl', total)}")
+            print(f"export parquet, raw: {export_rate(c, 'parquet', total)}")
+            print(
+                f"export jsonl, privacy filter on (the API's default):   {export_rate(c, 'jsonl', total, True)}"
+            )
+            print(
+                f"export parquet, privacy filter on (the API's default): {export_rate(c, 'parquet', total, True)}"
+            )
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)

@@ -102,3 +102,24 @@ def test_the_api_never_imports_reward_code(client: TestClient) -> None:
     assert not [
         p for p in client.get("/openapi.json").json()["paths"] if "score" in p and "trajectories/{" not in p
     ]
+
+
+def _sse(text: str) -> list[dict]:
+    out = []
+    for block in text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if not line.startswith(":"))
+        out.append({"id": int(fields["id"]), "event": fields["event"], "data": json.loads(fields["data"])})
+    return out
+
+
+def test_event_log_streams_as_sse_and_resumes(client: TestClient) -> None:
+    for _ in range(3):
+        assert client.post("/api/training/datasets/build", json={"format": "grpo"}).status_code == 201
+    r = client.get("/api/training/events?follow=false")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = _sse(r.text)
+    assert [e["event"] for e in events] == ["dataset_built"] * 3
+    assert events[0]["data"]["datasetId"].startswith("dataset-") and events[0]["data"]["kind"] == "dataset_built"
+    resumed = _sse(client.get("/api/training/events?follow=false", headers={"Last-Event-ID": str(events[0]["id"])}).text)
+    assert [e["id"] for e in resumed] == [e["id"] for e in events[1:]]
+    assert client.get("/api/training/events?follow=false", headers={"Last-Event-ID": "abc"}).status_code == 422

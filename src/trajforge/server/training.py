@@ -1,12 +1,18 @@
-"""``/api/training``: datasets (and, as they land, jobs, models and events)."""
+"""``/api/training``: datasets and the event log (and, as they land, jobs and models)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
-from trajforge import datasets
+from trajforge import datasets, jsonutil
+from trajforge.errors import InvalidInput
 from trajforge.server.schemas import DatasetBuildRequest, DatasetList, DatasetResult
 from trajforge.store import Store
 
@@ -68,3 +74,71 @@ def get_dataset(
     request: Request, dataset_id: Annotated[str, Path(min_length=1, max_length=200)]
 ) -> dict[str, Any]:
     return {"dataset": _detail(datasets.get(_store(request), dataset_id))}
+
+
+def event_wire(e: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"seq": e.seq, "kind": e.kind, "ts": e.ts, "message": e.message}
+    for key, value in (
+        ("jobId", e.job_id),
+        ("datasetId", e.dataset_id),
+        ("modelId", e.model_id),
+        ("progress", e.progress),
+        ("phase", e.phase),
+        ("data", e.data),
+    ):
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def _last_event_id(request: Request, after: int | None) -> int:
+    if after is not None:
+        return after
+    raw = request.headers.get("last-event-id", "").strip()
+    if not raw:
+        return 0
+    if not raw.isdigit():
+        raise InvalidInput("Last-Event-ID must be an event sequence number", "Last-Event-ID")
+    return int(raw)
+
+
+async def event_stream(
+    request: Request, store: Store, after: int, job_id: str | None, follow: bool, poll_s: float = 0.5
+) -> AsyncIterator[bytes]:
+    """Server-Sent Events from the store's event log: ``id`` is the sequence number, so a client
+    that reconnects with ``Last-Event-ID`` resumes exactly after what it saw. Every process on the
+    store writes to the same log, so jobs run by another server or the CLI show up here too."""
+    last_beat = time.monotonic()
+    while True:
+        events = await run_in_threadpool(store.list_events, after=after, job_id=job_id, limit=500)
+        for e in events:
+            after = e.seq or after
+            payload = jsonutil.dumps(event_wire(e))
+            yield f"id: {e.seq}\nevent: {e.kind}\ndata: {payload}\n\n".encode()
+        if len(events) == 500:
+            continue
+        if not follow or await request.is_disconnected():
+            return
+        if time.monotonic() - last_beat > 15:
+            last_beat = time.monotonic()
+            yield b": keep-alive\n\n"
+        await asyncio.sleep(poll_s)
+
+
+@router.get(
+    "/events",
+    summary="The training event log as Server-Sent Events (resume with Last-Event-ID)",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def events(
+    request: Request,
+    after: Annotated[int | None, Query(ge=0, description="Send events after this sequence number")] = None,
+    follow: Annotated[bool, Query(description="Keep the stream open for new events")] = True,
+) -> StreamingResponse:
+    start = _last_event_id(request, after)
+    return StreamingResponse(
+        event_stream(request, _store(request), start, None, follow),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.openai_server import FakeOpenAI
+from trajforge import lm
+from trajforge.errors import InvalidInput, LMError
+
+
+def test_local_lm_batches_and_caches_greedy_answers(tiny_model_dir: Path) -> None:
+    model = lm.from_spec(f"local:{tiny_model_dir}")
+    assert isinstance(model, lm.LocalLM) and model.name == f"local:{tiny_model_dir}"
+    convs = [[{"role": "user", "content": f"question {i}"}] for i in range(5)]
+    first = model.chat_batch(convs, max_tokens=6)
+    assert len(first) == 5 and all(isinstance(t, str) for t in first)
+    assert model.calls == 5
+    again = model.chat_batch(convs, max_tokens=6)
+    assert again == first and model.calls == 5  # greedy answers come from the cache
+    # One prompt alone gets the same greedy answer as inside a left-padded batch.
+    assert model.chat(convs[2], max_tokens=6) == first[2]
+    model.chat_batch(convs[:2], temperature=0.8, max_tokens=4)
+    assert model.calls == 7  # sampled answers are never cached
+
+
+def test_bad_specs_name_the_field(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput) as err:
+        lm.from_spec(f"local:{tmp_path}")
+    assert err.value.field == "model"
+    with pytest.raises(InvalidInput):
+        lm.from_spec("bundled:gpt-5")
+    with pytest.raises(InvalidInput) as err:
+        lm.OpenAICompatibleLM(base_url="ftp://x", model="m")
+    assert err.value.field == "baseUrl"
+
+
+def test_openai_compatible_lm_retries_then_reports() -> None:
+    answers = iter(["first"])
+    with FakeOpenAI(lambda m, r: next(answers)) as server:
+        client = lm.from_spec("m1", base_url=server.base_url)
+        assert client.chat([{"role": "user", "content": "hi"}]) == "first"
+        assert server.requests[-1]["model"] == "m1" and server.requests[-1]["temperature"] == 0.0
+    dead = lm.OpenAICompatibleLM(base_url="http://127.0.0.1:9/v1", model="m", max_retries=1)
+    with pytest.raises(LMError):
+        dead.chat([{"role": "user", "content": "hi"}])
+
+
+@pytest.mark.slow
+def test_bundled_model_converts_once_and_answers(tmp_path: Path) -> None:
+    from tests.tiny_model import bundled_gguf_dir
+
+    bundled_gguf_dir()  # skips with the reason when the package is missing
+    first = lm.bundled_model_dir(cache=tmp_path)
+    assert (first / "config.json").exists() and list(first.glob("*.safetensors"))
+    stamp = (first / "config.json").stat().st_mtime_ns
+    assert lm.bundled_model_dir(cache=tmp_path) == first and (first / "config.json").stat().st_mtime_ns == stamp
+    model = lm.LocalLM(first, label="bundled:smollm2-135m")
+    reply = model.chat([{"role": "user", "content": "What is the capital of France? One word."}], max_tokens=8)
+    assert "paris" in reply.lower()
