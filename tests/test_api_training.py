@@ -119,7 +119,13 @@ def test_event_log_streams_as_sse_and_resumes(client: TestClient) -> None:
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
     events = _sse(r.text)
     assert [e["event"] for e in events] == ["dataset_built"] * 3
-    assert events[0]["data"]["datasetId"].startswith("dataset-") and events[0]["data"]["kind"] == "dataset_built"
-    resumed = _sse(client.get("/api/training/events?follow=false", headers={"Last-Event-ID": str(events[0]["id"])}).text)
+    assert (
+        events[0]["data"]["datasetId"].startswith("dataset-") and events[0]["data"]["kind"] == "dataset_built"
+    )
+    resumed = _sse(
+        client.get("/api/training/events?follow=false", headers={"Last-Event-ID": str(events[0]["id"])}).text
+    )
     assert [e["id"] for e in resumed] == [e["id"] for e in events[1:]]
-    assert client.get("/api/training/events?follow=false", headers={"Last-Event-ID": "abc"}).status_code == 422
+    assert (
+        client.get("/api/training/events?follow=false", headers={"Last-Event-ID": "abc"}).status_code == 422
+    )

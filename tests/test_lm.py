@@ -54,7 +54,11 @@ def test_bundled_model_converts_once_and_answers(tmp_path: Path) -> None:
     first = lm.bundled_model_dir(cache=tmp_path)
     assert (first / "config.json").exists() and list(first.glob("*.safetensors"))
     stamp = (first / "config.json").stat().st_mtime_ns
-    assert lm.bundled_model_dir(cache=tmp_path) == first and (first / "config.json").stat().st_mtime_ns == stamp
+    assert (
+        lm.bundled_model_dir(cache=tmp_path) == first and (first / "config.json").stat().st_mtime_ns == stamp
+    )
     model = lm.LocalLM(first, label="bundled:smollm2-135m")
-    reply = model.chat([{"role": "user", "content": "What is the capital of France? One word."}], max_tokens=8)
+    reply = model.chat(
+        [{"role": "user", "content": "What is the capital of France? One word."}], max_tokens=8
+    )
     assert "paris" in reply.lower()
