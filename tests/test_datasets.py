@@ -317,3 +317,14 @@ def test_art_groups_keep_the_independent_reward_when_a_score_is_the_reward(
             assert t["reward"] == 0.25 and t["metrics"]["reward_score"] == "ruler"
             assert t["metrics"]["independent_reward"] in (0.0, 0.5, 1.0)
             assert t["messages_and_choices"][0]["role"] == "system"
+
+
+def test_ids_and_task_names_are_filtered_too(store: Store, tmp_path: Path) -> None:
+    for t in make_support_corpus(2):
+        t.scenario_id = f"ticket-from-{t.scenario_id}@example.com"
+        t.agent_id = "bot for @shopper9"
+        store.write(WriteBatch.from_trajectory(t))
+    for fmt in ("grpo", "art"):
+        ds = _build(store, tmp_path, format=fmt, eval_fraction=0)
+        text = (Path(ds.path) / "train.jsonl").read_text() + json.dumps(ds.manifest)
+        assert "@example.com" not in text and "shopper9" not in text, fmt

@@ -790,7 +790,11 @@ def _curate(
                 _filter_messages(pf, [ex.completion])
                 if ex.tools:
                     ex.tools = pf.value(ex.tools)
+                # Ids and task names end up in rows (grpo groups, ART metadata) and file names too.
                 ex.agent_id = pf.text(ex.agent_id)
+                ex.task = pf.text(ex.task)
+                if ex.scenario_id is not None:
+                    ex.scenario_id = pf.text(ex.scenario_id)
             out = _Outcome(tid, examples=examples, strings_changed=pf.report.strings_changed - changed)
             if out.strings_changed:
                 out.redactions = {k: n - before.get(k, 0) for k, n in counts.items() if n != before.get(k, 0)}
