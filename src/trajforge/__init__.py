@@ -11,6 +11,7 @@ The public API::
 
 from __future__ import annotations
 
+from trajforge import prompts
 from trajforge.capture.openai import instrument_openai
 from trajforge.capture.recorder import Recorder, current_step, current_trajectory
 from trajforge.records import (
@@ -41,6 +42,7 @@ __all__ = [
     "current_trajectory",
     "instrument_openai",
     "open_store",
+    "prompts",
     "reward_function",
     "validate_trajectory",
 ]

@@ -42,6 +42,10 @@ PRIVACY_SALT = "TRAJFORGE_PRIVACY_SALT"
 """Salt for the privacy filter's ``@handle`` hashes. Default: a random salt created once per store and
 kept in its settings, so builds from one store map a handle to the same id."""
 
+PROMPTS_DISABLE = "TRAJFORGE_PROMPTS_DISABLE"
+"""Comma-separated tasks for which ``trajforge.prompts.get`` returns the caller's default instead of
+the optimized prompt (``*``: all tasks)."""
+
 TRUTHY = {"1", "true", "yes", "on"}
 
 
