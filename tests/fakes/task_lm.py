@@ -1,0 +1,77 @@
+"""A deterministic "task model" for optimizer tests, served through the fake OpenAI server.
+
+It answers support-desk messages with a JSON action, and answers better exactly when the prompt
+carries what it needs: it knows which action a customer intent maps to only if the system prompt
+states the mapping (``money back→REFUND``) or a demonstration earlier in the chat shows it, and it
+includes the order id in ``params`` only if the system prompt or a demonstration does. So an
+optimizer that really improves the prompt raises the score, and one that does nothing does not.
+Asked with the instruction-search proposer's system prompt, it proposes a useless and a useful
+rewrite.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from typing import Any
+
+from trajforge.optimize.common import TaskExample
+from trajforge.optimize.instruction_search import PROPOSER_SYSTEM
+
+INTENTS = {
+    "money back": "REFUND",
+    "where is": "TRACK",
+    "cancel": "CANCEL",
+    "broken": "REPLACE",
+    "manager": "ESCALATE",
+}
+PHRASES = {
+    "money back": ["I want my money back for order {o}.", "Give me my money back, order {o}!"],
+    "where is": ["Where is my package {o}?", "Hi, where is order {o}? It is late."],
+    "cancel": ["Please cancel order {o}.", "I need to cancel {o} right now."],
+    "broken": ["Order {o} arrived broken.", "The lamp in {o} is broken."],
+    "manager": ["Let me talk to a manager about {o}.", "Get me your manager, order {o}."],
+}
+BASELINE = "You are a support agent. Answer with one JSON action."
+GOOD_RULES = (
+    "Answer with one JSON action. Map the customer's intent: "
+    + ", ".join(f"{k}→{a}" for k, a in INTENTS.items())
+    + ". Always include the orderId in params."
+)
+
+
+def examples(n: int, seed: int = 0) -> list[TaskExample]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        intent = list(INTENTS)[i % len(INTENTS)]
+        order = f"A-{1000 + rng.randrange(9000)}"
+        text = rng.choice(PHRASES[intent]).format(o=order)
+        expected = json.dumps({"action": INTENTS[intent], "params": {"orderId": order}})
+        out.append(TaskExample("support_reply", ({"role": "user", "content": text},), expected, BASELINE))
+    return out
+
+
+def answer(messages: list[dict[str, Any]], request: dict[str, Any]) -> str:
+    system = next((m["content"] for m in messages if m.get("role") == "system"), "")
+    if system == PROPOSER_SYSTEM:
+        return json.dumps({"instructions": ["Be polite and helpful.", GOOD_RULES]})
+    known: dict[str, str] = {k: a for k, a in INTENTS.items() if f"{k}→{a}" in system}
+    with_order = "orderId" in system
+    # Demonstrations: a user turn followed by an assistant turn, before the last user message.
+    for prev, nxt in zip(messages[:-2], messages[1:-1], strict=True):
+        if prev.get("role") == "user" and nxt.get("role") == "assistant":
+            for k in INTENTS:
+                if k in prev["content"].lower():
+                    try:
+                        known[k] = json.loads(nxt["content"])["action"]
+                        with_order = with_order or "orderId" in nxt["content"]
+                    except (ValueError, KeyError, TypeError):
+                        pass
+    text = messages[-1]["content"]
+    intent = next((k for k in INTENTS if k in text.lower()), None)
+    action = known.get(intent, "REPLY") if intent else "REPLY"
+    order = re.search(r"A-\d+", text)
+    params = {"orderId": order.group(0)} if with_order and order else {}
+    return json.dumps({"action": action, "params": params})
