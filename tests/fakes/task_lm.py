@@ -11,6 +11,7 @@ rewrite.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import re
@@ -60,7 +61,7 @@ def answer(messages: list[dict[str, Any]], request: dict[str, Any]) -> str:
     known: dict[str, str] = {k: a for k, a in INTENTS.items() if f"{k}→{a}" in system}
     with_order = "orderId" in system
     # Demonstrations: a user turn followed by an assistant turn, before the last user message.
-    for prev, nxt in zip(messages[:-2], messages[1:-1], strict=True):
+    for prev, nxt in itertools.pairwise(messages[:-1]):
         if prev.get("role") == "user" and nxt.get("role") == "assistant":
             for k in INTENTS:
                 if k in prev["content"].lower():
