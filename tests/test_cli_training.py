@@ -86,3 +86,47 @@ def test_judge_command(tmp_path: Path) -> None:
     with FakeOpenAI(answer) as server:
         r = run("judge", "--db", db, "--base-url", server.base_url, "--model", "judge-1")
     assert r.exit_code == 0 and "9 trajectories scored in 3 groups, 0 failed" in r.output, r.output
+
+
+def test_jobs_and_prompts_commands(tmp_path: Path) -> None:
+    from tests.fakes import task_lm
+    from trajforge.records import LlmCall, Step, Trajectory
+
+    db = str(tmp_path / "j.db")
+    store = open_store(db)
+    for i, ex in enumerate(task_lm.examples(30)):
+        t = Trajectory(
+            status="completed", start_time=1_700_000_000_000 + i, scenario_id=f"s{i}", total_reward=1.0
+        )
+        step = Step()
+        step.llm_calls.append(
+            LlmCall(
+                system_prompt=ex.system,
+                user_prompt=ex.input[0]["content"],
+                response=ex.expected,
+                action_type="support_reply",
+            )
+        )
+        t.steps.append(step)
+        store.write(WriteBatch.from_trajectory(t))
+    store.close()
+    with FakeOpenAI(task_lm.answer) as server:
+        r = run(
+            "jobs", "start", "--db", db, "--model", "task", "--base-url", server.base_url, "--iterations", "3"
+        )
+    assert r.exit_code == 0, r.output
+    assert "support_reply: 0.000 →" in r.output and "promoted" in r.output
+    store = open_store(db)
+    job_id = store.list_jobs()[0].id
+    store.close()
+    assert json.loads(run("jobs", "show", job_id, "--db", db).output)["status"] == "completed"
+    assert "job_completed" in run("jobs", "logs", job_id, "--db", db).output
+    assert run("jobs", "list", "--db", db).exit_code == 0
+    r = run("jobs", "cancel", job_id, "--db", db)
+    assert r.exit_code == 2 and "already ended" in r.output
+    r = run("jobs", "start", "--db", db, "--backend", "cuda", "--no-wait")
+    assert r.exit_code == 2 and "--backend" in r.output
+    assert json.loads(run("prompts", "show", "support_reply").output)["version"] == 1
+    assert "support_reply" in run("prompts", "list").output
+    r = run("prompts", "rollback", "support_reply")
+    assert r.exit_code == 2 and "no earlier promoted prompt" in r.output

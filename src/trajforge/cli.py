@@ -31,6 +31,10 @@ app.add_typer(trajectories_app, name="trajectories")
 datasets_app = typer.Typer(help="Build and inspect training dataset snapshots.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(datasets_app, name="datasets")
+jobs_app = typer.Typer(help="Queue, watch and cancel training jobs.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+prompts_app = typer.Typer(help="Optimized prompt artifacts per task.", no_args_is_help=True)
+app.add_typer(prompts_app, name="prompts")
 console = Console()
 err = Console(stderr=True)
 
@@ -62,6 +66,11 @@ FLAG_NAMES = {
     "baseUrl": "--base-url",
     "model": "--model",
     "id": "ID",
+    "backend": "--backend",
+    "optimizer": "--optimizer",
+    "datasetId": "--dataset",
+    "task": "--task",
+    "version": "--version",
 }
 
 
@@ -403,6 +412,9 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port")] = 2138,
     db: DbOption = None,
+    run_jobs: Annotated[
+        bool, typer.Option("--jobs/--no-jobs", help="Run queued training jobs in this server (default)")
+    ] = True,
 ) -> None:
     """Run the HTTP API over the store (refuses a non-loopback address without TRAJFORGE_API_TOKEN)."""
     import uvicorn
@@ -416,7 +428,7 @@ def serve(
         )
         raise typer.Exit(2)
     try:
-        application = create_app(db)
+        application = create_app(db, run_jobs=run_jobs)
     except TrajforgeError as exc:
         fail(exc)
         return
@@ -695,6 +707,229 @@ def datasets_show(
         sys.stdout.write(jsonutil.dumps(ds.manifest) + "\n")
     else:
         _print_dataset(ds)
+
+
+@jobs_app.command("start")
+def jobs_start(
+    backend: Annotated[
+        str, typer.Option("--backend", help="native (prompt optimization); cpu, cuda, mlx")
+    ] = "native",
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", help="Dataset id (default: build one first)")
+    ] = None,
+    optimizer: Annotated[
+        str | None, typer.Option("--optimizer", help="bootstrap-fewshot (default) or instruction-search")
+    ] = None,
+    task: Annotated[str | None, typer.Option("--task", help="Only this task")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="bundled:smollm2-135m (default), local:<dir>, or a served model name"),
+    ] = None,
+    base_url: Annotated[
+        str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint of --model")
+    ] = None,
+    iterations: Annotated[int | None, typer.Option("--iterations", min=1, help="Trials or rounds")] = None,
+    max_trajectories: Annotated[
+        int | None, typer.Option("--max-trajectories", min=1, help="Cap when building")
+    ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option("--wait/--no-wait", help="Run it here and follow progress (default), or only queue it"),
+    ] = True,
+    db: DbOption = None,
+) -> None:
+    """Queue a training job; with --wait (default) run it here with a progress bar."""
+    from trajforge import jobs
+
+    request = {
+        k: v
+        for k, v in {
+            "backend": backend,
+            "datasetId": dataset,
+            "optimizer": optimizer,
+            "task": task,
+            "model": model,
+            "baseUrl": base_url,
+            "iterations": iterations,
+            "maxTrajectories": max_trajectories,
+        }.items()
+        if v is not None
+    }
+    with store_at(db) as store:
+        job = jobs.submit(store, request)
+        console.print(f"queued [bold]{job.id}[/bold]")
+        if not wait:
+            return
+        runner = jobs.JobRunner(store.url).start()
+        try:
+            final = _follow(store, job.id)
+        finally:
+            runner.stop()
+    if final.status != "completed":
+        err.print(f"[red]job {final.status}:[/red] {final.error or ''}")
+        raise typer.Exit(1)
+    for art in (final.output or {}).get("artifacts", []):
+        if "version" in art:
+            state = "promoted" if art["promoted"] else "kept, not promoted"
+            console.print(
+                f"  {art['task']}: {art['baselineScore']:.3f} → {art['score']:.3f} (v{art['version']}, {state})"
+            )
+        else:
+            console.print(f"  {art['task']}: skipped ({art.get('skipped')})")
+
+
+def _follow(store: Store, job_id: str) -> Any:
+    """Show a job's progress from its events until it ends; returns the final job."""
+    import time
+
+    from trajforge import jobs
+
+    seq = 0
+    with _progress() as progress:
+        bar = progress.add_task(job_id, total=1.0)
+        while True:
+            for e in store.list_events(after=seq, job_id=job_id):
+                seq = e.seq or seq
+                if e.progress is not None:
+                    progress.update(bar, completed=e.progress)
+                progress.console.print(f"[dim]{e.kind}[/dim] {e.message}")
+            job = jobs.get(store, job_id)
+            if job.status in ("completed", "failed", "cancelled"):
+                progress.update(bar, completed=job.progress)
+                return job
+            time.sleep(0.3)
+
+
+@jobs_app.command("list")
+def jobs_list(
+    status: Annotated[
+        str | None, typer.Option("--status", help="pending, running, completed, failed, cancelled")
+    ] = None,
+    db: DbOption = None,
+) -> None:
+    """List training jobs, newest first."""
+    with store_at(db) as store:
+        items = store.list_jobs(status)
+    table = Table(title=f"{len(items)} jobs")
+    for col in ("id", "backend", "status", "phase", "progress", "created", "error"):
+        table.add_column(col, overflow="fold", no_wrap=col == "id")
+    for j in items:
+        table.add_row(
+            j.id, j.backend, j.status, j.phase or "", f"{j.progress:.0%}", iso_ms(j.created_at), j.error or ""
+        )
+    console.print(table)
+
+
+@jobs_app.command("show")
+def jobs_show(
+    job_id: Annotated[str, typer.Argument(metavar="ID", help="Job id")], db: DbOption = None
+) -> None:
+    """Show one job as JSON."""
+    from trajforge import jobs, jsonutil
+
+    with store_at(db) as store:
+        sys.stdout.write(jsonutil.dumps(jobs.wire(jobs.get(store, job_id))) + "\n")
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(
+    job_id: Annotated[str, typer.Argument(metavar="ID", help="Job id")], db: DbOption = None
+) -> None:
+    """Cancel a pending job, or ask the runner of a running one to stop it."""
+    from trajforge import jobs
+
+    with store_at(db) as store:
+        job = jobs.cancel(store, job_id)
+    console.print(f"{job.id}: {job.status}{' (stop requested)' if job.cancel_requested else ''}")
+
+
+@jobs_app.command("logs")
+def jobs_logs(
+    job_id: Annotated[str, typer.Argument(metavar="ID", help="Job id")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep following until the job ends")] = False,
+    db: DbOption = None,
+) -> None:
+    """Print a job's events (and follow them with --follow)."""
+    from trajforge import jobs
+
+    with store_at(db) as store:
+        jobs.get(store, job_id)
+        if follow:
+            _follow(store, job_id)
+            return
+        for e in store.list_events(job_id=job_id, limit=100_000):
+            console.print(f"{iso_ms(e.ts)} {e.kind} {e.message}")
+
+
+@jobs_app.command("worker")
+def jobs_worker(
+    db: DbOption = None,
+    parallel: Annotated[int, typer.Option("--parallel", min=1, max=16, help="Jobs at once")] = 1,
+) -> None:
+    """Run queued jobs from the store until interrupted (for setups without `trajforge serve`)."""
+    import time
+
+    from trajforge import jobs
+
+    url = db or settings.database_url()
+    runner = jobs.JobRunner(url, max_parallel=parallel).start()
+    err.print(f"running jobs from {url} (Ctrl-C to stop)")
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        runner.stop()
+
+
+@prompts_app.command("list")
+def prompts_list() -> None:
+    """Tasks with optimized prompts: versions, current version, score."""
+    from trajforge.optimize import artifacts
+
+    table = Table(title="optimized prompts")
+    for col in ("task", "current", "score", "versions"):
+        table.add_column(col, overflow="fold")
+    for t in artifacts.tasks():
+        score = "" if t["score"] is None else f"{t['score']:.3f}"
+        table.add_row(t["task"], str(t["current"] or ""), score, ", ".join(map(str, t["versions"])))
+    console.print(table)
+
+
+@prompts_app.command("show")
+def prompts_show(
+    task: Annotated[str, typer.Argument(help="Task name")],
+    version: Annotated[
+        int | None, typer.Option("--version", help="A version (default: the current one)")
+    ] = None,
+) -> None:
+    """Print a task's prompt artifact as JSON."""
+    from trajforge import jsonutil
+    from trajforge.errors import NotFound
+    from trajforge.optimize import artifacts
+
+    try:
+        art = artifacts.load(task, version) if version is not None else artifacts.current(task)
+        if art is None:
+            raise NotFound(f"task {task!r} has no current prompt", "task")
+    except TrajforgeError as exc:
+        fail(exc)
+        return
+    sys.stdout.write(jsonutil.dumps(art.to_wire()) + "\n")
+
+
+@prompts_app.command("rollback")
+def prompts_rollback(task: Annotated[str, typer.Argument(help="Task name")]) -> None:
+    """Make the previous promoted version of a task's prompt current again."""
+    from trajforge.optimize import artifacts
+
+    try:
+        art = artifacts.rollback(task)
+    except TrajforgeError as exc:
+        fail(exc)
+        return
+    console.print(f"{task}: current is v{art.version} again")
 
 
 def main() -> None:

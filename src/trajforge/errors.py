@@ -39,6 +39,13 @@ class Unauthorized(TrajforgeError):
     code = "unauthorized"
 
 
+class Unavailable(TrajforgeError):
+    """What was asked for cannot run on this machine (a backend, an optimizer not built yet)."""
+
+    status = 400
+    code = "unavailable"
+
+
 class NotFound(TrajforgeError):
     """The thing asked for does not exist."""
 

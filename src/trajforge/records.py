@@ -204,6 +204,36 @@ class Dataset:
     created_at: int = field(default_factory=now_ms)
 
 
+JobStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
+JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
+JOB_FINISHED = ("completed", "failed", "cancelled")
+
+
+@dataclass(slots=True)
+class Job:
+    """A training job: queued in the store, run in a subprocess of whichever runner claims it."""
+
+    id: str = field(default_factory=lambda: f"job-{new_id()}")
+    kind: str = "native"
+    backend: str = "native"
+    status: str = "pending"
+    phase: str | None = None
+    progress: float = 0.0
+    request: dict[str, Any] = field(default_factory=dict)
+    dataset_id: str | None = None
+    created_at: int = field(default_factory=now_ms)
+    started_at: int | None = None
+    finished_at: int | None = None
+    error: str | None = None
+    exit_code: int | None = None
+    log_path: str | None = None
+    output: dict[str, Any] | None = None
+    pid: int | None = None
+    host: str | None = None
+    cancel_requested: bool = False
+    heartbeat_at: int | None = None
+
+
 @dataclass(slots=True)
 class JobEvent:
     """Something that happened in the training loop, in the order the store numbered it (``seq``)."""

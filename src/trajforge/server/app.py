@@ -96,11 +96,13 @@ def create_app(
     token: str | None = None,
     sweep_interval_s: float = 60.0,
     max_ingest_bytes: int = 32 * 1024 * 1024,
+    run_jobs: bool = False,
 ) -> FastAPI:
     """Build the app over ``store`` (a Store, a URL, or the configured default).
 
     ``token`` (default ``$TRAJFORGE_API_TOKEN``) makes every ``/api/`` route require
-    ``Authorization: Bearer <token>``.
+    ``Authorization: Bearer <token>``. ``run_jobs`` starts a job runner with the app (``trajforge
+    serve`` does); without one, queued jobs wait for a runner elsewhere on the same store.
     """
     owns_store = store is None or isinstance(store, str)
     the_store: Store = open_store(store) if store is None or isinstance(store, str) else store
@@ -117,9 +119,16 @@ def create_app(
                 await asyncio.sleep(sweep_interval_s)
 
         task = asyncio.create_task(sweeper())
+        runner = None
+        if run_jobs:
+            from trajforge.jobs import JobRunner
+
+            runner = await run_in_threadpool(lambda: JobRunner(the_store.url).start())
         try:
             yield
         finally:
+            if runner is not None:
+                await run_in_threadpool(runner.stop)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

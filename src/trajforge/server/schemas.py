@@ -293,3 +293,49 @@ class DatasetResult(BaseModel):
 
 class DatasetList(BaseModel):
     datasets: list[DatasetSummary]
+
+
+class JobRequest(Wire):
+    backend: Literal["native", "cpu", "cuda", "mlx"] = "native"
+    datasetId: str | None = Field(default=None, min_length=1, max_length=200)
+    optimizer: str | None = Field(default=None, min_length=1, max_length=100)
+    task: str | None = Field(default=None, min_length=1, max_length=200)
+    model: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=500,
+        description="bundled:smollm2-135m (default), local:<dir>, or a model at baseUrl / TRAJFORGE_LM_BASE_URL",
+    )
+    baseUrl: str | None = Field(default=None, min_length=1, max_length=500)
+    iterations: Int | None = Field(default=None, ge=1, le=1000)
+    batchSize: Int | None = Field(default=None, ge=1, le=1024)
+    learningRate: Number | None = Field(default=None, gt=0, lt=1, allow_inf_nan=False)
+    maxTrajectories: Int | None = Field(default=None, ge=1, le=10_000_000)
+    seed: Int | None = Field(default=None, ge=0, le=2**31)
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: str
+    backend: str
+    status: str
+    phase: str | None
+    progress: float
+    request: dict[str, Any]
+    datasetId: str | None
+    createdAt: int
+    startedAt: int | None
+    finishedAt: int | None
+    error: str | None
+    exitCode: int | None
+    logPath: str | None
+    output: dict[str, Any] | None
+    cancelRequested: bool
+
+
+class JobResult(BaseModel):
+    job: JobOut
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]

@@ -11,9 +11,17 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from trajforge import datasets, jsonutil
+from trajforge import datasets, jobs, jsonutil
 from trajforge.errors import InvalidInput
-from trajforge.server.schemas import DatasetBuildRequest, DatasetList, DatasetResult
+from trajforge.records import JOB_STATUSES
+from trajforge.server.schemas import (
+    DatasetBuildRequest,
+    DatasetList,
+    DatasetResult,
+    JobList,
+    JobRequest,
+    JobResult,
+)
 from trajforge.store import Store
 
 router = APIRouter(prefix="/api/training", tags=["training"])
@@ -142,3 +150,75 @@ async def events(
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+@router.post("/jobs", status_code=201, response_model=JobResult, summary="Queue a training job")
+def start_job(request: Request, body: JobRequest) -> dict[str, Any]:
+    job = jobs.submit(_store(request), body.model_dump(exclude_none=True))
+    return {"job": jobs.wire(job)}
+
+
+@router.get("/jobs", response_model=JobList, summary="Training jobs, newest first")
+def list_jobs(
+    request: Request,
+    status: Annotated[str | None, Query(description=", ".join(JOB_STATUSES))] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    if status is not None and status not in JOB_STATUSES:
+        raise InvalidInput(f"status must be one of {', '.join(JOB_STATUSES)}", "status")
+    return {"jobs": [jobs.wire(j) for j in _store(request).list_jobs(status, limit, offset)]}
+
+
+@router.get("/jobs/{job_id}", response_model=JobResult, summary="One training job")
+def get_job(request: Request, job_id: Annotated[str, Path(min_length=1, max_length=200)]) -> dict[str, Any]:
+    return {"job": jobs.wire(jobs.get(_store(request), job_id))}
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobResult, summary="Cancel a pending or running job")
+def cancel_job(
+    request: Request, job_id: Annotated[str, Path(min_length=1, max_length=200)]
+) -> dict[str, Any]:
+    return {"job": jobs.wire(jobs.cancel(_store(request), job_id))}
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    summary="One job's events as Server-Sent Events (resume with Last-Event-ID)",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def job_events(
+    request: Request,
+    job_id: Annotated[str, Path(min_length=1, max_length=200)],
+    after: Annotated[int | None, Query(ge=0)] = None,
+    follow: Annotated[bool, Query(description="Keep the stream open until the job ends")] = True,
+) -> StreamingResponse:
+    store = _store(request)
+    await run_in_threadpool(jobs.get, store, job_id)
+    return StreamingResponse(
+        event_stream(request, store, _last_event_id(request, after), job_id, follow),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get("/backends", summary="Which training backends work on this machine, and why not")
+def get_backends() -> dict[str, Any]:
+    return {"backends": jobs.backends()}
+
+
+@router.get("/status", summary="Training status: jobs by status, datasets, trajectories")
+def training_status(request: Request) -> dict[str, Any]:
+    from trajforge.store import TrajectoryFilter
+
+    store = _store(request)
+    recent = store.list_jobs(limit=1000)
+    counts = {s: sum(1 for j in recent if j.status == s) for s in JOB_STATUSES}
+    return {
+        "trajectoryCount": store.count(TrajectoryFilter()),
+        "datasetCount": len(store.list_datasets(limit=1000)),
+        "jobs": counts,
+        "running": [jobs.wire(j) for j in recent if j.status == "running"],
+        "backends": jobs.backends(),
+    }

@@ -12,6 +12,7 @@ from trajforge.records import (
     MAX_TIME_MS,
     TRAJECTORY_STATUSES,
     Dataset,
+    Job,
     JobEvent,
     Score,
     Trajectory,
@@ -211,6 +212,22 @@ class Store(Protocol):
     def list_datasets(self, limit: int = 100, offset: int = 0) -> list[Dataset]: ...
 
     def latest_dataset(self, name: str) -> Dataset | None: ...
+
+    def add_job(self, job: Job) -> None: ...
+
+    def get_job(self, job_id: str) -> Job | None: ...
+
+    def list_jobs(self, status: str | None = None, limit: int = 100, offset: int = 0) -> list[Job]: ...
+
+    def claim_job(self, host: str, now: int) -> Job | None:
+        """Take the oldest pending job, atomically across runners."""
+        ...
+
+    def update_job(self, job_id: str, **fields: Any) -> None: ...
+
+    def finish_job(self, job_id: str, status: str, now: int, **fields: Any) -> bool:
+        """End a pending or running job; False when it had already ended."""
+        ...
 
     def add_event(self, event: JobEvent) -> int:
         """Append to the training event log; returns the event's sequence number."""

@@ -224,4 +224,33 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX ix_events_job ON events (job_id, seq)",
         ),
     ),
+    Migration(
+        "0004_jobs",
+        common=(
+            # The job queue: every runner (server or CLI) claims pending jobs from here, so they all
+            # see the same jobs; PostgreSQL runners claim with FOR UPDATE SKIP LOCKED.
+            """CREATE TABLE jobs (
+                id TEXT PRIMARY KEY,
+                kind TEXT NOT NULL,
+                backend TEXT NOT NULL,
+                status TEXT NOT NULL,
+                phase TEXT,
+                progress {REAL} NOT NULL DEFAULT 0,
+                request TEXT NOT NULL,
+                dataset_id TEXT,
+                created_at {BIGINT} NOT NULL,
+                started_at {BIGINT},
+                finished_at {BIGINT},
+                error TEXT,
+                exit_code INTEGER,
+                log_path TEXT,
+                output TEXT,
+                pid INTEGER,
+                host TEXT,
+                cancel_requested {BOOL} NOT NULL DEFAULT FALSE,
+                heartbeat_at {BIGINT}
+            )""",
+            "CREATE INDEX ix_jobs_status ON jobs (status, created_at)",
+        ),
+    ),
 )

@@ -51,6 +51,7 @@ def split_url(url: str) -> tuple[str, str | None]:
 
 
 class PostgresStore(SqlStore):
+    claim_lock = " FOR UPDATE SKIP LOCKED"
     """Safe with many concurrent writers on several hosts: every write is one transaction whose
     upserts touch rows in a fixed order, and deadlocks or serialization failures are retried."""
 

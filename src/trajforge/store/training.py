@@ -10,14 +10,100 @@ from collections.abc import Sequence
 from typing import Any
 
 from trajforge import jsonutil
-from trajforge.records import Dataset, JobEvent
+from trajforge.records import Dataset, Job, JobEvent
 
 _DATASET_COLS = "id, name, version, parent, format, path, trajectory_count, row_count, manifest, created_at"
+_JOB_COLS = (
+    "id, kind, backend, status, phase, progress, request, dataset_id, created_at, started_at, finished_at, "
+    "error, exit_code, log_path, output, pid, host, cancel_requested, heartbeat_at"
+)
+_JOB_UPDATABLE = frozenset(
+    [
+        "status",
+        "phase",
+        "progress",
+        "dataset_id",
+        "started_at",
+        "finished_at",
+        "error",
+        "exit_code",
+        "log_path",
+        "output",
+        "pid",
+        "host",
+        "cancel_requested",
+        "heartbeat_at",
+    ]
+)
 _EVENT_COLS = "seq, kind, ts, message, job_id, dataset_id, model_id, progress, phase, data"
 
 
 class TrainingRecords:
     """Uses the store's ``_ex``, ``_read_tx`` and ``_write_tx``."""
+
+    # How a claim locks the row it takes: PostgreSQL lets concurrent runners skip each other's
+    # rows; SQLite has one writer at a time (BEGIN IMMEDIATE), which is the lock.
+    claim_lock = ""
+
+    # --- jobs ----------------------------------------------------------------------------------
+
+    def add_job(self, job: Job) -> None:
+        with self._write_tx() as cur:  # type: ignore[attr-defined]
+            self._ex(cur, f"INSERT INTO jobs ({_JOB_COLS}) VALUES ({','.join('?' * 19)})", _job_row(job))  # type: ignore[attr-defined]
+
+    def get_job(self, job_id: str) -> Job | None:
+        with self._read_tx() as cur:  # type: ignore[attr-defined]
+            row = self._ex(cur, f"SELECT {_JOB_COLS} FROM jobs WHERE id = ?", [job_id]).fetchone()  # type: ignore[attr-defined]
+        return None if row is None else _job(row)
+
+    def list_jobs(self, status: str | None = None, limit: int = 100, offset: int = 0) -> list[Job]:
+        sql = f"SELECT {_JOB_COLS} FROM jobs"
+        params: list[Any] = []
+        if status is not None:
+            sql += " WHERE status = ?"
+            params.append(status)
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
+        params += [limit, offset]
+        with self._read_tx() as cur:  # type: ignore[attr-defined]
+            return [_job(r) for r in self._ex(cur, sql, params).fetchall()]  # type: ignore[attr-defined]
+
+    def claim_job(self, host: str, now: int) -> Job | None:
+        """Take the oldest pending job (atomically: two runners never take the same one)."""
+        with self._write_tx() as cur:  # type: ignore[attr-defined]
+            row = self._ex(  # type: ignore[attr-defined]
+                cur,
+                "UPDATE jobs SET status = 'running', started_at = ?, heartbeat_at = ?, host = ? "
+                "WHERE id = (SELECT id FROM jobs WHERE status = 'pending' ORDER BY created_at, id LIMIT 1"
+                f"{self.claim_lock}) AND status = 'pending' RETURNING {_JOB_COLS}",
+                [now, now, host],
+            ).fetchone()
+        return None if row is None else _job(row)
+
+    def update_job(self, job_id: str, **fields: Any) -> None:
+        unknown = set(fields) - _JOB_UPDATABLE
+        if unknown:
+            raise ValueError(f"not job columns: {sorted(unknown)}")
+        if not fields:
+            return
+        values = [jsonutil.dumps(v) if k == "output" and v is not None else v for k, v in fields.items()]
+        with self._write_tx() as cur:  # type: ignore[attr-defined]
+            self._ex(  # type: ignore[attr-defined]
+                cur,
+                f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?",
+                [*values, job_id],
+            )
+
+    def finish_job(self, job_id: str, status: str, now: int, **fields: Any) -> bool:
+        """Move a job that is still pending or running to a final status; False if it had ended."""
+        values = [jsonutil.dumps(v) if k == "output" and v is not None else v for k, v in fields.items()]
+        sets = "".join(f", {k} = ?" for k in fields if k in _JOB_UPDATABLE)
+        with self._write_tx() as cur:  # type: ignore[attr-defined]
+            cur = self._ex(  # type: ignore[attr-defined]
+                cur,
+                f"UPDATE jobs SET status = ?, finished_at = ?{sets} WHERE id = ? AND status IN ('pending', 'running')",
+                [status, now, *values, job_id],
+            )
+            return bool(cur.rowcount)
 
     def add_dataset(self, ds: Dataset) -> None:
         with self._write_tx() as cur:  # type: ignore[attr-defined]
@@ -137,4 +223,52 @@ def _event(r: Sequence[Any]) -> JobEvent:
         progress=r[7],
         phase=r[8],
         data=None if r[9] is None else jsonutil.loads(r[9]),
+    )
+
+
+def _job_row(j: Job) -> list[Any]:
+    return [
+        j.id,
+        j.kind,
+        j.backend,
+        j.status,
+        j.phase,
+        j.progress,
+        jsonutil.dumps(j.request),
+        j.dataset_id,
+        j.created_at,
+        j.started_at,
+        j.finished_at,
+        j.error,
+        j.exit_code,
+        j.log_path,
+        None if j.output is None else jsonutil.dumps(j.output),
+        j.pid,
+        j.host,
+        j.cancel_requested,
+        j.heartbeat_at,
+    ]
+
+
+def _job(r: Sequence[Any]) -> Job:
+    return Job(
+        id=r[0],
+        kind=r[1],
+        backend=r[2],
+        status=r[3],
+        phase=r[4],
+        progress=float(r[5] or 0),
+        request=jsonutil.loads(r[6]),
+        dataset_id=r[7],
+        created_at=int(r[8]),
+        started_at=r[9],
+        finished_at=r[10],
+        error=r[11],
+        exit_code=r[12],
+        log_path=r[13],
+        output=None if r[14] is None else jsonutil.loads(r[14]),
+        pid=r[15],
+        host=r[16],
+        cancel_requested=bool(r[17]),
+        heartbeat_at=r[18],
     )

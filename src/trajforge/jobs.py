@@ -1,0 +1,345 @@
+"""Training jobs: a queue in the store, one subprocess per job, events, cancel and recovery.
+
+* :func:`submit` validates a request and queues a job (``pending``).
+* A :class:`JobRunner` (started by ``trajforge serve``, or ``trajforge jobs worker``) claims
+  pending jobs from the store — atomically, so several runners on one PostgreSQL never take the
+  same job — and runs each as ``python -m trajforge.jobs <id> --db <url>``, a process of its own, so
+  a crash or a cancel never takes the server down. It heartbeats its jobs, turns a cancel request
+  into SIGTERM and, after a grace period, SIGKILL, and ends the job ``cancelled``.
+* The job process reports progress as ``job_progress`` events and job columns, and ends its job
+  ``completed`` (with its output) or ``failed`` (with the error).
+* On start a runner marks jobs left ``running`` by a dead process ``failed`` (``interrupted``).
+
+Job state and events live in the store, so the CLI, the API and a second server see the same jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trajforge import settings
+from trajforge.errors import Conflict, InvalidInput, NotFound, Unavailable
+from trajforge.records import JOB_FINISHED, Job, JobEvent, now_ms
+from trajforge.store.base import Store
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("native", "cpu", "cuda", "mlx")
+HEARTBEAT_S = 5.0
+STALE_S = 60.0
+"""A running job whose runner has not heartbeated for this long is considered orphaned."""
+
+
+def backends() -> dict[str, dict[str, Any]]:
+    """Which backends work on this machine, and why the others do not."""
+    out: dict[str, dict[str, Any]] = {
+        "native": {"available": True, "reason": "prompt optimization: needs only a model to call"},
+    }
+    for name in ("cpu", "cuda", "mlx"):
+        out[name] = {
+            "available": False,
+            "reason": "LoRA fine-tuning backends are not built yet (issue 6); use the native backend",
+        }
+    return out
+
+
+def submit(store: Store, request: dict[str, Any]) -> Job:
+    """Queue a job for ``request`` (the API body, camelCase). Unavailable backends, unknown
+    optimizers and datasets that do not exist are refused here, before anything is queued."""
+    backend = request.get("backend") or "native"
+    if backend not in BACKENDS:
+        raise InvalidInput(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}", "backend")
+    status = backends()[backend]
+    if not status["available"]:
+        raise Unavailable(
+            f"the {backend} backend is not available on this machine: {status['reason']}", "backend"
+        )
+    from trajforge.optimize.native import check_optimizer
+
+    request = {**request, "backend": backend, "optimizer": check_optimizer(request.get("optimizer"))}
+    dataset_id = request.get("datasetId")
+    if dataset_id is not None and store.get_dataset(dataset_id) is None:
+        raise NotFound(f"no dataset {dataset_id!r}", "datasetId")
+    job = Job(kind="native", backend=backend, request=request, dataset_id=dataset_id)
+    store.add_job(job)
+    return job
+
+
+def get(store: Store, job_id: str) -> Job:
+    job = store.get_job(job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id!r}", "id")
+    return job
+
+
+def cancel(store: Store, job_id: str) -> Job:
+    """Ask for a job to stop: a pending job ends ``cancelled`` now; a running one is stopped by its
+    runner (SIGTERM, then SIGKILL). Cancelling a finished job is a conflict."""
+    job = get(store, job_id)
+    if job.status in JOB_FINISHED:
+        raise Conflict(f"job {job_id} has already ended ({job.status})", "id")
+    if job.status == "pending" and store.finish_job(
+        job_id, "cancelled", now_ms(), error="cancelled before it started"
+    ):
+        store.add_event(JobEvent("job_cancelled", "cancelled before it started", job_id=job_id))
+    else:
+        store.update_job(job_id, cancel_requested=True)
+    return get(store, job_id)
+
+
+def wire(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "backend": job.backend,
+        "status": job.status,
+        "phase": job.phase,
+        "progress": job.progress,
+        "request": job.request,
+        "datasetId": job.dataset_id,
+        "createdAt": job.created_at,
+        "startedAt": job.started_at,
+        "finishedAt": job.finished_at,
+        "error": job.error,
+        "exitCode": job.exit_code,
+        "logPath": job.log_path,
+        "output": job.output,
+        "cancelRequested": job.cancel_requested,
+    }
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class _Running:
+    job_id: str
+    proc: subprocess.Popen[bytes]
+    log: Any
+    term_sent_at: float | None = None
+
+
+@dataclass
+class JobRunner:
+    """Claims and runs jobs from ``store_url`` until :meth:`stop`. ``max_parallel`` jobs at once
+    (training on a laptop CPU wants 1)."""
+
+    store_url: str
+    max_parallel: int = 1
+    poll_s: float = 0.5
+    grace_s: float = 10.0
+    home: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    host: str = field(default_factory=socket.gethostname)
+
+    def __post_init__(self) -> None:
+        from trajforge.store import open_store
+
+        self._store = open_store(self.store_url)
+        self._running: dict[str, _Running] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._beat = 0.0
+
+    def start(self) -> JobRunner:
+        self.recover()
+        self._thread = threading.Thread(target=self._loop, name="trajforge-jobs", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop claiming; jobs still running are cancelled (a server going down takes its jobs)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        for r in list(self._running.values()):
+            self._terminate(r, hard=False)
+        deadline = time.monotonic() + self.grace_s
+        for r in list(self._running.values()):
+            try:
+                r.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                r.proc.kill()
+                r.proc.wait()
+            self._finalize(r, "cancelled", "the runner stopped")
+        self._store.close()
+
+    def recover(self) -> int:
+        """Fail jobs left ``running`` by a process that is gone: on this host when its pid is dead,
+        anywhere when its runner stopped heartbeating. Returns how many."""
+        n = 0
+        now = now_ms()
+        for job in self._store.list_jobs(status="running", limit=1000):
+            if job.id in self._running:
+                continue
+            local_dead = job.host == self.host and not _pid_alive(job.pid)
+            stale = (now - (job.heartbeat_at or job.started_at or 0)) > STALE_S * 1000
+            if (local_dead or stale) and self._store.finish_job(
+                job.id, "failed", now, error="interrupted: its process ended without finishing the job"
+            ):
+                self._store.add_event(JobEvent("job_failed", "interrupted", job_id=job.id))
+                n += 1
+        return n
+
+    def run_once(self) -> None:
+        """One pass: reap finished processes, act on cancels, heartbeat, claim new jobs."""
+        for r in list(self._running.values()):
+            code = r.proc.poll()
+            if code is not None:
+                self._finalize(r, None, None)
+                continue
+            job = self._store.get_job(r.job_id)
+            if job is not None and job.cancel_requested:
+                if r.term_sent_at is None:
+                    self._terminate(r, hard=False)
+                elif time.monotonic() - r.term_sent_at > self.grace_s:
+                    self._terminate(r, hard=True)
+        if time.monotonic() - self._beat > HEARTBEAT_S:
+            self._beat = time.monotonic()
+            for job_id in self._running:
+                self._store.update_job(job_id, heartbeat_at=now_ms())
+        while len(self._running) < self.max_parallel and not self._stop.is_set():
+            job = self._store.claim_job(self.host, now_ms())
+            if job is None:
+                break
+            self._spawn(job)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("job runner pass failed")
+            self._stop.wait(self.poll_s)
+
+    def _spawn(self, job: Job) -> None:
+        logs = (self.home or settings.home()) / "jobs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log_path = logs / f"{job.id}.log"
+        fh = open(log_path, "ab")  # noqa: SIM115 - closed when the job is finalized
+        env = {**os.environ, **self.env}
+        if self.home is not None:
+            env[settings.HOME] = str(self.home)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "trajforge.jobs", job.id, "--db", self.store_url],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # signals reach the job, not the server
+        )
+        self._store.update_job(job.id, pid=proc.pid, log_path=str(log_path))
+        self._running[job.id] = _Running(job.id, proc, fh)
+
+    def _terminate(self, r: _Running, *, hard: bool) -> None:
+        try:
+            os.killpg(r.proc.pid, signal.SIGKILL if hard else signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        if r.term_sent_at is None:
+            r.term_sent_at = time.monotonic()
+
+    def _finalize(self, r: _Running, status: str | None, error: str | None) -> None:
+        """The job's process has exited: record how, unless the job already recorded its end."""
+        self._running.pop(r.job_id, None)
+        r.log.close()
+        code = r.proc.returncode
+        job = self._store.get_job(r.job_id)
+        if job is None:
+            return
+        self._store.update_job(r.job_id, exit_code=code)
+        if job.status in JOB_FINISHED:
+            return
+        if status is None:
+            status = "cancelled" if job.cancel_requested else "failed"
+            error = "cancelled" if job.cancel_requested else f"the job process exited with code {code}"
+        if self._store.finish_job(r.job_id, status, now_ms(), error=error):
+            kind = "job_cancelled" if status == "cancelled" else "job_failed"
+            self._store.add_event(JobEvent(kind, error or status, job_id=r.job_id))
+
+
+# --- the job process ---------------------------------------------------------------------------------
+
+
+class _Cancelled(BaseException):
+    """Raised in the job process by SIGTERM."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Cancelled()
+
+
+def execute(store: Store, job: Job, home: Path | None = None) -> int:
+    """Run ``job`` in this process, recording progress, events and the outcome. Returns the exit code."""
+    from trajforge.optimize import native
+
+    last = [0.0]
+
+    def report(progress: float, phase: str, message: str) -> None:
+        store.update_job(job.id, progress=round(progress, 4), phase=phase)
+        now = time.monotonic()
+        if now - last[0] > 0.2 or progress >= 1.0:  # events at most 5/s: a log, not a firehose
+            last[0] = now
+            store.add_event(JobEvent("job_progress", message, job_id=job.id, progress=progress, phase=phase))
+        print(f"[{progress:6.1%}] {phase}: {message}", flush=True)
+
+    store.add_event(JobEvent("job_started", f"{job.backend} job started", job_id=job.id, phase="start"))
+    try:
+        output = native.run(store, job, report, home)
+    except _Cancelled:
+        if store.finish_job(job.id, "cancelled", now_ms(), error="cancelled"):
+            store.add_event(JobEvent("job_cancelled", "cancelled", job_id=job.id))
+        return 130
+    except Exception as exc:
+        log.exception("job %s failed", job.id)
+        message = f"{type(exc).__name__}: {exc}"
+        if store.finish_job(job.id, "failed", now_ms(), error=message):
+            store.add_event(JobEvent("job_failed", message, job_id=job.id))
+        return 1
+    if store.finish_job(job.id, "completed", now_ms(), output=output, progress=1.0, phase="done"):
+        store.add_event(JobEvent("job_completed", "completed", job_id=job.id, progress=1.0, data=output))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from trajforge.store import open_store
+
+    parser = argparse.ArgumentParser(prog="python -m trajforge.jobs", description="Run one queued job.")
+    parser.add_argument("job_id")
+    parser.add_argument("--db", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    store = open_store(args.db)
+    try:
+        job = store.get_job(args.job_id)
+        if job is None:
+            print(f"no job {args.job_id}", file=sys.stderr)
+            return 2
+        return execute(store, job)
+    finally:
+        store.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

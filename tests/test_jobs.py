@@ -1,0 +1,222 @@
+"""The job queue, runner and native jobs, through the real ASGI app with a runner that spawns real
+job processes, against a deterministic task model on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+import trajforge
+from tests.fakes import task_lm
+from tests.fakes.openai_server import FakeOpenAI
+from trajforge import jobs
+from trajforge.errors import InvalidInput, NotFound, Unavailable
+from trajforge.records import Job, LlmCall, Step, Trajectory, WriteBatch, now_ms
+from trajforge.server import create_app
+from trajforge.store import Store
+
+pytestmark = pytest.mark.slow
+
+
+def _fill(store: Store, n: int = 30) -> None:
+    for i, ex in enumerate(task_lm.examples(n)):
+        t = Trajectory(
+            agent_id="bot",
+            status="completed",
+            start_time=1_700_000_000_000 + i,
+            scenario_id=f"s{i}",
+            total_reward=1.0,
+        )
+        step = Step()
+        step.llm_calls.append(
+            LlmCall(
+                system_prompt=ex.system,
+                user_prompt=ex.input[0]["content"],
+                response=ex.expected,
+                action_type="support_reply",
+            )
+        )
+        t.steps.append(step)
+        store.write(WriteBatch.from_trajectory(t))
+
+
+def _wait(client: TestClient, job_id: str, until: tuple[str, ...], timeout: float = 90) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/training/jobs/{job_id}").json()["job"]
+        if job["status"] in until:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not reach {until}: {job}")
+
+
+@pytest.fixture
+def fake_lm() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(task_lm.answer) as server:
+        yield server
+
+
+@pytest.fixture
+def client(store: Store) -> Iterator[TestClient]:
+    _fill(store)
+    with TestClient(create_app(store, run_jobs=True)) as c:
+        yield c
+
+
+def test_a_native_job_runs_end_to_end(client: TestClient, fake_lm: FakeOpenAI, store: Store) -> None:
+    r = client.post(
+        "/api/training/jobs",
+        json={
+            "backend": "native",
+            "optimizer": "bootstrap-fewshot",
+            "model": "task",
+            "baseUrl": fake_lm.base_url,
+        },
+    )
+    assert r.status_code == 201, r.text
+    job = _wait(client, r.json()["job"]["id"], ("completed", "failed"))
+    assert job["status"] == "completed", job
+    deadline = time.monotonic() + 10
+    while job["exitCode"] is None and time.monotonic() < deadline:  # the runner reaps the process next
+        time.sleep(0.1)
+        job = client.get(f"/api/training/jobs/{job['id']}").json()["job"]
+    assert job["progress"] == 1.0 and job["exitCode"] == 0 and job["datasetId"]
+    [art] = job["output"]["artifacts"]
+    assert art["task"] == "support_reply" and art["promoted"] and art["score"] > art["baselineScore"]
+    prompt = trajforge.prompts.get("support_reply", "default")
+    assert prompt.version == art["version"] and prompt.demos
+    events = client.get(f"/api/training/jobs/{job['id']}/events?follow=false").text
+    kinds = [line.split(": ", 1)[1] for line in events.splitlines() if line.startswith("event: ")]
+    assert kinds[0] == "job_started" and kinds[-1] == "job_completed" and "job_progress" in kinds
+    assert Path(job["logPath"]).read_text().count("optimize") > 0
+    listed = client.get("/api/training/jobs").json()["jobs"]
+    assert [j["id"] for j in listed] == [job["id"]]
+    status = client.get("/api/training/status").json()
+    assert status["jobs"]["completed"] == 1 and status["trajectoryCount"] == 30
+    assert client.post(f"/api/training/jobs/{job['id']}/cancel").status_code == 409
+
+
+def test_cancel_stops_a_running_job(client: TestClient) -> None:
+    def slow(messages: list[dict], request: dict) -> str:
+        time.sleep(0.3)
+        return task_lm.answer(messages, request)
+
+    with FakeOpenAI(slow) as server:
+        job_id = client.post(
+            "/api/training/jobs", json={"model": "task", "baseUrl": server.base_url, "iterations": 50}
+        ).json()["job"]["id"]
+        running = _wait(client, job_id, ("running",))
+        assert running["status"] == "running"
+        time.sleep(1.0)
+        pid = client.app.state.store.get_job(job_id).pid  # type: ignore[attr-defined]
+        assert client.post(f"/api/training/jobs/{job_id}/cancel").json()["job"]["cancelRequested"]
+        job = _wait(client, job_id, ("cancelled", "failed", "completed"), timeout=30)
+    assert job["status"] == "cancelled", job
+    time.sleep(0.2)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_a_killed_job_process_fails_the_job(client: TestClient) -> None:
+    def slow(messages: list[dict], request: dict) -> str:
+        time.sleep(0.3)
+        return task_lm.answer(messages, request)
+
+    with FakeOpenAI(slow) as server:
+        job_id = client.post("/api/training/jobs", json={"model": "task", "baseUrl": server.base_url}).json()[
+            "job"
+        ]["id"]
+        _wait(client, job_id, ("running",))
+        deadline = time.monotonic() + 20
+        while (pid := client.app.state.store.get_job(job_id).pid) is None and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+        job = _wait(client, job_id, ("failed", "cancelled", "completed"), timeout=30)
+    assert (
+        job["status"] == "failed"
+        and job["exitCode"] == -signal.SIGKILL
+        and "exited with code" in job["error"]
+    )
+
+
+def test_submit_validates_before_queueing(store: Store) -> None:
+    with pytest.raises(Unavailable) as err:
+        jobs.submit(store, {"backend": "cpu"})
+    assert err.value.field == "backend" and err.value.status == 400 and "not built yet" in err.value.message
+    with pytest.raises(InvalidInput):
+        jobs.submit(store, {"backend": "tpu"})
+    with pytest.raises(Unavailable):
+        jobs.submit(store, {"optimizer": "mipro"})
+    with pytest.raises(InvalidInput):
+        jobs.submit(store, {"optimizer": "magic"})
+    with pytest.raises(NotFound):
+        jobs.submit(store, {"datasetId": "dataset-nope"})
+    assert store.list_jobs() == []
+    pending = jobs.submit(store, {})
+    assert jobs.cancel(store, pending.id).status == "cancelled"
+    assert [e.kind for e in store.list_events(job_id=pending.id)] == ["job_cancelled"]
+
+
+def test_runner_fails_jobs_left_running_by_a_dead_process(store: Store) -> None:
+    dead = Job(
+        status="running",
+        host=socket.gethostname(),
+        pid=2**22 + 12345,
+        started_at=now_ms(),
+        heartbeat_at=now_ms(),
+    )
+    stale = Job(
+        status="running",
+        host="another-host",
+        pid=1,
+        started_at=now_ms() - 3_600_000,
+        heartbeat_at=now_ms() - 3_600_000,
+    )
+    alive = Job(status="running", host="another-host", pid=1, started_at=now_ms(), heartbeat_at=now_ms())
+    for j in (dead, stale, alive):
+        store.add_job(j)
+    runner = jobs.JobRunner(store.url)
+    try:
+        assert runner.recover() == 2
+    finally:
+        runner.stop()
+    got = {j.id: j for j in store.list_jobs()}
+    assert got[dead.id].status == "failed" and "interrupted" in (got[dead.id].error or "")
+    assert got[stale.id].status == "failed" and got[alive.id].status == "running"
+
+
+def test_concurrent_claims_never_take_a_job_twice(store: Store) -> None:
+    for _ in range(12):
+        store.add_job(Job())
+    taken: list[str] = []
+    lock = threading.Lock()
+
+    def claim() -> None:
+        while (job := store.claim_job("h", now_ms())) is not None:
+            with lock:
+                taken.append(job.id)
+
+    threads = [threading.Thread(target=claim) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(taken) == 12 and len(set(taken)) == 12
+    assert all(j.status == "running" for j in store.list_jobs())
+
+
+def test_api_refuses_unavailable_backends_with_400(client: TestClient) -> None:
+    r = client.post("/api/training/jobs", json={"backend": "cuda"})
+    assert r.status_code == 400 and r.json()["error"]["field"] == "backend"
+    assert client.post("/api/training/jobs", json={"backend": "native", "iterations": 0}).status_code == 422
+    backends = client.get("/api/training/backends").json()["backends"]
+    assert backends["native"]["available"] and not backends["cpu"]["available"] and backends["cpu"]["reason"]
