@@ -154,8 +154,6 @@ def test_submit_validates_before_queueing(store: Store) -> None:
     assert err.value.field == "backend" and err.value.status == 400 and "not built yet" in err.value.message
     with pytest.raises(InvalidInput):
         jobs.submit(store, {"backend": "tpu"})
-    with pytest.raises(Unavailable):
-        jobs.submit(store, {"optimizer": "mipro"})
     with pytest.raises(InvalidInput):
         jobs.submit(store, {"optimizer": "magic"})
     with pytest.raises(NotFound):

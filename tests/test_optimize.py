@@ -119,3 +119,25 @@ def test_examples_come_from_a_dataset_snapshot(store: Store, tmp_path: Path) -> 
     ex = got["support_reply"][0]
     assert ex.system == task_lm.BASELINE and parse_action(ex.expected)["action"] in task_lm.INTENTS.values()
     assert json.loads(ex.expected)["params"]["orderId"] in ex.input[0]["content"]
+
+
+def test_mipro_finds_a_better_instruction_and_demo_pair(fake_lm: OpenAICompatibleLM) -> None:
+    from trajforge.optimize import mipro
+
+    train, holdout = split(task_lm.examples(40), 0.3)
+    result = mipro.optimize(fake_lm, train, holdout, task_lm.BASELINE, action_match, trials=10, minibatch=6)
+    assert result.baseline_score == 0.0 and result.best_score >= 0.9, result
+    assert result.lineage["instructions"] == 3 and result.lineage["demoSets"] == 5
+
+
+def test_prompt_evolution_runs_gepa_with_our_adapter() -> None:
+    from trajforge.optimize import prompt_evolution
+
+    with FakeOpenAI(task_lm.answer_with_reflection) as server:
+        lm = OpenAICompatibleLM(base_url=server.base_url, model="task")
+        train, holdout = split(task_lm.examples(30), 0.3)
+        result = prompt_evolution.optimize(
+            lm, train, holdout, task_lm.BASELINE, action_match, max_metric_calls=60
+        )
+    assert result.baseline_score == 0.0 and result.best_score >= 0.8, result
+    assert "→" in result.best.instruction and result.lineage["candidates"] >= 2

@@ -76,3 +76,20 @@ def answer(messages: list[dict[str, Any]], request: dict[str, Any]) -> str:
     order = re.search(r"A-\d+", text)
     params = {"orderId": order.group(0)} if with_order and order else {}
     return json.dumps({"action": action, "params": params})
+
+
+def answer_with_reflection(messages: list[dict[str, Any]], request: dict[str, Any]) -> str:
+    """``answer``, plus GEPA's reflection prompt: the rewrite it proposes adds the mapping the
+    feedback in the prompt names (``the right action is 'REFUND'``) and the order-id rule."""
+    text = messages[-1]["content"] if messages else ""
+    if "I provided an assistant with the following instructions" in text:
+        # What the current instruction already maps, plus what this round's feedback names.
+        learned = set(re.findall(r"the right action is '(\w+)'", text))
+        learned |= {a for k, a in INTENTS.items() if f"{k}→{a}" in text}
+        rules = [f"{k}→{a}" for k, a in INTENTS.items() if a in learned]
+        return (
+            "```\nAnswer with one JSON action. Map the customer's intent: "
+            + ", ".join(rules)
+            + ". Always include the orderId in params.\n```"
+        )
+    return answer(messages, request)

@@ -27,7 +27,7 @@ from trajforge.optimize.common import (
 NAME = "bootstrap-fewshot"
 
 
-def _draw(pool: Sequence[TaskExample], k: int, rng: random.Random) -> list[TaskExample]:
+def draw_demos(pool: Sequence[TaskExample], k: int, rng: random.Random) -> list[TaskExample]:
     """``k`` demos, preferring different expected answers (different actions for JSON actions)."""
     by_answer: dict[str, list[TaskExample]] = {}
     for ex in pool:
@@ -44,6 +44,19 @@ def _draw(pool: Sequence[TaskExample], k: int, rng: random.Random) -> list[TaskE
                 picked.append(bucket.pop(rng.randrange(len(bucket))))
     rng.shuffle(picked)
     return picked
+
+
+def bootstrapped(
+    lm: CountingLM, base: Candidate, examples: Sequence[TaskExample], metric: Metric
+) -> list[TaskExample]:
+    """The model's own answers that the metric scores perfect, as demonstrations (DSPy's
+    "bootstrapped" demos show the model its own successful format)."""
+    scores, outputs = evaluate(lm, base, examples, metric)
+    return [
+        TaskExample(ex.task, ex.input, out, ex.system)
+        for ex, s, out in zip(examples, scores, outputs, strict=True)
+        if s >= 1.0
+    ]
 
 
 def optimize(
@@ -66,17 +79,11 @@ def optimize(
     base = Candidate(baseline)
     base_hold, _ = evaluate(counted, base, holdout, metric)
     progress(0.1, f"baseline holdout score {mean(base_hold):.3f}")
-    # Bootstrapped demos: the model's own perfect answers on training inputs.
-    scores, outputs = evaluate(counted, base, pool_src, metric)
-    boot = [
-        TaskExample(ex.task, ex.input, out, ex.system)
-        for ex, s, out in zip(pool_src, scores, outputs, strict=True)
-        if s >= 1.0
-    ]
+    boot = bootstrapped(counted, base, pool_src, metric)
     pool = pool_src + boot
     best, best_val = base, mean(evaluate(counted, base, val, metric)[0])
     for t in range(trials):
-        cand = Candidate(baseline, _draw(pool, k, random.Random(rng.random())))
+        cand = Candidate(baseline, draw_demos(pool, k, random.Random(rng.random())))
         score = mean(evaluate(counted, cand, val, metric)[0])
         if score > best_val:
             best, best_val = cand, score

@@ -54,6 +54,24 @@ def parse_instructions(text: str) -> list[str]:
     return [n.strip() for n in numbered if n.strip()]
 
 
+def propose(
+    lm: LM, instruction: str, failures: Sequence[tuple[TaskExample, str]], n: int, temperature: float = 0.0
+) -> list[str]:
+    """Up to ``n`` rewrites of ``instruction`` from a proposer LM shown the ``failures``
+    (example, what came back). Raises LMError when the proposer cannot be reached."""
+    ask = (
+        f"Current instruction:\n{instruction}\n\nCases it got wrong:\n\n"
+        + "\n\n".join(_render_case(ex, out) for ex, out in failures)
+        + f"\n\nWrite {n} improved instructions."
+    )
+    reply = lm.chat(
+        [{"role": "system", "content": PROPOSER_SYSTEM}, {"role": "user", "content": ask}],
+        temperature=temperature,
+        max_tokens=600,
+    )
+    return parse_instructions(reply)[:n]
+
+
 def optimize(
     lm: LM,
     train: Sequence[TaskExample],
@@ -69,7 +87,7 @@ def optimize(
     on_progress: Callable[[float, str], None] | None = None,
 ) -> OptimizeResult:
     counted = CountingLM(lm)
-    propose = CountingLM(proposer) if proposer is not None else counted
+    propose_lm = CountingLM(proposer) if proposer is not None else counted
     rng = random.Random(seed)
     progress = on_progress or (lambda p, m: None)
     val = list(train)
@@ -84,21 +102,14 @@ def optimize(
             progress(1.0, "every validation example is right: stopping early")
             break
         shown = rng.sample(failures, min(failures_shown, len(failures)))
-        ask = (
-            f"Current instruction:\n{best.instruction}\n\nCases it got wrong:\n\n"
-            + "\n\n".join(_render_case(ex, out) for ex, out in shown)
-            + f"\n\nWrite {candidates} improved instructions."
-        )
         try:
-            reply = propose.chat(
-                [{"role": "system", "content": PROPOSER_SYSTEM}, {"role": "user", "content": ask}],
-                temperature=0.7 if r else 0.0,
-                max_tokens=600,
+            proposals = propose(
+                propose_lm, best.instruction, shown, candidates, temperature=0.7 if r else 0.0
             )
         except LMError as exc:
             progress((r + 1) / rounds, f"round {r + 1}: the proposer failed ({exc.message})")
             continue
-        for text in parse_instructions(reply)[:candidates]:
+        for text in proposals:
             if text in tried:
                 continue
             tried.add(text)
@@ -115,7 +126,7 @@ def optimize(
         best_score=mean(best_hold),
         holdout_scores=best_hold,
         baseline_holdout_scores=base_hold,
-        lm_calls=counted.calls + (propose.calls if propose is not counted else 0),
+        lm_calls=counted.calls + (propose_lm.calls if propose_lm is not counted else 0),
         lineage={
             "rounds": rounds,
             "candidatesPerRound": candidates,
