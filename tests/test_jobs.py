@@ -218,3 +218,32 @@ def test_api_refuses_unavailable_backends_with_400(client: TestClient) -> None:
     assert client.post("/api/training/jobs", json={"backend": "native", "iterations": 0}).status_code == 422
     backends = client.get("/api/training/backends").json()["backends"]
     assert backends["native"]["available"] and not backends["cpu"]["available"] and backends["cpu"]["reason"]
+
+
+def test_auto_training_fires_in_a_running_server(
+    store: Store, fake_lm: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trajforge import autotrain
+
+    monkeypatch.setenv("TRAJFORGE_LM_BASE_URL", fake_lm.base_url)
+    monkeypatch.setenv("TRAJFORGE_LM_MODEL", "task")
+    autotrain.set_config(store, {"threshold": 20, "cooldownHours": 12})
+    _fill(store, 30)
+    with TestClient(create_app(store, run_jobs=True)) as client:
+        # The runner's start-up bootstrap: 30 ≥ 20 and no prompt yet.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            listed = client.get("/api/training/jobs").json()["jobs"]
+            if listed and listed[0]["status"] in ("completed", "failed"):
+                break
+            time.sleep(0.3)
+        assert listed and listed[0]["status"] == "completed", listed
+        assert listed[0]["request"]["autotrain"] == "30 new trajectories"
+        assert trajforge.prompts.get("support_reply", "d").version == 1
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the next check settles the counter
+            tasks = {t["task"]: t for t in client.get("/api/training/auto/status").json()["tasks"]}
+            if tasks["support_reply"]["pendingJobId"] is None:
+                break
+            time.sleep(0.3)
+        assert tasks["support_reply"]["completedSinceLastRun"] == 0 and tasks["support_reply"]["lastRunAt"]

@@ -150,6 +150,9 @@ class JobRunner:
     home: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
     host: str = field(default_factory=socket.gethostname)
+    autotrain: bool = True
+    """Also start auto-training jobs when tasks are due (see :mod:`trajforge.autotrain`)."""
+    autotrain_every_s: float = 10.0
 
     def __post_init__(self) -> None:
         from trajforge.store import open_store
@@ -159,9 +162,18 @@ class JobRunner:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._beat = 0.0
+        self._autotrain_at = 0.0
 
     def start(self) -> JobRunner:
         self.recover()
+        if self.autotrain:
+            from trajforge import autotrain
+
+            try:
+                autotrain.check(self._store, bootstrap=autotrain.bootstrap_allowed(), home=self.home)
+            except Exception:
+                log.exception("auto-training bootstrap failed")
+            self._autotrain_at = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name="trajforge-jobs", daemon=True)
         self._thread.start()
         return self
@@ -217,6 +229,11 @@ class JobRunner:
             self._beat = time.monotonic()
             for job_id in self._running:
                 self._store.update_job(job_id, heartbeat_at=now_ms())
+        if self.autotrain and time.monotonic() - self._autotrain_at > self.autotrain_every_s:
+            from trajforge import autotrain
+
+            self._autotrain_at = time.monotonic()
+            autotrain.check(self._store, home=self.home)
         while len(self._running) < self.max_parallel and not self._stop.is_set():
             job = self._store.claim_job(self.host, now_ms())
             if job is None:

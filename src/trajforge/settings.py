@@ -46,6 +46,10 @@ PROMPTS_DISABLE = "TRAJFORGE_PROMPTS_DISABLE"
 """Comma-separated tasks for which ``trajforge.prompts.get`` returns the caller's default instead of
 the optimized prompt (``*``: all tasks)."""
 
+DISABLE_AUTO_BOOTSTRAP = "TRAJFORGE_DISABLE_AUTO_BOOTSTRAP"
+"""``1``: a job runner starting up does not optimize tasks that reached their auto-training threshold
+but have no optimized prompt yet."""
+
 TRUTHY = {"1", "true", "yes", "on"}
 
 

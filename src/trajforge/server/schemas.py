@@ -339,3 +339,7 @@ class JobResult(BaseModel):
 
 class JobList(BaseModel):
     jobs: list[JobOut]
+
+
+class AutoTrigger(Wire):
+    task: str | None = Field(default=None, min_length=1, max_length=200)

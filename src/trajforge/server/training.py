@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Body, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -15,6 +15,7 @@ from trajforge import datasets, jobs, jsonutil
 from trajforge.errors import InvalidInput
 from trajforge.records import JOB_STATUSES
 from trajforge.server.schemas import (
+    AutoTrigger,
     DatasetBuildRequest,
     DatasetList,
     DatasetResult,
@@ -222,3 +223,34 @@ def training_status(request: Request) -> dict[str, Any]:
         "running": [jobs.wire(j) for j in recent if j.status == "running"],
         "backends": jobs.backends(),
     }
+
+
+@router.get("/auto/config", summary="Auto-training settings")
+def get_auto_config(request: Request) -> dict[str, Any]:
+    from trajforge import autotrain
+
+    return autotrain.get_config(_store(request))
+
+
+@router.put("/auto/config", summary="Change auto-training settings (validated; partial bodies keep defaults)")
+def put_auto_config(request: Request, body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+    from trajforge import autotrain
+
+    return autotrain.set_config(_store(request), body)
+
+
+@router.get(
+    "/auto/status", summary="Per task: trajectories since the last run, threshold, cooldown, pending job"
+)
+def get_auto_status(request: Request) -> dict[str, Any]:
+    from trajforge import autotrain
+
+    return autotrain.status(_store(request))
+
+
+@router.post("/auto/trigger", summary="Start auto-training now for one task, or every counted task")
+def post_auto_trigger(request: Request, body: Annotated[AutoTrigger | None, Body()] = None) -> dict[str, Any]:
+    from trajforge import autotrain
+
+    started = autotrain.trigger(_store(request), body.task if body else None)
+    return {"jobs": [jobs.wire(j) for j in started]}

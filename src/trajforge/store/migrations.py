@@ -253,4 +253,21 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX ix_jobs_status ON jobs (status, created_at)",
         ),
     ),
+    Migration(
+        "0005_task_counters",
+        common=(
+            # Auto-training: completed trajectories per task, counted by every write that completes
+            # one (SDK, HTTP ingest, import), and the trigger's state per task.
+            """CREATE TABLE task_counters (
+                task TEXT PRIMARY KEY,
+                completed {BIGINT} NOT NULL DEFAULT 0,
+                updated_at {BIGINT} NOT NULL,
+                last_trigger_at {BIGINT},
+                pending_job_id TEXT,
+                count_at_trigger {BIGINT},
+                last_run_at {BIGINT},
+                last_job_id TEXT
+            )""",
+        ),
+    ),
 )

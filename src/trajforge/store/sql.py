@@ -550,6 +550,8 @@ class SqlStore(DocumentReads, TrainingRecords):
         )
         self._upsert_scores(cur, p.scores)
         result.scores = len(p.scores)
+        if result.completed:
+            self._count_tasks(cur, result.completed, now)
         return result
 
     def _upsert_scores(self, cur: Any, scores: Sequence[Score]) -> None:

@@ -35,6 +35,17 @@ _JOB_UPDATABLE = frozenset(
         "heartbeat_at",
     ]
 )
+_COUNTER_KEYS = (
+    "task",
+    "completed",
+    "updated_at",
+    "last_trigger_at",
+    "pending_job_id",
+    "count_at_trigger",
+    "last_run_at",
+    "last_job_id",
+)
+_COUNTER_COLS = ", ".join(_COUNTER_KEYS)
 _EVENT_COLS = "seq, kind, ts, message, job_id, dataset_id, model_id, progress, phase, data"
 
 
@@ -44,6 +55,62 @@ class TrainingRecords:
     # How a claim locks the row it takes: PostgreSQL lets concurrent runners skip each other's
     # rows; SQLite has one writer at a time (BEGIN IMMEDIATE), which is the lock.
     claim_lock = ""
+
+    # --- auto-training counters ----------------------------------------------------------------
+
+    def _count_tasks(self, cur: Any, trajectory_ids: Sequence[str], now: int) -> None:
+        """Add the trajectories that just completed to their tasks' counters (in the write's own
+        transaction, so a count is never lost or doubled). A trajectory counts once per task it
+        has LLM calls for; a call's task is its action type, else its purpose."""
+        rows = self._select_in(  # type: ignore[attr-defined]
+            cur,
+            "SELECT DISTINCT trajectory_id, COALESCE(NULLIF(action_type, ''), NULLIF(purpose, ''), 'other') "
+            "FROM llm_calls WHERE trajectory_id IN ({marks})",
+            trajectory_ids,
+        )
+        counts: dict[str, int] = {}
+        for _tid, task in rows:
+            counts[task] = counts.get(task, 0) + 1
+        self._exmany(  # type: ignore[attr-defined]
+            cur,
+            "INSERT INTO task_counters (task, completed, updated_at) VALUES (?,?,?) ON CONFLICT (task) "
+            "DO UPDATE SET completed = task_counters.completed + excluded.completed, updated_at = excluded.updated_at",
+            [(task, n, now) for task, n in sorted(counts.items())],
+        )
+
+    def task_counters(self) -> list[dict[str, Any]]:
+        with self._read_tx() as cur:  # type: ignore[attr-defined]
+            rows = self._ex(cur, f"SELECT {_COUNTER_COLS} FROM task_counters ORDER BY task").fetchall()  # type: ignore[attr-defined]
+        return [dict(zip(_COUNTER_KEYS, r, strict=True)) for r in rows]
+
+    def claim_task_trigger(self, task: str, job_id: str, now: int) -> bool:
+        """Mark ``task`` as having a job on its way, unless one already is (several servers may
+        check at once: exactly one wins)."""
+        with self._write_tx() as cur:  # type: ignore[attr-defined]
+            cur = self._ex(  # type: ignore[attr-defined]
+                cur,
+                "UPDATE task_counters SET pending_job_id = ?, count_at_trigger = completed, last_trigger_at = ? "
+                "WHERE task = ? AND pending_job_id IS NULL",
+                [job_id, now, task],
+            )
+            return bool(cur.rowcount)
+
+    def settle_task_trigger(self, task: str, job_id: str, ran: bool, now: int) -> None:
+        """The task's job ended: when it ran, take the trajectories it was started for off the
+        counter (later arrivals stay counted); either way the task is free for the next trigger."""
+        with self._write_tx() as cur:  # type: ignore[attr-defined]
+            if ran:
+                self._ex(  # type: ignore[attr-defined]
+                    cur,
+                    "UPDATE task_counters SET completed = completed - COALESCE(count_at_trigger, 0), "
+                    "last_run_at = ?, last_job_id = ? WHERE task = ? AND pending_job_id = ?",
+                    [now, job_id, task, job_id],
+                )
+            self._ex(  # type: ignore[attr-defined]
+                cur,
+                "UPDATE task_counters SET pending_job_id = NULL, count_at_trigger = NULL WHERE task = ? AND pending_job_id = ?",
+                [task, job_id],
+            )
 
     # --- jobs ----------------------------------------------------------------------------------
 
