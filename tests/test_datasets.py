@@ -328,3 +328,16 @@ def test_ids_and_task_names_are_filtered_too(store: Store, tmp_path: Path) -> No
         ds = _build(store, tmp_path, format=fmt, eval_fraction=0)
         text = (Path(ds.path) / "train.jsonl").read_text() + json.dumps(ds.manifest)
         assert "@example.com" not in text and "shopper9" not in text, fmt
+
+
+def test_a_version_taken_by_a_concurrent_build_is_a_conflict(store: Store, tmp_path: Path) -> None:
+    from trajforge.errors import Conflict
+    from trajforge.records import Dataset
+
+    _fill(store, scenarios=1)
+    first = _build(store, tmp_path, format="sft", name="same")
+    clash = Dataset(id="dataset-x", name="same", version=first.version, format="sft", path="/nowhere",
+                    trajectory_count=0, row_count=0, manifest={})  # fmt: skip
+    with pytest.raises(Conflict):
+        store.add_dataset(clash)
+    assert [d.id for d in store.list_datasets()] == [first.id]

@@ -74,7 +74,7 @@ def test_instruction_search_keeps_the_rewrite_that_scores(fake_lm: OpenAICompati
     result = instruction_search.optimize(fake_lm, train, holdout, task_lm.BASELINE, action_match, rounds=2)
     assert result.baseline_score == 0.0 and result.best_score == 1.0
     assert result.best.instruction == task_lm.GOOD_RULES
-    assert result.lineage["tried"] == 2
+    assert result.lineage["tried"] == 3  # the grounded rewrite, then the two proposals
 
 
 def test_instruction_search_survives_a_useless_proposer() -> None:

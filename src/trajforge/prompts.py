@@ -75,7 +75,8 @@ def get(task: str, default: str = "", *, home: Path | None = None) -> Prompt:
     """The current optimized prompt for ``task``, or ``default`` (see the module docs)."""
     if _disabled(task):
         return Prompt(default, task=task)
-    key = (str(home or settings.home()), task)
+    # The raw setting, not settings.home(): that creates the directory, a syscall per call.
+    key = (str(home) if home is not None else os.environ.get(settings.HOME, "~"), task)
     now = time.monotonic()
     with _cache.lock:
         hit = _cache.entries.get(key)

@@ -24,6 +24,7 @@ from trajforge.optimize.common import (
     TaskExample,
     evaluate,
     mean,
+    parse_action,
 )
 
 NAME = "instruction-search"
@@ -72,6 +73,25 @@ def propose(
     return parse_instructions(reply)[:n]
 
 
+def grounded(instruction: str, examples: Sequence[TaskExample], per_answer: int = 1, limit: int = 8) -> str:
+    """A proposal that needs no LM: the instruction plus the shape of correct answers seen in the
+    training data, one short example per kind of answer (MIPRO's "data-aware" proposals summarise
+    the dataset the same way). It gives small proposer models a strong candidate to beat."""
+    seen: dict[str, int] = {}
+    lines: list[str] = []
+    for ex in examples:
+        action = parse_action(ex.expected)
+        kind = str(action.get("action")) if action else ex.expected[:30]
+        if seen.get(kind, 0) >= per_answer or len(lines) >= limit:
+            continue
+        seen[kind] = seen.get(kind, 0) + 1
+        user = next((m["content"] for m in reversed(ex.input) if m.get("role") == "user"), "")
+        lines.append(f'- "{user[:200]}" -> {ex.expected[:300]}')
+    if not lines:
+        return instruction
+    return instruction.rstrip() + "\n\nCorrect answers look like this:\n" + "\n".join(lines)
+
+
 def optimize(
     lm: LM,
     train: Sequence[TaskExample],
@@ -96,6 +116,13 @@ def optimize(
     best = base
     best_scores, best_outputs = evaluate(counted, best, val, metric)
     tried: set[str] = {baseline}
+    # Round 0 also weighs a data-grounded rewrite, so a weak proposer cannot leave the search empty.
+    seed_text = grounded(baseline, train)
+    if seed_text not in tried:
+        tried.add(seed_text)
+        scores, outputs = evaluate(counted, Candidate(seed_text), val, metric)
+        if mean(scores) > mean(best_scores):
+            best, best_scores, best_outputs = Candidate(seed_text), scores, outputs
     for r in range(rounds):
         failures = [(ex, out) for ex, s, out in zip(val, best_scores, best_outputs, strict=True) if s < 1.0]
         if not failures:

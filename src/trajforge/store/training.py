@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from trajforge import jsonutil
+from trajforge.errors import Conflict
 from trajforge.records import Dataset, Job, JobEvent
 
 _DATASET_COLS = "id, name, version, parent, format, path, trajectory_count, row_count, manifest, created_at"
@@ -173,10 +174,12 @@ class TrainingRecords:
             return bool(cur.rowcount)
 
     def add_dataset(self, ds: Dataset) -> None:
+        """Record a built dataset; a Conflict when another build took its name and version first."""
         with self._write_tx() as cur:  # type: ignore[attr-defined]
-            self._ex(  # type: ignore[attr-defined]
+            cur = self._ex(  # type: ignore[attr-defined]
                 cur,
-                f"INSERT INTO datasets ({_DATASET_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO datasets ({_DATASET_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
+                "ON CONFLICT (name, version) DO NOTHING",
                 [
                     ds.id,
                     ds.name,
@@ -190,6 +193,11 @@ class TrainingRecords:
                     ds.created_at,
                 ],
             )
+            if not cur.rowcount:
+                raise Conflict(
+                    f"another build of dataset {ds.name!r} recorded version {ds.version} first; build again",
+                    "name",
+                )
 
     def get_dataset(self, dataset_id: str) -> Dataset | None:
         with self._read_tx() as cur:  # type: ignore[attr-defined]
