@@ -141,3 +141,18 @@ def test_prompt_evolution_runs_gepa_with_our_adapter() -> None:
         )
     assert result.baseline_score == 0.0 and result.best_score >= 0.8, result
     assert "→" in result.best.instruction and result.lineage["candidates"] >= 2
+
+
+def test_metrics_by_name_and_user_functions() -> None:
+    from trajforge.errors import InvalidInput
+    from trajforge.optimize.common import resolve_metric
+
+    assert resolve_metric("token_f1")[1]("a b", "a b") == 1.0
+    name, fn = resolve_metric("tests.reward_fns:starts_right")
+    assert (
+        name == "starts_right" and fn('{"action": "X"}', '{"action": "Y"}') == 1.0 and fn("no", "yes") == 0.0
+    )
+    for bad in ("nope", "no_module_here:f", "tests.reward_fns:missing"):
+        with pytest.raises(InvalidInput) as err:
+            resolve_metric(bad)
+        assert err.value.field == "metric"

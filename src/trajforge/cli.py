@@ -71,6 +71,7 @@ FLAG_NAMES = {
     "datasetId": "--dataset",
     "task": "--task",
     "version": "--version",
+    "metric": "--metric",
 }
 
 
@@ -732,6 +733,10 @@ def jobs_start(
     max_trajectories: Annotated[
         int | None, typer.Option("--max-trajectories", min=1, help="Cap when building")
     ] = None,
+    metric: Annotated[
+        str | None,
+        typer.Option("--metric", help="action_match, token_f1, or module:function(output, expected)"),
+    ] = None,
     wait: Annotated[
         bool,
         typer.Option("--wait/--no-wait", help="Run it here and follow progress (default), or only queue it"),
@@ -752,6 +757,7 @@ def jobs_start(
             "baseUrl": base_url,
             "iterations": iterations,
             "maxTrajectories": max_trajectories,
+            "metric": metric,
         }.items()
         if v is not None
     }

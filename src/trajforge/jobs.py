@@ -67,6 +67,10 @@ def submit(store: Store, request: dict[str, Any]) -> Job:
     from trajforge.optimize.native import check_optimizer
 
     request = {**request, "backend": backend, "optimizer": check_optimizer(request.get("optimizer"))}
+    if request.get("metric"):
+        from trajforge.optimize.common import resolve_metric
+
+        resolve_metric(request["metric"])  # an unknown metric fails here, not in the job
     dataset_id = request.get("datasetId")
     if dataset_id is not None and store.get_dataset(dataset_id) is None:
         raise NotFound(f"no dataset {dataset_id!r}", "datasetId")

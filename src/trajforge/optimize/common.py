@@ -172,12 +172,42 @@ def token_f1(output: str, expected: str) -> float:
     return 2 * p * r / (p + r)
 
 
+def resolve_metric(spec: str) -> tuple[str, Metric]:
+    """A metric by name: ``action_match``, ``token_f1``, or ``module:function`` taking
+    ``(output, expected)`` and returning a score in [0, 1]."""
+    import importlib
+
+    if spec in METRICS:
+        return spec, METRICS[spec]
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise InvalidInput(f"metric must be {', '.join(METRICS)} or module:function, got {spec!r}", "metric")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr, None)
+    except ImportError as exc:
+        raise InvalidInput(f"cannot import {module_name!r} for metric {spec!r}: {exc}", "metric") from exc
+    if not callable(fn):
+        raise InvalidInput(f"{module_name!r} has no callable {attr!r}", "metric")
+
+    def bounded(output: str, expected: str) -> float:
+        try:
+            value = float(fn(output, expected))
+        except Exception:  # noqa: BLE001 - a user metric that fails on one output scores it 0
+            return 0.0
+        return min(1.0, max(0.0, value)) if value == value else 0.0
+
+    return attr, bounded
+
+
 def metric_for(examples: Iterable[TaskExample]) -> tuple[str, Metric]:
     """``action_match`` when the expected outputs are JSON actions, else ``token_f1``."""
     exs = list(examples)
     if exs and sum(parse_action(e.expected) is not None for e in exs) >= 0.8 * len(exs):
         return "action_match", action_match
     return "token_f1", token_f1
+
+
+METRICS: dict[str, Metric] = {"action_match": action_match, "token_f1": token_f1}
 
 
 # --- evaluation ----------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from trajforge.optimize.common import (
     evaluate,
     load_examples,
     metric_for,
+    resolve_metric,
     split,
 )
 from trajforge.records import Job
@@ -64,6 +65,8 @@ class NativeOptions:
     iterations: int | None = None
     max_trajectories: int = 1000
     seed: int = 0
+    metric: str | None = None
+    """action_match, token_f1, or module:function(output, expected); default: by the outputs."""
 
     @classmethod
     def from_request(cls, r: dict[str, Any]) -> NativeOptions:
@@ -75,6 +78,7 @@ class NativeOptions:
             iterations=r.get("iterations"),
             max_trajectories=int(r.get("maxTrajectories") or 1000),
             seed=int(r.get("seed") or 0),
+            metric=r.get("metric"),
         )
 
 
@@ -122,7 +126,7 @@ def _optimize_task(
     report: Report,
     home: Path | None,
 ) -> dict[str, Any]:
-    metric_name, metric = metric_for(exs)
+    metric_name, metric = resolve_metric(opts.metric) if opts.metric else metric_for(exs)
     baseline = Counter(e.system for e in exs).most_common(1)[0][0]
     train, holdout = split(exs, 0.3, seed=opts.seed)
     kwargs: dict[str, Any] = {"seed": opts.seed}

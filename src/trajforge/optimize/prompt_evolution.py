@@ -1,6 +1,7 @@
 """``prompt-evolution``: reflective prompt evolution with the ``gepa`` package.
 
-GEPA evolves the system instruction: it runs the current candidate on a minibatch, shows a
+GEPA evolves the system instruction (starting from the baseline, or from its data-grounded
+rewrite when that already scores better): it runs the current candidate on a minibatch, shows a
 reflection LM the inputs, outputs and feedback, takes the rewrite it proposes, keeps it when the
 minibatch improves, and tracks a Pareto front over the validation examples. Here GEPA gets a custom
 adapter (our task LM, examples and metric) and a plain callable as its reflection LM: no litellm,
@@ -23,6 +24,7 @@ from trajforge.optimize.common import (
     mean,
     parse_action,
 )
+from trajforge.optimize.instruction_search import grounded
 
 NAME = "prompt-evolution"
 COMPONENT = "system_prompt"
@@ -104,12 +106,22 @@ def optimize(
     val = list(train[: max(2, len(train) // 2)])
     trainset = list(train[len(val) :]) or list(train)
 
+    # Evolution starts from the better of the baseline and its data-grounded rewrite (as
+    # instruction-search does): a small reflection model rarely writes a better instruction from
+    # nothing, but it can refine one that already shows the answer format.
+    seed_text, seed_from = baseline, "baseline"
+    rewrite = grounded(baseline, trainset)
+    if rewrite != baseline and mean(evaluate(counted, Candidate(rewrite), val, metric)[0]) > mean(
+        evaluate(counted, base, val, metric)[0]
+    ):
+        seed_text, seed_from = rewrite, "grounded"
+
     def reflection_lm(prompt: str | list[dict[str, Any]]) -> str:
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         return reflect.chat(messages, temperature=0.7, max_tokens=800)
 
     result: Any = gepa.optimize(
-        seed_candidate={COMPONENT: baseline},
+        seed_candidate={COMPONENT: seed_text},
         trainset=trainset,
         valset=val,
         adapter=cast(Any, _Adapter(counted, metric)),
@@ -138,8 +150,9 @@ def optimize(
         lm_calls=counted.calls + (reflect.calls if reflect is not counted else 0),
         lineage={
             "candidates": len(result.candidates),
+            "seed": seed_from,
             "maxMetricCalls": max_metric_calls,
-            "seed": seed,
+            "randomSeed": seed,
             "lm": lm.name,
             "reflection": (reflection or lm).name,
         },

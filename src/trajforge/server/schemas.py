@@ -312,6 +312,9 @@ class JobRequest(Wire):
     learningRate: Number | None = Field(default=None, gt=0, lt=1, allow_inf_nan=False)
     maxTrajectories: Int | None = Field(default=None, ge=1, le=10_000_000)
     seed: Int | None = Field(default=None, ge=0, le=2**31)
+    metric: Literal["action_match", "token_f1"] | None = Field(
+        default=None, description="Task metric (default: action_match for JSON actions, else token_f1)"
+    )
 
 
 class JobOut(BaseModel):
