@@ -90,25 +90,10 @@ def test_judge_command(tmp_path: Path) -> None:
 
 def test_jobs_and_prompts_commands(tmp_path: Path) -> None:
     from tests.fakes import task_lm
-    from trajforge.records import LlmCall, Step, Trajectory
 
     db = str(tmp_path / "j.db")
     store = open_store(db)
-    for i, ex in enumerate(task_lm.examples(30)):
-        t = Trajectory(
-            status="completed", start_time=1_700_000_000_000 + i, scenario_id=f"s{i}", total_reward=1.0
-        )
-        step = Step()
-        step.llm_calls.append(
-            LlmCall(
-                system_prompt=ex.system,
-                user_prompt=ex.input[0]["content"],
-                response=ex.expected,
-                action_type="support_reply",
-            )
-        )
-        t.steps.append(step)
-        store.write(WriteBatch.from_trajectory(t))
+    task_lm.fill_store(store, 30)
     store.close()
     with FakeOpenAI(task_lm.answer) as server:
         r = run(

@@ -20,7 +20,7 @@ from tests.fakes import task_lm
 from tests.fakes.openai_server import FakeOpenAI
 from trajforge import jobs
 from trajforge.errors import InvalidInput, NotFound, Unavailable
-from trajforge.records import Job, LlmCall, Step, Trajectory, WriteBatch, now_ms
+from trajforge.records import Job, now_ms
 from trajforge.server import create_app
 from trajforge.store import Store
 
@@ -28,25 +28,7 @@ pytestmark = pytest.mark.slow
 
 
 def _fill(store: Store, n: int = 30) -> None:
-    for i, ex in enumerate(task_lm.examples(n)):
-        t = Trajectory(
-            agent_id="bot",
-            status="completed",
-            start_time=1_700_000_000_000 + i,
-            scenario_id=f"s{i}",
-            total_reward=1.0,
-        )
-        step = Step()
-        step.llm_calls.append(
-            LlmCall(
-                system_prompt=ex.system,
-                user_prompt=ex.input[0]["content"],
-                response=ex.expected,
-                action_type="support_reply",
-            )
-        )
-        t.steps.append(step)
-        store.write(WriteBatch.from_trajectory(t))
+    task_lm.fill_store(store, n)
 
 
 def _wait(client: TestClient, job_id: str, until: tuple[str, ...], timeout: float = 90) -> dict[str, Any]:

@@ -21,7 +21,6 @@ from trajforge.optimize.common import (
     split,
     token_f1,
 )
-from trajforge.records import LlmCall, Step, Trajectory, WriteBatch
 from trajforge.store import Store
 
 
@@ -92,25 +91,7 @@ def test_instruction_search_survives_a_useless_proposer() -> None:
 
 
 def test_examples_come_from_a_dataset_snapshot(store: Store, tmp_path: Path) -> None:
-    for i, ex in enumerate(task_lm.examples(12)):
-        t = Trajectory(
-            agent_id="bot",
-            status="completed",
-            start_time=1_700_000_000_000 + i,
-            scenario_id=f"s{i}",
-            total_reward=1.0,
-        )
-        step = Step()
-        step.llm_calls.append(
-            LlmCall(
-                system_prompt=ex.system,
-                user_prompt=ex.input[0]["content"],
-                response=ex.expected,
-                action_type="support_reply",
-            )
-        )
-        t.steps.append(step)
-        store.write(WriteBatch.from_trajectory(t))
+    task_lm.fill_store(store, 12)
     ds = datasets.build(
         store, datasets.BuildRequest(format="prompt_completion", eval_fraction=0.2), root=tmp_path
     )

@@ -93,3 +93,28 @@ def answer_with_reflection(messages: list[dict[str, Any]], request: dict[str, An
             + ". Always include the orderId in params.\n```"
         )
     return answer(messages, request)
+
+
+def fill_store(store: Any, n: int = 30) -> None:
+    """Store ``n`` completed trajectories whose one call answered an example rightly."""
+    from trajforge.records import LlmCall, Step, Trajectory, WriteBatch
+
+    for i, ex in enumerate(examples(n)):
+        t = Trajectory(
+            agent_id="bot",
+            status="completed",
+            start_time=1_700_000_000_000 + i,
+            scenario_id=f"s{i}",
+            total_reward=1.0,
+        )
+        step = Step()
+        step.llm_calls.append(
+            LlmCall(
+                system_prompt=ex.system,
+                user_prompt=ex.input[0]["content"],
+                response=ex.expected,
+                action_type="support_reply",
+            )
+        )
+        t.steps.append(step)
+        store.write(WriteBatch.from_trajectory(t))

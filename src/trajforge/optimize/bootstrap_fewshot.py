@@ -20,6 +20,7 @@ from trajforge.optimize.common import (
     OptimizeResult,
     TaskExample,
     evaluate,
+    finish,
     mean,
     parse_action,
 )
@@ -91,17 +92,16 @@ def optimize(
             0.2 + 0.7 * (t + 1) / trials,
             f"trial {t + 1}/{trials}: validation {score:.3f} (best {best_val:.3f})",
         )
-    best_hold, _ = evaluate(counted, best, holdout, metric) if best is not base else (base_hold, [])
-    progress(1.0, f"holdout {mean(base_hold):.3f} → {mean(best_hold):.3f}")
-    return OptimizeResult(
-        optimizer=NAME,
-        best=best,
-        baseline_score=mean(base_hold),
-        best_score=mean(best_hold),
-        holdout_scores=best_hold,
-        baseline_holdout_scores=base_hold,
-        lm_calls=counted.calls,
-        lineage={
+    return finish(
+        NAME,
+        counted,
+        best,
+        base,
+        base_hold,
+        holdout,
+        metric,
+        progress,
+        {
             "k": k,
             "trials": trials,
             "seed": seed,

@@ -258,3 +258,31 @@ def evaluate(
 
 def mean(xs: Sequence[float]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
+
+
+def finish(
+    name: str,
+    lm: CountingLM,
+    best: Candidate,
+    base: Candidate,
+    base_hold: list[float],
+    holdout: Sequence[TaskExample],
+    metric: Metric,
+    progress: Callable[[float, str], None],
+    lineage: dict[str, Any],
+    extra_calls: int = 0,
+) -> OptimizeResult:
+    """Measure the winner on the holdout (the baseline's scores are reused when nothing beat it)
+    and report: the last step every optimizer shares."""
+    best_hold = evaluate(lm, best, holdout, metric)[0] if best is not base else base_hold
+    progress(1.0, f"holdout {mean(base_hold):.3f} → {mean(best_hold):.3f}")
+    return OptimizeResult(
+        optimizer=name,
+        best=best,
+        baseline_score=mean(base_hold),
+        best_score=mean(best_hold),
+        holdout_scores=best_hold,
+        baseline_holdout_scores=base_hold,
+        lm_calls=lm.calls + extra_calls,
+        lineage=lineage,
+    )

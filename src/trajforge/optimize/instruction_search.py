@@ -23,6 +23,7 @@ from trajforge.optimize.common import (
     OptimizeResult,
     TaskExample,
     evaluate,
+    finish,
     mean,
     parse_action,
 )
@@ -144,17 +145,16 @@ def optimize(
             if mean(scores) > mean(best_scores):
                 best, best_scores, best_outputs = Candidate(text, best.demos), scores, outputs
         progress((r + 1) / rounds * 0.9, f"round {r + 1}/{rounds}: validation {mean(best_scores):.3f}")
-    best_hold, _ = evaluate(counted, best, holdout, metric) if best is not base else (base_hold, [])
-    progress(1.0, f"holdout {mean(base_hold):.3f} → {mean(best_hold):.3f}")
-    return OptimizeResult(
-        optimizer=NAME,
-        best=best,
-        baseline_score=mean(base_hold),
-        best_score=mean(best_hold),
-        holdout_scores=best_hold,
-        baseline_holdout_scores=base_hold,
-        lm_calls=counted.calls + (propose_lm.calls if propose_lm is not counted else 0),
-        lineage={
+    return finish(
+        NAME,
+        counted,
+        best,
+        base,
+        base_hold,
+        holdout,
+        metric,
+        progress,
+        {
             "rounds": rounds,
             "candidatesPerRound": candidates,
             "tried": len(tried) - 1,
@@ -162,4 +162,5 @@ def optimize(
             "lm": lm.name,
             "proposer": (proposer or lm).name,
         },
+        extra_calls=(propose_lm.calls if propose_lm is not counted else 0),
     )

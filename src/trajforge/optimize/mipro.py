@@ -23,6 +23,7 @@ from trajforge.optimize.common import (
     OptimizeResult,
     TaskExample,
     evaluate,
+    finish,
     mean,
 )
 from trajforge.optimize.instruction_search import propose
@@ -93,17 +94,16 @@ def optimize(
         score = mean(evaluate(counted, cand, val, metric)[0])
         if score > best_val:
             best, best_val = cand, score
-    best_hold, _ = evaluate(counted, best, holdout, metric) if best is not base else (base_hold, [])
-    progress(1.0, f"holdout {mean(base_hold):.3f} → {mean(best_hold):.3f}")
-    return OptimizeResult(
-        optimizer=NAME,
-        best=best,
-        baseline_score=mean(base_hold),
-        best_score=mean(best_hold),
-        holdout_scores=best_hold,
-        baseline_holdout_scores=base_hold,
-        lm_calls=counted.calls + (propose_lm.calls if propose_lm is not counted else 0),
-        lineage={
+    return finish(
+        NAME,
+        counted,
+        best,
+        base,
+        base_hold,
+        holdout,
+        metric,
+        progress,
+        {
             "instructions": len(instructions),
             "demoSets": len(demo_sets),
             "trials": trials,
@@ -111,4 +111,5 @@ def optimize(
             "seed": seed,
             "lm": lm.name,
         },
+        extra_calls=(propose_lm.calls if propose_lm is not counted else 0),
     )

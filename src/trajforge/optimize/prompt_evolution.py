@@ -21,6 +21,7 @@ from trajforge.optimize.common import (
     OptimizeResult,
     TaskExample,
     evaluate,
+    finish,
     mean,
     parse_action,
 )
@@ -138,17 +139,16 @@ def optimize(
         else str(result.best_candidate)
     )
     best = Candidate(best_text) if best_text != baseline else base
-    best_hold, _ = evaluate(counted, best, holdout, metric) if best is not base else (base_hold, [])
-    progress(1.0, f"holdout {mean(base_hold):.3f} → {mean(best_hold):.3f}")
-    return OptimizeResult(
-        optimizer=NAME,
-        best=best,
-        baseline_score=mean(base_hold),
-        best_score=mean(best_hold),
-        holdout_scores=best_hold,
-        baseline_holdout_scores=base_hold,
-        lm_calls=counted.calls + (reflect.calls if reflect is not counted else 0),
-        lineage={
+    return finish(
+        NAME,
+        counted,
+        best,
+        base,
+        base_hold,
+        holdout,
+        metric,
+        progress,
+        {
             "candidates": len(result.candidates),
             "seed": seed_from,
             "maxMetricCalls": max_metric_calls,
@@ -156,4 +156,5 @@ def optimize(
             "lm": lm.name,
             "reflection": (reflection or lm).name,
         },
+        extra_calls=(reflect.calls if reflect is not counted else 0),
     )
