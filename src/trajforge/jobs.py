@@ -260,13 +260,21 @@ class JobRunner:
         env = {**os.environ, **self.env}
         if self.home is not None:
             env[settings.HOME] = str(self.home)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "trajforge.jobs", job.id, "--db", self.store_url],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,  # signals reach the job, not the server
-        )
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "trajforge.jobs", job.id, "--db", self.store_url],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # signals reach the job, not the server
+            )
+        except OSError as exc:
+            fh.close()
+            if self._store.finish_job(
+                job.id, "failed", now_ms(), error=f"could not start the job process: {exc}"
+            ):
+                self._store.add_event(JobEvent("job_failed", f"could not start: {exc}", job_id=job.id))
+            return
         self._store.update_job(job.id, pid=proc.pid, log_path=str(log_path))
         self._running[job.id] = _Running(job.id, proc, fh)
 
