@@ -135,7 +135,11 @@ def _settle(store: Store, row: dict[str, Any], now: int) -> bool:
     if job_id is None:
         return False
     job = store.get_job(job_id)
-    if job is None:  # claimed but never queued (the submitting process died): free the task
+    if job is None:
+        # Claimed but not queued: either another runner is queuing it this instant, or the process
+        # that claimed it died in between. Only the second frees the task (after a minute).
+        if now - (row["last_trigger_at"] or 0) < 60_000:
+            return True
         store.settle_task_trigger(row["task"], job_id, False, now)
         return False
     if job.status not in JOB_FINISHED:
