@@ -30,7 +30,7 @@ demo: $(VENV)/.demo-installed
 	$(VENV)/bin/trajforge demo
 
 lint: $(VENV)/.dev-installed
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check --no-cache src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy
 
@@ -42,7 +42,7 @@ test: lint
 bench: $(VENV)/.dev-installed
 	$(PY) benchmarks/ingest.py
 	$(PY) benchmarks/query.py
-	$(PY) benchmarks/datasets.py
+	$(PY) benchmarks/dataset_build.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

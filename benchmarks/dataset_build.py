@@ -1,7 +1,7 @@
 """Dataset build throughput: an ``sft`` build of 100,000 trajectories (1M LLM calls) with the privacy
 filter on, against the baseline of reading the same call rows and writing them as JSONL.
 
-    python benchmarks/datasets.py [--n 100000] [--db PATH_OR_URL]
+    python benchmarks/dataset_build.py [--n 100000] [--db PATH_OR_URL]
 
 Prints, from one run on one store: the baseline (rows read → ``orjson`` JSONL, no filter), the
 build with the filter, and the build with the filter replaced by a pass-through (so the filter's
