@@ -45,8 +45,9 @@ import orjson
 from trajforge import settings
 from trajforge.errors import InvalidInput, NotFound
 from trajforge.export import prefetch
+from trajforge.paths import hashed_name
 from trajforge.privacy import CATEGORIES, PrivacyFilter, PrivacyReport, store_salt
-from trajforge.records import Dataset, JobEvent, iso_ms, new_id, now_ms
+from trajforge.records import Dataset, JobEvent, camel, iso_ms, new_id, now_ms
 from trajforge.store.base import Store, TrajectoryFilter
 
 FORMATS = ("sft", "prompt_completion", "preference", "grpo", "openai", "openai_dpo", "art")
@@ -176,18 +177,13 @@ class BuildRequest:
             "preferenceMargin": self.preference_margin,
             "pairBy": self.pair_by,
             "name": self.name,
-            "filter": {_camel(k): v for k, v in sorted(flt.items())},
+            "filter": {camel(k): v for k, v in sorted(flt.items())},
             "privacy": {
                 "extraPatterns": self.privacy.extra_patterns,
                 "allow": self.privacy.allow,
                 "dropOn": self.privacy.drop_on,
             },
         }
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(p.capitalize() for p in rest)
 
 
 # --- examples ----------------------------------------------------------------------------------
@@ -556,8 +552,7 @@ class _Files:
         share a folder (task names come from user data; they are never a path as given)."""
         name = self.task_dirs.get(task)
         if name is None:
-            slug = re.sub(r"[^A-Za-z0-9_-]+", "_", task)[:40].strip("_") or "task"
-            name = self.task_dirs[task] = f"{slug}-{hashlib.sha256(task.encode()).hexdigest()[:8]}"
+            name = self.task_dirs[task] = hashed_name(task)
         return name
 
     def _put(self, rel: str, line: bytes) -> None:
@@ -979,6 +974,7 @@ def _write_pairs(req: BuildRequest, outcomes: Iterator[_Outcome], files: _Files,
     against the second worst, … while their rewards differ by at least the margin."""
     groups: dict[tuple[str, str], list[Example]] = defaultdict(list)
     seen: set[bytes] = set()
+    split_of = _Splitter(req.seed, req.eval_fraction)
     for out in outcomes:
         for ex in out.examples:
             if ex.reward is None:
@@ -1005,13 +1001,14 @@ def _write_pairs(req: BuildRequest, outcomes: Iterator[_Outcome], files: _Files,
             problem = check_row(req.format, row)
             if problem:
                 raise AssertionError(f"{problem}: {row}")
-            split = "eval" if _is_eval(req.seed, chosen.scenario_id or by, req.eval_fraction) else "train"
+            split = split_of(chosen.scenario_id or by)
             files.write(split, task, orjson.dumps(row, option=_DUMP))
             sel.tasks[task][split] += 1
 
 
 def _write_art(req: BuildRequest, outcomes: Iterator[_Outcome], files: _Files, sel: _Selection) -> None:
     scenarios: dict[tuple[str, str], list[list[Example]]] = defaultdict(list)
+    split_of = _Splitter(req.seed, req.eval_fraction)
     for out in outcomes:
         by_task: dict[str, list[Example]] = defaultdict(list)
         for ex in out.examples:
@@ -1024,7 +1021,7 @@ def _write_art(req: BuildRequest, outcomes: Iterator[_Outcome], files: _Files, s
         problem = check_row("art", row)
         if problem:
             raise AssertionError(f"{problem}: {row}")
-        split = "eval" if _is_eval(req.seed, scenario, req.eval_fraction) else "train"
+        split = split_of(scenario)
         files.write(split, task, orjson.dumps(row, option=_DUMP))
         sel.tasks[task][split] += 1
 

@@ -14,7 +14,6 @@ previous promoted version.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import re
@@ -28,6 +27,7 @@ import orjson
 
 from trajforge import settings
 from trajforge.errors import InvalidInput, NotFound
+from trajforge.paths import hashed_name
 from trajforge.records import iso_ms, now_ms
 
 KEEP = 5
@@ -100,8 +100,7 @@ def root(home: Path | None = None) -> Path:
 def task_dir(task: str, home: Path | None = None) -> Path:
     if not task or len(task) > 200:
         raise InvalidInput("a task name is 1-200 characters", "task")
-    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", task)[:40].strip("_") or "task"
-    return root(home) / f"{slug}-{hashlib.sha256(task.encode()).hexdigest()[:8]}"
+    return root(home) / hashed_name(task)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
