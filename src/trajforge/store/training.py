@@ -148,28 +148,20 @@ class TrainingRecords:
         return None if row is None else _job(row)
 
     def update_job(self, job_id: str, **fields: Any) -> None:
-        unknown = set(fields) - _JOB_UPDATABLE
-        if unknown:
-            raise ValueError(f"not job columns: {sorted(unknown)}")
         if not fields:
             return
-        values = [jsonutil.dumps(v) if k == "output" and v is not None else v for k, v in fields.items()]
+        sets, values = _job_sets(fields)
         with self._write_tx() as cur:  # type: ignore[attr-defined]
-            self._ex(  # type: ignore[attr-defined]
-                cur,
-                f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?",
-                [*values, job_id],
-            )
+            self._ex(cur, f"UPDATE jobs SET {sets} WHERE id = ?", [*values, job_id])  # type: ignore[attr-defined]
 
     def finish_job(self, job_id: str, status: str, now: int, **fields: Any) -> bool:
         """Move a job that is still pending or running to a final status; False if it had ended."""
-        values = [jsonutil.dumps(v) if k == "output" and v is not None else v for k, v in fields.items()]
-        sets = "".join(f", {k} = ?" for k in fields if k in _JOB_UPDATABLE)
+        sets, values = _job_sets({"status": status, "finished_at": now, **fields})
         with self._write_tx() as cur:  # type: ignore[attr-defined]
             cur = self._ex(  # type: ignore[attr-defined]
                 cur,
-                f"UPDATE jobs SET status = ?, finished_at = ?{sets} WHERE id = ? AND status IN ('pending', 'running')",
-                [status, now, *values, job_id],
+                f"UPDATE jobs SET {sets} WHERE id = ? AND status IN ('pending', 'running')",
+                [*values, job_id],
             )
             return bool(cur.rowcount)
 
@@ -299,6 +291,15 @@ def _event(r: Sequence[Any]) -> JobEvent:
         phase=r[8],
         data=None if r[9] is None else jsonutil.loads(r[9]),
     )
+
+
+def _job_sets(fields: dict[str, Any]) -> tuple[str, list[Any]]:
+    """``col = ?, …`` and its parameters for job columns (``output`` stored as JSON)."""
+    unknown = set(fields) - _JOB_UPDATABLE
+    if unknown:
+        raise ValueError(f"not job columns: {sorted(unknown)}")
+    values = [jsonutil.dumps(v) if k == "output" and v is not None else v for k, v in fields.items()]
+    return ", ".join(f"{k} = ?" for k in fields), values
 
 
 def _job_row(j: Job) -> list[Any]:
