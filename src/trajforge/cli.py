@@ -118,6 +118,7 @@ Start = Annotated[str | None, typer.Option("--start-date", help="ISO date/time o
 End = Annotated[str | None, typer.Option("--end-date", help="ISO date/time or epoch ms (inclusive)")]
 MinR = Annotated[float | None, typer.Option("--min-reward", help="Minimum total reward")]
 MaxR = Annotated[float | None, typer.Option("--max-reward", help="Maximum total reward")]
+Limit = Annotated[int | None, typer.Option("--limit", min=1, help="At most this many trajectories")]
 
 
 @trajectories_app.command("list")
@@ -300,9 +301,7 @@ def trajectories_export(
     end_date: End = None,
     min_reward: MinR = None,
     max_reward: MaxR = None,
-    limit: Annotated[
-        int | None, typer.Option("--limit", min=1, help="At most this many trajectories")
-    ] = None,
+    limit: Limit = None,
 ) -> None:
     """Export trajectories to a file in json, jsonl, csv, art, zip or parquet (streamed)."""
     try:
@@ -492,9 +491,7 @@ def score(
     agent: Agent = None,
     start_date: Start = None,
     end_date: End = None,
-    limit: Annotated[
-        int | None, typer.Option("--limit", min=1, help="At most this many trajectories")
-    ] = None,
+    limit: Limit = None,
 ) -> None:
     """Apply a reward function to matching trajectories and store one score each."""
     from trajforge import rewards
@@ -531,9 +528,7 @@ def judge(
     scenario: Scenario = None,
     batch: Batch = None,
     agent: Agent = None,
-    limit: Annotated[
-        int | None, typer.Option("--limit", min=1, help="At most this many trajectories")
-    ] = None,
+    limit: Limit = None,
 ) -> None:
     """Score trajectories with an LLM judge, scenario by scenario (RULER-style, scores in [0, 1])."""
     from trajforge import lm, rewards

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from trajforge import datasets, jobs, jsonutil
 from trajforge.errors import InvalidInput
-from trajforge.records import JOB_STATUSES
+from trajforge.records import JOB_STATUSES, JobEvent, to_wire
 from trajforge.server.schemas import (
     AutoTrigger,
     DatasetBuildRequest,
@@ -85,19 +85,9 @@ def get_dataset(
     return {"dataset": _detail(datasets.get(_store(request), dataset_id))}
 
 
-def event_wire(e: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"seq": e.seq, "kind": e.kind, "ts": e.ts, "message": e.message}
-    for key, value in (
-        ("jobId", e.job_id),
-        ("datasetId", e.dataset_id),
-        ("modelId", e.model_id),
-        ("progress", e.progress),
-        ("phase", e.phase),
-        ("data", e.data),
-    ):
-        if value is not None:
-            out[key] = value
-    return out
+def event_wire(e: JobEvent) -> dict[str, Any]:
+    """An event's wire form: its camelCase fields, absent ones left out."""
+    return {k: v for k, v in to_wire(e).items() if v is not None}
 
 
 def _last_event_id(request: Request, after: int | None) -> int:
