@@ -132,8 +132,14 @@ def test_a_killed_job_process_fails_the_job(client: TestClient) -> None:
 
 def test_submit_validates_before_queueing(store: Store) -> None:
     with pytest.raises(Unavailable) as err:
-        jobs.submit(store, {"backend": "cpu"})
-    assert err.value.field == "backend" and err.value.status == 400 and "not built yet" in err.value.message
+        jobs.submit(store, {"backend": "mlx"})  # not on this Linux machine
+    assert err.value.field == "backend" and err.value.status == 400 and "macOS" in err.value.message
+    with pytest.raises(InvalidInput) as bad:
+        jobs.submit(store, {"backend": "cpu", "batchSize": 0})
+    assert bad.value.field == "batchSize"
+    with pytest.raises(InvalidInput) as bad:
+        jobs.submit(store, {"backend": "cpu", "learningRate": "fast"})
+    assert bad.value.field == "learningRate"
     with pytest.raises(InvalidInput):
         jobs.submit(store, {"backend": "tpu"})
     with pytest.raises(InvalidInput):
@@ -199,7 +205,9 @@ def test_api_refuses_unavailable_backends_with_400(client: TestClient) -> None:
     assert r.status_code == 400 and r.json()["error"]["field"] == "backend"
     assert client.post("/api/training/jobs", json={"backend": "native", "iterations": 0}).status_code == 422
     backends = client.get("/api/training/backends").json()["backends"]
-    assert backends["native"]["available"] and not backends["cpu"]["available"] and backends["cpu"]["reason"]
+    assert backends["native"]["available"] and backends["cpu"]["available"]
+    assert not backends["mlx"]["available"] and "macOS" in backends["mlx"]["reason"]
+    assert not backends["cuda"]["available"] and "CUDA" in backends["cuda"]["reason"]
 
 
 def test_auto_training_fires_in_a_running_server(

@@ -14,6 +14,7 @@ from __future__ import annotations
 from trajforge import prompts
 from trajforge.capture.openai import instrument_openai
 from trajforge.capture.recorder import Recorder, current_step, current_trajectory
+from trajforge.models import active_model
 from trajforge.records import (
     ActionResult,
     LlmCall,
@@ -38,6 +39,7 @@ __all__ = [
     "Trajectory",
     "TrajectoryFilter",
     "ValidationResult",
+    "active_model",
     "current_step",
     "current_trajectory",
     "instrument_openai",

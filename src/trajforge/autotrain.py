@@ -2,7 +2,8 @@
 
 The store counts completed trajectories per task as they are written, whichever way they arrive
 (SDK, HTTP ingest, import). :func:`check` — run by every job runner a few times a minute — starts a
-native job for a task when its count reaches the threshold (default 100), its cooldown (default
+job (native unless the task names a
+fine-tuning backend) for a task when its count reaches the threshold (default 100), its cooldown (default
 12 h since its last trigger) has passed and no job for it is on its way. The counter goes down by
 the trajectories a job was started for only when that job completed; a failed or cancelled run
 leaves it as it was. At a runner's start, a task at or over its threshold with no optimized
@@ -149,7 +150,13 @@ def _settle(store: Store, row: dict[str, Any], now: int) -> bool:
 
 
 def _start(store: Store, task: str, backend: str, reason: str, now: int) -> Job | None:
-    job = Job(kind="native", backend=backend, request={"backend": backend, "task": task, "autotrain": reason})
+    from trajforge.jobs import kind_of
+
+    job = Job(
+        kind=kind_of(backend),
+        backend=backend,
+        request={"backend": backend, "task": task, "autotrain": reason},
+    )
     if not store.claim_task_trigger(task, job.id, now):
         return None  # another runner triggered it first
     store.add_job(job)
@@ -157,6 +164,12 @@ def _start(store: Store, task: str, backend: str, reason: str, now: int) -> Job 
         JobEvent("job_progress", f"auto-training {task}: {reason}", job_id=job.id, phase="queued")
     )
     return job
+
+
+def _available(backend: str) -> bool:
+    from trajforge.jobs import backends
+
+    return bool(backends()[backend]["available"])
 
 
 def check(
@@ -172,7 +185,7 @@ def check(
         if _settle(store, row, now):
             continue
         threshold, cooldown_h, backend = _task_settings(config, row["task"])
-        if backend != "native" or not config["enabled"] or row["completed"] < threshold:
+        if not config["enabled"] or row["completed"] < threshold or not _available(backend):
             continue
         cooled = row["last_trigger_at"] is None or now - row["last_trigger_at"] >= cooldown_h * 3_600_000
         first = bootstrap and artifacts.current_version(row["task"], home) is None

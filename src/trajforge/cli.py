@@ -35,6 +35,10 @@ jobs_app = typer.Typer(help="Queue, watch and cancel training jobs.", no_args_is
 app.add_typer(jobs_app, name="jobs")
 prompts_app = typer.Typer(help="Optimized prompt artifacts per task.", no_args_is_help=True)
 app.add_typer(prompts_app, name="prompts")
+models_app = typer.Typer(
+    help="Fine-tuned models: list, benchmark, import into Ollama, activate.", no_args_is_help=True
+)
+app.add_typer(models_app, name="models")
 console = Console()
 err = Console(stderr=True)
 
@@ -70,6 +74,16 @@ FLAG_NAMES = {
     "optimizer": "--optimizer",
     "datasetId": "--dataset",
     "task": "--task",
+    "modelName": "--name",
+    "baseModel": "--base",
+    "ollamaUrl": "--ollama-url",
+    "providerModel": "--provider-model",
+    "batchSize": "--batch-size",
+    "learningRate": "--learning-rate",
+    "maxLength": "--max-length",
+    "iterations": "--iterations",
+    "epochs": "--epochs",
+    "suite": "--suite",
     "version": "--version",
     "metric": "--metric",
 }
@@ -708,7 +722,7 @@ def datasets_show(
 @jobs_app.command("start")
 def jobs_start(
     backend: Annotated[
-        str, typer.Option("--backend", help="native (prompt optimization); cpu, cuda, mlx")
+        str, typer.Option("--backend", help="native (prompt optimization); cpu, cuda, mlx (LoRA)")
     ] = "native",
     dataset: Annotated[
         str | None, typer.Option("--dataset", help="Dataset id (default: build one first)")
@@ -719,7 +733,10 @@ def jobs_start(
     task: Annotated[str | None, typer.Option("--task", help="Only this task")] = None,
     model: Annotated[
         str | None,
-        typer.Option("--model", help="bundled:smollm2-135m (default), local:<dir>, or a served model name"),
+        typer.Option(
+            "--model",
+            help="bundled:smollm2-135m (default), local:<dir>, or (native) a served model name / (LoRA) a hub id",
+        ),
     ] = None,
     base_url: Annotated[
         str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint of --model")
@@ -732,13 +749,29 @@ def jobs_start(
         str | None,
         typer.Option("--metric", help="action_match, token_f1, or module:function(output, expected)"),
     ] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="LoRA: batch size")] = None,
+    learning_rate: Annotated[
+        float | None, typer.Option("--learning-rate", min=0.0, help="LoRA: learning rate (default 1e-3)")
+    ] = None,
+    epochs: Annotated[
+        float | None, typer.Option("--epochs", min=0.0, help="LoRA: epochs when no --iterations")
+    ] = None,
+    max_length: Annotated[
+        int | None, typer.Option("--max-length", min=16, help="LoRA: tokens per sequence (default 256)")
+    ] = None,
+    merge: Annotated[
+        bool | None, typer.Option("--merge/--no-merge", help="LoRA: also save the merged model")
+    ] = None,
     wait: Annotated[
         bool,
         typer.Option("--wait/--no-wait", help="Run it here and follow progress (default), or only queue it"),
     ] = True,
     db: DbOption = None,
 ) -> None:
-    """Queue a training job; with --wait (default) run it here with a progress bar."""
+    """Queue a training job; with --wait (default) run it here with a progress bar.
+
+    --backend native optimizes prompts (--optimizer, --iterations = trials); cpu/cuda/mlx train a
+    LoRA adapter on --model (--iterations = optimizer steps) and register it (trajforge models list)."""
     from trajforge import jobs
 
     request = {
@@ -753,6 +786,11 @@ def jobs_start(
             "iterations": iterations,
             "maxTrajectories": max_trajectories,
             "metric": metric,
+            "batchSize": batch_size,
+            "learningRate": learning_rate,
+            "epochs": epochs,
+            "maxLength": max_length,
+            "merge": merge,
         }.items()
         if v is not None
     }
@@ -769,7 +807,14 @@ def jobs_start(
     if final.status != "completed":
         err.print(f"[red]job {final.status}:[/red] {final.error or ''}")
         raise typer.Exit(1)
-    for art in (final.output or {}).get("artifacts", []):
+    output = final.output or {}
+    if output.get("modelId"):
+        m = output.get("metrics") or {}
+        console.print(
+            f"  model [bold]{output['modelId']}[/bold]: {m.get('steps')} steps, final loss {m.get('finalLoss')}, "
+            f"{m.get('tokensPerS')} tokens/s; adapter {output.get('adapterPath')}"
+        )
+    for art in output.get("artifacts", []):
         if "version" in art:
             state = "promoted" if art["promoted"] else "kept, not promoted"
             console.print(
@@ -939,3 +984,151 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# --- models ----------------------------------------------------------------------------------------
+
+
+@models_app.command("list")
+def models_list(
+    db: DbOption = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="Rows")] = 50,
+) -> None:
+    """List fine-tuned models, newest first."""
+    with store_at(db) as store:
+        items = store.list_models(limit=limit)
+    table = Table(title=f"{len(items)} models")
+    for col in ("id", "base", "backend", "steps", "loss", "benchmark", "ollama", "active", "created"):
+        table.add_column(col, overflow="fold", no_wrap=col == "id")
+    for m in items:
+        ev = m.evaluation or {}
+        bench = (
+            f"{ev['baseScore']:.3f} → {ev['trainedScore']:.3f}"
+            if ev.get("status") == "completed"
+            else ev.get("status", "")
+        )
+        loss = m.metrics.get("finalLoss")
+        table.add_row(
+            m.id,
+            m.base_model,
+            m.backend,
+            str(m.metrics.get("steps", "")),
+            f"{loss:.4f}" if isinstance(loss, float) else "",
+            bench,
+            m.ollama_name or "",
+            f"✓ {m.provider_model}" if m.active else "",
+            iso_ms(m.created_at),
+        )
+    console.print(table)
+
+
+@models_app.command("show")
+def models_show(
+    model_id: Annotated[str, typer.Argument(metavar="ID", help="Model id")], db: DbOption = None
+) -> None:
+    """Show one model (lineage, metrics, benchmark) as JSON."""
+    from trajforge import jsonutil, models
+
+    with store_at(db) as store:
+        sys.stdout.write(jsonutil.dumps(models.wire(models.get(store, model_id))) + "\n")
+
+
+@models_app.command("benchmark")
+def models_benchmark(
+    model_id: Annotated[str, typer.Argument(metavar="ID", help="Model id")],
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", help="Held-out items (default: the model's eval split)")
+    ] = None,
+    suite: Annotated[str | None, typer.Option("--suite", help="A registered item suite")] = None,
+    task: Annotated[str | None, typer.Option("--task", help="Only this task's items")] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, max=2000, help="At most this many items")
+    ] = None,
+    metric: Annotated[str | None, typer.Option("--metric", help="action_match or token_f1")] = None,
+    db: DbOption = None,
+) -> None:
+    """Run base and trained on the same held-out items here, and store the result on the model."""
+    from trajforge import evaluate
+
+    request = {
+        k: v
+        for k, v in {
+            "datasetId": dataset,
+            "suite": suite,
+            "task": task,
+            "limit": limit,
+            "metric": metric,
+        }.items()
+        if v is not None
+    }
+    with store_at(db) as store, _progress() as progress:
+        bar = progress.add_task(model_id, total=1.0)
+
+        def report(p: float, phase: str, message: str) -> None:
+            progress.update(bar, completed=p)
+            progress.console.print(f"[dim]{phase}[/dim] {message}")
+
+        try:
+            result = evaluate.benchmark(store, model_id, request, report)
+        except TrajforgeError:
+            raise
+        except Exception as exc:
+            err.print(f"[red]benchmark failed (recorded on the model):[/red] {type(exc).__name__}: {exc}")
+            raise typer.Exit(1) from exc
+    pct = f" ({result['deltaPct']:+.1f}%)" if result["deltaPct"] is not None else ""
+    console.print(
+        f"{result['metric']} on {result['n']} items: base {result['baseScore']:.3f} → "
+        f"trained {result['trainedScore']:.3f}, delta {result['delta']:+.3f}{pct}"
+    )
+
+
+@models_app.command("import-ollama")
+def models_import_ollama(
+    model_id: Annotated[str, typer.Argument(metavar="ID", help="Model id")],
+    model_name: Annotated[str, typer.Option("--name", help="Name of the new Ollama model")],
+    base_model: Annotated[
+        str, typer.Option("--base", help="The Ollama model the adapter was trained on (e.g. smollm2:135m)")
+    ],
+    ollama_url: Annotated[
+        str | None, typer.Option("--ollama-url", help="Loopback only (default http://127.0.0.1:11434)")
+    ] = None,
+    db: DbOption = None,
+) -> None:
+    """Upload the adapter to a local Ollama and create a model from it."""
+    from trajforge import ollama
+
+    with store_at(db) as store:
+        result = ollama.import_model(
+            store, model_id, model_name, base_model, ollama_url, report=lambda p, m: console.print(f"  {m}")
+        )
+    console.print(
+        f"imported [bold]{result['modelName']}[/bold] into {result['ollamaUrl']} ({result['mode']})"
+    )
+
+
+@models_app.command("activate")
+def models_activate(
+    model_id: Annotated[str, typer.Argument(metavar="ID", help="Model id")],
+    provider_model: Annotated[
+        str | None,
+        typer.Option("--provider-model", help="e.g. ollama/my-agent (default: ollama/<its Ollama name>)"),
+    ] = None,
+    db: DbOption = None,
+) -> None:
+    """Make the agent use this model (trajforge.active_model() returns it)."""
+    from trajforge import models
+
+    with store_at(db) as store:
+        model = models.activate(store, model_id, provider_model)
+    console.print(f"{model.id} is active as [bold]{model.provider_model}[/bold]")
+
+
+@models_app.command("active")
+def models_active(db: DbOption = None) -> None:
+    """Print the active model's provider name (nothing, exit 1, when none is active)."""
+    with store_at(db) as store:
+        model = store.active_model()
+    if model is None:
+        err.print("no model is active")
+        raise typer.Exit(1)
+    console.print(f"{model.provider_model}  ({model.id})")

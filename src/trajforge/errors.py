@@ -79,3 +79,7 @@ class LMError(TrajforgeError):
 
     status = 502
     code = "lm_error"
+
+
+class Cancelled(Exception):
+    """A job body stopped because its job was cancelled (not an error: the job ends ``cancelled``)."""

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from trajforge import settings
-from trajforge.errors import Conflict, InvalidInput, NotFound, Unavailable
+from trajforge.errors import Cancelled, Conflict, InvalidInput, NotFound, Unavailable
 from trajforge.records import JOB_FINISHED, Job, JobEvent, now_ms
 from trajforge.store.base import Store
 
@@ -42,15 +42,17 @@ STALE_S = 60.0
 
 def backends() -> dict[str, dict[str, Any]]:
     """Which backends work on this machine, and why the others do not."""
-    out: dict[str, dict[str, Any]] = {
+    from trajforge.train import backends as train_backends
+
+    return {
         "native": {"available": True, "reason": "prompt optimization: needs only a model to call"},
+        **train_backends.status(),
     }
-    for name in ("cpu", "cuda", "mlx"):
-        out[name] = {
-            "available": False,
-            "reason": "LoRA fine-tuning backends are not built yet (issue 6); use the native backend",
-        }
-    return out
+
+
+def kind_of(backend: str) -> str:
+    """The job kind a backend runs: prompt optimization or LoRA fine-tuning."""
+    return "native" if backend == "native" else "lora"
 
 
 def submit(store: Store, request: dict[str, Any]) -> Job:
@@ -64,17 +66,33 @@ def submit(store: Store, request: dict[str, Any]) -> Job:
         raise Unavailable(
             f"the {backend} backend is not available on this machine: {status['reason']}", "backend"
         )
-    from trajforge.optimize.native import check_optimizer
+    request = {**request, "backend": backend}
+    if backend == "native":
+        from trajforge.optimize.native import check_optimizer
 
-    request = {**request, "backend": backend, "optimizer": check_optimizer(request.get("optimizer"))}
-    if request.get("metric"):
-        from trajforge.optimize.common import resolve_metric
+        request["optimizer"] = check_optimizer(request.get("optimizer"))
+        if request.get("metric"):
+            from trajforge.optimize.common import resolve_metric
 
-        resolve_metric(request["metric"])  # an unknown metric fails here, not in the job
+            resolve_metric(request["metric"])  # an unknown metric fails here, not in the job
+    else:
+        from trajforge.train.lora import LoraOptions
+
+        LoraOptions.from_request(request)  # bad options fail here, not in the job
     dataset_id = request.get("datasetId")
     if dataset_id is not None and store.get_dataset(dataset_id) is None:
         raise NotFound(f"no dataset {dataset_id!r}", "datasetId")
-    job = Job(kind="native", backend=backend, request=request, dataset_id=dataset_id)
+    job = Job(kind=kind_of(backend), backend=backend, request=request, dataset_id=dataset_id)
+    store.add_job(job)
+    return job
+
+
+def submit_benchmark(store: Store, model_id: str, request: dict[str, Any]) -> Job:
+    """Queue a base-vs-trained benchmark of a registered model (see :mod:`trajforge.evaluate`)."""
+    from trajforge import evaluate
+
+    evaluate.check_request(store, model_id, request)
+    job = Job(kind="benchmark", backend="native", request={**request, "modelId": model_id})
     store.add_job(job)
     return job
 
@@ -309,17 +327,43 @@ class JobRunner:
 
 
 class _Cancelled(BaseException):
-    """Raised in the job process by SIGTERM."""
+    """Raised in the job process by SIGTERM (unless the job stops cooperatively, see below)."""
+
+
+_CANCEL = threading.Event()
+_cooperative = False
+"""True while a job body checks :data:`_CANCEL` itself (LoRA training stops between steps, so
+the adapter is never cut mid-update); otherwise SIGTERM raises at once."""
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
-    raise _Cancelled()
+    _CANCEL.set()
+    if not _cooperative:
+        raise _Cancelled()
+
+
+def _body(job: Job) -> Any:
+    """The function that does ``job``'s work: ``body(store, job, report, home, should_stop)``."""
+    if job.kind == "benchmark":
+        from trajforge import evaluate
+
+        return evaluate.run_job
+    if job.backend == "native":
+        from trajforge.optimize import native
+
+        return native.run
+    if job.backend == "mlx":
+        from trajforge.train import mlx
+
+        return mlx.run
+    from trajforge.train import lora
+
+    return lora.run
 
 
 def execute(store: Store, job: Job, home: Path | None = None) -> int:
     """Run ``job`` in this process, recording progress, events and the outcome. Returns the exit code."""
-    from trajforge.optimize import native
-
+    global _cooperative
     last = [0.0]
 
     def report(progress: float, phase: str, message: str) -> None:
@@ -330,22 +374,39 @@ def execute(store: Store, job: Job, home: Path | None = None) -> int:
             store.add_event(JobEvent("job_progress", message, job_id=job.id, progress=progress, phase=phase))
         print(f"[{progress:6.1%}] {phase}: {message}", flush=True)
 
-    store.add_event(JobEvent("job_started", f"{job.backend} job started", job_id=job.id, phase="start"))
+    store.add_event(
+        JobEvent("job_started", f"{job.backend} {job.kind} job started", job_id=job.id, phase="start")
+    )
     try:
-        output = native.run(store, job, report, home)
-    except _Cancelled:
-        if store.finish_job(job.id, "cancelled", now_ms(), error="cancelled"):
-            store.add_event(JobEvent("job_cancelled", "cancelled", job_id=job.id))
-        return 130
+        body = _body(job)
+        _cooperative = job.kind == "lora"
+        if _CANCEL.is_set():
+            raise _Cancelled()
+        output = body(store, job, report, home, _CANCEL.is_set)
+    except (_Cancelled, Cancelled):
+        return _cancelled(store, job)
     except Exception as exc:
         log.exception("job %s failed", job.id)
         message = f"{type(exc).__name__}: {exc}"
         if store.finish_job(job.id, "failed", now_ms(), error=message):
             store.add_event(JobEvent("job_failed", message, job_id=job.id))
         return 1
+    finally:
+        _cooperative = False
+    model_id = (output or {}).get("modelId") if isinstance(output, dict) else None
     if store.finish_job(job.id, "completed", now_ms(), output=output, progress=1.0, phase="done"):
-        store.add_event(JobEvent("job_completed", "completed", job_id=job.id, progress=1.0, data=output))
+        store.add_event(
+            JobEvent(
+                "job_completed", "completed", job_id=job.id, model_id=model_id, progress=1.0, data=output
+            )
+        )
     return 0
+
+
+def _cancelled(store: Store, job: Job) -> int:
+    if store.finish_job(job.id, "cancelled", now_ms(), error="cancelled"):
+        store.add_event(JobEvent("job_cancelled", "cancelled", job_id=job.id))
+    return 130
 
 
 def main(argv: list[str] | None = None) -> int:

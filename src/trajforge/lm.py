@@ -174,11 +174,19 @@ class LocalLM:
     a cache of answers to repeated greedy calls (evaluation asks the same thing many times).
 
     ``path`` is a local folder; ``bundled:<name>`` and ``local:<dir>`` specs go through
-    :func:`from_spec`. ``max_batch`` prompts are generated together (left-padded), which on a
-    2-core CPU is several times the throughput of one at a time.
+    :func:`from_spec`; ``adapter`` is a PEFT LoRA adapter folder to apply. ``max_batch`` prompts
+    are generated together (left-padded), which on a 2-core CPU is several times the throughput
+    of one at a time.
     """
 
-    def __init__(self, path: str | Path, *, max_batch: int = 8, label: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        max_batch: int = 8,
+        label: str | None = None,
+        adapter: str | Path | None = None,
+    ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -192,6 +200,11 @@ class LocalLM:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model: Any = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32)
+        if adapter is not None:
+            from peft import PeftModel
+
+            # Merged in memory: generation then costs what the base model costs.
+            self.model = PeftModel.from_pretrained(self.model, str(adapter)).merge_and_unload()
         self.model.eval()
         self._cache: dict[bytes, str] = {}
         self.calls = 0

@@ -204,6 +204,28 @@ class Dataset:
     created_at: int = field(default_factory=now_ms)
 
 
+@dataclass(slots=True)
+class Model:
+    """A trained model in the registry: a LoRA adapter (and optionally its merged model) with the
+    job, dataset and base model it came from, its training metrics, its benchmark against the base,
+    its Ollama name once imported and whether the agent uses it (``active``)."""
+
+    job_id: str | None
+    dataset_id: str | None
+    base_model: str
+    backend: str
+    adapter_path: str | None
+    id: str = field(default_factory=lambda: f"model-{new_id()}")
+    merged_path: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] | None = None
+    ollama_name: str | None = None
+    provider_model: str | None = None
+    active: bool = False
+    activated_at: int | None = None
+    created_at: int = field(default_factory=now_ms)
+
+
 JobStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
 JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
 JOB_FINISHED = ("completed", "failed", "cancelled")

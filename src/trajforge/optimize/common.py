@@ -72,9 +72,11 @@ class OptimizeResult:
 # --- examples ------------------------------------------------------------------------------------
 
 
-def load_examples(folder: Path, task: str | None = None) -> dict[str, list[TaskExample]]:
-    """Examples per task from a dataset snapshot in ``prompt_completion`` or ``sft`` format (its
-    train and eval files together: optimizers make their own split)."""
+def load_examples(
+    folder: Path, task: str | None = None, splits: Sequence[str] = ("train", "eval")
+) -> dict[str, list[TaskExample]]:
+    """Examples per task from a dataset snapshot in ``prompt_completion`` or ``sft`` format (by
+    default its train and eval files together: optimizers make their own split)."""
     manifest = orjson.loads((folder / "manifest.json").read_bytes())
     fmt = manifest["format"]
     if fmt not in ("prompt_completion", "sft"):
@@ -88,8 +90,8 @@ def load_examples(folder: Path, task: str | None = None) -> dict[str, list[TaskE
             continue
         base = folder / info["folder"] if "folder" in info else folder
         rows: list[dict[str, Any]] = []
-        for split in ("train.jsonl", "eval.jsonl"):
-            path = base / split
+        for split in splits:
+            path = base / f"{split}.jsonl"
             if path.exists():
                 rows.extend(orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip())
         out[name] = [ex for ex in (_example(name, r) for r in rows) if ex is not None]

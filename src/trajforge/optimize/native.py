@@ -82,8 +82,15 @@ class NativeOptions:
         )
 
 
-def run(store: Store, job: Job, report: Report, home: Path | None = None) -> dict[str, Any]:
-    """Optimize every task of the job's dataset (building one first when none is given)."""
+def run(
+    store: Store,
+    job: Job,
+    report: Report,
+    home: Path | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """Optimize every task of the job's dataset (building one first when none is given). A cancel
+    interrupts it at once (SIGTERM in the job process), so ``should_stop`` is not polled."""
     opts = NativeOptions.from_request(job.request)
     if job.dataset_id:
         ds = datasets.get(store, job.dataset_id)

@@ -307,7 +307,9 @@ class JobRequest(Wire):
         description="bundled:smollm2-135m (default), local:<dir>, or a model at baseUrl / TRAJFORGE_LM_BASE_URL",
     )
     baseUrl: str | None = Field(default=None, min_length=1, max_length=500)
-    iterations: Int | None = Field(default=None, ge=1, le=1000)
+    iterations: Int | None = Field(
+        default=None, ge=1, le=100_000, description="native: trials/rounds; cpu/cuda/mlx: optimizer steps"
+    )
     batchSize: Int | None = Field(default=None, ge=1, le=1024)
     learningRate: Number | None = Field(default=None, gt=0, lt=1, allow_inf_nan=False)
     maxTrajectories: Int | None = Field(default=None, ge=1, le=10_000_000)
@@ -315,6 +317,16 @@ class JobRequest(Wire):
     metric: Literal["action_match", "token_f1"] | None = Field(
         default=None, description="Task metric (default: action_match for JSON actions, else token_f1)"
     )
+    epochs: Number | None = Field(default=None, gt=0, le=100, description="LoRA: epochs when no iterations")
+    maxLength: Int | None = Field(default=None, ge=16, le=32_768, description="LoRA: tokens per sequence")
+    loraRank: Int | None = Field(default=None, ge=1, le=256)
+    loraAlpha: Int | None = Field(default=None, ge=1, le=1024)
+    beta: Number | None = Field(default=None, gt=0, le=10, description="DPO β (preference datasets)")
+    merge: StrictBool | None = Field(default=None, description="LoRA: also save the merged model")
+    format: Literal["sft", "preference"] | None = Field(
+        default=None, description="LoRA without datasetId: the dataset to build (sft, or preference for DPO)"
+    )
+    threads: Int | None = Field(default=None, ge=1, le=256, description="LoRA: torch threads")
 
 
 class JobOut(BaseModel):
@@ -346,3 +358,87 @@ class JobList(BaseModel):
 
 class AutoTrigger(Wire):
     task: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class ModelOut(BaseModel):
+    id: str
+    jobId: str | None
+    datasetId: str | None
+    baseModel: str
+    backend: str
+    adapterPath: str | None
+    mergedPath: str | None
+    metrics: dict[str, Any]
+    evaluation: dict[str, Any] | None
+    ollamaName: str | None
+    providerModel: str | None
+    active: bool
+    activatedAt: int | None
+    createdAt: int
+
+
+class ModelResult(BaseModel):
+    model: ModelOut
+
+
+class ModelList(BaseModel):
+    models: list[ModelOut]
+
+
+class ActiveModel(BaseModel):
+    model: ModelOut | None
+    providerModel: str | None
+
+
+class BenchmarkRequest(Wire):
+    datasetId: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Held-out items (default: the model's dataset's eval split)",
+    )
+    suite: str | None = Field(
+        default=None, min_length=1, max_length=200, description="A registered item suite"
+    )
+    task: str | None = Field(default=None, min_length=1, max_length=200)
+    limit: Int | None = Field(default=None, ge=1, le=2000)
+    metric: Literal["action_match", "token_f1"] | None = None
+    maxTokens: Int | None = Field(default=None, ge=1, le=4096)
+
+
+class BenchmarkQueued(BaseModel):
+    job: JobOut
+    model: ModelOut
+
+
+class ImportOllamaRequest(Wire):
+    modelName: str = Field(min_length=1, max_length=200)
+    baseModel: str = Field(
+        min_length=1, max_length=200, description="The Ollama model the adapter was trained on"
+    )
+    ollamaUrl: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=500,
+        description="Loopback only (default http://127.0.0.1:11434)",
+    )
+    system: str | None = Field(
+        default=None, max_length=100_000, description="System prompt baked into the model"
+    )
+
+
+class ImportOllamaResult(BaseModel):
+    model: ModelOut
+    modelName: str
+    ollamaUrl: str
+    mode: str
+    request: dict[str, Any]
+
+
+class ActivateRequest(Wire):
+    providerModel: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="e.g. ollama/my-agent (default: its Ollama name)",
+    )

@@ -1,4 +1,4 @@
-"""``/api/training``: datasets and the event log (and, as they land, jobs and models)."""
+"""``/api/training``: datasets, jobs, the event log, models, auto-training."""
 
 from __future__ import annotations
 
@@ -11,17 +11,25 @@ from fastapi import APIRouter, Body, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from trajforge import datasets, jobs, jsonutil
+from trajforge import datasets, jobs, jsonutil, models
 from trajforge.errors import InvalidInput
 from trajforge.records import JOB_STATUSES, JobEvent, to_wire
 from trajforge.server.schemas import (
+    ActivateRequest,
+    ActiveModel,
     AutoTrigger,
+    BenchmarkQueued,
+    BenchmarkRequest,
     DatasetBuildRequest,
     DatasetList,
     DatasetResult,
+    ImportOllamaRequest,
+    ImportOllamaResult,
     JobList,
     JobRequest,
     JobResult,
+    ModelList,
+    ModelResult,
 )
 from trajforge.store import Store
 
@@ -244,3 +252,68 @@ def post_auto_trigger(request: Request, body: Annotated[AutoTrigger | None, Body
 
     started = autotrain.trigger(_store(request), body.task if body else None)
     return {"jobs": [jobs.wire(j) for j in started]}
+
+
+ModelId = Annotated[str, Path(min_length=1, max_length=200)]
+
+
+@router.get("/models", response_model=ModelList, summary="Trained models, newest first")
+def list_models(
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    return {"models": [models.wire(m, per_item=False) for m in _store(request).list_models(limit, offset)]}
+
+
+@router.get("/models/active", response_model=ActiveModel, summary="The model the agent should use")
+def get_active_model(request: Request) -> dict[str, Any]:
+    model = _store(request).active_model()
+    return {
+        "model": None if model is None else models.wire(model, per_item=False),
+        "providerModel": None if model is None else model.provider_model,
+    }
+
+
+@router.get("/models/{model_id}", response_model=ModelResult, summary="One model with its benchmark")
+def get_model(request: Request, model_id: ModelId) -> dict[str, Any]:
+    return {"model": models.wire(models.get(_store(request), model_id))}
+
+
+@router.post(
+    "/models/{model_id}/benchmark",
+    status_code=202,
+    response_model=BenchmarkQueued,
+    summary="Queue a base-vs-trained benchmark; the result is stored on the model",
+)
+def benchmark_model(
+    request: Request, model_id: ModelId, body: Annotated[BenchmarkRequest | None, Body()] = None
+) -> dict[str, Any]:
+    store = _store(request)
+    job = jobs.submit_benchmark(store, model_id, body.model_dump(exclude_none=True) if body else {})
+    return {"job": jobs.wire(job), "model": models.wire(models.get(store, model_id), per_item=False)}
+
+
+@router.post(
+    "/models/{model_id}/import-ollama",
+    response_model=ImportOllamaResult,
+    summary="Import the model into a local (loopback) Ollama",
+)
+def import_ollama(request: Request, model_id: ModelId, body: ImportOllamaRequest) -> dict[str, Any]:
+    from trajforge import ollama
+
+    store = _store(request)
+    result = ollama.import_model(
+        store, model_id, body.modelName, body.baseModel, body.ollamaUrl, system=body.system
+    )
+    return {**result, "model": models.wire(models.get(store, model_id), per_item=False)}
+
+
+@router.post(
+    "/models/{model_id}/activate", response_model=ModelResult, summary="Make the agent use this model"
+)
+def activate_model(
+    request: Request, model_id: ModelId, body: Annotated[ActivateRequest | None, Body()] = None
+) -> dict[str, Any]:
+    model = models.activate(_store(request), model_id, body.providerModel if body else None)
+    return {"model": models.wire(model, per_item=False)}

@@ -14,6 +14,7 @@ from trajforge.records import (
     Dataset,
     Job,
     JobEvent,
+    Model,
     Score,
     Trajectory,
     WriteBatch,
@@ -249,6 +250,22 @@ class Store(Protocol):
         kinds: Sequence[str] | None = None,
         limit: int = 500,
     ) -> list[JobEvent]: ...
+
+    def add_model(self, model: Model) -> None: ...
+
+    def get_model(self, model_id: str) -> Model | None: ...
+
+    def list_models(self, limit: int = 100, offset: int = 0) -> list[Model]: ...
+
+    def update_model(self, model_id: str, **fields: Any) -> None:
+        """Set ``merged_path``, ``metrics``, ``evaluation`` or ``ollama_name``."""
+        ...
+
+    def activate_model(self, model_id: str, provider_model: str, now: int) -> bool:
+        """Make one model the active one (all others inactive); False if there is no such model."""
+        ...
+
+    def active_model(self) -> Model | None: ...
 
     def migrations(self) -> list[str]:
         """Names of the migrations applied to this database, in order."""

@@ -270,4 +270,28 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        "0006_models",
+        common=(
+            # The model registry: every trained adapter with its lineage; ``active`` marks the one
+            # the agent should use (at most one row, kept so by activate_model's transaction).
+            """CREATE TABLE models (
+                id TEXT PRIMARY KEY,
+                job_id TEXT,
+                dataset_id TEXT,
+                base_model TEXT NOT NULL,
+                backend TEXT NOT NULL,
+                adapter_path TEXT,
+                merged_path TEXT,
+                metrics TEXT NOT NULL,
+                evaluation TEXT,
+                ollama_name TEXT,
+                provider_model TEXT,
+                active {BOOL} NOT NULL DEFAULT FALSE,
+                activated_at {BIGINT},
+                created_at {BIGINT} NOT NULL
+            )""",
+            "CREATE INDEX ix_models_created ON models (created_at)",
+        ),
+    ),
 )

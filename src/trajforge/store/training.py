@@ -11,7 +11,7 @@ from typing import Any
 
 from trajforge import jsonutil
 from trajforge.errors import Conflict
-from trajforge.records import Dataset, Job, JobEvent
+from trajforge.records import Dataset, Job, JobEvent, Model
 
 _DATASET_COLS = "id, name, version, parent, format, path, trajectory_count, row_count, manifest, created_at"
 _JOB_COLS = (
@@ -47,6 +47,25 @@ _COUNTER_KEYS = (
     "last_job_id",
 )
 _COUNTER_COLS = ", ".join(_COUNTER_KEYS)
+_MODEL_KEYS = (
+    "id",
+    "job_id",
+    "dataset_id",
+    "base_model",
+    "backend",
+    "adapter_path",
+    "merged_path",
+    "metrics",
+    "evaluation",
+    "ollama_name",
+    "provider_model",
+    "active",
+    "activated_at",
+    "created_at",
+)
+_MODEL_COLS = ", ".join(_MODEL_KEYS)
+_MODEL_JSON = frozenset(["metrics", "evaluation"])
+_MODEL_UPDATABLE = frozenset(["merged_path", "metrics", "evaluation", "ollama_name"])
 _EVENT_COLS = "seq, kind, ts, message, job_id, dataset_id, model_id, progress, phase, data"
 
 
@@ -261,6 +280,73 @@ class TrainingRecords:
         with self._read_tx() as cur:  # type: ignore[attr-defined]
             rows = self._ex(cur, sql, params).fetchall()  # type: ignore[attr-defined]
         return [_event(r) for r in rows]
+
+    # --- models ------------------------------------------------------------------------------
+
+    def add_model(self, model: Model) -> None:
+        values = [getattr(model, k) for k in _MODEL_KEYS]
+        values = [
+            jsonutil.dumps(v) if k in _MODEL_JSON and v is not None else v
+            for k, v in zip(_MODEL_KEYS, values, strict=True)
+        ]
+        with self._write_tx() as cur:  # type: ignore[attr-defined]
+            marks = ",".join("?" * len(_MODEL_KEYS))
+            self._ex(cur, f"INSERT INTO models ({_MODEL_COLS}) VALUES ({marks})", values)  # type: ignore[attr-defined]
+
+    def get_model(self, model_id: str) -> Model | None:
+        with self._read_tx() as cur:  # type: ignore[attr-defined]
+            row = self._ex(cur, f"SELECT {_MODEL_COLS} FROM models WHERE id = ?", [model_id]).fetchone()  # type: ignore[attr-defined]
+        return None if row is None else _model(row)
+
+    def list_models(self, limit: int = 100, offset: int = 0) -> list[Model]:
+        with self._read_tx() as cur:  # type: ignore[attr-defined]
+            rows = self._ex(  # type: ignore[attr-defined]
+                cur,
+                f"SELECT {_MODEL_COLS} FROM models ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+                [limit, offset],
+            ).fetchall()
+        return [_model(r) for r in rows]
+
+    def update_model(self, model_id: str, **fields: Any) -> None:
+        unknown = set(fields) - _MODEL_UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable model columns: {sorted(unknown)}")
+        if not fields:
+            return
+        values = [jsonutil.dumps(v) if k in _MODEL_JSON and v is not None else v for k, v in fields.items()]
+        with self._write_tx() as cur:  # type: ignore[attr-defined]
+            self._ex(  # type: ignore[attr-defined]
+                cur,
+                f"UPDATE models SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?",
+                [*values, model_id],
+            )
+
+    def activate_model(self, model_id: str, provider_model: str, now: int) -> bool:
+        """Make ``model_id`` the one active model (one transaction: never two active, never none
+        in between). False when there is no such model."""
+        with self._write_tx() as cur:  # type: ignore[attr-defined]
+            hit = self._ex(  # type: ignore[attr-defined]
+                cur,
+                "UPDATE models SET active = TRUE, provider_model = ?, activated_at = ? WHERE id = ?",
+                [provider_model, now, model_id],
+            ).rowcount
+            if not hit:
+                return False
+            self._ex(cur, "UPDATE models SET active = FALSE WHERE active AND id <> ?", [model_id])  # type: ignore[attr-defined]
+        return True
+
+    def active_model(self) -> Model | None:
+        with self._read_tx() as cur:  # type: ignore[attr-defined]
+            row = self._ex(cur, f"SELECT {_MODEL_COLS} FROM models WHERE active LIMIT 1").fetchone()  # type: ignore[attr-defined]
+        return None if row is None else _model(row)
+
+
+def _model(r: Sequence[Any]) -> Model:
+    d = dict(zip(_MODEL_KEYS, r, strict=True))
+    for k in _MODEL_JSON:
+        d[k] = None if d[k] is None else jsonutil.loads(d[k])
+    d["active"] = bool(d["active"])
+    return Model(**d)
 
 
 def _dataset(r: Sequence[Any]) -> Dataset:

@@ -1,0 +1,204 @@
+"""Base against trained: run the base model and a registered fine-tuned model on the same held-out
+items with the task's metric, and store the result on the model.
+
+Items come from a dataset's eval split (by default the model's own training dataset, whose eval
+split it never saw) or from a named suite registered in code (:func:`register_suite`; the demo
+registers its held-out support-desk cases). The metric is the native optimizers' one: exact action
+match when the expected outputs are JSON actions, token F1 otherwise, or a named metric.
+
+The result, stored as the model's ``evaluation``::
+
+    {"status": "completed", "baseScore", "trainedScore", "delta", "deltaPct", "n", "metric",
+     "datasetId" | "suite", "perItem": [{"index", "expected", "base", "trained", "baseOutput",
+     "trainedOutput"}], "startedAt", "finishedAt"}
+
+A benchmark that fails is stored too, as ``{"status": "failed", "error", …}``, never lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from trajforge import datasets, lm
+from trajforge.errors import InvalidInput, NotFound
+from trajforge.optimize.common import (
+    Candidate,
+    Metric,
+    TaskExample,
+    load_examples,
+    mean,
+    metric_for,
+    resolve_metric,
+)
+from trajforge.records import Model, now_ms
+from trajforge.store.base import Store
+
+Report = Callable[[float, str, str], None]
+SUITES: dict[str, Callable[[], list[TaskExample]]] = {}
+MAX_ITEMS = 2000
+OUTPUT_CHARS = 600
+"""Outputs kept per item in the stored result (enough to see why an item failed)."""
+
+
+def register_suite(name: str, items: Callable[[], list[TaskExample]]) -> None:
+    """Make ``suite: name`` a benchmark item set (held-out cases kept in code, not in a dataset)."""
+    SUITES[name] = items
+
+
+def _model(store: Store, model_id: str) -> Model:
+    model = store.get_model(model_id)
+    if model is None:
+        raise NotFound(f"no model {model_id!r}", "id")
+    return model
+
+
+def check_request(store: Store, model_id: str, request: dict[str, Any]) -> None:
+    """Refuse a benchmark request that cannot run, before anything is queued."""
+    model = _model(store, model_id)
+    if model.adapter_path is None and model.merged_path is None:
+        raise InvalidInput(f"model {model_id} has no adapter or merged weights to evaluate", "id")
+    if request.get("datasetId") and request.get("suite"):
+        raise InvalidInput("give datasetId or suite, not both", "suite")
+    if request.get("suite") and request["suite"] not in SUITES:
+        known = ", ".join(sorted(SUITES)) or "none registered"
+        raise InvalidInput(f"unknown suite {request['suite']!r} ({known})", "suite")
+    dataset_id = request.get("datasetId") or model.dataset_id
+    if not request.get("suite"):
+        if dataset_id is None:
+            raise InvalidInput("the model has no training dataset: pass datasetId or suite", "datasetId")
+        if store.get_dataset(dataset_id) is None:
+            raise NotFound(f"no dataset {dataset_id!r}", "datasetId")
+    limit = request.get("limit")
+    if limit is not None and (
+        isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_ITEMS
+    ):
+        raise InvalidInput(f"limit must be an integer from 1 to {MAX_ITEMS}", "limit")
+    if request.get("metric"):
+        resolve_metric(request["metric"])
+
+
+def items_for(
+    store: Store, model: Model, request: dict[str, Any]
+) -> tuple[list[TaskExample], dict[str, Any]]:
+    """The held-out items and where they came from."""
+    if request.get("suite"):
+        return SUITES[request["suite"]](), {"suite": request["suite"]}
+    dataset_id = request.get("datasetId") or model.dataset_id
+    assert dataset_id is not None  # check_request
+    ds = datasets.get(store, dataset_id)
+    task = request.get("task")
+    by_task = load_examples(Path(ds.path), task, splits=("eval",))
+    items = [ex for exs in by_task.values() for ex in exs]
+    if not items and dataset_id != model.dataset_id:
+        # A dataset other than the training one was chosen as the held-out set: all of it is.
+        by_task = load_examples(Path(ds.path), task)
+        items = [ex for exs in by_task.values() for ex in exs]
+    if not items:
+        raise InvalidInput(
+            f"dataset {dataset_id} has no eval rows to benchmark on: build one with an eval split "
+            "(evalFraction > 0) or pass another datasetId or a suite",
+            "datasetId",
+        )
+    return items, {"datasetId": dataset_id}
+
+
+def score(
+    model: lm.LM, items: Sequence[TaskExample], metric: Metric, max_tokens: int = 128
+) -> tuple[list[float], list[str]]:
+    """Scores and outputs of ``model`` on ``items``, each under its own system prompt."""
+    conversations = [Candidate(ex.system).messages(ex) for ex in items]
+    batch = getattr(model, "chat_batch", None)
+    if batch is not None:
+        outputs = list(batch(conversations, max_tokens=max_tokens))
+    else:
+        outputs = [model.chat(c, max_tokens=max_tokens) for c in conversations]
+    return [metric(o, ex.expected) for o, ex in zip(outputs, items, strict=True)], outputs
+
+
+def base_lm(model: Model) -> lm.LocalLM:
+    from trajforge.train.lora import resolve_base
+
+    return lm.LocalLM(resolve_base(model.base_model), label=model.base_model)
+
+
+def trained_lm(model: Model) -> lm.LocalLM:
+    from trajforge.train.lora import resolve_base
+
+    if model.merged_path:
+        return lm.LocalLM(model.merged_path, label=model.id)
+    return lm.LocalLM(resolve_base(model.base_model), adapter=model.adapter_path, label=model.id)
+
+
+def benchmark(
+    store: Store,
+    model_id: str,
+    request: dict[str, Any] | None = None,
+    report: Report | None = None,
+) -> dict[str, Any]:
+    """Run the benchmark now and store its result on the model (a failure is stored as failed
+    and raised). ``request``: ``datasetId?``, ``suite?``, ``task?``, ``limit?``, ``metric?``,
+    ``maxTokens?``."""
+    request = dict(request or {})
+    check_request(store, model_id, request)
+    model = _model(store, model_id)
+    say = report or (lambda p, phase, m: None)
+    started = now_ms()
+    where: dict[str, Any] = {}
+    try:
+        items, where = items_for(store, model, request)
+        items = items[: int(request.get("limit") or MAX_ITEMS)]
+        metric_name, metric = (
+            resolve_metric(request["metric"]) if request.get("metric") else metric_for(items)
+        )
+        max_tokens = int(request.get("maxTokens") or 128)
+        say(0.05, "base", f"{len(items)} items, metric {metric_name}: running the base model")
+        base_scores, base_out = score(base_lm(model), items, metric, max_tokens)
+        say(0.5, "trained", f"base {mean(base_scores):.3f}: running the trained model")
+        trained_scores, trained_out = score(trained_lm(model), items, metric, max_tokens)
+    except Exception as exc:
+        failed = {"status": "failed", "error": f"{type(exc).__name__}: {exc}", **where}
+        store.update_model(model_id, evaluation={**failed, "startedAt": started, "finishedAt": now_ms()})
+        raise
+    base, trained = mean(base_scores), mean(trained_scores)
+    result = {
+        "status": "completed",
+        "baseScore": base,
+        "trainedScore": trained,
+        "delta": trained - base,
+        "deltaPct": (trained - base) / base * 100 if base else None,
+        "n": len(items),
+        "metric": metric_name,
+        **where,
+        "perItem": [
+            {
+                "index": i,
+                "expected": ex.expected[:OUTPUT_CHARS],
+                "base": b,
+                "trained": t,
+                "baseOutput": bo[:OUTPUT_CHARS],
+                "trainedOutput": to[:OUTPUT_CHARS],
+            }
+            for i, (ex, b, t, bo, to) in enumerate(
+                zip(items, base_scores, trained_scores, base_out, trained_out, strict=True)
+            )
+        ],
+        "startedAt": started,
+        "finishedAt": now_ms(),
+    }
+    store.update_model(model_id, evaluation=result)
+    say(1.0, "done", f"base {base:.3f} → trained {trained:.3f} on {len(items)} items")
+    return result
+
+
+def run_job(
+    store: Store,
+    job: Any,
+    report: Report,
+    home: Path | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """The ``benchmark`` job body."""
+    result = benchmark(store, job.request["modelId"], job.request, report)
+    return {"modelId": job.request["modelId"], **{k: v for k, v in result.items() if k != "perItem"}}

@@ -1,0 +1,279 @@
+"""Import a fine-tuned model into the user's local Ollama.
+
+The adapter's files are uploaded as blobs (``HEAD``/``POST /api/blobs/sha256:…``, skipped when
+Ollama already has them), then ``POST /api/create`` makes a model ``from`` the Ollama base model
+with the LoRA ``adapters``. Ollama converts safetensors adapters only for the ``llama`` and
+``gemma2`` architectures; for any other architecture the merged model's safetensors folder is sent
+as ``files`` instead (train with ``merge: true``), or the import is refused with that advice.
+
+Before uploading, the Ollama base model is checked against the model the adapter was trained on
+(architecture, width, depth, heads): an adapter on the wrong base would load and produce garbage.
+
+Security: the URL must be loopback (``localhost``, 127.0.0.0/8, ``::1``) and redirects are never
+followed, so the server cannot be used to reach other hosts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from trajforge.errors import InvalidInput, LMError, Unavailable
+from trajforge.records import JobEvent, Model
+from trajforge.store.base import Store
+
+DEFAULT_URL = "http://127.0.0.1:11434"
+ADAPTER_ARCHITECTURES = ("llama", "gemma2")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+MODEL_FILE_SUFFIXES = (".safetensors", ".json", ".model", ".txt", ".jinja")
+_NAME = re.compile(
+    r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,63}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,127}(?::[A-Za-z0-9._-]{1,64})?$"
+)
+_CHECKED = (  # (Ollama model_info key after "<arch>.", transformers config attribute)
+    ("embedding_length", "hidden_size"),
+    ("block_count", "num_hidden_layers"),
+    ("attention.head_count", "num_attention_heads"),
+)
+
+Report = Callable[[float, str], None]
+
+
+def check_url(url: str | None) -> str:
+    """``url`` if it is an http(s) URL of a loopback host, else an InvalidInput naming ``ollamaUrl``."""
+    url = (url or DEFAULT_URL).strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInput(f"ollamaUrl must be an http:// URL of a local Ollama, got {url!r}", "ollamaUrl")
+    if parts.username or parts.password:
+        raise InvalidInput("ollamaUrl must not carry credentials", "ollamaUrl")
+    host = parts.hostname
+    loopback = host == "localhost"
+    if not loopback:
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False  # any other name could resolve anywhere (127.0.0.1.nip.io, rebinding)
+    if not loopback:
+        raise InvalidInput(
+            f"ollamaUrl must be a loopback address (localhost, 127.0.0.0/8, ::1), got host {host!r}",
+            "ollamaUrl",
+        )
+    try:
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError as exc:
+        raise InvalidInput(f"ollamaUrl has a bad port: {exc}", "ollamaUrl") from exc
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def check_name(name: str | None, field: str = "modelName") -> str:
+    if not name or not _NAME.match(name):
+        raise InvalidInput(
+            f"{field} must be an Ollama model name (letters, digits, . _ -, optional namespace/ and :tag), "
+            f"got {name!r}",
+            field,
+        )
+    return name
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return f"sha256:{h.hexdigest()}"
+
+
+class OllamaClient:
+    """The few Ollama calls an import needs, with no redirects and errors that say what to do."""
+
+    def __init__(self, url: str, timeout_s: float = 600.0) -> None:
+        self.url = check_url(url)
+        self._http = httpx.Client(base_url=self.url, timeout=timeout_s, follow_redirects=False)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _send(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            resp = self._http.request(method, path, **kw)
+        except httpx.ConnectError as exc:
+            raise Unavailable(
+                f"Ollama is not running at {self.url} (start it with `ollama serve`): {exc}", "ollamaUrl"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise LMError(f"Ollama at {self.url}: {exc}") from exc
+        if resp.is_redirect:
+            raise _redirected(self.url, path, resp)
+        return resp
+
+    def version(self) -> str:
+        resp = self._send("GET", "/api/version")
+        if resp.status_code != 200:
+            raise LMError(f"{self.url} does not look like Ollama (/api/version answered {resp.status_code})")
+        return str(resp.json().get("version", "?"))
+
+    def show(self, model: str) -> dict[str, Any] | None:
+        resp = self._send("POST", "/api/show", json={"model": model})
+        if resp.status_code == 404:
+            return None
+        if resp.status_code != 200:
+            raise LMError(f"Ollama /api/show {model!r} answered {resp.status_code}: {resp.text[:300]}")
+        body: dict[str, Any] = resp.json()
+        return body
+
+    def has_blob(self, digest: str) -> bool:
+        return self._send("HEAD", f"/api/blobs/{digest}").status_code == 200
+
+    def push_blob(self, digest: str, path: Path) -> None:
+        with open(path, "rb") as f:
+            resp = self._send("POST", f"/api/blobs/{digest}", content=f)
+        if resp.status_code not in (200, 201):
+            raise LMError(f"Ollama refused blob {path.name} ({digest}): {resp.status_code} {resp.text[:300]}")
+
+    def create(self, body: dict[str, Any], report: Report) -> None:
+        """``POST /api/create``, streaming its status lines into ``report``."""
+        try:
+            with self._http.stream("POST", "/api/create", json={**body, "stream": True}) as resp:
+                if resp.is_redirect:
+                    raise _redirected(self.url, "/api/create", resp)
+                if resp.status_code != 200:
+                    resp.read()
+                    raise LMError(f"Ollama /api/create answered {resp.status_code}: {resp.text[:500]}")
+                last = ""
+                for line in resp.iter_lines():
+                    if not line.strip():
+                        continue
+                    msg = json.loads(line)
+                    if msg.get("error"):
+                        raise LMError(f"Ollama could not create {body['model']!r}: {msg['error']}")
+                    last = str(msg.get("status", ""))
+                    report(0.9, f"ollama: {last}")
+                if last != "success":
+                    raise LMError(
+                        f"Ollama's create of {body['model']!r} ended without success (last: {last!r})"
+                    )
+        except httpx.ConnectError as exc:
+            raise Unavailable(f"Ollama is not running at {self.url}: {exc}", "ollamaUrl") from exc
+
+
+def _redirected(url: str, path: str, resp: httpx.Response) -> Unavailable:
+    return Unavailable(
+        f"{url} answered {path} with a redirect to {resp.headers.get('location')!r}; redirects are not "
+        "followed: point ollamaUrl at the Ollama server itself",
+        "ollamaUrl",
+    )
+
+
+def _base_config(model: Model) -> dict[str, Any]:
+    from trajforge.train.lora import resolve_base
+
+    folder = Path(model.metrics.get("baseDir") or resolve_base(model.base_model))
+    config: dict[str, Any] = json.loads((folder / "config.json").read_text())
+    return config
+
+
+def check_base(info: dict[str, Any], config: dict[str, Any], base_model: str) -> None:
+    """Refuse an Ollama base model that is not the model the adapter was trained on."""
+    model_info = info.get("model_info") or {}
+    arch = model_info.get("general.architecture") or (info.get("details") or {}).get("family")
+    trained = config.get("model_type")
+    if arch != trained:
+        raise InvalidInput(
+            f"the Ollama model {base_model!r} is a {arch!r} model but the adapter was trained on a "
+            f"{trained!r} model: pass the same base model as baseModel",
+            "baseModel",
+        )
+    for key, attr in _CHECKED:
+        theirs, ours = model_info.get(f"{arch}.{key}"), config.get(attr)
+        if theirs is not None and ours is not None and int(theirs) != int(ours):
+            raise InvalidInput(
+                f"the Ollama model {base_model!r} has {key} {theirs} but the adapter's base has "
+                f"{attr} {ours}: it is not the model the adapter was trained on",
+                "baseModel",
+            )
+
+
+def import_model(
+    store: Store,
+    model_id: str,
+    model_name: str,
+    base_model: str,
+    ollama_url: str | None = None,
+    *,
+    system: str | None = None,
+    report: Report | None = None,
+) -> dict[str, Any]:
+    """Import a registered model into Ollama as ``model_name``; records the name on the model and
+    emits ``model_imported``. Returns what was sent."""
+    from trajforge import models
+
+    say = report or (lambda p, m: None)
+    model_name = check_name(model_name)
+    base_model = check_name(base_model, "baseModel")
+    url = check_url(ollama_url)
+    model = models.get(store, model_id)
+    config = _base_config(model)
+    arch = config.get("model_type")
+    client = OllamaClient(url)
+    try:
+        say(0.05, f"Ollama {client.version()} at {url}")
+        body: dict[str, Any] = {"model": model_name}
+        if arch in ADAPTER_ARCHITECTURES and model.adapter_path:
+            info = client.show(base_model)
+            if info is None:
+                raise InvalidInput(
+                    f"Ollama has no model {base_model!r}: pull or create the base first (ollama pull …)",
+                    "baseModel",
+                )
+            check_base(info, config, base_model)
+            folder, names, key = Path(model.adapter_path), list(ADAPTER_FILES), "adapters"
+            body["from"] = base_model
+        elif model.merged_path:
+            folder, key = Path(model.merged_path), "files"
+            names = sorted(p.name for p in folder.iterdir() if p.suffix in MODEL_FILE_SUFFIXES)
+        else:
+            raise InvalidInput(
+                f"Ollama converts safetensors adapters only for {' and '.join(ADAPTER_ARCHITECTURES)}; "
+                f"this model is {arch!r}. Train with merge: true to import the merged model, or convert "
+                "it to GGUF with llama.cpp's convert_hf_to_gguf.py",
+                "id",
+            )
+        digests: dict[str, str] = {}
+        for i, name in enumerate(names):
+            path = folder / name
+            if not path.is_file():
+                raise InvalidInput(f"model {model_id} is missing {path}", "id")
+            digest = sha256_file(path)
+            if client.has_blob(digest):
+                say(0.1 + 0.7 * (i + 1) / len(names), f"{name}: already in Ollama")
+            else:
+                client.push_blob(digest, path)
+                say(0.1 + 0.7 * (i + 1) / len(names), f"{name}: uploaded ({path.stat().st_size} bytes)")
+            digests[name] = digest
+        body[key] = digests
+        if system:
+            body["system"] = system
+        client.create(body, say)
+    finally:
+        client.close()
+    store.update_model(model_id, ollama_name=model_name)
+    store.add_event(
+        JobEvent(
+            "model_imported",
+            f"imported as {model_name} into Ollama at {url}",
+            model_id=model_id,
+            job_id=model.job_id,
+            data={"modelName": model_name, "baseModel": base_model, "ollamaUrl": url},
+        )
+    )
+    say(1.0, f"imported as {model_name}")
+    sent = {k: v for k, v in body.items() if k != "system"}
+    return {"modelName": model_name, "ollamaUrl": url, "mode": key, "request": sent}

@@ -1,0 +1,428 @@
+"""The ``cpu`` and ``cuda`` backends: LoRA fine-tuning with TRL + PEFT, ``setup → fit → evaluate``.
+
+* **setup** resolves the base model (``bundled:smollm2-135m``, ``local:<dir>``, a folder, or a hub
+  id when the user has the network), reads the dataset snapshot and turns it into the rows TRL
+  trains on: prompt/completion pairs for ``sft`` and ``prompt_completion`` datasets (so the loss is
+  on the completions only) and prompt/chosen/rejected for ``preference`` datasets (DPO).
+* **fit** runs ``SFTTrainer`` or ``DPOTrainer`` with every option that TRL would otherwise default
+  surprisingly set explicitly (dtype, activation checkpointing, learning rate, max length), padding-free
+  batching where the trainer supports it, and a callback that reports step, loss, learning rate and
+  tokens/s as progress and stops cleanly between steps when the job is cancelled.
+* **evaluate** computes the loss on the dataset's eval split (when it has one), saves the adapter
+  (and, on request, the merged model) and the training log, and registers the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from trajforge import lm, settings
+from trajforge.errors import Cancelled, InvalidInput
+from trajforge.records import Model
+
+DEFAULT_BASE = "bundled:smollm2-135m"
+FORMATS = ("sft", "prompt_completion", "preference")
+
+Report = Callable[[float, str, str], None]
+ShouldStop = Callable[[], bool]
+
+
+_KIND_NAMES: dict[type, str] = {str: "string", int: "integer", float: "number", bool: "boolean"}
+
+
+def _is(kind: type, value: Any) -> bool:
+    """JSON typing: a bool is not a number, a float is not an integer, nothing is coerced."""
+    if kind is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if kind is int:
+        return isinstance(value, int)
+    if kind is float:
+        return isinstance(value, int | float)
+    return isinstance(value, kind)
+
+
+@dataclass(slots=True)
+class LoraOptions:
+    """What a ``cpu``/``cuda`` job's request may set (camelCase on the wire)."""
+
+    model: str = DEFAULT_BASE
+    iterations: int | None = None
+    """Optimizer steps; None trains ``epochs`` over the data."""
+    epochs: float = 1.0
+    batch_size: int = 4
+    learning_rate: float = 1e-3
+    """LoRA on a small model wants a far higher rate than TRL's full-finetune default of 2e-5."""
+    max_length: int = 256
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    task: str | None = None
+    merge: bool = False
+    seed: int = 0
+    beta: float = 0.1
+    """DPO's β."""
+    threads: int | None = None
+
+    @classmethod
+    def from_request(cls, r: dict[str, Any]) -> LoraOptions:
+        opts = cls()
+        for key, attr, kind in (
+            ("model", "model", str),
+            ("iterations", "iterations", int),
+            ("epochs", "epochs", float),
+            ("batchSize", "batch_size", int),
+            ("learningRate", "learning_rate", float),
+            ("maxLength", "max_length", int),
+            ("loraRank", "rank", int),
+            ("loraAlpha", "alpha", int),
+            ("task", "task", str),
+            ("merge", "merge", bool),
+            ("seed", "seed", int),
+            ("beta", "beta", float),
+            ("threads", "threads", int),
+        ):
+            value = r.get(key)
+            if value is None:
+                continue
+            if not _is(kind, value):
+                raise InvalidInput(f"{key} must be a {_KIND_NAMES[kind]}, got {value!r}", key)
+            setattr(opts, attr, kind(value))
+        opts.check()
+        return opts
+
+    def check(self) -> None:
+        positive = {
+            "iterations": self.iterations,
+            "epochs": self.epochs,
+            "batchSize": self.batch_size,
+            "learningRate": self.learning_rate,
+            "maxLength": self.max_length,
+            "loraRank": self.rank,
+            "loraAlpha": self.alpha,
+        }
+        for name, value in positive.items():
+            if value is not None and value <= 0:
+                raise InvalidInput(f"{name} must be positive, got {value}", name)
+        if self.max_length < 16:
+            raise InvalidInput(f"maxLength must be at least 16, got {self.max_length}", "maxLength")
+        if self.learning_rate > 1:
+            raise InvalidInput(f"learningRate must be at most 1, got {self.learning_rate}", "learningRate")
+
+
+def resolve_base(spec: str) -> str:
+    """A folder (or hub id) transformers can load for a base-model spec."""
+    if spec.startswith("bundled:"):
+        return str(lm.bundled_model_dir(spec.split(":", 1)[1]))
+    if spec.startswith("local:"):
+        spec = spec.split(":", 1)[1]
+        if not (Path(spec) / "config.json").exists():
+            raise InvalidInput(f"{spec} is not a transformers model folder (no config.json)", "model")
+        return spec
+    if Path(spec).is_dir():
+        if not (Path(spec) / "config.json").exists():
+            raise InvalidInput(f"{spec} is not a transformers model folder (no config.json)", "model")
+        return spec
+    # A hub id: transformers resolves it from its cache, or downloads it when the user has the
+    # network (HF_HUB_OFFLINE=1 makes that an error instead).
+    return spec
+
+
+# --- setup ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Data:
+    format: str
+    train: list[dict[str, Any]]
+    eval: list[dict[str, Any]]
+
+    @property
+    def kind(self) -> str:
+        return "dpo" if self.format == "preference" else "sft"
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def _trainable(fmt: str, row: dict[str, Any]) -> dict[str, Any] | None:
+    """The row as TRL wants it: conversational prompt/completion (loss on the completion only) or
+    prompt/chosen/rejected. Rows ending in a tool call keep it: the chat template renders it."""
+    if fmt == "preference":
+        return {"prompt": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"]}
+    if "messages" in row:
+        messages = row["messages"]
+        if len(messages) < 2 or messages[-1].get("role") != "assistant":
+            return None
+        return {"prompt": messages[:-1], "completion": [messages[-1]]}
+    return {"prompt": row["prompt"], "completion": row["completion"]}
+
+
+def load_data(folder: Path, task: str | None = None) -> Data:
+    """Train and eval rows of a dataset snapshot (one task's, when ``task`` is given)."""
+    manifest = orjson.loads((folder / "manifest.json").read_bytes())
+    fmt = manifest["format"]
+    if fmt not in FORMATS:
+        raise InvalidInput(
+            f"LoRA training reads {', '.join(FORMATS)} datasets, not {fmt!r}; build one with --format sft",
+            "datasetId",
+        )
+    base = folder
+    if task is not None:
+        tasks = manifest["counts"].get("tasks", {})
+        if task not in tasks:
+            raise InvalidInput(f"the dataset has no task {task!r}; it has {', '.join(sorted(tasks))}", "task")
+        if "folder" in tasks[task]:
+            base = folder / tasks[task]["folder"]
+    train = [r for r in (_trainable(fmt, row) for row in _read_rows(base / "train.jsonl")) if r]
+    evals = [r for r in (_trainable(fmt, row) for row in _read_rows(base / "eval.jsonl")) if r]
+    if not train:
+        raise InvalidInput("the dataset has no training rows", "datasetId")
+    return Data(fmt, train, evals)
+
+
+# --- fit -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """What the trainer callback saw: the loss curve and throughput."""
+
+    total_steps: int = 0
+    log: list[dict[str, Any]] = field(default_factory=list)
+    tokens: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def tokens_per_s(self) -> float:
+        return self.tokens / max(1e-9, time.monotonic() - self.started)
+
+
+def _callback(progress: Progress, report: Report, should_stop: ShouldStop, span: tuple[float, float]) -> Any:
+    from transformers import TrainerCallback
+
+    class _Cb(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            progress.total_steps = int(state.max_steps or 0)
+            progress.started = time.monotonic()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if should_stop():
+                control.should_training_stop = True  # between steps: the adapter stays consistent
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+            logs = dict(logs or {})
+            if "loss" not in logs:
+                return
+            if "num_tokens" in logs:
+                progress.tokens = int(logs["num_tokens"])
+            entry = {
+                "step": int(state.global_step),
+                "loss": float(logs["loss"]),
+                "learningRate": float(logs.get("learning_rate") or 0.0),
+                "tokensPerS": round(progress.tokens_per_s(), 1),
+            }
+            progress.log.append(entry)
+            total = max(1, progress.total_steps)
+            report(
+                span[0] + span[1] * min(1.0, state.global_step / total),
+                "train",
+                f"step {state.global_step}/{total} loss {entry['loss']:.4f} "
+                f"lr {entry['learningRate']:.2e} {entry['tokensPerS']:.0f} tok/s",
+            )
+
+    return _Cb()
+
+
+def training_args(opts: LoraOptions, kind: str, out: Path, device: str) -> Any:
+    """The trainer's config, every surprising default set explicitly."""
+    from trl import DPOConfig, SFTConfig
+
+    common: dict[str, Any] = {
+        "output_dir": str(out),
+        "per_device_train_batch_size": opts.batch_size,
+        "per_device_eval_batch_size": opts.batch_size,
+        "learning_rate": opts.learning_rate,
+        "lr_scheduler_type": "linear",
+        "warmup_steps": 0,
+        "bf16": False,  # TRL defaults to bf16; on CPUs without AMX it is slower and less exact
+        "fp16": False,
+        "activation_checkpointing": False,  # trades compute for memory: a small model has the memory
+        "max_length": opts.max_length,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "report_to": [],
+        "use_cpu": device == "cpu",
+        "dataloader_num_workers": 0,
+        "seed": opts.seed,
+        "disable_tqdm": True,
+    }
+    if opts.iterations:
+        common["max_steps"] = opts.iterations
+    else:
+        common["num_train_epochs"] = opts.epochs
+    if kind == "dpo":
+        return DPOConfig(**common, beta=opts.beta)
+    # Best-fit packing into max_length blocks, padding-free (one row with position ids; transformers
+    # masks each packed sequence off from the others): no compute spent on pad tokens.
+    return SFTConfig(**common, packing=True, packing_strategy="bfd", completion_only_loss=True)
+
+
+def fit(
+    opts: LoraOptions,
+    data: Data,
+    base_dir: str,
+    out: Path,
+    *,
+    device: str = "cpu",
+    report: Report,
+    should_stop: ShouldStop = lambda: False,
+    span: tuple[float, float] = (0.1, 0.8),
+) -> tuple[Any, Any, Progress]:
+    """Train; returns the trainer (with the PEFT model), the train result and the progress log."""
+    import torch
+    from datasets import Dataset as HFDataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOTrainer, SFTTrainer
+
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    torch.manual_seed(opts.seed)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model: Any = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    if device == "cuda":
+        model = model.to("cuda")
+    peft_config = LoraConfig(
+        r=opts.rank,
+        lora_alpha=opts.alpha,
+        lora_dropout=opts.dropout,
+        target_modules=list(opts.target_modules),
+        task_type="CAUSAL_LM",
+        bias="none",
+    )
+    progress = Progress()
+    trainer_cls = DPOTrainer if data.kind == "dpo" else SFTTrainer
+    trainer = trainer_cls(
+        model=model,
+        args=training_args(opts, data.kind, out / "trainer", device),
+        train_dataset=HFDataset.from_list(data.train),
+        eval_dataset=HFDataset.from_list(data.eval) if data.eval else None,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[_callback(progress, report, should_stop, span)],
+    )
+    result = trainer.train()
+    if should_stop():
+        raise Cancelled(f"cancelled at step {trainer.state.global_step}")
+    return trainer, result, progress
+
+
+# --- the whole job -------------------------------------------------------------------------------
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if os.uname().sysname == "Darwin" else 1024), 1)
+
+
+def models_root(home: Path | None = None) -> Path:
+    return (home or settings.home()) / "models"
+
+
+def run(
+    store: Any,
+    job: Any,
+    report: Report,
+    home: Path | None = None,
+    should_stop: ShouldStop = lambda: False,
+) -> dict[str, Any]:
+    """The ``cpu``/``cuda`` job body: train, evaluate, save, register. Returns the job's output."""
+    from trajforge import datasets
+
+    device = job.backend
+    opts = LoraOptions.from_request(job.request)
+    if job.dataset_id:
+        ds = datasets.get(store, job.dataset_id)
+    else:
+        fmt = "preference" if job.request.get("format") == "preference" else "sft"
+        report(0.01, "dataset", f"building an {fmt} dataset from the store")
+        ds = datasets.build(
+            store,
+            datasets.BuildRequest(
+                format=fmt, limit=int(job.request.get("maxTrajectories") or 1000), task=opts.task
+            ),
+            root=(home / "datasets") if home else None,
+        )
+        store.update_job(job.id, dataset_id=ds.id)
+    data = load_data(Path(ds.path), opts.task)
+    report(
+        0.03,
+        "setup",
+        f"{len(data.train)} train / {len(data.eval)} eval rows ({data.kind}); loading {opts.model}",
+    )
+    base_dir = resolve_base(opts.model)
+    model = Model(job_id=job.id, dataset_id=ds.id, base_model=opts.model, backend=device, adapter_path=None)
+    out = models_root(home) / model.id  # our own id: safe as a folder name
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    trainer, result, progress = fit(
+        opts, data, base_dir, out, device=device, report=report, should_stop=should_stop
+    )
+    train_s = time.monotonic() - started
+
+    report(0.9, "evaluate", "evaluating and saving")
+    metrics: dict[str, Any] = {
+        "kind": data.kind,
+        "steps": int(result.global_step),
+        "trainLoss": float(result.training_loss),
+        "finalLoss": progress.log[-1]["loss"] if progress.log else None,
+        "trainSeconds": round(train_s, 2),
+        "tokens": progress.tokens,
+        "tokensPerS": round(progress.tokens / train_s, 1) if progress.tokens else None,
+        "peakRssMb": peak_rss_mb(),
+        "trainRows": len(data.train),
+        "evalRows": len(data.eval),
+        "baseDir": base_dir,
+        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(opts).items()},
+    }
+    if data.eval:
+        metrics["evalLoss"] = float(trainer.evaluate()["eval_loss"])
+    adapter = out / "adapter"
+    trainer.model.save_pretrained(adapter)
+    trainer.processing_class.save_pretrained(adapter)
+    (out / "train_log.jsonl").write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in progress.log))
+    (out / "trainer_state.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    model.adapter_path = str(adapter)
+    if opts.merge:
+        report(0.95, "merge", "merging the adapter into the base model")
+        merged = out / "merged"
+        trainer.model.merge_and_unload().save_pretrained(merged)
+        trainer.processing_class.save_pretrained(merged)
+        model.merged_path = str(merged)
+    model.metrics = metrics
+    store.add_model(model)
+    report(1.0, "done", f"model {model.id}: loss {metrics['finalLoss']}")
+    return {
+        "modelId": model.id,
+        "adapterPath": model.adapter_path,
+        "mergedPath": model.merged_path,
+        "metrics": metrics,
+    }
