@@ -43,6 +43,7 @@ bench: $(VENV)/.dev-installed
 	$(PY) benchmarks/ingest.py
 	$(PY) benchmarks/query.py
 	$(PY) benchmarks/dataset_build.py
+	$(PY) benchmarks/train.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -62,3 +62,13 @@ def test_bundled_model_converts_once_and_answers(tmp_path: Path) -> None:
         [{"role": "user", "content": "What is the capital of France? One word."}], max_tokens=8
     )
     assert "paris" in reply.lower()
+
+
+def test_json_closed_knows_where_an_object_ends() -> None:
+    from trajforge.lm import json_closed
+
+    assert json_closed('{"action": "REFUND", "params": {"orderId": "A-1"}} and more')
+    assert json_closed('Sure: {"a": {"b": "}"}}')
+    assert not json_closed('{"a": "\\"}"')  # the brace is inside a string
+    assert not json_closed('{"a": {"b": 1}')
+    assert not json_closed("no object here }")

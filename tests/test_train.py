@@ -517,3 +517,38 @@ def test_a_benchmark_job_runs_in_the_runner(trained: Trained) -> None:
     finally:
         runner.stop()
         store.close()
+
+
+def test_rows_longer_than_max_length_are_left_out_not_truncated(tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    short = {
+        "prompt": [{"role": "user", "content": "hi"}],
+        "completion": [{"role": "assistant", "content": "ok"}],
+    }
+    long = {**short, "prompt": [{"role": "user", "content": "word " * 400}]}
+    fitted = lora.fit_length(lora.Data("sft", [short, long], [long]), tok, 64)
+    assert fitted.train == [short] and fitted.eval == [] and fitted.dropped == 2
+    with pytest.raises(InvalidInput) as err:
+        lora.fit_length(lora.Data("sft", [long], []), tok, 64)
+    assert err.value.field == "maxLength" and "raise maxLength" in err.value.message
+
+
+def test_lora_layers_adapts_only_the_top_layers(tmp_path: Path, tiny_model_dir: Path) -> None:
+    store = open_store(str(tmp_path / "s.db"))
+    try:
+        _fill(store)
+        ds = datasets.build(store, datasets.BuildRequest(format="sft", eval_fraction=0.0), root=tmp_path / "ds")
+        job = Job(
+            kind="lora",
+            backend="cpu",
+            request={"model": f"local:{tiny_model_dir}", "iterations": 1, "batchSize": 2, "loraLayers": 1},
+            dataset_id=ds.id,
+        )
+        store.add_job(job)
+        out = lora.run(store, job, lambda *a: None, tmp_path / "home")
+        keys = _lora_tensors(Path(out["adapterPath"])).keys()
+    finally:
+        store.close()
+    assert keys and all(".layers.1." in k for k in keys)  # the tiny model has layers 0 and 1

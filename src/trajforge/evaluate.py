@@ -27,6 +27,7 @@ from trajforge.optimize.common import (
     Candidate,
     Metric,
     TaskExample,
+    action_match,
     load_examples,
     mean,
     metric_for,
@@ -77,6 +78,20 @@ def check_request(store: Store, model_id: str, request: dict[str, Any]) -> None:
         raise InvalidInput(f"limit must be an integer from 1 to {MAX_ITEMS}", "limit")
     if request.get("metric"):
         resolve_metric(request["metric"])
+    stop = request.get("stop")
+    if stop is not None and (
+        not isinstance(stop, list)
+        or len(stop) > 4
+        or not all(isinstance(x, str) and 0 < len(x) <= 20 for x in stop)
+    ):
+        raise InvalidInput("stop must be a list of at most 4 strings of 1 to 20 characters", "stop")
+
+
+def _builtin_suites() -> None:
+    from trajforge.demo import support
+
+    register_suite("support-desk", lambda: support.heldout_examples(100))
+    register_suite("support-desk-quick", lambda: support.heldout_examples(12))
 
 
 def items_for(
@@ -105,13 +120,18 @@ def items_for(
 
 
 def score(
-    model: lm.LM, items: Sequence[TaskExample], metric: Metric, max_tokens: int = 128
+    model: lm.LM,
+    items: Sequence[TaskExample],
+    metric: Metric,
+    max_tokens: int = 128,
 ) -> tuple[list[float], list[str]]:
-    """Scores and outputs of ``model`` on ``items``, each under its own system prompt."""
+    """Scores and outputs of ``model`` on ``items``, each under its own system prompt (a reply ends
+    with its JSON object when the metric scores JSON actions)."""
     conversations = [Candidate(ex.system).messages(ex) for ex in items]
     batch = getattr(model, "chat_batch", None)
     if batch is not None:
-        outputs = list(batch(conversations, max_tokens=max_tokens))
+        extra = {"json_object": True} if metric is action_match else {}
+        outputs = list(batch(conversations, max_tokens=max_tokens, **extra))
     else:
         outputs = [model.chat(c, max_tokens=max_tokens) for c in conversations]
     return [metric(o, ex.expected) for o, ex in zip(outputs, items, strict=True)], outputs
@@ -202,3 +222,6 @@ def run_job(
     """The ``benchmark`` job body."""
     result = benchmark(store, job.request["modelId"], job.request, report)
     return {"modelId": job.request["modelId"], **{k: v for k, v in result.items() if k != "perItem"}}
+
+
+_builtin_suites()

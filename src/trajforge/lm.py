@@ -218,18 +218,31 @@ class LocalLM:
         return self.chat_batch([messages], temperature=temperature, max_tokens=max_tokens)[0]
 
     def chat_batch(
-        self, conversations: Sequence[Sequence[Message]], *, temperature: float = 0.0, max_tokens: int = 256
+        self,
+        conversations: Sequence[Sequence[Message]],
+        *,
+        temperature: float = 0.0,
+        max_tokens: int = 256,
+        stop: Sequence[str] = (),
+        json_object: bool = False,
     ) -> list[str]:
-        """Replies to several conversations, generated ``max_batch`` at a time."""
+        """Replies to several conversations, generated ``max_batch`` at a time. A reply ends at
+        the first of the ``stop`` strings (kept in the reply) or, with ``json_object``, as soon as
+        it holds a complete JSON object: generating past the end of a structured answer is the
+        bulk of the cost when a small model rambles on."""
         import orjson
 
-        keys = [orjson.dumps([list(c), temperature, max_tokens]) for c in conversations]
+        keys = [
+            orjson.dumps([list(c), temperature, max_tokens, list(stop), json_object]) for c in conversations
+        ]
         out: list[str | None] = [self._cache.get(k) if temperature == 0 else None for k in keys]
         todo = [i for i, o in enumerate(out) if o is None]
         for start in range(0, len(todo), self.max_batch):
             idx = todo[start : start + self.max_batch]
             for i, text in zip(
-                idx, self._generate([conversations[i] for i in idx], temperature, max_tokens), strict=True
+                idx,
+                self._generate([conversations[i] for i in idx], temperature, max_tokens, stop),
+                strict=True,
             ):
                 out[i] = text
                 if temperature == 0:
@@ -237,7 +250,12 @@ class LocalLM:
         return [o or "" for o in out]
 
     def _generate(
-        self, conversations: Sequence[Sequence[Message]], temperature: float, max_tokens: int
+        self,
+        conversations: Sequence[Sequence[Message]],
+        temperature: float,
+        max_tokens: int,
+        stop: Sequence[str] = (),
+        json_object: bool = False,
     ) -> list[str]:
         import torch
 
@@ -251,6 +269,14 @@ class LocalLM:
             if temperature > 0
             else {"do_sample": False}
         )
+        if stop:
+            sampling.update(stop_strings=list(stop), tokenizer=self.tokenizer)
+        if json_object:
+            from transformers import StoppingCriteriaList
+
+            sampling["stopping_criteria"] = StoppingCriteriaList(
+                [_JsonClosed(self.tokenizer, batch["input_ids"].shape[1])]
+            )
         with torch.inference_mode():
             generated = self.model.generate(
                 **batch,
@@ -261,6 +287,43 @@ class LocalLM:
         self.calls += len(conversations)
         new = generated[:, batch["input_ids"].shape[1] :]
         return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
+def json_closed(text: str) -> bool:
+    """Whether ``text`` holds a complete (brace-balanced) JSON object, strings and escapes aware."""
+    depth, in_string, escaped, started = 0, False, False, False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = started
+        elif ch == "{":
+            depth += 1
+            started = True
+        elif ch == "}" and started:
+            depth -= 1
+            if depth == 0:
+                return True
+    return False
+
+
+class _JsonClosed:
+    """A transformers stopping criterion, per row: stop once the reply holds a whole JSON object."""
+
+    def __init__(self, tokenizer: Any, prompt_len: int) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_len = prompt_len
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len :], skip_special_tokens=True)
+        return torch.tensor([json_closed(t) for t in texts], dtype=torch.bool, device=input_ids.device)
 
 
 def from_spec(spec: str, *, base_url: str | None = None, api_key: str | None = None) -> LM:

@@ -238,12 +238,22 @@ class CountingLM:
         *,
         temperature: float = 0.0,
         max_tokens: int = 256,
+        json_object: bool = False,
     ) -> list[str]:
         self.calls += len(conversations)
         batch = getattr(self.lm, "chat_batch", None)
         if batch is not None:
-            return list(batch(conversations, temperature=temperature, max_tokens=max_tokens))
+            extra = {"json_object": True} if json_object else {}
+            return list(batch(conversations, temperature=temperature, max_tokens=max_tokens, **extra))
         return [self.lm.chat(c, temperature=temperature, max_tokens=max_tokens) for c in conversations]
+
+
+def answer_budget(examples: Sequence[TaskExample], cap: int = 128) -> int:
+    """Tokens to generate per answer: twice the longest expected answer (≈ 3 characters a token)
+    plus a margin, at most ``cap``. A reply far longer than any right answer is already wrong, and
+    generating it is where a small model that rambles spends its time."""
+    longest = max((len(ex.expected) for ex in examples), default=cap * 3)
+    return max(16, min(cap, 2 * longest // 3 + 16))
 
 
 def evaluate(
@@ -251,10 +261,16 @@ def evaluate(
     candidate: Candidate,
     examples: Sequence[TaskExample],
     metric: Metric,
-    max_tokens: int = 128,
+    max_tokens: int | None = None,
 ) -> tuple[list[float], list[str]]:
-    """Scores (and outputs) of ``candidate`` on ``examples``, generated as one batch."""
-    outputs = lm.chat_batch([candidate.messages(ex) for ex in examples], max_tokens=max_tokens)
+    """Scores (and outputs) of ``candidate`` on ``examples``, generated as one batch (each reply
+    ending with its JSON object when the metric scores JSON actions). ``max_tokens`` defaults to
+    :func:`answer_budget`."""
+    outputs = lm.chat_batch(
+        [candidate.messages(ex) for ex in examples],
+        max_tokens=max_tokens or answer_budget(examples),
+        json_object=metric is action_match,
+    )
     return [metric(o, ex.expected) for o, ex in zip(outputs, examples, strict=True)], outputs
 
 

@@ -321,6 +321,9 @@ class JobRequest(Wire):
     maxLength: Int | None = Field(default=None, ge=16, le=32_768, description="LoRA: tokens per sequence")
     loraRank: Int | None = Field(default=None, ge=1, le=256)
     loraAlpha: Int | None = Field(default=None, ge=1, le=1024)
+    loraLayers: Int | None = Field(
+        default=None, ge=1, le=1024, description="LoRA: adapt only the top N layers (faster on a CPU)"
+    )
     beta: Number | None = Field(default=None, gt=0, le=10, description="DPO β (preference datasets)")
     merge: StrictBool | None = Field(default=None, description="LoRA: also save the merged model")
     format: Literal["sft", "preference"] | None = Field(
@@ -404,6 +407,11 @@ class BenchmarkRequest(Wire):
     limit: Int | None = Field(default=None, ge=1, le=2000)
     metric: Literal["action_match", "token_f1"] | None = None
     maxTokens: Int | None = Field(default=None, ge=1, le=4096)
+    stop: list[Annotated[str, Field(min_length=1, max_length=20)]] | None = Field(
+        default=None,
+        max_length=4,
+        description="Strings that end a reply (e.g. a JSON answer's closing braces)",
+    )
 
 
 class BenchmarkQueued(BaseModel):

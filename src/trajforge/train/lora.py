@@ -66,8 +66,13 @@ class LoraOptions:
     max_length: int = 256
     rank: int = 8
     alpha: int = 16
-    dropout: float = 0.05
+    dropout: float = 0.0
+    """No dropout by default: a run of a few hundred steps does not need it, and on a CPU it costs
+    a copy of every adapted layer's input."""
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    layers: int | None = None
+    """Adapt only the top N transformer layers (None: all). Backpropagation then stops below them:
+    on a CPU, adapting the top third of a 30-layer model about halves the step time."""
     task: str | None = None
     merge: bool = False
     seed: int = 0
@@ -87,6 +92,7 @@ class LoraOptions:
             ("maxLength", "max_length", int),
             ("loraRank", "rank", int),
             ("loraAlpha", "alpha", int),
+            ("loraLayers", "layers", int),
             ("task", "task", str),
             ("merge", "merge", bool),
             ("seed", "seed", int),
@@ -111,6 +117,7 @@ class LoraOptions:
             "maxLength": self.max_length,
             "loraRank": self.rank,
             "loraAlpha": self.alpha,
+            "loraLayers": self.layers,
         }
         for name, value in positive.items():
             if value is not None and value <= 0:
@@ -147,6 +154,8 @@ class Data:
     format: str
     train: list[dict[str, Any]]
     eval: list[dict[str, Any]]
+    dropped: int = 0
+    """Rows left out for being longer than maxLength."""
 
     @property
     def kind(self) -> str:
@@ -195,6 +204,27 @@ def load_data(folder: Path, task: str | None = None) -> Data:
     return Data(fmt, train, evals)
 
 
+def _length(tokenizer: Any, row: dict[str, Any]) -> int:
+    answers = [row[k] for k in ("completion", "chosen", "rejected") if k in row]
+    return max(len(tokenizer.apply_chat_template(row["prompt"] + a, tokenize=True)) for a in answers)
+
+
+def fit_length(data: Data, tokenizer: Any, max_length: int) -> Data:
+    """Leave out rows longer than ``max_length`` tokens: truncation would cut the completion — the
+    only part the loss is on — and train on nothing. Counted in ``data.dropped``; when no row fits
+    it is an error that says which option to raise."""
+    train = [r for r in data.train if _length(tokenizer, r) <= max_length]
+    evals = [r for r in data.eval if _length(tokenizer, r) <= max_length]
+    if not train:
+        longest = max(_length(tokenizer, r) for r in data.train)
+        raise InvalidInput(
+            f"every training row is longer than maxLength={max_length} tokens (the longest has {longest}); "
+            "raise maxLength",
+            "maxLength",
+        )
+    return Data(data.format, train, evals, dropped=len(data.train) - len(train) + len(data.eval) - len(evals))
+
+
 # --- fit -----------------------------------------------------------------------------------------
 
 
@@ -203,6 +233,9 @@ class Progress:
     """What the trainer callback saw: the loss curve and throughput."""
 
     total_steps: int = 0
+    dropped: int = 0
+    rows: tuple[int, int] = (0, 0)
+    """Train and eval rows trained/evaluated on (after leaving out the too-long ones)."""
     log: list[dict[str, Any]] = field(default_factory=list)
     tokens: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -309,15 +342,24 @@ def fit(
     model: Any = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     if device == "cuda":
         model = model.to("cuda")
+    depth = int(getattr(model.config, "num_hidden_layers", 0) or 0)
+    layers = None
+    if opts.layers is not None and depth:
+        layers = list(range(max(0, depth - opts.layers), depth))
     peft_config = LoraConfig(
         r=opts.rank,
         lora_alpha=opts.alpha,
         lora_dropout=opts.dropout,
         target_modules=list(opts.target_modules),
+        layers_to_transform=layers,
         task_type="CAUSAL_LM",
         bias="none",
     )
-    progress = Progress()
+    fitted = fit_length(data, tokenizer, opts.max_length)
+    if fitted.dropped:
+        report(span[0], "setup", f"left out {fitted.dropped} rows longer than maxLength={opts.max_length}")
+    data = fitted
+    progress = Progress(dropped=fitted.dropped, rows=(len(fitted.train), len(fitted.eval)))
     trainer_cls = DPOTrainer if data.kind == "dpo" else SFTTrainer
     trainer = trainer_cls(
         model=model,
@@ -398,12 +440,13 @@ def run(
         "tokens": progress.tokens,
         "tokensPerS": round(progress.tokens / train_s, 1) if progress.tokens else None,
         "peakRssMb": peak_rss_mb(),
-        "trainRows": len(data.train),
-        "evalRows": len(data.eval),
+        "trainRows": progress.rows[0],
+        "evalRows": progress.rows[1],
+        "droppedTooLong": progress.dropped,
         "baseDir": base_dir,
         "options": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(opts).items()},
     }
-    if data.eval:
+    if progress.rows[1]:
         metrics["evalLoss"] = float(trainer.evaluate()["eval_loss"])
     adapter = out / "adapter"
     trainer.model.save_pretrained(adapter)

@@ -1,0 +1,147 @@
+"""LoRA SFT throughput: our ``cpu`` backend against a plain TRL ``SFTTrainer`` with its defaults.
+
+    python benchmarks/train.py [--steps 20] [--rounds 2] [--model bundled:smollm2-135m]
+
+Both runs train the same LoRA (r=8 on q/k/v/o) on the same model and the same support-desk rows
+(prompt/completion, loss on the completion), for the same number of optimizer steps with the same
+batch size, max length and learning rate. The baseline leaves every other option at TRL's default
+(bf16, gradient checkpointing, padded batches); ours sets them as the backend does (fp32, no
+checkpointing, padding-free best-fit packing). Each run is a child process of its own, so its peak
+RSS is its own; the runs alternate (baseline first) for ``--rounds`` rounds. Tokens are the
+non-padding tokens TRL counts (``num_tokens``), over the trainer's own runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+
+def rows(n: int) -> list[dict[str, Any]]:
+    from trajforge.demo import support
+
+    out = []
+    for c in support.cases(support.TRAIN_SEED, n):
+        prompt = c.messages()
+        out.append({"prompt": prompt, "completion": [{"role": "assistant", "content": support.expert(c)}]})
+    return out
+
+
+def lora_config() -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        task_type="CAUSAL_LM", bias="none",
+    )  # fmt: skip
+
+
+def child(kind: str, model: str, steps: int, batch: int, max_length: int, lr: float) -> dict[str, Any]:
+    from trajforge.train import lora
+
+    base = lora.resolve_base(model)
+    data = rows(steps * batch * 2)
+    out = Path(tempfile.mkdtemp(prefix=f"bench-train-{kind}-"))
+    if kind == "ours":
+        opts = lora.LoraOptions(
+            model=model, iterations=steps, batch_size=batch, max_length=max_length, learning_rate=lr
+        )
+        t0 = time.perf_counter()
+        trainer, result, _progress = lora.fit(
+            opts, lora.Data("sft", data, []), base, out, report=lambda *a: None
+        )
+        wall = time.perf_counter() - t0
+    else:
+        from datasets import Dataset
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from trl import SFTConfig, SFTTrainer
+
+        t0 = time.perf_counter()
+        args = SFTConfig(
+            output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, max_length=max_length,
+            learning_rate=lr, report_to=[], save_strategy="no", logging_steps=1, disable_tqdm=True,
+        )  # fmt: skip
+        trainer = SFTTrainer(
+            model=AutoModelForCausalLM.from_pretrained(base),
+            args=args,
+            train_dataset=Dataset.from_list(data),
+            processing_class=AutoTokenizer.from_pretrained(base),
+            peft_config=lora_config(),
+        )
+        result = trainer.train()
+        wall = time.perf_counter() - t0
+    logs = [e for e in trainer.state.log_history if "num_tokens" in e]
+    tokens = int(logs[-1]["num_tokens"]) if logs else 0
+    runtime = float(result.metrics["train_runtime"])
+    return {
+        "kind": kind,
+        "steps": int(result.global_step),
+        "tokens": tokens,
+        "trainRuntimeS": round(runtime, 2),
+        "wallS": round(wall, 2),
+        "tokensPerS": round(tokens / runtime, 1),
+        "finalLoss": round(float(trainer.state.log_history[-2].get("loss", float("nan"))), 4),
+        "peakRssMb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "bf16": bool(trainer.args.bf16),
+        "checkpointing": bool(getattr(trainer.args, "activation_checkpointing", False)),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--max-length", type=int, default=384)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--model", default="bundled:smollm2-135m")
+    ap.add_argument("--child", choices=("ours", "trl"), help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        print(
+            "RESULT " + json.dumps(child(a.child, a.model, a.steps, a.batch, a.max_length, a.lr)), flush=True
+        )
+        return
+    from trajforge.train import lora
+
+    lora.resolve_base(a.model)  # convert the bundled model once, outside the timed runs
+    print(
+        f"machine: {platform.platform()}, {os.cpu_count()} cores, python {platform.python_version()}; "
+        f"model {a.model}, {a.steps} steps, batch {a.batch}, max_length {a.max_length}, lr {a.lr}"
+    )
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
+    results: dict[str, list[dict[str, Any]]] = {"trl": [], "ours": []}
+    for r in range(a.rounds):
+        for kind in ("trl", "ours"):
+            cmd = [
+                sys.executable, __file__, "--child", kind, "--steps", str(a.steps), "--batch", str(a.batch),
+                "--max-length", str(a.max_length), "--lr", str(a.lr), "--model", a.model,
+            ]  # fmt: skip
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if line is None:
+                sys.exit(f"{kind} run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+            res = json.loads(line[len("RESULT ") :])
+            results[kind].append(res)
+            print(f"round {r + 1} {kind:>4}: {json.dumps(res)}", flush=True)
+    tps = {k: median(x["tokensPerS"] for x in v) for k, v in results.items()}
+    rss = {k: max(x["peakRssMb"] for x in v) for k, v in results.items()}
+    print(
+        f"tokens/s (median): plain TRL {tps['trl']:.0f}, ours {tps['ours']:.0f} → ratio {tps['ours'] / tps['trl']:.2f}x "
+        f"(goal ≥ 1.0x); peak RSS: TRL {rss['trl']:.0f} MB, ours {rss['ours']:.0f} MB → "
+        f"{rss['ours'] / rss['trl']:.2f}x (goal ≤ 1.0x)"
+    )
+
+
+if __name__ == "__main__":
+    main()

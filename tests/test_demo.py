@@ -1,0 +1,71 @@
+"""``trajforge demo --quick``: every phase of the flywheel runs (tiny model, few cases), and the
+support-desk environment's reward and generator behave."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.tiny_model import bundled_gguf_dir
+from trajforge import settings
+from trajforge.cli import app
+from trajforge.demo import support
+from trajforge.store import TrajectoryFilter, open_store
+
+
+def test_reward_is_one_half_or_zero() -> None:
+    c = support.case(support.TRAIN_SEED, 3)
+    right = json.dumps({"action": c.action, "params": {"orderId": c.order_id}})
+    assert support.reward(right, c) == 1.0
+    assert support.reward(f"Sure! ```json\n{right}\n```", c) == 1.0
+    assert support.reward(json.dumps({"action": c.action, "params": {"orderId": "A-0000"}}), c) == 0.5
+    wrong = next(a for a in support.ACTIONS if a != c.action)
+    assert support.reward(json.dumps({"action": wrong, "params": {"orderId": c.order_id}}), c) == 0.0
+    assert support.reward("I will refund you.", c) == 0.0
+
+
+def test_cases_are_deterministic_varied_and_heldout_is_disjoint() -> None:
+    train, heldout = support.split(300, 100)
+    assert support.case(1, 5) == train[5] and len(heldout) == 100
+    assert not {c.message for c in train} & {c.message for c in heldout}
+    assert not {c.scenario_id for c in train} & {c.scenario_id for c in heldout}
+    assert {c.action for c in train} == set(support.ACTIONS)
+    assert len({c.message for c in train}) > 250
+    for c in train[:50]:  # the right order is always in the record, and it is the one meant
+        assert c.order_id in {o["orderId"] for o in c.record["orders"]}
+        assert support.case_for(c.scenario_id) == c
+    assert any(c.order_id not in c.message for c in train)  # some cases need the record
+
+
+@pytest.mark.slow
+def test_quick_demo_runs_every_phase() -> None:
+    bundled_gguf_dir()  # skips without the bundled model's package
+    r = CliRunner().invoke(app, ["demo", "--quick", "--no-serve"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    home = settings.home()
+    report = (home / "demo" / "report.md").read_text()
+    for name in ("base prompt", "optimized prompt", "fine-tuned model"):
+        assert name in report and name in r.output
+    page = (home / "demo" / "report.html").read_text()
+    assert page.count("<svg") == 2 and "<script" not in page
+    store = open_store(settings.database_url())
+    try:
+        assert store.count(TrajectoryFilter(source="teacher")) == 24
+        assert store.count(TrajectoryFilter(source="autonomy")) == 12
+        [model] = store.list_models()
+        assert model.evaluation and model.evaluation["status"] == "completed" and model.evaluation["n"] == 12
+        assert {d.name for d in store.list_datasets()} == {
+            "support-desk-sft",
+            "support-desk-preference",
+            "support-desk-prompts",
+        }
+        kinds = [j.kind for j in store.list_jobs()]
+        assert sorted(kinds) == ["lora", "native", "native"]
+        sft = next(d for d in store.list_datasets() if d.name == "support-desk-sft")
+        assert sft.manifest["privacy"]["redactions"].get("email")  # customer e-mails never reach training
+        assert "@example.com" not in (Path(sft.path) / "train.jsonl").read_text()
+    finally:
+        store.close()
