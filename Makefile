@@ -34,7 +34,15 @@ lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy
 
-test: lint
+# The browser tests drive Debian's Chromium (no downloaded browser build).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(CHROMIUM):
+	$(SUDO) apt-get install -y --no-install-recommends chromium || \
+		($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium)
+
+test: lint $(CHROMIUM)
 	$(VENV)/bin/pytest -n 2 --dist loadgroup -q
 
 # Benchmarks print figures against their in-run baselines; results go to BENCHMARKS.md by hand.

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 import trajforge
 from trajforge.store import TrajectoryFilter, open_store
@@ -125,3 +126,28 @@ def test_a_wrong_token_spools_and_the_next_process_delivers(tmp_path: Path) -> N
     store = open_store(db)
     assert store.get_trajectory(t.id).llm_call_count == 1  # type: ignore[union-attr]
     store.close()
+
+
+def test_the_sdk_reads_the_active_model_from_a_server(tmp_path: Path) -> None:
+    from trajforge import models
+    from trajforge.records import Model
+    from trajforge.store import open_store
+
+    db = str(tmp_path / "s.db")
+    store = open_store(db)
+    m = Model(
+        job_id=None, dataset_id=None, base_model="bundled:smollm2-135m", backend="cpu", adapter_path="/a"
+    )
+    store.add_model(m)
+    models.activate(store, m.id, "ollama/support-agent")
+    store.close()
+    port = free_port()
+    proc = start_server(port, db, tmp_path / "server.log")
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert trajforge.active_model(url, token=TOKEN) == "ollama/support-agent"
+        with pytest.raises(httpx.HTTPStatusError):
+            models._read_active(url, "wrong-token")  # the server's token check holds
+    finally:
+        proc.terminate()
+        proc.wait(10)

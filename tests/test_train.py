@@ -140,6 +140,11 @@ def test_lora_refuses_datasets_it_cannot_train_on(tmp_path: Path) -> None:
         with pytest.raises(InvalidInput) as err:
             lora.load_data(Path(ds.path))
         assert err.value.field == "datasetId" and "grpo" in err.value.message
+        for backend in ("cpu", "native"):  # refused when queued, not when the job runs
+            with pytest.raises(InvalidInput) as err:
+                jobs.submit(store, {"backend": backend, "datasetId": ds.id})
+            assert err.value.field == "datasetId"
+        assert store.list_jobs() == []
     finally:
         store.close()
 
@@ -539,7 +544,9 @@ def test_lora_layers_adapts_only_the_top_layers(tmp_path: Path, tiny_model_dir: 
     store = open_store(str(tmp_path / "s.db"))
     try:
         _fill(store)
-        ds = datasets.build(store, datasets.BuildRequest(format="sft", eval_fraction=0.0), root=tmp_path / "ds")
+        ds = datasets.build(
+            store, datasets.BuildRequest(format="sft", eval_fraction=0.0), root=tmp_path / "ds"
+        )
         job = Job(
             kind="lora",
             backend="cpu",

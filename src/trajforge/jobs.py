@@ -80,8 +80,18 @@ def submit(store: Store, request: dict[str, Any]) -> Job:
 
         LoraOptions.from_request(request)  # bad options fail here, not in the job
     dataset_id = request.get("datasetId")
-    if dataset_id is not None and store.get_dataset(dataset_id) is None:
+    ds = None if dataset_id is None else store.get_dataset(dataset_id)
+    if dataset_id is not None and ds is None:
         raise NotFound(f"no dataset {dataset_id!r}", "datasetId")
+    if ds is not None:
+        from trajforge.train.lora import FORMATS
+
+        reads = ("prompt_completion", "sft") if backend == "native" else FORMATS
+        if ds.format not in reads:
+            what = "native optimization" if backend == "native" else "LoRA training"
+            raise InvalidInput(
+                f"{what} reads {', '.join(reads)} datasets; {dataset_id} is {ds.format!r}", "datasetId"
+            )
     job = Job(kind=kind_of(backend), backend=backend, request=request, dataset_id=dataset_id)
     store.add_job(job)
     return job

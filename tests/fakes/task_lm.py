@@ -118,3 +118,18 @@ def fill_store(store: Any, n: int = 30) -> None:
         )
         t.steps.append(step)
         store.write(WriteBatch.from_trajectory(t))
+
+
+MODEL = "task"
+"""The model name jobs ask the fake server for."""
+
+
+def slow(fn: Any, delay_s: float) -> Any:
+    """``fn`` answering only after ``delay_s`` (a job that runs long enough to be cancelled)."""
+    import time
+
+    def answer_slowly(messages: list[dict[str, Any]], request: dict[str, Any]) -> Any:
+        time.sleep(delay_s)
+        return fn(messages, request)
+
+    return answer_slowly

@@ -10,6 +10,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from trajforge import __version__, settings
 from trajforge.errors import TrajforgeError, Unauthorized
+from trajforge.server import dashboard
 from trajforge.server.schemas import ErrorResponse
 from trajforge.store import Store, open_store
 
@@ -136,12 +138,18 @@ def create_app(
                 the_store.close()
 
     async def require_token(
+        request: Request,
         credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),  # noqa: B008
     ) -> None:
         assert api_token is not None
         given = credentials.credentials if credentials is not None else ""
-        if not hmac.compare_digest(given.encode(), api_token.encode()):
-            raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
+        if hmac.compare_digest(given.encode(), api_token.encode()):
+            return
+        # The dashboard's session cookie (SameSite=Strict) may read — pages, the event stream —
+        # but never change anything: state-changing calls need the bearer header.
+        if request.method in ("GET", "HEAD") and dashboard.cookie_ok(request):
+            return
+        raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
 
     app = FastAPI(
         title="trajforge",
@@ -151,6 +159,18 @@ def create_app(
     )
     app.state.store = the_store
     app.state.max_ingest_bytes = max_ingest_bytes
+    app.state.api_token = api_token
+
+    @app.middleware("http")
+    async def same_origin_writes(request: Request, call_next: Any) -> Any:
+        """Refuse state-changing requests a browser sends on another site's behalf (CSRF): with or
+        without a token, a page elsewhere must not cancel jobs or delete trajectories here."""
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            origin = request.headers.get("origin")
+            cross = request.headers.get("sec-fetch-site") == "cross-site"
+            if cross or (origin is not None and urlsplit(origin).netloc != request.headers.get("host")):
+                return error_response(403, "forbidden", "cross-origin requests may not change anything here")
+        return await call_next(request)
 
     @app.exception_handler(TrajforgeError)
     async def trajforge_error(request: Request, exc: TrajforgeError) -> JSONResponse:
@@ -184,6 +204,8 @@ def create_app(
     def healthz() -> dict[str, Any]:
         return {"ok": True, "version": __version__}
 
+    from fastapi.staticfiles import StaticFiles
+
     from trajforge.server import training, trajectories
 
     # The bearer scheme is declared (and enforced) only when a token is set, so /openapi.json says
@@ -191,4 +213,6 @@ def create_app(
     guard = [Depends(require_token)] if api_token is not None else []
     app.include_router(trajectories.router, dependencies=guard, responses=ERROR_RESPONSES)
     app.include_router(training.router, dependencies=guard, responses=ERROR_RESPONSES)
+    app.include_router(dashboard.router)
+    app.mount("/static", StaticFiles(directory=str(dashboard.HERE / "static")), name="static")
     return app

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from trajforge import datasets, jobs, jsonutil, models
@@ -317,3 +317,45 @@ def activate_model(
 ) -> dict[str, Any]:
     model = models.activate(_store(request), model_id, body.providerModel if body else None)
     return {"model": models.wire(model, per_item=False)}
+
+
+@router.get(
+    "/jobs/{job_id}/log",
+    summary="The end of a job's log (plain text)",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {}}}},
+)
+def job_log(
+    request: Request,
+    job_id: Annotated[str, Path(min_length=1, max_length=200)],
+    tail: Annotated[int, Query(ge=1, le=100_000, description="Last N bytes")] = 8000,
+) -> PlainTextResponse:
+    job = jobs.get(_store(request), job_id)
+    text = ""
+    if job.log_path:
+        try:
+            with open(job.log_path, "rb") as f:
+                f.seek(0, 2)
+                f.seek(max(0, f.tell() - tail))
+                text = f.read().decode(errors="replace")
+        except OSError:
+            text = ""  # the log lives on the runner's host; this server may not see it
+    return PlainTextResponse(text)
+
+
+@router.get("/prompts", summary="Optimized prompt artifacts: every task with its current version")
+def list_prompts() -> dict[str, Any]:
+    from trajforge.optimize import artifacts
+
+    out = []
+    for t in artifacts.tasks():
+        cur = artifacts.current(t["task"])
+        out.append({**t, "artifact": cur.to_wire() if cur else None})
+    return {"prompts": out}
+
+
+@router.post("/prompts/{task}/rollback", summary="Make a task's previous promoted prompt current again")
+def rollback_prompt(task: Annotated[str, Path(min_length=1, max_length=200)]) -> dict[str, Any]:
+    from trajforge.optimize import artifacts
+
+    return {"artifact": artifacts.rollback(task).to_wire()}

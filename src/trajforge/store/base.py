@@ -242,6 +242,8 @@ class Store(Protocol):
         """Append to the training event log; returns the event's sequence number."""
         ...
 
+    def last_event_seq(self) -> int: ...
+
     def list_events(
         self,
         *,

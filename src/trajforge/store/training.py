@@ -258,6 +258,12 @@ class TrainingRecords:
         event.seq = int(row[0])
         return event.seq
 
+    def last_event_seq(self) -> int:
+        """The newest event's sequence number (0 when there is none): where a live stream starts."""
+        with self._read_tx() as cur:  # type: ignore[attr-defined]
+            row = self._ex(cur, "SELECT MAX(seq) FROM events").fetchone()  # type: ignore[attr-defined]
+        return int(row[0] or 0)
+
     def list_events(
         self,
         *,

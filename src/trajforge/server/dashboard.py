@@ -1,0 +1,251 @@
+"""The web dashboard: server-rendered pages (Jinja2, autoescaped) over the same store and library
+functions as the API, with a little hand-written JavaScript for the live parts (forms that call the
+API, Server-Sent Events for job progress). No build step, nothing fetched from the internet, charts
+as inline SVG.
+
+Security: every prompt, response, id and metadata value is attacker-controlled text; templates
+escape everything (no ``|safe`` on user content) and the page sets a Content-Security-Policy that
+allows scripts only from this server. With an API token, the dashboard asks for it once
+(``/login``): the browser keeps it in ``sessionStorage`` and sends it as a bearer header on every API
+call, and the server sets a ``SameSite=Strict`` HttpOnly cookie that authorizes *reading* (pages,
+GET requests, the event stream) only. State-changing calls need the bearer header, which another
+site cannot make a browser send; unsafe methods from another origin are refused outright.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from trajforge import jobs, models
+from trajforge.errors import TrajforgeError
+from trajforge.records import iso_ms
+from trajforge.store import Store, TrajectoryFilter, build_filter
+
+HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+templates.env.globals["iso"] = lambda ms: iso_ms(ms) if ms else ""
+PAGE_SIZE = 50
+COOKIE = "trajforge_session"
+SOURCES = ("chat", "autonomy", "telegram", "discord", "api")
+STATUSES = ("active", "completed", "error", "timeout")
+FILTER_KEYS = ("status", "source", "scenarioId", "startDate", "endDate", "search", "agentId")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+
+router = APIRouter(include_in_schema=False)
+
+
+def session_value(token: str) -> str:
+    """What the session cookie holds: derived from the token, never the token itself."""
+    return hmac.new(token.encode(), b"trajforge-dashboard-session", hashlib.sha256).hexdigest()
+
+
+def cookie_ok(request: Request) -> bool:
+    token: str | None = request.app.state.api_token
+    if token is None:
+        return True
+    given = request.cookies.get(COOKIE, "")
+    return hmac.compare_digest(given.encode(), session_value(token).encode())
+
+
+def _store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+def _page(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
+    if not cookie_ok(request):
+        return RedirectResponse(f"/login?{urlencode({'next': request.url.path})}", status_code=303)
+    response = templates.TemplateResponse(
+        request,
+        name,
+        {"token_required": request.app.state.api_token is not None, **context},
+        status_code=status,
+    )
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "same-origin"
+    return response
+
+
+@router.get("/", response_class=HTMLResponse)
+def home() -> Response:
+    return RedirectResponse("/trajectories", status_code=303)
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login(request: Request, next: str = "/trajectories") -> Response:
+    # Only a local path: never a redirect to another site.
+    target = next if next.startswith("/") and not next.startswith("//") else "/trajectories"
+    response = templates.TemplateResponse(request, "login.html", {"next": target, "token_required": True})
+    response.headers["Content-Security-Policy"] = CSP
+    return response
+
+
+@router.post("/session")
+async def session(request: Request) -> Response:
+    """Exchange the API token (JSON ``{"token"}``) for the read-only session cookie."""
+    token: str | None = request.app.state.api_token
+    try:
+        body = await request.json()
+    except ValueError:
+        body = {}
+    given = str(body.get("token", "")) if isinstance(body, dict) else ""
+    if token is not None and not hmac.compare_digest(given.encode(), token.encode()):
+        return Response(status_code=401)
+    response = Response(status_code=204)
+    if token is not None:
+        response.set_cookie(COOKIE, session_value(token), httponly=True, samesite="strict", path="/")
+    return response
+
+
+def _filters(request: Request) -> dict[str, str]:
+    return {k: v for k in FILTER_KEYS if (v := request.query_params.get(k, "").strip())}
+
+
+def _histogram(values: list[float], bins: int = 10) -> list[dict[str, Any]]:
+    if not values:
+        return []
+    lo, hi = min(values), max(values)
+    width = (hi - lo) / bins or 1.0
+    counts = [0] * bins
+    for v in values:
+        counts[min(bins - 1, int((v - lo) / width))] += 1
+    return [{"from": lo + i * width, "to": lo + (i + 1) * width, "count": c} for i, c in enumerate(counts)]
+
+
+def _bars(items: list[tuple[str, float]], width: int = 360, height: int = 90) -> dict[str, Any]:
+    """Geometry of a small bar chart (the template draws it as SVG)."""
+    top = max((v for _, v in items), default=0) or 1
+    n = max(1, len(items))
+    bw = width / n
+    return {
+        "width": width,
+        "height": height,
+        "bars": [
+            {
+                "x": round(i * bw + 1, 1),
+                "w": round(max(1.0, bw - 2), 1),
+                "h": round((height - 14) * v / top, 1),
+                "y": round(height - 14 - (height - 14) * v / top, 1),
+                "label": label,
+                "value": v,
+            }
+            for i, (label, v) in enumerate(items)
+        ],
+    }
+
+
+@router.get("/trajectories", response_class=HTMLResponse)
+def trajectories_page(request: Request) -> Response:
+    store = _store(request)
+    params = _filters(request)
+    try:
+        page = max(1, int(request.query_params.get("page", "1") or 1))
+    except ValueError:
+        page = 1
+    error = None
+    items: list[Any] = []
+    total = 0
+    stats: dict[str, Any] = {}
+    rewards: list[float] = []
+    try:
+        flt = build_filter(
+            source=params.get("source"),
+            status=params.get("status"),
+            start_date=params.get("startDate"),
+            end_date=params.get("endDate"),
+            search=params.get("search"),
+            scenario_id=params.get("scenarioId"),
+            agent_id=params.get("agentId"),
+        )
+        result = store.list_trajectories(flt, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
+        items, total = result.items, result.total
+        stats = store.stats(flt)
+        sample = store.list_trajectories(flt, limit=500).items
+        rewards = [
+            t.total_reward for t in sample if t.total_reward is not None and math.isfinite(t.total_reward)
+        ]
+    except TrajforgeError as exc:
+        error = exc.message
+    pages = max(1, math.ceil(total / PAGE_SIZE))
+    per_day = stats.get("perDay", [])[-30:]
+    hist = _histogram(rewards)
+    return _page(
+        request,
+        "trajectories.html",
+        {
+            "items": items,
+            "total": total,
+            "page": page,
+            "pages": pages,
+            "filters": params,
+            "error": error,
+            "sources": SOURCES,
+            "statuses": STATUSES,
+            "stats": stats,
+            "prev_url": "?" + urlencode({**params, "page": page - 1}) if page > 1 else None,
+            "next_url": "?" + urlencode({**params, "page": page + 1}) if page < pages else None,
+            "reward_chart": _bars([(f"{b['from']:.2g}–{b['to']:.2g}", b["count"]) for b in hist]),
+            "day_chart": _bars([(d["date"], d["llmCalls"]) for d in per_day]),
+            "reward_sample": len(rewards),
+        },
+    )
+
+
+@router.get("/trajectories/{trajectory_id}", response_class=HTMLResponse)
+def trajectory_page(request: Request, trajectory_id: str) -> Response:
+    t = _store(request).get_trajectory(trajectory_id)
+    if t is None:
+        return _page(request, "not_found.html", {"what": f"trajectory {trajectory_id}"}, status=404)
+    return _page(request, "trajectory.html", {"t": t})
+
+
+@router.get("/fine-tuning", response_class=HTMLResponse)
+def fine_tuning_page(request: Request) -> Response:
+    from trajforge import autotrain
+    from trajforge.optimize import artifacts
+
+    store = _store(request)
+    recent = store.list_jobs(limit=50)
+    prompts = []
+    for t in artifacts.tasks():
+        cur = artifacts.current(t["task"])
+        prompts.append({**t, "artifact": cur})
+    model_rows = []
+    for m in store.list_models(limit=50):
+        ev = m.evaluation or {}
+        chart = None
+        if ev.get("status") == "completed":
+            chart = _bars([("base", float(ev["baseScore"])), ("trained", float(ev["trainedScore"]))], 160, 70)
+        model_rows.append({"m": models.wire(m, per_item=False), "chart": chart})
+    return _page(
+        request,
+        "fine_tuning.html",
+        {
+            "trajectory_count": store.count(TrajectoryFilter()),
+            "jobs": [jobs.wire(j) for j in recent],
+            "job_counts": {
+                s: sum(1 for j in recent if j.status == s)
+                for s in ("pending", "running", "completed", "failed", "cancelled")
+            },
+            "backends": jobs.backends(),
+            "datasets": store.list_datasets(limit=50),
+            "models": model_rows,
+            "prompts": prompts,
+            "auto_config": autotrain.get_config(store),
+            "auto_status": autotrain.status(store),
+            "last_seq": store.last_event_seq(),
+        },
+    )

@@ -1,0 +1,240 @@
+// trajforge dashboard: the live parts. Pages are rendered by the server (escaped there); this file
+// only calls the API and updates text with textContent — never innerHTML with data.
+"use strict";
+
+const TOKEN_KEY = "trajforge_token";
+
+function token() {
+  return sessionStorage.getItem(TOKEN_KEY) || "";
+}
+
+function flash(message, isError) {
+  const el = document.getElementById("flash");
+  if (!el) return;
+  el.textContent = message;
+  el.className = isError ? "flash error" : "flash";
+  el.hidden = false;
+}
+
+async function api(method, path, body) {
+  const headers = {};
+  if (token()) headers["Authorization"] = "Bearer " + token();
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const resp = await fetch(path, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+    credentials: "same-origin",
+  });
+  if (resp.status === 401) {
+    location.href = "/login?next=" + encodeURIComponent(location.pathname);
+    throw new Error("the API token is required");
+  }
+  if (!resp.ok) {
+    let message = resp.status + " " + resp.statusText;
+    try {
+      const err = (await resp.json()).error;
+      message = err.message + (err.field ? " (" + err.field + ")" : "");
+    } catch (e) { /* not JSON */ }
+    throw new Error(message);
+  }
+  return resp;
+}
+
+function formBody(form) {
+  // Only filled fields; numbers as numbers, checkboxes as booleans.
+  const body = {};
+  for (const el of form.elements) {
+    if (!el.name || el.disabled) continue;
+    if (el.type === "checkbox") { body[el.name] = el.checked; continue; }
+    const v = el.value.trim();
+    if (v === "") continue;
+    body[el.name] = el.type === "number" ? Number(v) : v;
+  }
+  return body;
+}
+
+function onSubmit(selector, handler) {
+  for (const form of document.querySelectorAll(selector)) {
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const button = form.querySelector("button[type=submit]");
+      if (button) button.disabled = true;
+      try {
+        await handler(form);
+      } catch (e) {
+        flash(e.message, true);
+      } finally {
+        if (button) button.disabled = false;
+      }
+    });
+  }
+}
+
+function onClick(selector, handler) {
+  for (const el of document.querySelectorAll(selector)) {
+    el.addEventListener("click", async () => {
+      el.disabled = true;
+      try {
+        await handler(el);
+      } catch (e) {
+        flash(e.message, true);
+      } finally {
+        el.disabled = false;
+      }
+    });
+  }
+}
+
+// --- login -----------------------------------------------------------------------------------------
+
+onSubmit("#login-form", async (form) => {
+  const value = form.querySelector("#token").value;
+  const resp = await fetch("/session", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ token: value }),
+    credentials: "same-origin",
+  });
+  if (!resp.ok) throw new Error("that is not this server's token");
+  sessionStorage.setItem(TOKEN_KEY, value);
+  location.href = form.dataset.next || "/trajectories";
+});
+
+if (document.body.dataset.tokenRequired === "yes" && !token() && location.pathname !== "/login") {
+  // The cookie lets this page render; state-changing calls need the token itself.
+  location.href = "/login?next=" + encodeURIComponent(location.pathname + location.search);
+}
+
+// --- trajectories ----------------------------------------------------------------------------------
+
+const FILTER_ATTRS = {
+  fStatus: "status", fSource: "source", fScenarioid: "scenarioId", fStartdate: "startDate",
+  fEnddate: "endDate", fSearch: "search", fAgentid: "agentId",
+};
+
+onClick("button.export", async (button) => {
+  const body = { format: button.dataset.format, includePrompts: true };
+  for (const [attr, key] of Object.entries(FILTER_ATTRS)) {
+    if (button.dataset[attr]) body[key] = button.dataset[attr];
+  }
+  const resp = await api("POST", "/api/trajectories/export", body);
+  const blob = await resp.blob();
+  const disposition = resp.headers.get("Content-Disposition") || "";
+  const match = /filename="([^"]+)"/.exec(disposition);
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(blob);
+  a.download = match ? match[1] : "trajectories." + body.format;
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  flash("Exported " + body.format.toUpperCase() + " (privacy-filtered).");
+});
+
+onClick("#clear-all", async () => {
+  if (!confirm("Delete ALL trajectories from this store? This cannot be undone.")) return;
+  const resp = await api("DELETE", "/api/trajectories", { all: true });
+  const n = (await resp.json()).deleted;
+  flash("Deleted " + n + " trajectories.");
+  setTimeout(() => location.reload(), 600);
+});
+
+// --- fine-tuning -----------------------------------------------------------------------------------
+
+onSubmit("#build-form", async (form) => {
+  const resp = await api("POST", "/api/training/datasets/build", formBody(form));
+  const ds = (await resp.json()).dataset;
+  flash("Built " + ds.id);
+  setTimeout(() => location.reload(), 400);
+});
+
+onSubmit("#job-form", async (form) => {
+  const body = formBody(form);
+  if (body.backend !== "native") { delete body.optimizer; delete body.metric; delete body.baseUrl; }
+  const resp = await api("POST", "/api/training/jobs", body);
+  const job = (await resp.json()).job;
+  flash("Queued " + job.id);
+  setTimeout(() => location.reload(), 300);
+});
+
+onClick("button.cancel", async (button) => {
+  await api("POST", "/api/training/jobs/" + encodeURIComponent(button.dataset.job) + "/cancel");
+  flash("Cancel requested for " + button.dataset.job);
+});
+
+onClick("button.benchmark", async (button) => {
+  const resp = await api("POST", "/api/training/models/" + encodeURIComponent(button.dataset.model) + "/benchmark", {});
+  flash("Benchmark queued as " + (await resp.json()).job.id);
+  setTimeout(() => location.reload(), 300);
+});
+
+onSubmit("form.import-form", async (form) => {
+  const resp = await api("POST", "/api/training/models/" + encodeURIComponent(form.dataset.model) + "/import-ollama", formBody(form));
+  const out = await resp.json();
+  flash("Imported into Ollama as " + out.modelName);
+  setTimeout(() => location.reload(), 600);
+});
+
+onSubmit("form.activate-form", async (form) => {
+  const resp = await api("POST", "/api/training/models/" + encodeURIComponent(form.dataset.model) + "/activate", formBody(form));
+  flash("Active: " + (await resp.json()).model.providerModel);
+  setTimeout(() => location.reload(), 600);
+});
+
+onClick("button.rollback", async (button) => {
+  const resp = await api("POST", "/api/training/prompts/" + encodeURIComponent(button.dataset.task) + "/rollback");
+  flash("Rolled back to v" + (await resp.json()).artifact.version);
+  setTimeout(() => location.reload(), 600);
+});
+
+onSubmit("#auto-form", async (form) => {
+  await api("PUT", "/api/training/auto/config", formBody(form));
+  flash("Auto-training settings saved.");
+});
+
+for (const details of document.querySelectorAll("details.log")) {
+  details.addEventListener("toggle", async () => {
+    if (!details.open) return;
+    const resp = await api("GET", "/api/training/jobs/" + encodeURIComponent(details.dataset.job) + "/log?tail=4000");
+    details.querySelector("pre").textContent = (await resp.text()) || "(empty)";
+  });
+}
+
+// Live job progress: Server-Sent Events from the store's event log (the session cookie
+// authorizes this read when the server has a token; EventSource cannot send headers).
+const jobsTable = document.getElementById("jobs");
+if (jobsTable && window.EventSource) {
+  const after = jobsTable.dataset.lastSeq || "0";
+  const source = new EventSource("/api/training/events?after=" + encodeURIComponent(after));
+  const reloadOn = new Set(["job_completed", "job_failed", "job_cancelled", "model_imported", "model_activated", "dataset_built"]);
+  const handle = (ev) => {
+    const e = JSON.parse(ev.data);
+    const row = e.jobId ? jobsTable.querySelector('tr[data-job="' + CSS.escape(e.jobId) + '"]') : null;
+    if (row) {
+      if (typeof e.progress === "number") row.querySelector("progress").value = e.progress;
+      if (e.phase) row.querySelector(".job-phase").textContent = e.phase;
+      row.querySelector(".job-message").textContent = e.message || "";
+      if (e.kind === "job_started") {
+        row.dataset.status = "running";
+        const st = row.querySelector(".job-status span");
+        st.textContent = "running";
+        st.className = "status js-running";
+      }
+    }
+    if (reloadOn.has(e.kind)) {
+      if (row) {
+        const status = e.kind.replace("job_", "");
+        row.dataset.status = status;
+        const st = row.querySelector(".job-status span");
+        st.textContent = status;
+        st.className = "status js-" + status;
+      }
+      setTimeout(() => location.reload(), 1200);
+    }
+  };
+  for (const kind of ["job_started", "job_progress", "job_log", "job_completed", "job_failed", "job_cancelled",
+    "dataset_built", "model_activated", "model_imported"]) {
+    source.addEventListener(kind, handle);
+  }
+  source.onmessage = handle;
+}
