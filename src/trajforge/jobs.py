@@ -68,9 +68,10 @@ def submit(store: Store, request: dict[str, Any]) -> Job:
         )
     request = {**request, "backend": backend}
     if backend == "native":
-        from trajforge.optimize.native import check_optimizer
+        from trajforge.optimize.native import NativeOptions, check_optimizer
 
         request["optimizer"] = check_optimizer(request.get("optimizer"))
+        NativeOptions.from_request(request)  # bad options fail here, not in the job
         if request.get("metric"):
             from trajforge.optimize.common import resolve_metric
 

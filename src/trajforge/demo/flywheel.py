@@ -346,6 +346,7 @@ def _native(phases: _Phases, store: Store, plan: Plan, dataset_id: str, result: 
                 "task": support.TASK,
                 "model": plan.model,
                 "iterations": plan.trials,
+                "maxDemos": 2,  # every demonstration is ~300 tokens in each later call
             },
         )
         done = _follow(phases, store, job, f"optimize the prompt ({optimizer})")

@@ -45,6 +45,14 @@ Report = Callable[[float, str, str], None]
 """report(progress 0..1, phase, message)"""
 
 
+def _max_demos(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 16:
+        raise InvalidInput(f"maxDemos must be an integer from 1 to 16, got {value!r}", "maxDemos")
+    return value
+
+
 def check_optimizer(name: str | None) -> str:
     name = name or bootstrap_fewshot.NAME
     if name in PLANNED:
@@ -67,6 +75,9 @@ class NativeOptions:
     seed: int = 0
     metric: str | None = None
     """action_match, token_f1, or module:function(output, expected); default: by the outputs."""
+    max_demos: int | None = None
+    """Demonstrations per prompt for the optimizers that add them (default 4). Each costs its
+    length in every later call of the agent: fewer is cheaper to run."""
 
     @classmethod
     def from_request(cls, r: dict[str, Any]) -> NativeOptions:
@@ -79,6 +90,7 @@ class NativeOptions:
             max_trajectories=int(r.get("maxTrajectories") or 1000),
             seed=int(r.get("seed") or 0),
             metric=r.get("metric"),
+            max_demos=_max_demos(r.get("maxDemos")),
         )
 
 
@@ -137,6 +149,8 @@ def _optimize_task(
     baseline = Counter(e.system for e in exs).most_common(1)[0][0]
     train, holdout = split(exs, 0.3, seed=opts.seed)
     kwargs: dict[str, Any] = {"seed": opts.seed}
+    if opts.max_demos and opts.optimizer in (bootstrap_fewshot.NAME, mipro.NAME):
+        kwargs["k"] = opts.max_demos
     if opts.iterations:
         key = {instruction_search.NAME: "rounds", prompt_evolution.NAME: "max_metric_calls"}.get(
             opts.optimizer, "trials"

@@ -317,6 +317,9 @@ class JobRequest(Wire):
     metric: Literal["action_match", "token_f1"] | None = Field(
         default=None, description="Task metric (default: action_match for JSON actions, else token_f1)"
     )
+    maxDemos: Int | None = Field(
+        default=None, ge=1, le=16, description="native: demonstrations per prompt (bootstrap-fewshot, mipro)"
+    )
     epochs: Number | None = Field(default=None, gt=0, le=100, description="LoRA: epochs when no iterations")
     maxLength: Int | None = Field(default=None, ge=16, le=32_768, description="LoRA: tokens per sequence")
     loraRank: Int | None = Field(default=None, ge=1, le=256)
