@@ -77,3 +77,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture
+def task_server() -> Iterator[object]:
+    """The deterministic task model (``tests.fakes.task_lm``) behind an OpenAI-compatible server
+    on loopback."""
+    from tests.fakes import task_lm
+    from tests.fakes.openai_server import FakeOpenAI
+
+    with FakeOpenAI(task_lm.answer) as server:
+        yield server

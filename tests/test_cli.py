@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -110,22 +109,3 @@ def test_export_import_delete_config(tmp_path: Path) -> None:
 def test_serve_refuses_public_bind_without_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     r = run("serve", "--host", "0.0.0.0", "--db", str(tmp_path / "s.db"))
     assert r.exit_code == 2 and "TRAJFORGE_API_TOKEN" in r.output
-
-
-def test_demo_records_and_prints_stats(tmp_path: Path) -> None:
-    db = str(tmp_path / "demo.db")
-    r = run("demo", "--db", db, "--n", "5")
-    assert r.exit_code == 0, r.output
-    assert "Recorded 5 trajectories" in r.output
-    store = open_store(db)
-    assert store.count(TrajectoryFilter(status="completed")) == 5
-    detail = json.dumps(
-        [
-            c.user_prompt
-            for t in store.iter_trajectories(TrajectoryFilter())
-            for s in t.steps
-            for c in s.llm_calls
-        ]
-    )
-    assert "Customer:" in detail
-    store.close()

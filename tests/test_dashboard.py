@@ -122,12 +122,6 @@ def _hostile(store: Store) -> str:
 
 
 @pytest.fixture
-def fake_lm() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(task_lm.answer) as server:
-        yield server
-
-
-@pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     s = open_store(str(tmp_path / "dash.db"))
     task_lm.fill_store(s, 60)
@@ -182,7 +176,7 @@ def test_trajectories_view_list_filter_search_paginate_detail_export(page: Any, 
         assert page.evaluate("window.__xss") is None
 
 
-def test_fine_tuning_view_build_start_watch_cancel(page: Any, store: Store, fake_lm: FakeOpenAI) -> None:
+def test_fine_tuning_view_build_start_watch_cancel(page: Any, store: Store, task_server: FakeOpenAI) -> None:
     from playwright.sync_api import expect
 
     with LiveServer(store) as srv:
@@ -198,7 +192,7 @@ def test_fine_tuning_view_build_start_watch_cancel(page: Any, store: Store, fake
         # Start a native job and watch it complete through live updates.
         page.select_option("#job-form select[name=datasetId]", ds.id)
         page.fill("#job-form input[name=model]", task_lm.MODEL)
-        page.fill("#job-form input[name=baseUrl]", fake_lm.base_url)
+        page.fill("#job-form input[name=baseUrl]", task_server.base_url)
         page.fill("#job-form input[name=iterations]", "2")
         page.click("#job-form button[type=submit]")
         # The row turns completed from the event stream (progress bar, phase, message on the way),
@@ -207,7 +201,7 @@ def test_fine_tuning_view_build_start_watch_cancel(page: Any, store: Store, fake
         page.wait_for_selector("#prompts tbody tr[data-task]", timeout=10_000)
         _shot(page, "fine-tuning")
         # A slow job, cancelled from the page.
-        fake_lm.answer = task_lm.slow(task_lm.answer, 0.5)
+        task_server.answer = task_lm.slow(task_lm.answer, 0.5)
         page.select_option("#job-form select[name=datasetId]", ds.id)
         page.fill("#job-form input[name=iterations]", "50")
         page.click("#job-form button[type=submit]")

@@ -42,26 +42,20 @@ def _wait(client: TestClient, job_id: str, until: tuple[str, ...], timeout: floa
 
 
 @pytest.fixture
-def fake_lm() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(task_lm.answer) as server:
-        yield server
-
-
-@pytest.fixture
 def client(store: Store) -> Iterator[TestClient]:
     _fill(store)
     with TestClient(create_app(store, run_jobs=True)) as c:
         yield c
 
 
-def test_a_native_job_runs_end_to_end(client: TestClient, fake_lm: FakeOpenAI, store: Store) -> None:
+def test_a_native_job_runs_end_to_end(client: TestClient, task_server: FakeOpenAI, store: Store) -> None:
     r = client.post(
         "/api/training/jobs",
         json={
             "backend": "native",
             "optimizer": "bootstrap-fewshot",
             "model": "task",
-            "baseUrl": fake_lm.base_url,
+            "baseUrl": task_server.base_url,
         },
     )
     assert r.status_code == 201, r.text
@@ -102,8 +96,12 @@ def test_cancel_stops_a_running_job(client: TestClient) -> None:
         pid = client.app.state.store.get_job(job_id).pid  # type: ignore[attr-defined]
         assert client.post(f"/api/training/jobs/{job_id}/cancel").json()["job"]["cancelRequested"]
         job = _wait(client, job_id, ("cancelled", "failed", "completed"), timeout=30)
-    assert job["status"] == "cancelled", job
-    time.sleep(0.2)
+        assert job["status"] == "cancelled", job
+        # The job records its end before its process exits; the runner then reaps it.
+        deadline = time.monotonic() + 15
+        while client.app.state.store.get_job(job_id).exit_code is None:  # type: ignore[attr-defined]
+            assert time.monotonic() < deadline, "the cancelled job's process was never reaped"
+            time.sleep(0.1)
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
 
@@ -211,11 +209,11 @@ def test_api_refuses_unavailable_backends_with_400(client: TestClient) -> None:
 
 
 def test_auto_training_fires_in_a_running_server(
-    store: Store, fake_lm: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+    store: Store, task_server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from trajforge import autotrain
 
-    monkeypatch.setenv("TRAJFORGE_LM_BASE_URL", fake_lm.base_url)
+    monkeypatch.setenv("TRAJFORGE_LM_BASE_URL", task_server.base_url)
     monkeypatch.setenv("TRAJFORGE_LM_MODEL", "task")
     autotrain.set_config(store, {"threshold": 20, "cooldownHours": 12})
     _fill(store, 30)

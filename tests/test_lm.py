@@ -72,3 +72,24 @@ def test_json_closed_knows_where_an_object_ends() -> None:
     assert not json_closed('{"a": "\\"}"')  # the brace is inside a string
     assert not json_closed('{"a": {"b": 1}')
     assert not json_closed("no object here }")
+
+
+def test_a_shared_prompt_prefix_is_computed_once_with_the_same_answers(tiny_model_dir: Path) -> None:
+    from trajforge.lm import LocalLM
+
+    model = LocalLM(tiny_model_dir, max_batch=8)
+    system = {"role": "system", "content": "You are a support desk. " * 20}  # a long shared prefix
+    convs = [
+        [system, {"role": "user", "content": f"order A-{1000 + i * 37} " * (1 + i % 3)}] for i in range(5)
+    ]
+    batch, cache = model._encode(
+        [
+            str(model.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True))
+            for c in convs
+        ]
+    )
+    assert cache is not None and int(batch["attention_mask"].sum()) < batch["attention_mask"].numel()
+    shared = model.chat_batch(convs, max_tokens=12)
+    model._cache.clear()
+    model.PREFIX_MIN = 10**9  # the plain left-padded path
+    assert model.chat_batch(convs, max_tokens=12) == shared

@@ -107,24 +107,26 @@ def test_training_args_do_not_inherit_trl_defaults(tmp_path: Path) -> None:
     assert dpo.bf16 is False and dpo.activation_checkpointing is False and dpo.max_length == 256
 
 
-def test_lora_dpo_on_a_preference_dataset(tmp_path: Path, tiny_model_dir: Path) -> None:
+def _train(tmp_path: Path, fmt: str, request: dict[str, Any]) -> Model:
+    """Build a ``fmt`` dataset from the support corpus and run one LoRA job on it, in-process."""
     store = open_store(str(tmp_path / "s.db"))
     try:
         _fill(store)
-        ds = datasets.build(
-            store, datasets.BuildRequest(format="preference", eval_fraction=0.0), root=tmp_path / "ds"
-        )
-        job = Job(
-            kind="lora",
-            backend="cpu",
-            request={"model": f"local:{tiny_model_dir}", "iterations": 3, "batchSize": 2, "merge": True},
-            dataset_id=ds.id,
-        )
+        ds = datasets.build(store, datasets.BuildRequest(format=fmt, eval_fraction=0.0), root=tmp_path / "ds")
+        job = Job(kind="lora", backend="cpu", request=request, dataset_id=ds.id)
         store.add_job(job)
         out = lora.run(store, job, lambda *a: None, tmp_path / "home")
-        model = models.get(store, out["modelId"])
+        return models.get(store, out["modelId"])
     finally:
         store.close()
+
+
+def test_lora_dpo_on_a_preference_dataset(tmp_path: Path, tiny_model_dir: Path) -> None:
+    model = _train(
+        tmp_path,
+        "preference",
+        {"model": f"local:{tiny_model_dir}", "iterations": 3, "batchSize": 2, "merge": True},
+    )
     assert model.metrics["kind"] == "dpo" and model.metrics["steps"] == 3
     assert math.isfinite(model.metrics["trainLoss"])
     lora_b = [t for k, t in _lora_tensors(Path(model.adapter_path or "")).items() if "lora_B" in k]
@@ -541,21 +543,10 @@ def test_rows_longer_than_max_length_are_left_out_not_truncated(tiny_model_dir: 
 
 
 def test_lora_layers_adapts_only_the_top_layers(tmp_path: Path, tiny_model_dir: Path) -> None:
-    store = open_store(str(tmp_path / "s.db"))
-    try:
-        _fill(store)
-        ds = datasets.build(
-            store, datasets.BuildRequest(format="sft", eval_fraction=0.0), root=tmp_path / "ds"
-        )
-        job = Job(
-            kind="lora",
-            backend="cpu",
-            request={"model": f"local:{tiny_model_dir}", "iterations": 1, "batchSize": 2, "loraLayers": 1},
-            dataset_id=ds.id,
-        )
-        store.add_job(job)
-        out = lora.run(store, job, lambda *a: None, tmp_path / "home")
-        keys = _lora_tensors(Path(out["adapterPath"])).keys()
-    finally:
-        store.close()
+    model = _train(
+        tmp_path,
+        "sft",
+        {"model": f"local:{tiny_model_dir}", "iterations": 1, "batchSize": 2, "loraLayers": 1},
+    )
+    keys = _lora_tensors(Path(model.adapter_path or "")).keys()
     assert keys and all(".layers.1." in k for k in keys)  # the tiny model has layers 0 and 1

@@ -249,6 +249,36 @@ class LocalLM:
                     self._cache[keys[i]] = text
         return [o or "" for o in out]
 
+    PREFIX_MIN = 64
+    """Shared prompt prefixes at least this long (a system prompt with demonstrations) are run
+    through the model once per batch instead of once per row."""
+
+    def _encode(self, prompts: Sequence[str]) -> tuple[dict[str, Any], Any]:
+        """Token ids for ``prompts``, left-padded — or, when they share a long prefix, laid out as
+        ``prefix + padding + rest`` with the prefix's attention keys and values computed once and
+        shared by every row (positions come from the attention mask, so the padding in the middle
+        is invisible to the model). Returns the batch and the prefix cache (or None)."""
+        import torch
+
+        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        shared = _common_prefix(ids) if len(ids) > 1 else 0
+        shared = min(shared, min(len(r) for r in ids) - 1)  # every row keeps a token of its own
+        pad = self.tokenizer.pad_token_id
+        if shared < self.PREFIX_MIN:
+            batch = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+            return dict(batch), None
+        width = max(len(r) for r in ids) - shared
+        input_ids, mask = [], []
+        for r in ids:
+            gap = width - (len(r) - shared)
+            input_ids.append(r[:shared] + [pad] * gap + r[shared:])
+            mask.append([1] * shared + [0] * gap + [1] * (len(r) - shared))
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([ids[0][:shared]]), use_cache=True)
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(len(ids))
+        return {"input_ids": torch.tensor(input_ids), "attention_mask": torch.tensor(mask)}, cache
+
     def _generate(
         self,
         conversations: Sequence[Sequence[Message]],
@@ -260,10 +290,10 @@ class LocalLM:
         import torch
 
         prompts = [
-            self.tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True)
+            str(self.tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True))
             for c in conversations
         ]
-        batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        batch, cache = self._encode(prompts)
         sampling: dict[str, Any] = (
             {"do_sample": True, "temperature": temperature, "top_p": 0.95}
             if temperature > 0
@@ -277,6 +307,8 @@ class LocalLM:
             sampling["stopping_criteria"] = StoppingCriteriaList(
                 [_JsonClosed(self.tokenizer, batch["input_ids"].shape[1])]
             )
+        if cache is not None:
+            sampling["past_key_values"] = cache
         with torch.inference_mode():
             generated = self.model.generate(
                 **batch,
@@ -287,6 +319,15 @@ class LocalLM:
         self.calls += len(conversations)
         new = generated[:, batch["input_ids"].shape[1] :]
         return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
+def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
+    first = rows[0]
+    n = min(len(r) for r in rows)
+    for i in range(n):
+        if any(r[i] != first[i] for r in rows):
+            return i
+    return n
 
 
 def json_closed(text: str) -> bool:

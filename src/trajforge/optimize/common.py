@@ -249,11 +249,11 @@ class CountingLM:
 
 
 def answer_budget(examples: Sequence[TaskExample], cap: int = 128) -> int:
-    """Tokens to generate per answer: twice the longest expected answer (≈ 3 characters a token)
-    plus a margin, at most ``cap``. A reply far longer than any right answer is already wrong, and
-    generating it is where a small model that rambles spends its time."""
+    """Tokens to generate per answer: one and a half times the longest expected answer (≈ 3
+    characters a token) plus a margin, at most ``cap``. A reply far longer than any right answer is
+    already wrong, and generating it is where a small model that rambles spends its time."""
     longest = max((len(ex.expected) for ex in examples), default=cap * 3)
-    return max(16, min(cap, 2 * longest // 3 + 16))
+    return max(16, min(cap, longest // 2 + 12))
 
 
 def evaluate(

@@ -206,7 +206,8 @@ def load_data(folder: Path, task: str | None = None) -> Data:
 
 def _length(tokenizer: Any, row: dict[str, Any]) -> int:
     answers = [row[k] for k in ("completion", "chosen", "rejected") if k in row]
-    return max(len(tokenizer.apply_chat_template(row["prompt"] + a, tokenize=True)) for a in answers)
+    texts = [str(tokenizer.apply_chat_template(row["prompt"] + a, tokenize=False)) for a in answers]
+    return max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
 
 
 def fit_length(data: Data, tokenizer: Any, max_length: int) -> Data:
