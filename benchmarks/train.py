@@ -5,7 +5,8 @@
 Both runs train the same LoRA (r=8 on q/k/v/o) on the same model and the same support-desk rows
 (prompt/completion, loss on the completion), for the same number of optimizer steps with the same
 batch size, max length and learning rate. The baseline leaves every other option at TRL's default
-(bf16, gradient checkpointing, padded batches); ours sets them as the backend does (fp32, no
+(bf16, gradient checkpointing, padded batches; ``use_cpu`` is set because TRL's bf16 default
+refuses to start on a CPU otherwise); ours sets them as the backend does (fp32, no
 checkpointing, padding-free best-fit packing). Each run is a child process of its own, so its peak
 RSS is its own; the runs alternate (baseline first) for ``--rounds`` rounds. Tokens are the
 non-padding tokens TRL counts (``num_tokens``), over the trainer's own runtime.
@@ -77,6 +78,7 @@ def child(kind: str, model: str, steps: int, batch: int, max_length: int, lr: fl
         args = SFTConfig(
             output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, max_length=max_length,
             learning_rate=lr, report_to=[], save_strategy="no", logging_steps=1, disable_tqdm=True,
+            use_cpu=True,  # TRL's bf16 default refuses to start on a CPU-only machine without it
         )  # fmt: skip
         trainer = SFTTrainer(
             model=AutoModelForCausalLM.from_pretrained(base),
