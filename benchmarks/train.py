@@ -6,8 +6,8 @@ Both runs train the same LoRA (r=8 on q/k/v/o) on the same model and the same su
 (prompt/completion, loss on the completion), for the same number of optimizer steps with the same
 batch size, max length and learning rate. The baseline leaves every other option at TRL's default
 (bf16, gradient checkpointing, padded batches; ``use_cpu`` is set because TRL's bf16 default
-refuses to start on a CPU otherwise); ours sets them as the backend does (fp32, no
-checkpointing, padding-free best-fit packing). Each run is a child process of its own, so its peak
+refuses to start on a CPU otherwise); ours sets them as the backend does (fp32, activation
+checkpointing when every layer is adapted, padding-free best-fit packing). Each run is a child process of its own, so its peak
 RSS is its own; the runs alternate (baseline first) for ``--rounds`` rounds. Tokens are the
 non-padding tokens TRL counts (``num_tokens``), over the trainer's own runtime.
 """

@@ -100,11 +100,13 @@ def test_lora_sft_trains_reports_and_registers(trained: Trained, tiny_model_dir:
 
 def test_training_args_do_not_inherit_trl_defaults(tmp_path: Path) -> None:
     args = lora.training_args(lora.LoraOptions(max_length=200, learning_rate=5e-4), "sft", tmp_path, "cpu")
-    assert args.bf16 is False and args.activation_checkpointing is False
+    assert args.bf16 is False and args.activation_checkpointing is True  # every layer adapted: save memory
+    top = lora.training_args(lora.LoraOptions(layers=8), "sft", tmp_path, "cpu")
+    assert top.activation_checkpointing is False  # backprop stops at the top layers: little to save
     assert args.max_length == 200 and args.learning_rate == 5e-4 and args.completion_only_loss is True
     assert args.packing is True  # padding-free best-fit packing
     dpo = lora.training_args(lora.LoraOptions(), "dpo", tmp_path, "cpu")
-    assert dpo.bf16 is False and dpo.activation_checkpointing is False and dpo.max_length == 256
+    assert dpo.bf16 is False and dpo.max_length == 256
 
 
 def _train(tmp_path: Path, fmt: str, request: dict[str, Any]) -> Model:

@@ -329,6 +329,9 @@ class JobRequest(Wire):
     )
     beta: Number | None = Field(default=None, gt=0, le=10, description="DPO β (preference datasets)")
     merge: StrictBool | None = Field(default=None, description="LoRA: also save the merged model")
+    activationCheckpointing: StrictBool | None = Field(
+        default=None, description="LoRA: recompute activations to save memory (default: on unless loraLayers)"
+    )
     format: Literal["sft", "preference"] | None = Field(
         default=None, description="LoRA without datasetId: the dataset to build (sft, or preference for DPO)"
     )

@@ -75,6 +75,10 @@ class LoraOptions:
     on a CPU, adapting the top third of a 30-layer model about halves the step time."""
     task: str | None = None
     merge: bool = False
+    checkpointing: bool | None = None
+    """Activation checkpointing. None: on when every layer is adapted (measured here: peak memory
+    down from 1.6x to ~1.0x plain TRL's at about the same speed), off with ``layers`` (backprop
+    stops below the adapted layers, so there is little to save and the recompute would cost)."""
     seed: int = 0
     beta: float = 0.1
     """DPO's β."""
@@ -95,6 +99,7 @@ class LoraOptions:
             ("loraLayers", "layers", int),
             ("task", "task", str),
             ("merge", "merge", bool),
+            ("activationCheckpointing", "checkpointing", bool),
             ("seed", "seed", int),
             ("beta", "beta", float),
             ("threads", "threads", int),
@@ -294,7 +299,9 @@ def training_args(opts: LoraOptions, kind: str, out: Path, device: str) -> Any:
         "warmup_steps": 0,
         "bf16": False,  # TRL defaults to bf16; on CPUs without AMX it is slower and less exact
         "fp16": False,
-        "activation_checkpointing": False,  # trades compute for memory: a small model has the memory
+        "activation_checkpointing": opts.checkpointing
+        if opts.checkpointing is not None
+        else opts.layers is None,
         "max_length": opts.max_length,
         "logging_steps": 1,
         "save_strategy": "no",
