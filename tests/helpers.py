@@ -164,3 +164,12 @@ def make_support_corpus(scenarios: int = 6) -> list[Trajectory]:
             t.steps.append(step)
             out.append(t)
     return out
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (at the moment of asking)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

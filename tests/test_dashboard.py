@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ import pytest
 from tests.fakes import task_lm
 from tests.fakes.ollama_server import FakeOllama, llama_info
 from tests.fakes.openai_server import FakeOpenAI
+from tests.helpers import free_port
 from trajforge.records import LlmCall, ProviderAccess, Step, Trajectory, WriteBatch
 from trajforge.store import Store, open_store
 
@@ -37,12 +37,6 @@ def _need_browser() -> None:
         pytest.skip("Chromium is not installed (apt-get install -y chromium)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class LiveServer:
     """``create_app`` under a real uvicorn on a loopback port, in a thread of this process."""
 
@@ -51,7 +45,7 @@ class LiveServer:
 
         from trajforge.server import create_app
 
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         app = create_app(store, token=token, run_jobs=run_jobs)
         self.server = uvicorn.Server(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from fastapi.testclient import TestClient
 
 import trajforge
 from tests.fakes.ollama_server import FakeOllama, llama_info
-from tests.helpers import make_support_corpus
+from tests.helpers import free_port, make_support_corpus
 from trajforge import datasets, evaluate, jobs, models, ollama
 from trajforge.errors import InvalidInput, NotFound, Unavailable
 from trajforge.records import Job, Model, WriteBatch
@@ -356,9 +355,7 @@ def test_redirects_are_not_followed_and_a_down_ollama_is_a_clear_error(trained: 
                 ollama.import_model(store, trained.model_id, "x", "tiny:latest", redirecting.url)
             assert "redirect" in err.value.message and err.value.field == "ollamaUrl"
             assert target.requests == []  # nothing reached the redirect's target
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]  # closed: nothing listens there
+        port = free_port()  # closed: nothing listens there
         with pytest.raises(Unavailable) as err:
             ollama.import_model(store, trained.model_id, "x", "tiny:latest", f"http://127.0.0.1:{port}")
         assert "not running" in err.value.message

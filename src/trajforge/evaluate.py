@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from trajforge import datasets, lm
+from trajforge import datasets, lm, models
 from trajforge.errors import InvalidInput, NotFound
 from trajforge.optimize.common import (
     Candidate,
@@ -48,16 +48,9 @@ def register_suite(name: str, items: Callable[[], list[TaskExample]]) -> None:
     SUITES[name] = items
 
 
-def _model(store: Store, model_id: str) -> Model:
-    model = store.get_model(model_id)
-    if model is None:
-        raise NotFound(f"no model {model_id!r}", "id")
-    return model
-
-
 def check_request(store: Store, model_id: str, request: dict[str, Any]) -> None:
     """Refuse a benchmark request that cannot run, before anything is queued."""
-    model = _model(store, model_id)
+    model = models.get(store, model_id)
     if model.adapter_path is None and model.merged_path is None:
         raise InvalidInput(f"model {model_id} has no adapter or merged weights to evaluate", "id")
     if request.get("datasetId") and request.get("suite"):
@@ -162,7 +155,7 @@ def benchmark(
     ``maxTokens?``."""
     request = dict(request or {})
     check_request(store, model_id, request)
-    model = _model(store, model_id)
+    model = models.get(store, model_id)
     say = report or (lambda p, phase, m: None)
     started = now_ms()
     where: dict[str, Any] = {}

@@ -29,7 +29,7 @@ from typing import Any
 
 from trajforge import settings
 from trajforge.errors import Cancelled, Conflict, InvalidInput, NotFound, Unavailable
-from trajforge.records import JOB_FINISHED, Job, JobEvent, now_ms
+from trajforge.records import JOB_FINISHED, JOB_STATUSES, Job, JobEvent, now_ms
 from trajforge.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -85,9 +85,10 @@ def submit(store: Store, request: dict[str, Any]) -> Job:
     if dataset_id is not None and ds is None:
         raise NotFound(f"no dataset {dataset_id!r}", "datasetId")
     if ds is not None:
-        from trajforge.train.lora import FORMATS
+        from trajforge.optimize import common
+        from trajforge.train import lora
 
-        reads = ("prompt_completion", "sft") if backend == "native" else FORMATS
+        reads = common.FORMATS if backend == "native" else lora.FORMATS
         if ds.format not in reads:
             what = "native optimization" if backend == "native" else "LoRA training"
             raise InvalidInput(
@@ -106,6 +107,12 @@ def submit_benchmark(store: Store, model_id: str, request: dict[str, Any]) -> Jo
     job = Job(kind="benchmark", backend="native", request={**request, "modelId": model_id})
     store.add_job(job)
     return job
+
+
+def counts(store: Store, recent: int = 1000) -> dict[str, int]:
+    """Jobs by status among the ``recent`` newest (what the status views show)."""
+    jobs = store.list_jobs(limit=recent)
+    return {s: sum(1 for j in jobs if j.status == s) for s in JOB_STATUSES}
 
 
 def get(store: Store, job_id: str) -> Job:

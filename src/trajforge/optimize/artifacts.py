@@ -220,7 +220,7 @@ def rollback(task: str, home: Path | None = None) -> PromptArtifact:
 
 
 def tasks(home: Path | None = None) -> list[dict[str, Any]]:
-    """Every task with artifacts: its current version and score."""
+    """Every task with artifacts: its current version, score and artifact (None without one)."""
     out = []
     for d in sorted(root(home).iterdir()):
         files = sorted(d.glob("v*.json"))
@@ -234,6 +234,7 @@ def tasks(home: Path | None = None) -> list[dict[str, Any]]:
                 "versions": versions(task, home),
                 "current": cur.version if cur else None,
                 "score": cur.score if cur else None,
+                "artifact": cur,
             }
         )
     return out

@@ -72,6 +72,10 @@ class OptimizeResult:
 # --- examples ------------------------------------------------------------------------------------
 
 
+FORMATS = ("prompt_completion", "sft")
+"""The dataset formats native optimization reads."""
+
+
 def load_examples(
     folder: Path, task: str | None = None, splits: Sequence[str] = ("train", "eval")
 ) -> dict[str, list[TaskExample]]:
@@ -79,7 +83,7 @@ def load_examples(
     default its train and eval files together: optimizers make their own split)."""
     manifest = orjson.loads((folder / "manifest.json").read_bytes())
     fmt = manifest["format"]
-    if fmt not in ("prompt_completion", "sft"):
+    if fmt not in FORMATS:
         raise InvalidInput(
             f"native optimization reads prompt_completion or sft datasets, not {fmt!r}", "datasetId"
         )

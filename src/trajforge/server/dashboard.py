@@ -219,10 +219,7 @@ def fine_tuning_page(request: Request) -> Response:
 
     store = _store(request)
     recent = store.list_jobs(limit=50)
-    prompts = []
-    for t in artifacts.tasks():
-        cur = artifacts.current(t["task"])
-        prompts.append({**t, "artifact": cur})
+    prompts = artifacts.tasks()
     model_rows = []
     for m in store.list_models(limit=50):
         ev = m.evaluation or {}
@@ -236,10 +233,7 @@ def fine_tuning_page(request: Request) -> Response:
         {
             "trajectory_count": store.count(TrajectoryFilter()),
             "jobs": [jobs.wire(j) for j in recent],
-            "job_counts": {
-                s: sum(1 for j in recent if j.status == s)
-                for s in ("pending", "running", "completed", "failed", "cancelled")
-            },
+            "job_counts": jobs.counts(store),
             "backends": jobs.backends(),
             "datasets": store.list_datasets(limit=50),
             "models": model_rows,

@@ -212,13 +212,12 @@ def training_status(request: Request) -> dict[str, Any]:
     from trajforge.store import TrajectoryFilter
 
     store = _store(request)
-    recent = store.list_jobs(limit=1000)
-    counts = {s: sum(1 for j in recent if j.status == s) for s in JOB_STATUSES}
+    counts = jobs.counts(store)
     return {
         "trajectoryCount": store.count(TrajectoryFilter()),
         "datasetCount": len(store.list_datasets(limit=1000)),
         "jobs": counts,
-        "running": [jobs.wire(j) for j in recent if j.status == "running"],
+        "running": [jobs.wire(j) for j in store.list_jobs(status="running", limit=1000)],
         "backends": jobs.backends(),
     }
 
@@ -347,11 +346,11 @@ def job_log(
 def list_prompts() -> dict[str, Any]:
     from trajforge.optimize import artifacts
 
-    out = []
-    for t in artifacts.tasks():
-        cur = artifacts.current(t["task"])
-        out.append({**t, "artifact": cur.to_wire() if cur else None})
-    return {"prompts": out}
+    return {
+        "prompts": [
+            {**t, "artifact": t["artifact"].to_wire() if t["artifact"] else None} for t in artifacts.tasks()
+        ]
+    }
 
 
 @router.post("/prompts/{task}/rollback", summary="Make a task's previous promoted prompt current again")
