@@ -549,3 +549,56 @@ def test_lora_layers_adapts_only_the_top_layers(tmp_path: Path, tiny_model_dir: 
     )
     keys = _lora_tensors(Path(model.adapter_path or "")).keys()
     assert keys and all(".layers.1." in k for k in keys)  # the tiny model has layers 0 and 1
+
+
+def test_compact_loss_equals_trls_and_builds_logits_only_for_labelled_tokens(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """The backend's SFT loss (the LM head applied to the completion positions only) is TRL's loss
+    with the same gradients, while the head sees far fewer positions than the packed batch has."""
+    import torch
+    from datasets import Dataset as HFDataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTTrainer
+
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": f"order A-{i} never arrived, please help " * 3}],
+            "completion": [{"role": "assistant", "content": f'{{"action": "REFUND", "n": {i}}}'}],
+        }
+        for i in range(4)
+    ]
+    opts = lora.LoraOptions(iterations=1, batch_size=4, max_length=128)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    results = []
+    for cls in (SFTTrainer, lora.compact_sft_trainer()):
+        torch.manual_seed(0)
+        trainer = cls(
+            model=AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+            args=lora.training_args(opts, "sft", tmp_path / cls.__name__, "cpu"),
+            train_dataset=HFDataset.from_list(rows),
+            processing_class=tok,
+            peft_config=LoraConfig(
+                r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
+            ),
+        )
+        batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+        head_rows: list[int] = []
+        head = trainer.model.get_base_model().get_output_embeddings()
+        hook = head.register_forward_hook(
+            lambda m, i, o, rows=head_rows: rows.append(i[0].reshape(-1, i[0].shape[-1]).shape[0])
+        )
+        trainer.model.train()
+        loss = trainer.compute_loss(trainer.model, batch)
+        loss.backward()
+        hook.remove()
+        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        labelled = int((batch["labels"][:, 1:] != -100).sum())
+        results.append((float(loss.detach()), grads, head_rows, labelled, int(batch["input_ids"].numel())))
+    (trl_loss, trl_grads, _, labelled, tokens), (our_loss, our_grads, our_rows, _, _) = results
+    assert math.isfinite(our_loss) and our_loss == pytest.approx(trl_loss, rel=1e-4)
+    assert trl_grads.keys() == our_grads.keys() and trl_grads
+    for name, g in trl_grads.items():
+        assert torch.allclose(g, our_grads[name], rtol=1e-3, atol=1e-6), name
+    assert our_rows == [labelled] and labelled < tokens / 3
