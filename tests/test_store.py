@@ -238,6 +238,42 @@ def test_stats_match_filtered_and_rollup_paths(store: Store) -> None:
     assert only_a["totalLlmCalls"] == 4 and [m["model"] for m in only_a["byModel"]] == ["a"]
 
 
+def test_trajectory_rollup_follows_every_change(store: Store) -> None:
+    """Totals, counts per source/status/day and reward sums kept by the rollup equal a scan of the
+    trajectories after inserts, appended steps, status and reward changes, deletes and the sweep."""
+    day = 86_400_000
+    ts = [
+        make_trajectory(
+            start_time=1_700_000_000_000 + (i % 3) * day, source=("chat", "api")[i % 2], reward=i / 10
+        )
+        for i in range(9)
+    ]
+    put(store, *ts)
+    grow = ts[0]
+    grow.steps.append(make_trajectory(n_steps=1).steps[0])
+    put(store, grow)  # an appended step: counts grow, the trajectory does not double
+    store.write(WriteBatch(trajectories=[TrajectoryHeader(id=ts[1].id, status="error", total_reward=0.25)]))
+    store.write(WriteBatch(trajectories=[TrajectoryHeader(id=ts[2].id, source="telegram", start_time=1)]))
+    store.delete([ts[3].id, ts[4].id])
+    put(store, make_trajectory(status="active", reward=None))
+    store.sweep_timeouts(older_than_ms=-1000)
+
+    def scanned(flt: TrajectoryFilter) -> TrajectoryFilter:
+        return TrajectoryFilter(source=flt.source, status=flt.status, start_date=0)
+
+    for flt in (TrajectoryFilter(), TrajectoryFilter(source="api"), TrajectoryFilter(status="error")):
+        assert store.count(flt) == store.count(scanned(flt))
+        rolled, scan = store.stats(flt), store.stats(scanned(flt))
+        assert rolled["reward"]["mean"] == pytest.approx(scan["reward"]["mean"])
+        rolled["reward"]["mean"] = scan["reward"]["mean"]
+        assert rolled == scan
+    s = store.stats()
+    assert s["totalTrajectories"] == 8 and s["byStatus"] == {"completed": 6, "error": 1, "timeout": 1}
+    assert s["bySource"] == {"chat": 4, "api": 3, "telegram": 1}
+    store.delete(all=True)
+    assert store.count(TrajectoryFilter()) == 0 and store.stats()["totalTrajectories"] == 0
+
+
 def test_latency_buckets_are_accurate() -> None:
     for value in (0.4, 1, 7, 99, 812, 12_345, 1e6):
         assert bucket_value(latency_bucket(value)) == pytest.approx(value, rel=0.03, abs=0.6)

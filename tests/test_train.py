@@ -99,12 +99,15 @@ def test_lora_sft_trains_reports_and_registers(trained: Trained, tiny_model_dir:
 
 def test_training_args_do_not_inherit_trl_defaults(tmp_path: Path) -> None:
     args = lora.training_args(lora.LoraOptions(max_length=200, learning_rate=5e-4), "sft", tmp_path, "cpu")
-    assert args.bf16 is False and args.activation_checkpointing is True  # every layer adapted: save memory
+    assert args.activation_checkpointing is True  # every layer adapted: save memory
+    assert args.bf16 is lora.native_bf16("cpu")  # auto: bf16 only where the CPU computes it natively
+    assert lora.training_args(lora.LoraOptions(precision="fp32"), "sft", tmp_path, "cpu").bf16 is False
+    assert lora.training_args(lora.LoraOptions(precision="bf16"), "sft", tmp_path, "cpu").bf16 is True
     top = lora.training_args(lora.LoraOptions(layers=8), "sft", tmp_path, "cpu")
     assert top.activation_checkpointing is False  # backprop stops at the top layers: little to save
     assert args.max_length == 200 and args.learning_rate == 5e-4 and args.completion_only_loss is True
     assert args.packing is True  # padding-free best-fit packing
-    dpo = lora.training_args(lora.LoraOptions(), "dpo", tmp_path, "cpu")
+    dpo = lora.training_args(lora.LoraOptions(precision="fp32"), "dpo", tmp_path, "cpu")
     assert dpo.bf16 is False and dpo.max_length == 256
 
 
@@ -569,7 +572,7 @@ def test_compact_loss_equals_trls_and_builds_logits_only_for_labelled_tokens(
         }
         for i in range(4)
     ]
-    opts = lora.LoraOptions(iterations=1, batch_size=4, max_length=128)
+    opts = lora.LoraOptions(iterations=1, batch_size=4, max_length=128, precision="fp32")
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     results = []
     for cls in (SFTTrainer, lora.compact_sft_trainer()):
@@ -602,3 +605,36 @@ def test_compact_loss_equals_trls_and_builds_logits_only_for_labelled_tokens(
     for name, g in trl_grads.items():
         assert torch.allclose(g, our_grads[name], rtol=1e-3, atol=1e-6), name
     assert our_rows == [labelled] and labelled < tokens / 3
+
+
+def test_compact_loss_runs_under_bf16_autocast(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """With bf16 the backbone and head compute in bf16 (the backend calls the backbone itself, so
+    it must enter the autocast accelerate would have wrapped around the model's forward)."""
+    import torch
+    from datasets import Dataset as HFDataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": "where is my order"}],
+            "completion": [{"role": "assistant", "content": '{"action": "TRACK"}'}],
+        }
+    ] * 2
+    trainer = lora.compact_sft_trainer()(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+        args=lora.training_args(
+            lora.LoraOptions(iterations=1, batch_size=2, precision="bf16"), "sft", tmp_path, "cpu"
+        ),
+        train_dataset=HFDataset.from_list(rows),
+        processing_class=AutoTokenizer.from_pretrained(tiny_model_dir),
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
+    dtypes: list[torch.dtype] = []
+    head = trainer.model.get_base_model().get_output_embeddings()
+    head.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    trainer.model.train()
+    with trainer.compute_loss_context_manager():
+        loss = trainer.compute_loss(trainer.model, batch)
+    assert dtypes == [torch.bfloat16] and loss.dtype == torch.float32 and math.isfinite(float(loss.detach()))

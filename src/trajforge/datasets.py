@@ -30,8 +30,6 @@ A call's *task* is its ``actionType`` when set, else its ``purpose`` (action, re
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
-import os
 import re
 import shutil
 from collections import defaultdict
@@ -43,6 +41,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from trajforge import settings
+from trajforge import workers as worker_pool
 from trajforge.errors import InvalidInput, NotFound
 from trajforge.export import prefetch
 from trajforge.paths import hashed_name
@@ -835,16 +834,18 @@ def _local_outcomes(store: Store, req: BuildRequest, pf: PrivacyFilter) -> Itera
 _PARALLEL_MIN = 2000
 """Builds that may include fewer trajectories run in-process: starting workers costs ~1 s."""
 _PAGE = 200
-_worker: tuple[Store, BuildRequest, PrivacyFilter] | None = None
 
 
-def _worker_init(url: str, req: BuildRequest, salt: str) -> None:
-    global _worker
-    from trajforge.store import open_store
+def _worker_setup(
+    url: str, req: BuildRequest, salt: str
+) -> Callable[[], tuple[Store, BuildRequest, PrivacyFilter]]:
+    def setup() -> tuple[Store, BuildRequest, PrivacyFilter]:
+        from trajforge.store import open_store
 
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    pf = PrivacyFilter(salt, extra_patterns=req.privacy.extra_patterns, allow=req.privacy.allow)
-    _worker = (open_store(url), req, pf)
+        pf = PrivacyFilter(salt, extra_patterns=req.privacy.extra_patterns, allow=req.privacy.allow)
+        return open_store(url), req, pf
+
+    return setup
 
 
 _Meta = tuple[str, str | None, dict[str, int], int, list[tuple[str, str, int]]]
@@ -854,8 +855,7 @@ def _worker_page(ids: list[str]) -> tuple[list[_Meta], bytes]:
     """Curate and convert one page of trajectories (in a worker process). Returns what the parent
     needs per trajectory, and all the page's JSONL lines as one blob: one big bytes object crosses
     the process boundary far cheaper than many small ones."""
-    assert _worker is not None
-    store, req, pf = _worker
+    store, req, pf = worker_pool.state()
     rows = store.iter_call_rows(TrajectoryFilter(trajectory_ids=ids))
     metas: list[_Meta] = []
     lines: list[bytes] = []
@@ -879,30 +879,12 @@ def _unpack(metas: list[_Meta], blob: bytes) -> Iterator[_Outcome]:
         yield _Outcome(tid, drop, redactions=redactions, strings_changed=changed, lines=lines)
 
 
-def _parallel_outcomes(store: Store, req: BuildRequest, salt: str, workers: int) -> Iterator[_Outcome]:
-    """Outcomes in store order, curated by ``workers`` processes a page at a time. The parent only
+def _parallel_outcomes(store: Store, req: BuildRequest, salt: str, n: int) -> Iterator[_Outcome]:
+    """Outcomes in store order, curated by ``n`` worker processes a page at a time. The parent only
     lists ids and writes; the order of results never depends on which worker finished first."""
-    from collections import deque
-    from concurrent.futures import ProcessPoolExecutor
-
-    # fork, not spawn: spawn re-imports the caller's __main__, which breaks any script without an
-    # `if __name__ == "__main__"` guard. The children only open their own store connection and run
-    # pure Python; they never touch the parent's connections or threads.
-    ctx = multiprocessing.get_context("fork")
-    pending: deque[Any] = deque()
-    with ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_worker_init, initargs=(store.url, req, salt)
-    ) as pool:
-        try:
-            for ids in store.iter_ids(_effective_filter(req), chunk=_PAGE):
-                pending.append(pool.submit(_worker_page, ids))
-                if len(pending) > 2 * workers:
-                    yield from _unpack(*pending.popleft().result())
-            while pending:
-                yield from _unpack(*pending.popleft().result())
-        finally:
-            for f in pending:
-                f.cancel()
+    pages = store.iter_ids(_effective_filter(req), chunk=_PAGE)
+    for result in worker_pool.ordered_map(pages, _worker_page, _worker_setup(store.url, req, salt), n):
+        yield from _unpack(*result)
 
 
 def _line(fmt: str, ex: Example, check: bool = True) -> tuple[str, str, bytes]:
@@ -1064,8 +1046,7 @@ def build(
     try:
         tmp.mkdir()
         if workers is None:
-            can_fork = "fork" in multiprocessing.get_all_start_methods()
-            workers = min(2, os.cpu_count() or 1) if req.limit >= _PARALLEL_MIN and can_fork else 1
+            workers = worker_pool.default_workers() if req.limit >= _PARALLEL_MIN else 1
         if workers > 1 and req.format in _CONVERTERS:
             raw = _parallel_outcomes(store, req, salt, workers)
         else:

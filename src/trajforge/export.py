@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import queue
 import re
 import threading
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from trajforge import jsonutil
+from trajforge import workers as worker_pool
 from trajforge.errors import InvalidInput
 from trajforge.privacy import PrivacyFilter, filter_trajectory
 from trajforge.records import LlmCall, Trajectory, iso_ms, now_ms, to_wire
@@ -374,32 +377,51 @@ def _redact_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def iter_parquet_rows(rows: Iterable[tuple[Any, ...]], include_prompts: bool = True) -> Iterator[bytes]:
-    """Parquet (zstd, row groups of 20k calls) from flat call rows, streamed."""
+def parquet_table(rows: Iterable[tuple[Any, ...]], include_prompts: bool = True) -> Any:
+    """Flat call rows as one Arrow table of :func:`parquet_schema`."""
+    import pyarrow as pa
+
+    buffer = [row if include_prompts else _redact_row(row) for row in rows]
+    columns = list(zip(*buffer, strict=True)) if buffer else [()] * len(CALL_ROW_COLUMNS)
+    return pa.table(dict(zip(CALL_ROW_COLUMNS, map(list, columns), strict=True)), schema=parquet_schema())
+
+
+def write_parquet(tables: Iterable[Any]) -> Iterator[bytes]:
+    """Parquet (zstd, row groups of ~20k calls) from Arrow tables, streamed as it is written."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = parquet_schema()
-    width = len(CALL_ROW_COLUMNS)
     pipe = _Pipe()
-    buffer: list[tuple[Any, ...]] = []
-    with pq.ParquetWriter(pa.PythonFile(pipe, mode="w"), schema, compression="zstd") as writer:
-
-        def flush() -> None:
-            columns = list(zip(*buffer, strict=True)) if buffer else [()] * width
-            writer.write_table(
-                pa.table(dict(zip(CALL_ROW_COLUMNS, map(list, columns), strict=True)), schema=schema)
-            )
-            buffer.clear()
-
-        for row in rows:
-            buffer.append(row if include_prompts else _redact_row(row))
-            if len(buffer) >= PARQUET_ROW_GROUP:
-                flush()
+    pending: list[Any] = []
+    rows = 0
+    with pq.ParquetWriter(pa.PythonFile(pipe, mode="w"), parquet_schema(), compression="zstd") as writer:
+        for table in tables:
+            pending.append(table)
+            rows += table.num_rows
+            if rows >= PARQUET_ROW_GROUP:
+                writer.write_table(pa.concat_tables(pending), row_group_size=PARQUET_ROW_GROUP)
+                pending.clear()
+                rows = 0
                 yield pipe.take()
-        if buffer:
-            flush()
+        if pending:
+            writer.write_table(pa.concat_tables(pending), row_group_size=PARQUET_ROW_GROUP)
     yield pipe.take()
+
+
+def iter_parquet_rows(rows: Iterable[tuple[Any, ...]], include_prompts: bool = True) -> Iterator[bytes]:
+    """Parquet (zstd, row groups of 20k calls) from flat call rows, streamed."""
+
+    def tables() -> Iterator[Any]:
+        chunk: list[tuple[Any, ...]] = []
+        for row in rows:
+            chunk.append(row)
+            if len(chunk) >= PARQUET_ROW_GROUP:
+                yield parquet_table(chunk, include_prompts)
+                chunk = []
+        if chunk:
+            yield parquet_table(chunk, include_prompts)
+
+    return write_parquet(tables())
 
 
 def iter_parquet(trajectories: Iterable[Trajectory], include_prompts: bool = True) -> Iterator[bytes]:
@@ -434,19 +456,117 @@ def _counted(items: Iterable[T], limit: int | None, on_progress: Callable[[int],
         yield item
 
 
-def _rows_counted(
-    rows: Iterable[tuple[Any, ...]], limit: int | None, on_progress: Callable[[int], None] | None
-) -> Iterator[tuple[Any, ...]]:
-    """Call rows, stopping after ``limit`` trajectories (rows come grouped by trajectory)."""
-    last, n = None, 0
-    for row in rows:
-        if row[0] != last:
-            last, n = row[0], n + 1
-            if limit is not None and n > limit:
-                return
-            if on_progress is not None:
-                on_progress(n)
-        yield row
+EXPORT_PAGE = 500
+"""Trajectories per page of a paged export (one unit of work for a worker process)."""
+_PARALLEL_PAGES = 4
+"""Exports shorter than this many pages stay in-process: starting the workers costs ~0.3 s."""
+PAGED_FORMATS = ("json", "jsonl", "art", "parquet")
+
+
+@dataclass(frozen=True, slots=True)
+class _PageJob:
+    """How one page of a paged export turns into bytes (the same in-process and in a worker)."""
+
+    fmt: str
+    include_prompts: bool
+    privacy: PrivacyFilter | None
+
+    def render(self, store: Store, ids: list[str]) -> Any:
+        """The page as bytes (json: documents joined by commas; jsonl, art: lines) or, for
+        parquet, as an Arrow table."""
+        flt = TrajectoryFilter(trajectory_ids=ids)
+        if self.fmt == "parquet":
+            rows: Iterable[tuple[Any, ...]] = store.iter_call_rows(flt)
+            if self.privacy is not None:
+                rows = (filter_call_row(self.privacy, r) for r in rows)
+            return parquet_table(rows, self.include_prompts)
+        docs: Iterable[bytes]
+        if self.fmt != "art" and self.include_prompts and self.privacy is None:
+            docs = store.iter_json_docs(flt)  # assembled from rows, without building records
+        else:
+            items: Iterable[Trajectory] = store.iter_trajectories(flt)
+            if self.privacy is not None:
+                items = (filter_trajectory(self.privacy, t) for t in items)
+            items = _prepared(items, self.include_prompts)
+            wire = art_record if self.fmt == "art" else to_wire
+            docs = (jsonutil.dumps_bytes(wire(t)) for t in items)
+        if self.fmt == "json":
+            return b",".join(docs)
+        return b"".join(doc + b"\n" for doc in docs)
+
+
+def _render_in_worker(ids: list[str]) -> Any:
+    store, job = worker_pool.state()
+    out = job.render(store, ids)
+    if job.fmt != "parquet":
+        return out
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, out.schema) as w:
+        w.write_table(out)
+    return sink.getvalue()  # a pyarrow Buffer pickles as its bytes
+
+
+def _id_pages(store: Store, flt: TrajectoryFilter, limit: int | None, page: int) -> Iterator[list[str]]:
+    left = limit
+    for ids in store.iter_ids(flt, chunk=page):
+        if left is not None:
+            ids = ids[:left]
+            left -= len(ids)
+        if ids:
+            yield ids
+        if left is not None and left <= 0:
+            return
+
+
+def _paged(
+    store: Store,
+    flt: TrajectoryFilter,
+    job: _PageJob,
+    limit: int | None,
+    on_progress: Callable[[int], None] | None,
+    workers: int | None,
+    page: int,
+) -> Iterator[Any]:
+    """Rendered pages in order: by forked worker processes when the export is long enough (or
+    ``workers`` says so), else in this process with the next page read on a thread."""
+    pages = _id_pages(store, flt, limit, page)
+    head = list(itertools.islice(pages, _PARALLEL_PAGES))
+    sizes: list[int] = []
+
+    def sized(it: Iterable[list[str]]) -> Iterator[list[str]]:
+        for ids in it:
+            sizes.append(len(ids))
+            yield ids
+
+    all_pages = sized(itertools.chain(head, pages))
+    if workers is None:
+        workers = worker_pool.default_workers() if len(head) == _PARALLEL_PAGES else 1
+    if workers > 1:
+        url = store.url
+
+        def setup() -> tuple[Store, _PageJob]:
+            from trajforge.store import open_store
+
+            return open_store(url), job
+
+        results: Iterator[Any] = worker_pool.ordered_map(all_pages, _render_in_worker, setup, workers)
+    else:
+        results = prefetch((job.render(store, ids) for ids in all_pages), depth=2)
+    done = 0
+    for i, result in enumerate(results):
+        done += sizes[i]
+        if on_progress is not None:
+            on_progress(done)
+        yield result
+
+
+def _from_ipc(buffers: Iterable[Any]) -> Iterator[Any]:
+    import pyarrow as pa
+
+    for buf in buffers:
+        yield buf if isinstance(buf, pa.Table) else pa.ipc.open_stream(buf).read_all()
 
 
 def stream(
@@ -458,26 +578,26 @@ def stream(
     privacy: PrivacyFilter | None = None,
     limit: int | None = None,
     on_progress: Callable[[int], None] | None = None,
+    workers: int | None = None,
+    page: int = EXPORT_PAGE,
 ) -> Iterator[bytes]:
     """Export what ``flt`` matches from ``store`` in ``fmt``: the function behind both
     ``POST /api/trajectories/export`` and ``trajforge trajectories export``.
 
     With ``privacy`` every user-content string goes through that filter first (the API and CLI
-    pass the store's filter unless asked for a raw export). Raw json/jsonl read documents the
-    database assembles; parquet reads flat call rows; csv reads summaries only; the rest go
-    through records.
+    pass the store's filter unless asked for a raw export). json, jsonl, art and parquet go a page
+    of ``page`` trajectories at a time, rendered by two worker processes once the export is longer
+    than a few pages (``workers`` overrides: 1 keeps it in-process); raw json/jsonl documents are
+    assembled from rows, the rest from records. csv reads summaries only; zip goes through records.
     """
     make = exporter(fmt)
-    if fmt in ("json", "jsonl") and include_prompts and privacy is None:
-        docs = _counted(prefetch(store.iter_json_docs(flt)), limit, on_progress)
-        if fmt == "jsonl":
-            return (doc + b"\n" for doc in docs)
-        return _json_array(docs)
-    if fmt == "parquet":
-        rows: Iterable[tuple[Any, ...]] = store.iter_call_rows(flt)
-        if privacy is not None:
-            rows = (filter_call_row(privacy, r) for r in rows)
-        return iter_parquet_rows(_rows_counted(rows, limit, on_progress), include_prompts)
+    if fmt in PAGED_FORMATS:
+        pages = _paged(store, flt, _PageJob(fmt, include_prompts, privacy), limit, on_progress, workers, page)
+        if fmt == "parquet":
+            return write_parquet(_from_ipc(pages))
+        if fmt == "json":
+            return _json_array(p for p in pages if p)
+        return pages
     items: Iterable[Trajectory] = store.iter_trajectories(flt, full=needs_full(fmt))
     if privacy is not None:
         items = (filter_trajectory(privacy, t) for t in items)

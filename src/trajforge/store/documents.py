@@ -1,25 +1,24 @@
-"""Bulk reads for exports and dataset builds, done by the database rather than Python.
+"""Bulk reads for exports and dataset builds, with each distinct text read and encoded once.
 
-Building records for every call costs Python far more than reading them: here each LLM call and
-provider access comes back as a finished JSON object built in C by the database (SQLite's
-``json_object``, PostgreSQL's ``json_build_object``), and Python only stitches them into the
-trajectory document as ``orjson.Fragment``s. Flat per-call rows (for parquet and datasets) come
-straight from one joined query. Both keep memory constant: ``chunk`` trajectories at a time.
+An export of 100k trajectories is mostly text: every call repeats its agent's system prompt, so
+reading each call's texts by value (a sub-select per field) makes the database fetch and the JSON
+encoder escape the same kilobytes a million times. Here the calls come back with their text *ids*;
+the bodies of a page are then fetched in one ``IN (...)`` per 500 ids, and texts used more than
+once (system prompts, shared payloads) stay in a bounded cache for the rest of the read. JSON
+documents embed each text as an ``orjson.Fragment`` of its escaped form (escaped once, by orjson's
+SIMD encoder); flat call rows get the very same ``str`` object for every repeat. Both keep memory
+constant: ``chunk`` trajectories at a time, plus the cache.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import orjson
 
 from trajforge.store.base import TrajectoryFilter
-
-
-def _text(col: str) -> str:
-    return f"(SELECT body FROM texts WHERE id = {col})"
-
 
 CALL_ROW_COLUMNS = (
     "trajectoryId",
@@ -53,99 +52,96 @@ CALL_ROW_COLUMNS = (
     "completionTokens",
 )
 
+_CALL_SQL = (
+    "SELECT c.trajectory_id, c.step_id, c.call_id, c.timestamp, c.model, c.model_version, c.system_text, "
+    "c.user_text, c.messages_text, c.response_text, c.reasoning_text, c.tool_calls, c.tools_text, "
+    "c.finish_reason, c.temperature, c.max_tokens, c.top_p, c.purpose, c.action_type, c.latency_ms, "
+    "c.prompt_tokens, c.completion_tokens, c.cache_read_input_tokens, c.cache_creation_input_tokens, c.tags "
+    "FROM llm_calls c WHERE c.trajectory_id IN ({marks}) ORDER BY c.timestamp, c.call_id"
+)
+_ACCESS_SQL = (
+    "SELECT a.trajectory_id, a.step_id, a.access_id, a.timestamp, a.provider_id, a.provider_name, a.purpose, "
+    "a.query, a.data_text FROM provider_accesses a WHERE a.trajectory_id IN ({marks}) "
+    "ORDER BY a.timestamp, a.access_id"
+)
+_STEP_SQL = (
+    "SELECT step_id, trajectory_id, step_number, timestamp, action, reward, done, observation, metadata "
+    "FROM steps WHERE trajectory_id IN ({marks}) ORDER BY step_number, timestamp"
+)
+_SCORE_SQL = (
+    "SELECT score_id, trajectory_id, name, value, comment, source, created_at FROM scores "
+    "WHERE trajectory_id IN ({marks}) ORDER BY created_at"
+)
+# Flat call rows: CALL_ROW_COLUMNS, with text ids where the texts go (swapped for bodies in Python).
+_ROW_SQL = (
+    "SELECT t.id, t.agent_id, t.source, t.status, t.scenario_id, t.batch_id, t.total_reward, "
+    "c.step_id, s.step_number, s.reward, s.action, c.call_id, c.timestamp, c.model, "
+    "c.system_text, c.user_text, c.messages_text, c.response_text, c.reasoning_text, c.tool_calls, "
+    "c.tools_text, c.finish_reason, c.temperature, c.max_tokens, c.purpose, c.action_type, c.latency_ms, "
+    "c.prompt_tokens, c.completion_tokens "
+    "FROM llm_calls c JOIN trajectories t ON t.id = c.trajectory_id "
+    "LEFT JOIN steps s ON s.step_id = c.step_id "
+    "WHERE c.trajectory_id IN ({marks})"
+)
+_ROW_TEXTS = (14, 15, 16, 17, 18, 20)  # positions of text ids in a _ROW_SQL row
+
+SHARED_TEXTS_BYTES = 64 << 20
+"""Budget of the cache of texts used more than once in a bulk read (system prompts, mostly)."""
+
+
+class _Texts:
+    """Text bodies by id for one bulk read, each converted once (``convert``: to its JSON string
+    form for prompts in documents, identity otherwise). Ids used more than once within a page are
+    kept for later pages, up to :data:`SHARED_TEXTS_BYTES`."""
+
+    def __init__(self, convert: Callable[[str], Any]) -> None:
+        self.convert = convert
+        self.shared: dict[int, Any] = {}
+        self.room = SHARED_TEXTS_BYTES
+
+    def page(self, fetch: Callable[[list[int]], list[Any]], refs: list[Any]) -> dict[int, Any]:
+        """id → converted body for every id in ``refs`` (``None`` entries are skipped); ``fetch``
+        reads ``(id, body)`` rows for the ids not cached."""
+        counts = Counter(refs)
+        counts.pop(None, None)
+        shared = self.shared
+        table = dict(shared)
+        convert = self.convert
+        for text_id, body in fetch(sorted(i for i in counts if i not in shared)):
+            value = convert(body)
+            table[text_id] = value
+            if counts[text_id] > 1 and self.room > len(body):
+                shared[text_id] = value
+                self.room -= len(body)
+        return table
+
+
+def _same(body: str) -> str:
+    return body
+
 
 class DocumentReads:
-    """Mixed into the SQL store; uses its ``_where``, ``_select_in``, ``_read_tx`` and hooks."""
+    """Mixed into the SQL store; uses its ``_pages``, ``_select_in`` and ``_read_tx``."""
 
-    json_object_fn = "json_object"
-
-    def _as_json(self, expr: str) -> str:
-        """Embed a column holding JSON text as JSON (not as a string)."""
-        return f"json({expr})"
-
-    def _object(self, pairs: Sequence[tuple[str, str]]) -> str:
-        """A JSON object built by the database, returned as text (not decoded by the driver)."""
-        return self._json_text(f"{self.json_object_fn}(" + ", ".join(f"'{k}', {v}" for k, v in pairs) + ")")
-
-    def _json_text(self, expr: str) -> str:
-        return expr
-
-    def _num(self, expr: str) -> str:
-        """A REAL column rendered exactly: SQLite's JSON prints 15 significant digits, which does not
-        always round-trip a double; 17 always does (used only when 15 would lose the value)."""
-        return (
-            f"CASE WHEN {expr} IS NULL THEN NULL WHEN CAST(printf('%!.15g', {expr}) AS REAL) = {expr} "
-            f"THEN json(printf('%!.15g', {expr})) ELSE json(printf('%!.17g', {expr})) END"
-        )
-
-    def _call_json_sql(self) -> str:
-        j = self._as_json
-        pairs = (
-            ("callId", "c.call_id"),
-            ("timestamp", "c.timestamp"),
-            ("model", "c.model"),
-            ("modelVersion", "c.model_version"),
-            ("systemPrompt", _text("c.system_text")),
-            ("userPrompt", _text("c.user_text")),
-            ("messages", j(_text("c.messages_text"))),
-            ("response", _text("c.response_text")),
-            ("reasoning", _text("c.reasoning_text")),
-            ("toolCalls", j("c.tool_calls")),
-            ("tools", j(_text("c.tools_text"))),
-            ("finishReason", "c.finish_reason"),
-            ("temperature", self._num("c.temperature")),
-            ("maxTokens", "c.max_tokens"),
-            ("topP", self._num("c.top_p")),
-            ("purpose", "c.purpose"),
-            ("actionType", "c.action_type"),
-            ("latencyMs", self._num("c.latency_ms")),
-            ("promptTokens", "c.prompt_tokens"),
-            ("completionTokens", "c.completion_tokens"),
-            ("cacheReadInputTokens", "c.cache_read_input_tokens"),
-            ("cacheCreationInputTokens", "c.cache_creation_input_tokens"),
-            ("tags", j("c.tags")),
-        )
-        return (
-            f"SELECT c.trajectory_id, c.step_id, {self._object(pairs)} FROM llm_calls c "
-            "WHERE c.trajectory_id IN ({marks}) ORDER BY c.timestamp, c.call_id"
-        )
-
-    def _access_json_sql(self) -> str:
-        j = self._as_json
-        pairs = (
-            ("accessId", "a.access_id"),
-            ("timestamp", "a.timestamp"),
-            ("providerId", "a.provider_id"),
-            ("providerName", "a.provider_name"),
-            ("purpose", "a.purpose"),
-            ("query", j("a.query")),
-            ("data", j(_text("a.data_text"))),
-        )
-        return (
-            f"SELECT a.trajectory_id, a.step_id, {self._object(pairs)} FROM provider_accesses a "
-            "WHERE a.trajectory_id IN ({marks}) ORDER BY a.timestamp, a.access_id"
-        )
+    def _fetch_texts(self, cur: Any) -> Callable[[list[int]], list[Any]]:
+        return lambda ids: self._select_in(cur, "SELECT id, body FROM texts WHERE id IN ({marks})", ids)  # type: ignore[attr-defined]
 
     def iter_json_docs(self, flt: TrajectoryFilter, chunk: int = 500) -> Iterator[bytes]:
         """Each matching trajectory as its full wire JSON document (same content as
         ``to_wire(store.get_trajectory(id))``), newest first."""
-        call_sql, access_sql = self._call_json_sql(), self._access_json_sql()
+        prompts, json_texts = _Texts(_same), _Texts(orjson.Fragment)
         for rows in self._pages(flt, chunk):  # type: ignore[attr-defined]
             with self._read_tx() as cur:  # type: ignore[attr-defined]
                 ids = [r[0] for r in rows]
-                steps = self._select_in(  # type: ignore[attr-defined]
-                    cur,
-                    "SELECT step_id, trajectory_id, step_number, timestamp, action, reward, done, observation, "
-                    "metadata FROM steps WHERE trajectory_id IN ({marks}) ORDER BY step_number, timestamp",
-                    ids,
-                )
-                calls = self._select_in(cur, call_sql, ids)  # type: ignore[attr-defined]
-                accesses = self._select_in(cur, access_sql, ids)  # type: ignore[attr-defined]
-                scores = self._select_in(  # type: ignore[attr-defined]
-                    cur,
-                    "SELECT score_id, trajectory_id, name, value, comment, source, created_at FROM scores "
-                    "WHERE trajectory_id IN ({marks}) ORDER BY created_at",
-                    ids,
+                steps = self._select_in(cur, _STEP_SQL, ids)  # type: ignore[attr-defined]
+                calls = self._select_in(cur, _CALL_SQL, ids)  # type: ignore[attr-defined]
+                accesses = self._select_in(cur, _ACCESS_SQL, ids)  # type: ignore[attr-defined]
+                scores = self._select_in(cur, _SCORE_SQL, ids)  # type: ignore[attr-defined]
+                fetch = self._fetch_texts(cur)
+                strings = prompts.page(fetch, [r[k] for r in calls for k in (6, 7, 9, 10)])
+                # JSON-valued texts (messages, tools, provider data) are embedded as they are stored.
+                raw = json_texts.page(
+                    fetch, [r[k] for r in calls for k in (8, 12)] + [r[8] for r in accesses]
                 )
             docs: dict[str, dict[str, Any]] = {r[0]: _trajectory_doc(r) for r in rows}
             step_docs: dict[str, dict[str, Any]] = {}
@@ -165,9 +161,45 @@ class DocumentReads:
                 step_docs[r[0]] = step
                 docs[r[1]]["steps"].append(step)
             for r in calls:
-                _step_doc(step_docs, docs[r[0]], r[1])["llmCalls"].append(orjson.Fragment(r[2]))
+                _step_doc(step_docs, docs[r[0]], r[1])["llmCalls"].append(
+                    {
+                        "callId": r[2],
+                        "timestamp": r[3],
+                        "model": r[4],
+                        "modelVersion": r[5],
+                        "systemPrompt": None if r[6] is None else strings[r[6]],
+                        "userPrompt": None if r[7] is None else strings[r[7]],
+                        "messages": None if r[8] is None else raw[r[8]],
+                        "response": None if r[9] is None else strings[r[9]],
+                        "reasoning": None if r[10] is None else strings[r[10]],
+                        "toolCalls": _fragment(r[11]),
+                        "tools": None if r[12] is None else raw[r[12]],
+                        "finishReason": r[13],
+                        "temperature": r[14],
+                        "maxTokens": r[15],
+                        "topP": r[16],
+                        "purpose": r[17],
+                        "actionType": r[18],
+                        "latencyMs": r[19],
+                        "promptTokens": r[20],
+                        "completionTokens": r[21],
+                        "cacheReadInputTokens": r[22],
+                        "cacheCreationInputTokens": r[23],
+                        "tags": _fragment(r[24]),
+                    }
+                )
             for r in accesses:
-                _step_doc(step_docs, docs[r[0]], r[1])["providerAccesses"].append(orjson.Fragment(r[2]))
+                _step_doc(step_docs, docs[r[0]], r[1])["providerAccesses"].append(
+                    {
+                        "accessId": r[2],
+                        "timestamp": r[3],
+                        "providerId": r[4],
+                        "providerName": r[5],
+                        "purpose": r[6],
+                        "query": _fragment(r[7]),
+                        "data": None if r[8] is None else raw[r[8]],
+                    }
+                )
             for r in scores:
                 docs[r[1]]["scores"].append(
                     {
@@ -186,23 +218,19 @@ class DocumentReads:
     def iter_call_rows(self, flt: TrajectoryFilter, chunk: int = 500) -> Iterator[tuple[Any, ...]]:
         """One flat row per LLM call (columns :data:`CALL_ROW_COLUMNS`), trajectories newest first,
         calls in order. JSON-valued columns are JSON text."""
-        sql = (
-            "SELECT t.id, t.agent_id, t.source, t.status, t.scenario_id, t.batch_id, t.total_reward, "
-            "c.step_id, s.step_number, s.reward, s.action, c.call_id, c.timestamp, c.model, "
-            f"{_text('c.system_text')}, {_text('c.user_text')}, {_text('c.messages_text')}, "
-            f"{_text('c.response_text')}, {_text('c.reasoning_text')}, c.tool_calls, {_text('c.tools_text')}, "
-            "c.finish_reason, c.temperature, c.max_tokens, c.purpose, c.action_type, c.latency_ms, "
-            "c.prompt_tokens, c.completion_tokens "
-            "FROM llm_calls c JOIN trajectories t ON t.id = c.trajectory_id "
-            "LEFT JOIN steps s ON s.step_id = c.step_id "
-            "WHERE c.trajectory_id IN ({marks})"
-        )
+        texts = _Texts(_same)
         for rows in self._pages(flt, chunk):  # type: ignore[attr-defined]
             order = {r[0]: i for i, r in enumerate(rows)}
             with self._read_tx() as cur:  # type: ignore[attr-defined]
-                got = self._select_in(cur, sql, list(order))  # type: ignore[attr-defined]
+                got = self._select_in(cur, _ROW_SQL, list(order))  # type: ignore[attr-defined]
+                table = texts.page(self._fetch_texts(cur), [r[k] for r in got for k in _ROW_TEXTS])
             got.sort(key=lambda r: (order[r[0]], r[8] if r[8] is not None else -1, r[12], r[11]))
-            yield from got
+            for r in got:
+                out = list(r)
+                for k in _ROW_TEXTS:
+                    if out[k] is not None:
+                        out[k] = table[out[k]]
+                yield tuple(out)
 
 
 def _fragment(text: str | None) -> orjson.Fragment | None:

@@ -7,6 +7,7 @@ import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -17,8 +18,9 @@ from psycopg_pool import ConnectionPool
 from trajforge.errors import InvalidInput, StoreError
 from trajforge.records import now_ms
 from trajforge.store import search
+from trajforge.store.base import Page, TrajectoryFilter
 from trajforge.store.migrations import Migration
-from trajforge.store.sql import SqlStore
+from trajforge.store.sql import TRAJ_COLS, SqlStore, _trajectory
 
 _SCHEMA = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 # Any fixed number: serializes migrations when several hosts open the same database at once.
@@ -56,7 +58,6 @@ class PostgresStore(SqlStore):
     upserts touch rows in a fixed order, and deadlocks or serialization failures are retried."""
 
     dialect = "postgres"
-    json_object_fn = "json_build_object"
 
     def __init__(self, url: str, *, pool_size: int = 8) -> None:
         self.url = url
@@ -70,6 +71,9 @@ class PostgresStore(SqlStore):
                 conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
                 conn.commit()
                 conn.execute(f'SET search_path TO "{self.schema}"')
+            # Our queries are short and their plans cheap to run; JIT compiling them (it kicks in on
+            # the cost estimates of 100k-row tables) adds 10-40 ms to a search or a count.
+            conn.execute("SET jit = off")
             conn.commit()
 
         try:
@@ -91,15 +95,6 @@ class PostgresStore(SqlStore):
 
     def _q(self, sql: str) -> str:
         return _to_pyformat(sql)
-
-    def _as_json(self, expr: str) -> str:
-        return f"({expr})::json"
-
-    def _json_text(self, expr: str) -> str:
-        return f"({expr})::text"
-
-    def _num(self, expr: str) -> str:
-        return expr  # PostgreSQL prints the shortest exact form of a double already
 
     def _ex(self, cur: Any, sql: str, params: Sequence[Any] = ()) -> Any:
         cur.execute(self._q(sql), [_no_nul(v) for v in params])
@@ -171,6 +166,46 @@ class PostgresStore(SqlStore):
             f"to_tsvector('simple', left(x.body, 100000)) @@ {tsquery} OFFSET 0)",
             params,
         )
+
+    def list_trajectories(self, flt: TrajectoryFilter, limit: int = 50, offset: int = 0) -> Page:
+        """A search page and its total from one statement: the matching trajectory ids are found
+        once (the GIN index, then the link index) and both the page and the count read them,
+        where the shared path would run the text match twice (~2x the time at 10k hits)."""
+        if not flt.search:
+            return super().list_trajectories(flt, limit, offset)
+        query = search.parse(flt.search)
+        selects, hit_params = [], []
+        for terms, op in [(g, " INTERSECT ") for g in query.groups] + [
+            ((n,), " EXCEPT ") for n in query.negated
+        ]:
+            match, mparams = self._text_match(terms)
+            selects.append((op, f"SELECT tt.trajectory_id FROM trajectory_texts tt WHERE tt.fts AND {match}"))
+            hit_params.extend(mparams)
+        hits = selects[0][1] + "".join(op + sql for op, sql in selects[1:])
+        where, params = self._where(replace(flt, search=None))
+        cond = " WHERE t.id IN (SELECT id FROM hits)" + (" AND " + where[len(" WHERE ") :] if where else "")
+        count_sql = "SELECT COUNT(DISTINCT id) FROM hits" if not where else f"SELECT COUNT(*) FROM trajectories t{cond}"
+        sql = (
+            f"WITH hits (id) AS MATERIALIZED ({hits}) "
+            f"SELECT {TRAJ_COLS}, ({count_sql}) FROM trajectories t{cond} "
+            "ORDER BY t.start_time DESC, t.id DESC LIMIT ? OFFSET ?"
+        )
+        count_params = [] if not where else params
+        with self._read_tx() as cur:
+            rows = self._ex(
+                cur, sql, [*hit_params, *count_params, *params, int(limit), int(offset)]
+            ).fetchall()
+            if rows:
+                total = int(rows[0][-1])
+            else:  # past the last page: the count still counts
+                total = int(
+                    self._ex(
+                        cur,
+                        f"WITH hits (id) AS MATERIALIZED ({hits}) {count_sql}",
+                        [*hit_params, *count_params],
+                    ).fetchone()[0]
+                )
+        return Page([_trajectory(r[:-1]) for r in rows], total, limit, offset)
 
     def drop_schema(self) -> None:
         """Drop this store's schema and everything in it (tests; requires a ``schema=`` URL)."""

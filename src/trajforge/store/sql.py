@@ -662,6 +662,10 @@ class SqlStore(DocumentReads, TrainingRecords):
             subquery, sparams = self._text_match(query.groups[0])
             sql = f"SELECT COUNT(DISTINCT tt.trajectory_id) FROM trajectory_texts tt WHERE tt.fts AND {subquery}"
             return int(self._ex(cur, sql, sparams).fetchone()[0])
+        rolled = _rollup_where(flt)
+        if rolled is not None:
+            sql = f"SELECT COALESCE(SUM(trajectories), 0) FROM traj_rollup{rolled[0]}"
+            return int(self._ex(cur, sql, rolled[1]).fetchone()[0])
         where, params = self._where(flt)
         return int(self._ex(cur, f"SELECT COUNT(*) FROM trajectories t{where}", params).fetchone()[0])
 
@@ -804,25 +808,44 @@ class SqlStore(DocumentReads, TrainingRecords):
     def stats(self, flt: TrajectoryFilter | None = None) -> dict[str, Any]:
         flt = flt or TrajectoryFilter()
         where, params = self._where(flt)
+        rolled = _rollup_where(flt)
         with self._read_tx() as cur:
-            totals = self._ex(
-                cur,
-                "SELECT COUNT(*), SUM(step_count), SUM(llm_call_count), SUM(provider_access_count), "
-                "SUM(total_prompt_tokens), SUM(total_completion_tokens), COUNT(total_reward), "
-                f"AVG(total_reward), MIN(total_reward), MAX(total_reward) FROM trajectories t{where}",
-                params,
-            ).fetchone()
-            by_source = self._ex(
-                cur, f"SELECT source, COUNT(*) FROM trajectories t{where} GROUP BY source", params
-            ).fetchall()
-            by_status = self._ex(
-                cur, f"SELECT status, COUNT(*) FROM trajectories t{where} GROUP BY status", params
-            ).fetchall()
-            per_day_traj = self._ex(
-                cur,
-                f"SELECT t.start_time / {DAY_MS}, COUNT(*) FROM trajectories t{where} GROUP BY t.start_time / {DAY_MS}",
-                params,
-            ).fetchall()
+            if rolled is not None:
+                # Sums and counts from the trajectory rollup (a few hundred rows); min and max reward
+                # from its index.
+                rows = self._ex(
+                    cur,
+                    "SELECT day, source, status, trajectories, steps, calls, accesses, prompt_tokens, "
+                    f"completion_tokens, rewarded, reward_sum FROM traj_rollup{rolled[0]}",
+                    rolled[1],
+                ).fetchall()
+                rows = [r for r in rows if r[3]]
+                extremes = self._ex(
+                    cur,
+                    f"SELECT MIN(total_reward), MAX(total_reward) FROM trajectories t{where}",
+                    params,
+                ).fetchone()
+                totals, by_source, by_status, per_day_traj = _rolled_totals(rows, extremes)
+            else:
+                totals = self._ex(
+                    cur,
+                    "SELECT COUNT(*), SUM(step_count), SUM(llm_call_count), SUM(provider_access_count), "
+                    "SUM(total_prompt_tokens), SUM(total_completion_tokens), COUNT(total_reward), "
+                    f"AVG(total_reward), MIN(total_reward), MAX(total_reward) FROM trajectories t{where}",
+                    params,
+                ).fetchone()
+                by_source = self._ex(
+                    cur, f"SELECT source, COUNT(*) FROM trajectories t{where} GROUP BY source", params
+                ).fetchall()
+                by_status = self._ex(
+                    cur, f"SELECT status, COUNT(*) FROM trajectories t{where} GROUP BY status", params
+                ).fetchall()
+                per_day_traj = self._ex(
+                    cur,
+                    f"SELECT t.start_time / {DAY_MS}, COUNT(*) FROM trajectories t{where} "
+                    f"GROUP BY t.start_time / {DAY_MS}",
+                    params,
+                ).fetchall()
             if flt.is_empty():
                 rollup_rows = self._ex(
                     cur,
@@ -912,6 +935,7 @@ class SqlStore(DocumentReads, TrainingRecords):
             "trajectories",
             "texts",
             "llm_rollup",
+            "traj_rollup",
         ):
             self._ex(cur, f"DELETE FROM {table}")
 
@@ -990,6 +1014,43 @@ def _percentiles(hist: dict[int, int]) -> dict[str, float | None]:
                 out[name] = round(bucket_value(bucket), 1)
                 break
     return out
+
+
+def _rollup_where(flt: TrajectoryFilter) -> tuple[str, list[Any]] | None:
+    """The condition on ``traj_rollup`` for a filter it can answer (none, source, status), else None."""
+    if TrajectoryFilter(source=flt.source, status=flt.status) != flt:
+        return None
+    clauses, params = [], []
+    for column, value in (("source", flt.source), ("status", flt.status)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def _rolled_totals(
+    rows: Sequence[Any], extremes: Sequence[Any]
+) -> tuple[tuple[Any, ...], list[tuple[str, int]], list[tuple[str, int]], list[tuple[int, int]]]:
+    """Rollup rows (day, source, status, counts and sums...) as the totals, by-source, by-status and
+    per-day rows the scan in ``stats`` returns."""
+    sums = [0] * 6
+    reward_sum = 0.0
+    by_source: dict[str, int] = defaultdict(int)
+    by_status: dict[str, int] = defaultdict(int)
+    per_day: dict[int, int] = defaultdict(int)
+    for day, source, status, n, *counts, reward in rows:
+        for i, v in enumerate(counts):
+            sums[i] += int(v)
+        reward_sum += float(reward)
+        by_source[source] += int(n)
+        by_status[status] += int(n)
+        per_day[int(day)] += int(n)
+    total = sum(by_source.values())
+    rewarded = sums[5]
+    # The sum is kept by adding and subtracting floats: round away the last bits of drift.
+    mean = round(reward_sum / rewarded, 12) if rewarded else None
+    totals = (total, *sums[:5], rewarded, mean, extremes[0], extremes[1])
+    return totals, list(by_source.items()), list(by_status.items()), list(per_day.items())
 
 
 def _stats_report(

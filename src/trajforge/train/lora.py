@@ -79,6 +79,10 @@ class LoraOptions:
     """Activation checkpointing. None: on when every layer is adapted (measured here: peak memory
     down from 1.6x to ~1.0x plain TRL's at about the same speed), off with ``layers`` (backprop
     stops below the adapted layers, so there is little to save and the recompute would cost)."""
+    precision: str = "auto"
+    """Compute precision: ``fp32``, ``bf16`` (autocast; the adapter and its optimizer state stay
+    fp32) or ``auto``: bf16 where the hardware computes it natively (a CPU with AVX512-BF16 or AMX,
+    a GPU with bf16), else fp32 — emulated bf16 is slower than fp32 on CPUs without them."""
     seed: int = 0
     beta: float = 0.1
     """DPO's β."""
@@ -100,6 +104,7 @@ class LoraOptions:
             ("task", "task", str),
             ("merge", "merge", bool),
             ("activationCheckpointing", "checkpointing", bool),
+            ("precision", "precision", str),
             ("seed", "seed", int),
             ("beta", "beta", float),
             ("threads", "threads", int),
@@ -129,8 +134,32 @@ class LoraOptions:
                 raise InvalidInput(f"{name} must be positive, got {value}", name)
         if self.max_length < 16:
             raise InvalidInput(f"maxLength must be at least 16, got {self.max_length}", "maxLength")
+        if self.precision not in PRECISIONS:
+            raise InvalidInput(
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}", "precision"
+            )
         if self.learning_rate > 1:
             raise InvalidInput(f"learningRate must be at most 1, got {self.learning_rate}", "learningRate")
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def native_bf16(device: str) -> bool:
+    """Whether ``device`` computes bf16 in hardware (so autocast to it is faster, not slower)."""
+    import torch
+
+    if device == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
+def use_bf16(opts: LoraOptions, device: str) -> bool:
+    if opts.precision == "auto":
+        return native_bf16(device)
+    return opts.precision == "bf16"
 
 
 def resolve_base(spec: str) -> str:
@@ -297,7 +326,8 @@ def training_args(opts: LoraOptions, kind: str, out: Path, device: str) -> Any:
         "learning_rate": opts.learning_rate,
         "lr_scheduler_type": "linear",
         "warmup_steps": 0,
-        "bf16": False,  # TRL defaults to bf16; on CPUs without AMX it is slower and less exact
+        # TRL defaults to bf16 everywhere; on CPUs without native bf16 that is slower than fp32.
+        "bf16": use_bf16(opts, device),
         "fp16": False,
         "activation_checkpointing": opts.checkpointing
         if opts.checkpointing is not None
@@ -359,11 +389,14 @@ def compact_sft_trainer() -> Any:
             causal = model.get_base_model() if hasattr(model, "get_base_model") else model
             kwargs = {k: v for k, v in inputs.items() if k != "labels"}
             kwargs["use_cache"] = False
-            hidden = causal.base_model(**kwargs).last_hidden_state[:, :-1]
-            labels = inputs["labels"][:, 1:].to(hidden.device)
-            mask = labels != -100
-            targets = labels[mask]
-            logits = causal.get_output_embeddings()(hidden[mask]).float()
+            # Calling the backbone directly skips the autocast accelerate wraps around the model's
+            # forward for bf16: enter it here.
+            with self.accelerator.autocast():
+                hidden = causal.base_model(**kwargs).last_hidden_state[:, :-1]
+                labels = inputs["labels"][:, 1:].to(hidden.device)
+                mask = labels != -100
+                targets = labels[mask]
+                logits = causal.get_output_embeddings()(hidden[mask]).float()
             nll = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
             valid = mask.sum()
             denominator = valid if num_items_in_batch is None else num_items_in_batch
@@ -513,6 +546,7 @@ def run(
         "tokens": progress.tokens,
         "tokensPerS": round(progress.tokens / train_s, 1) if progress.tokens else None,
         "peakRssMb": peak_rss_mb(),
+        "precision": "bf16" if trainer.args.bf16 else "fp32",
         "trainRows": progress.rows[0],
         "evalRows": progress.rows[1],
         "droppedTooLong": progress.dropped,
