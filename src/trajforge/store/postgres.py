@@ -184,7 +184,11 @@ class PostgresStore(SqlStore):
         hits = selects[0][1] + "".join(op + sql for op, sql in selects[1:])
         where, params = self._where(replace(flt, search=None))
         cond = " WHERE t.id IN (SELECT id FROM hits)" + (" AND " + where[len(" WHERE ") :] if where else "")
-        count_sql = "SELECT COUNT(DISTINCT id) FROM hits" if not where else f"SELECT COUNT(*) FROM trajectories t{cond}"
+        count_sql = (
+            "SELECT COUNT(DISTINCT id) FROM hits"
+            if not where
+            else f"SELECT COUNT(*) FROM trajectories t{cond}"
+        )
         sql = (
             f"WITH hits (id) AS MATERIALIZED ({hits}) "
             f"SELECT {TRAJ_COLS}, ({count_sql}) FROM trajectories t{cond} "
