@@ -480,7 +480,7 @@ def test_cli_lora_job_then_models_commands(tmp_path: Path, tiny_model_dir: Path)
         "--iterations", "2", "--batch-size", "2", "--learning-rate", "0.01",
     )  # fmt: skip
     assert r.exit_code == 0, r.output
-    assert "step 2/2" in r.output and "model model-" in r.output
+    assert "step 2/2" in r.output and "model model-" in r.output, r.output
     model_id = r.output.split("model ", 1)[1].split(":")[0].strip().split()[0]
     assert model_id in run("models", "list", "--db", db).output
     r = run("models", "benchmark", model_id, "--db", db, "--limit", "2")

@@ -383,13 +383,24 @@ def execute(store: Store, job: Job, home: Path | None = None) -> int:
     """Run ``job`` in this process, recording progress, events and the outcome. Returns the exit code."""
     global _cooperative
     last = [0.0]
+    held: list[JobEvent] = []
+
+    def release() -> None:
+        if held:
+            store.add_event(held.pop())
 
     def report(progress: float, phase: str, message: str) -> None:
         store.update_job(job.id, progress=round(progress, 4), phase=phase)
+        event = JobEvent("job_progress", message, job_id=job.id, progress=progress, phase=phase)
+        if held and held[0].phase != phase:
+            release()  # the last word of the phase before (its final step, say) is never dropped
+        held.clear()
         now = time.monotonic()
         if now - last[0] > 0.2 or progress >= 1.0:  # events at most 5/s: a log, not a firehose
             last[0] = now
-            store.add_event(JobEvent("job_progress", message, job_id=job.id, progress=progress, phase=phase))
+            store.add_event(event)
+        else:
+            held.append(event)
         print(f"[{progress:6.1%}] {phase}: {message}", flush=True)
 
     store.add_event(
@@ -401,6 +412,7 @@ def execute(store: Store, job: Job, home: Path | None = None) -> int:
         if _CANCEL.is_set():
             raise _Cancelled()
         output = body(store, job, report, home, _CANCEL.is_set)
+        release()
     except (_Cancelled, Cancelled):
         return _cancelled(store, job)
     except Exception as exc:

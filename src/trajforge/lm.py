@@ -9,6 +9,7 @@ protocol-faithful fake server on loopback.
 from __future__ import annotations
 
 import fcntl
+import functools
 import importlib.util
 import os
 import shutil
@@ -275,7 +276,7 @@ class LocalLM:
             mask.append([1] * shared + [0] * gap + [1] * (len(r) - shared))
         with torch.inference_mode():
             out = self.model(input_ids=torch.tensor([ids[0][:shared]]), use_cache=True)
-        cache = out.past_key_values
+        cache = getattr(out, _CACHE_KEY())
         cache.batch_repeat_interleave(len(ids))
         return {"input_ids": torch.tensor(input_ids), "attention_mask": torch.tensor(mask)}, cache
 
@@ -308,7 +309,7 @@ class LocalLM:
                 [_JsonClosed(self.tokenizer, batch["input_ids"].shape[1])]
             )
         if cache is not None:
-            sampling["past_key_values"] = cache
+            sampling[_CACHE_KEY()] = cache
         with torch.inference_mode():
             generated = self.model.generate(
                 **batch,
@@ -319,6 +320,15 @@ class LocalLM:
         self.calls += len(conversations)
         new = generated[:, batch["input_ids"].shape[1] :]
         return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
+@functools.cache
+def _CACHE_KEY() -> str:
+    """The name transformers gives the KV cache: ``cache`` since it renamed ``past_key_values``
+    (the old name still works there but warns)."""
+    from transformers.utils import generic
+
+    return "cache" if hasattr(generic.ModelOutput, "_replace_old_cache_name") else "past_key_values"
 
 
 def _common_prefix(rows: Sequence[Sequence[int]]) -> int:

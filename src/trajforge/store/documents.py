@@ -13,7 +13,7 @@ constant: ``chunk`` trajectories at a time, plus the cache.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -84,40 +84,61 @@ _ROW_SQL = (
     "WHERE c.trajectory_id IN ({marks})"
 )
 _ROW_TEXTS = (14, 15, 16, 17, 18, 20)  # positions of text ids in a _ROW_SQL row
+_CALL_TEXTS = (6, 7, 8, 9, 10, 12)  # and in a _CALL_SQL row
+_CALL_KEYS = (
+    "callId",
+    "timestamp",
+    "model",
+    "modelVersion",
+    "systemPrompt",
+    "userPrompt",
+    "messages",
+    "response",
+    "reasoning",
+    "toolCalls",
+    "tools",
+    "finishReason",
+    "temperature",
+    "maxTokens",
+    "topP",
+    "purpose",
+    "actionType",
+    "latencyMs",
+    "promptTokens",
+    "completionTokens",
+    "cacheReadInputTokens",
+    "cacheCreationInputTokens",
+    "tags",
+)
+"""The wire keys of an LLM call, in the order of _CALL_SQL's columns from call_id on."""
 
 SHARED_TEXTS_BYTES = 64 << 20
 """Budget of the cache of texts used more than once in a bulk read (system prompts, mostly)."""
 
 
 class _Texts:
-    """Text bodies by id for one bulk read, each converted once (``convert``: to its JSON string
-    form for prompts in documents, identity otherwise). Ids used more than once within a page are
-    kept for later pages, up to :data:`SHARED_TEXTS_BYTES`."""
+    """Text bodies by id for one bulk read. Ids used more than once within a page (system prompts,
+    tool definitions) are kept for later pages, up to :data:`SHARED_TEXTS_BYTES`."""
 
-    def __init__(self, convert: Callable[[str], Any]) -> None:
-        self.convert = convert
-        self.shared: dict[int, Any] = {}
+    def __init__(self) -> None:
+        self.shared: dict[int, str] = {}
         self.room = SHARED_TEXTS_BYTES
 
-    def page(self, fetch: Callable[[list[int]], list[Any]], refs: list[Any]) -> dict[int, Any]:
-        """id → converted body for every id in ``refs`` (``None`` entries are skipped); ``fetch``
-        reads ``(id, body)`` rows for the ids not cached."""
+    def page(self, fetch: Callable[[list[int]], list[Any]], refs: Iterable[Any]) -> dict[int, str]:
+        """id → body for every id in ``refs`` (``None`` entries are skipped); ``fetch`` reads
+        ``(id, body)`` rows for the ids not cached."""
         counts = Counter(refs)
         counts.pop(None, None)
         shared = self.shared
         table = dict(shared)
-        convert = self.convert
-        for text_id, body in fetch(sorted(i for i in counts if i not in shared)):
-            value = convert(body)
-            table[text_id] = value
-            if counts[text_id] > 1 and self.room > len(body):
-                shared[text_id] = value
-                self.room -= len(body)
+        table.update(fetch(sorted(i for i in counts if i not in shared)))
+        if self.room > 0:
+            for i in [i for i, n in counts.items() if n > 1 and i not in shared]:
+                body = table[i]
+                if len(body) < self.room:
+                    shared[i] = body
+                    self.room -= len(body)
         return table
-
-
-def _same(body: str) -> str:
-    return body
 
 
 class DocumentReads:
@@ -129,7 +150,8 @@ class DocumentReads:
     def iter_json_docs(self, flt: TrajectoryFilter, chunk: int = 500) -> Iterator[bytes]:
         """Each matching trajectory as its full wire JSON document (same content as
         ``to_wire(store.get_trajectory(id))``), newest first."""
-        prompts, json_texts = _Texts(_same), _Texts(orjson.Fragment)
+        texts = _Texts()
+        fragment = orjson.Fragment
         for rows in self._pages(flt, chunk):  # type: ignore[attr-defined]
             with self._read_tx() as cur:  # type: ignore[attr-defined]
                 ids = [r[0] for r in rows]
@@ -137,12 +159,10 @@ class DocumentReads:
                 calls = self._select_in(cur, _CALL_SQL, ids)  # type: ignore[attr-defined]
                 accesses = self._select_in(cur, _ACCESS_SQL, ids)  # type: ignore[attr-defined]
                 scores = self._select_in(cur, _SCORE_SQL, ids)  # type: ignore[attr-defined]
-                fetch = self._fetch_texts(cur)
-                strings = prompts.page(fetch, [r[k] for r in calls for k in (6, 7, 9, 10)])
-                # JSON-valued texts (messages, tools, provider data) are embedded as they are stored.
-                raw = json_texts.page(
-                    fetch, [r[k] for r in calls for k in (8, 12)] + [r[8] for r in accesses]
-                )
+                refs = [r[k] for r in calls for k in _CALL_TEXTS]
+                refs.extend(r[8] for r in accesses)
+                table = texts.page(self._fetch_texts(cur), refs)
+            get = table.get
             docs: dict[str, dict[str, Any]] = {r[0]: _trajectory_doc(r) for r in rows}
             step_docs: dict[str, dict[str, Any]] = {}
             for r in steps:
@@ -161,33 +181,22 @@ class DocumentReads:
                 step_docs[r[0]] = step
                 docs[r[1]]["steps"].append(step)
             for r in calls:
-                _step_doc(step_docs, docs[r[0]], r[1])["llmCalls"].append(
-                    {
-                        "callId": r[2],
-                        "timestamp": r[3],
-                        "model": r[4],
-                        "modelVersion": r[5],
-                        "systemPrompt": None if r[6] is None else strings[r[6]],
-                        "userPrompt": None if r[7] is None else strings[r[7]],
-                        "messages": None if r[8] is None else raw[r[8]],
-                        "response": None if r[9] is None else strings[r[9]],
-                        "reasoning": None if r[10] is None else strings[r[10]],
-                        "toolCalls": _fragment(r[11]),
-                        "tools": None if r[12] is None else raw[r[12]],
-                        "finishReason": r[13],
-                        "temperature": r[14],
-                        "maxTokens": r[15],
-                        "topP": r[16],
-                        "purpose": r[17],
-                        "actionType": r[18],
-                        "latencyMs": r[19],
-                        "promptTokens": r[20],
-                        "completionTokens": r[21],
-                        "cacheReadInputTokens": r[22],
-                        "cacheCreationInputTokens": r[23],
-                        "tags": _fragment(r[24]),
-                    }
-                )
+                # The columns come in the wire keys' order; then the text ids become their bodies
+                # and JSON-valued columns are embedded as they are stored.
+                call = dict(zip(_CALL_KEYS, r[2:]))  # noqa: B905 - same length by construction
+                call["systemPrompt"] = get(r[6])
+                call["userPrompt"] = get(r[7])
+                call["response"] = get(r[9])
+                call["reasoning"] = get(r[10])
+                if r[8] is not None:
+                    call["messages"] = fragment(table[r[8]])
+                if r[11] is not None:
+                    call["toolCalls"] = fragment(r[11])
+                if r[12] is not None:
+                    call["tools"] = fragment(table[r[12]])
+                if r[24] is not None:
+                    call["tags"] = fragment(r[24])
+                _step_doc(step_docs, docs[r[0]], r[1])["llmCalls"].append(call)
             for r in accesses:
                 _step_doc(step_docs, docs[r[0]], r[1])["providerAccesses"].append(
                     {
@@ -197,7 +206,7 @@ class DocumentReads:
                         "providerName": r[5],
                         "purpose": r[6],
                         "query": _fragment(r[7]),
-                        "data": None if r[8] is None else raw[r[8]],
+                        "data": None if r[8] is None else fragment(table[r[8]]),
                     }
                 )
             for r in scores:
@@ -218,7 +227,7 @@ class DocumentReads:
     def iter_call_rows(self, flt: TrajectoryFilter, chunk: int = 500) -> Iterator[tuple[Any, ...]]:
         """One flat row per LLM call (columns :data:`CALL_ROW_COLUMNS`), trajectories newest first,
         calls in order. JSON-valued columns are JSON text."""
-        texts = _Texts(_same)
+        texts = _Texts()
         for rows in self._pages(flt, chunk):  # type: ignore[attr-defined]
             order = {r[0]: i for i, r in enumerate(rows)}
             with self._read_tx() as cur:  # type: ignore[attr-defined]
