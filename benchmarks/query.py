@@ -12,7 +12,9 @@ throughput for jsonl and parquet.
 from __future__ import annotations
 
 import argparse
+import json
 import random
+import shutil
 import signal
 import socket
 import statistics
@@ -118,7 +120,9 @@ def free_port() -> int:
 
 def serve(url: str, port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "trajforge.cli", "serve", "--port", str(port), "--db", url],
+        # --no-jobs: a query benchmark must not run the auto-training bootstrap (the store is full of
+        # completed trajectories, so a job runner would start optimizing prompts beside the measurements).
+        [sys.executable, "-m", "trajforge.cli", "serve", "--port", str(port), "--db", url, "--no-jobs"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -151,6 +155,23 @@ def pcts(ms: list[float]) -> str:
     return f"p50 {statistics.median(s):7.1f} ms   p95 {p95:7.1f} ms   (n={len(s)})"
 
 
+def export_rate_curl(base: str, fmt: str, n: int, private: bool = False) -> str:
+    """The same export read by curl (a C client writing to /dev/null): on a 2-core machine httpx's
+    pure-Python chunked decoding takes a core of its own away from the server it measures."""
+    curl = shutil.which("curl")
+    if curl is None:
+        return "curl not installed"
+    body = json.dumps({"format": fmt, "privacyFilter": private})
+    a = time.perf_counter()
+    out = subprocess.run(
+        [curl, "-sS", "-f", "-o", "/dev/null", "-w", "%{size_download}", "-X", "POST",
+         "-H", "Content-Type: application/json", "-d", body, f"{base}/api/trajectories/export"],
+        capture_output=True, text=True, check=True, timeout=3600,
+    )  # fmt: skip
+    s = time.perf_counter() - a
+    return f"{n / s:8.0f} trajectories/s  ({s:.1f} s, {int(out.stdout) / 1e6:.0f} MB)"
+
+
 def export_rate(client: httpx.Client, fmt: str, n: int, private: bool = False) -> str:
     a = time.perf_counter()
     size = 0
@@ -167,6 +188,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--db", help="SQLite path or postgresql:// URL (default: a file under the temp dir)")
+    parser.add_argument("--skip-private", action="store_true", help="skip the privacy-filtered exports")
     args = parser.parse_args()
     url = args.db or str(Path(tempfile.gettempdir()) / f"trajforge-query-bench-{args.n}.db")
     print(f"store: {url}")
@@ -211,14 +233,20 @@ def main() -> None:
             print(f"full-text search ({hits} hits): {pcts(searches)}")
             print(f"one full trajectory:         {pcts(detail)}")
             print(f"stats:                       {pcts(stats)}")
-            print(f"export jsonl, raw:   {export_rate(c, 'jsonl', total)}")
-            print(f"export parquet, raw: {export_rate(c, 'parquet', total)}")
-            print(
-                f"export jsonl, privacy filter on (the API's default):   {export_rate(c, 'jsonl', total, True)}"
-            )
-            print(
-                f"export parquet, privacy filter on (the API's default): {export_rate(c, 'parquet', total, True)}"
-            )
+            base = f"http://127.0.0.1:{port}"
+            print(f"export jsonl, raw, curl:    {export_rate_curl(base, 'jsonl', total)}")
+            print(f"export parquet, raw, curl:  {export_rate_curl(base, 'parquet', total)}")
+            print(f"export jsonl, raw, httpx:   {export_rate(c, 'jsonl', total)}")
+            print(f"export parquet, raw, httpx: {export_rate(c, 'parquet', total)}")
+            if not args.skip_private:
+                print(
+                    "export jsonl, privacy filter on (the API's default), curl:   "
+                    f"{export_rate_curl(base, 'jsonl', total, True)}"
+                )
+                print(
+                    "export parquet, privacy filter on (the API's default), curl: "
+                    f"{export_rate_curl(base, 'parquet', total, True)}"
+                )
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
