@@ -163,6 +163,8 @@ def test_option_validation_names_the_field() -> None:
         ({"maxLength": 8}, "maxLength"),
         ({"merge": "yes"}, "merge"),
         ({"iterations": 2.5}, "iterations"),
+        ({"precision": "fp16"}, "precision"),
+        ({"precision": 16}, "precision"),
     ):
         with pytest.raises(InvalidInput) as err:
             lora.LoraOptions.from_request(body)
@@ -439,6 +441,8 @@ def test_models_api(api: TestClient, trained: Trained, tiny_model_dir: Path) -> 
     assert r.status_code == 422 and r.json()["error"]["field"] == "ollamaUrl"
     r = api.post(f"/api/training/models/{trained.model_id}/import-ollama", json={"modelName": "m"})
     assert r.status_code == 422
+    r = api.post("/api/training/jobs", json={"backend": "cpu", "precision": "fp16"})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "precision", r.text
     with FakeOllama({"tiny:latest": _tiny_info(tiny_model_dir)}) as server:
         r = api.post(
             f"/api/training/models/{trained.model_id}/import-ollama",

@@ -780,6 +780,10 @@ def jobs_start(
     merge: Annotated[
         bool | None, typer.Option("--merge/--no-merge", help="LoRA: also save the merged model")
     ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option("--precision", help="LoRA: auto (bf16 where the hardware has it), fp32 or bf16"),
+    ] = None,
     wait: Annotated[
         bool,
         typer.Option("--wait/--no-wait", help="Run it here and follow progress (default), or only queue it"),
@@ -809,6 +813,7 @@ def jobs_start(
             "epochs": epochs,
             "maxLength": max_length,
             "merge": merge,
+            "precision": precision,
         }.items()
         if v is not None
     }

@@ -332,6 +332,10 @@ class JobRequest(Wire):
     activationCheckpointing: StrictBool | None = Field(
         default=None, description="LoRA: recompute activations to save memory (default: on unless loraLayers)"
     )
+    precision: Literal["auto", "fp32", "bf16"] | None = Field(
+        default=None,
+        description="LoRA: compute precision (auto: bf16 autocast where the CPU/GPU computes bf16 natively)",
+    )
     format: Literal["sft", "preference"] | None = Field(
         default=None, description="LoRA without datasetId: the dataset to build (sft, or preference for DPO)"
     )

@@ -12,12 +12,14 @@ constant: ``chunk`` trajectories at a time, plus the cache.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import orjson
 
+from trajforge.records import LlmCall, camel
 from trajforge.store.base import TrajectoryFilter
 
 CALL_ROW_COLUMNS = (
@@ -85,32 +87,9 @@ _ROW_SQL = (
 )
 _ROW_TEXTS = (14, 15, 16, 17, 18, 20)  # positions of text ids in a _ROW_SQL row
 _CALL_TEXTS = (6, 7, 8, 9, 10, 12)  # and in a _CALL_SQL row
-_CALL_KEYS = (
-    "callId",
-    "timestamp",
-    "model",
-    "modelVersion",
-    "systemPrompt",
-    "userPrompt",
-    "messages",
-    "response",
-    "reasoning",
-    "toolCalls",
-    "tools",
-    "finishReason",
-    "temperature",
-    "maxTokens",
-    "topP",
-    "purpose",
-    "actionType",
-    "latencyMs",
-    "promptTokens",
-    "completionTokens",
-    "cacheReadInputTokens",
-    "cacheCreationInputTokens",
-    "tags",
-)
-"""The wire keys of an LLM call, in the order of _CALL_SQL's columns from call_id on."""
+_CALL_KEYS = tuple(camel(f.name) for f in dataclasses.fields(LlmCall))
+"""The wire keys of an LLM call (``to_wire``'s order); _CALL_SQL selects its columns from call_id
+on in this order (``tests/test_store.py`` checks documents against ``to_wire``)."""
 
 SHARED_TEXTS_BYTES = 64 << 20
 """Budget of the cache of texts used more than once in a bulk read (system prompts, mostly)."""

@@ -378,7 +378,10 @@ MIGRATIONS += (
             f"{_rollup_upsert('OLD', '-', 'sqlite')} {_rollup_upsert('NEW', '', 'sqlite')} END",
         ),
         postgres=(
-            "CREATE FUNCTION traj_rollup_apply() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            # SET search_path FROM CURRENT: the function finds this schema's rollup whatever the
+            # search_path of the session that writes (psql, another tool).
+            "CREATE FUNCTION traj_rollup_apply() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT "
+            "AS $$ BEGIN "
             f"IF TG_OP <> 'INSERT' THEN {_rollup_upsert('OLD', '-', 'postgres')} END IF; "
             f"IF TG_OP <> 'DELETE' THEN {_rollup_upsert('NEW', '', 'postgres')} END IF; "
             "RETURN NULL; END $$",
