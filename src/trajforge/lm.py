@@ -14,6 +14,7 @@ import importlib.util
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,8 +205,12 @@ class LocalLM:
         if adapter is not None:
             from peft import PeftModel
 
-            # Merged in memory: generation then costs what the base model costs.
-            self.model = PeftModel.from_pretrained(self.model, str(adapter)).merge_and_unload()
+            # Merged in memory: generation then costs what the base model costs. PEFT reads a
+            # property transformers 5 deprecated; the warning is theirs and would print in the
+            # middle of a user's progress bars.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+                self.model = PeftModel.from_pretrained(self.model, str(adapter)).merge_and_unload()
         self.model.eval()
         self._cache: dict[bytes, str] = {}
         self.calls = 0
