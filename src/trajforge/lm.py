@@ -281,7 +281,7 @@ class LocalLM:
             mask.append([1] * shared + [0] * gap + [1] * (len(r) - shared))
         with torch.inference_mode():
             out = self.model(input_ids=torch.tensor([ids[0][:shared]]), use_cache=True)
-        cache = getattr(out, _CACHE_KEY())
+        cache = getattr(out, _cache_key())
         cache.batch_repeat_interleave(len(ids))
         return {"input_ids": torch.tensor(input_ids), "attention_mask": torch.tensor(mask)}, cache
 
@@ -314,7 +314,7 @@ class LocalLM:
                 [_JsonClosed(self.tokenizer, batch["input_ids"].shape[1])]
             )
         if cache is not None:
-            sampling[_CACHE_KEY()] = cache
+            sampling[_cache_key()] = cache
         with torch.inference_mode():
             generated = self.model.generate(
                 **batch,
@@ -328,7 +328,7 @@ class LocalLM:
 
 
 @functools.cache
-def _CACHE_KEY() -> str:
+def _cache_key() -> str:
     """The name transformers gives the KV cache: ``cache`` since it renamed ``past_key_values``
     (the old name still works there but warns)."""
     from transformers.utils import generic
