@@ -1,13 +1,14 @@
-"""Bulk reads for exports and dataset builds, with each distinct text read and encoded once.
+"""Bulk reads for exports and dataset builds, with each distinct text read once.
 
 An export of 100k trajectories is mostly text: every call repeats its agent's system prompt, so
-reading each call's texts by value (a sub-select per field) makes the database fetch and the JSON
-encoder escape the same kilobytes a million times. Here the calls come back with their text *ids*;
-the bodies of a page are then fetched in one ``IN (...)`` per 500 ids, and texts used more than
-once (system prompts, shared payloads) stay in a bounded cache for the rest of the read. JSON
-documents embed each text as an ``orjson.Fragment`` of its escaped form (escaped once, by orjson's
-SIMD encoder); flat call rows get the very same ``str`` object for every repeat. Both keep memory
-constant: ``chunk`` trajectories at a time, plus the cache.
+reading each call's texts by value (a sub-select per field) makes the database fetch the same
+kilobytes a million times. Here the calls come back with their text *ids*; the bodies of a page are
+then fetched in one read (``_select_in``: chunks of 500 ids on SQLite, one array parameter on
+PostgreSQL), and texts used more than once (system prompts, tool definitions) stay in a bounded
+cache for the rest of the read. JSON documents are assembled in Python with the bodies as ``str``
+(orjson escapes them while it encodes the whole document) and JSON-valued texts embedded as
+``orjson.Fragment``; flat call rows get the very same ``str`` object for every repeat. Both keep
+memory constant: ``chunk`` trajectories at a time, plus the cache.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import resource
@@ -360,9 +361,7 @@ def training_args(opts: LoraOptions, kind: str, out: Path, device: str) -> Any:
     )
 
 
-_COMPACT_TRAINER: Any = None
-
-
+@functools.cache
 def compact_sft_trainer() -> Any:
     """``SFTTrainer`` whose loss projects through the LM head only the positions that have a label.
 
@@ -373,9 +372,6 @@ def compact_sft_trainer() -> Any:
     compute proportional to the completion tokens. Same loss, same normalisation, same logged
     metrics (token accuracy, entropy, token count) as TRL's.
     """
-    global _COMPACT_TRAINER
-    if _COMPACT_TRAINER is not None:
-        return _COMPACT_TRAINER
     import torch
     from trl import SFTTrainer
 
@@ -417,7 +413,6 @@ def compact_sft_trainer() -> Any:
             self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
             return loss
 
-    _COMPACT_TRAINER = CompactSFTTrainer
     return CompactSFTTrainer
 
 
