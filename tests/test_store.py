@@ -197,6 +197,105 @@ def test_a_text_stored_as_payload_becomes_searchable_when_used_as_prompt(store: 
     }
 
 
+def _owners(store: Store) -> tuple[dict[int, str | None], dict[int, set[str]]]:
+    """Each text's recorded owner, and the trajectories that really link it."""
+    with store._read_tx() as cur:  # type: ignore[attr-defined]
+        owners = dict(store._ex(cur, "SELECT id, owner FROM texts").fetchall())  # type: ignore[attr-defined]
+        users: dict[int, set[str]] = {}
+        for text_id, tid in store._ex(cur, "SELECT text_id, trajectory_id FROM trajectory_texts"):  # type: ignore[attr-defined]
+            users.setdefault(text_id, set()).add(tid)
+    return owners, users
+
+
+def _check_owners(store: Store) -> None:
+    owners, users = _owners(store)
+    for text_id, owner in owners.items():
+        # The invariant search relies on: an owner is the one trajectory using the text.
+        assert owner is None or users.get(text_id) == {owner}, (text_id, owner, users.get(text_id))
+
+
+def test_a_text_keeps_its_one_owner_until_another_trajectory_uses_it(store: Store) -> None:
+    # Shared within one batch, then across batches, then re-sent and deleted: every search finds
+    # every trajectory that uses a matching text, however the text came to be shared.
+    a = make_trajectory(prompt="alpha ownedword")
+    b = make_trajectory(prompt="beta")
+    b.steps[0].llm_calls[0].user_prompt = a.steps[0].llm_calls[0].user_prompt  # "alpha ownedword ..."
+    batch = WriteBatch.from_trajectory(a)
+    batch.extend(WriteBatch.from_trajectory(b))
+    store.write(batch)
+    c = make_trajectory(prompt="gamma")
+    c.steps[1].llm_calls[1].response = a.steps[1].llm_calls[0].user_prompt  # shared by a later batch
+    put(store, c)
+    put(store, a)  # re-sent: still its own texts' owner
+    _check_owners(store)
+    owners, users = _owners(store)
+    # Texts used by one trajectory have it as owner (that is what makes the search fast).
+    assert all(owners[i] == next(iter(u)) for i, u in users.items() if len(u) == 1)
+
+    def hits(q: str) -> set[str]:
+        return {t.id for t in store.list_trajectories(TrajectoryFilter(search=q)).items}
+
+    def counted(q: str) -> int:
+        return store.count(TrajectoryFilter(search=q))
+
+    assert hits('"alpha ownedword step 0 call 0"') == {a.id, b.id}
+    assert hits('"alpha ownedword step 1 call 0"') == {a.id, c.id}
+    assert hits("ownedword") == {a.id, b.id, c.id} and counted("ownedword") == 3
+    assert hits("ownedword beta") == {b.id} and hits("ownedword -gamma") == {a.id, b.id}
+    assert {t.id for t in store.iter_trajectories(TrajectoryFilter(search="gamma"), full=False)} == {c.id}
+    assert store.delete([a.id]) == 1
+    _check_owners(store)
+    assert hits("ownedword") == {b.id, c.id} and counted("ownedword") == 2
+
+
+def test_search_pages_follow_the_list_order_for_many_and_few_hits(store: Store) -> None:
+    # PostgreSQL pages many hits by walking the newest trajectories and few by fetching each hit:
+    # both must give the list's order, totals and offsets (equal start times break ties by id).
+    ts = [
+        make_trajectory(
+            prompt="common " + ("rareword" if i == 17 else "plain"),
+            start_time=1_700_000_000_000 + (i // 3) * 1000,
+            source="chat" if i % 2 else "api",
+            n_steps=1,
+            calls_per_step=1,
+        )
+        for i in range(30)
+    ]
+    put(store, *ts)
+    newest = sorted(ts, key=lambda t: (t.start_time, t.id), reverse=True)
+    for flt, expected in [
+        (TrajectoryFilter(search="common"), newest),
+        (TrajectoryFilter(search="rareword"), [ts[17]]),
+        (TrajectoryFilter(search="common", source="chat"), [t for t in newest if t.source == "chat"]),
+        (TrajectoryFilter(search="common -rareword"), [t for t in newest if t is not ts[17]]),
+    ]:
+        got = []
+        for offset in range(0, 35, 7):
+            page = store.list_trajectories(flt, limit=7, offset=offset)
+            assert page.total == len(expected), flt
+            got.extend(t.id for t in page.items)
+        assert got == [t.id for t in expected], flt
+
+
+def test_the_owner_migration_fills_in_owners_of_existing_texts(store: Store, store_url: str) -> None:
+    a, _ = put(store, make_trajectory(prompt="alpha"), make_trajectory(prompt="beta"))
+    expected, _ = _owners(store)
+    # Back to the schema before migration 0008, then open again: the migration fills owners in.
+    with store._write_tx() as cur:  # type: ignore[attr-defined]
+        store._ex(cur, "ALTER TABLE texts DROP COLUMN owner")  # type: ignore[attr-defined]
+        store._ex(cur, "DELETE FROM schema_migrations WHERE name = '0008_text_owner'")  # type: ignore[attr-defined]
+    store.close()
+    again = open_store(store_url)
+    try:
+        owners, _ = _owners(again)
+        _check_owners(again)
+        assert owners == expected and sum(o is not None for o in owners.values()) >= 8
+        assert {t.id for t in again.list_trajectories(TrajectoryFilter(search="alpha")).items} == {a.id}
+        assert again.count(TrajectoryFilter(search="refund")) == 2
+    finally:
+        again.close()
+
+
 def test_texts_are_stored_once(store: Store) -> None:
     put(store, *[make_trajectory(prompt="same prompt") for _ in range(3)])
     with store._read_tx() as cur:  # type: ignore[attr-defined]

@@ -498,8 +498,11 @@ class _PageJob:
                 rows = (filter_call_row(self.privacy, r) for r in rows)
             return parquet_table(rows, self.include_prompts)
         docs: Iterable[bytes]
+        lines = self.fmt != "json"
         if self.fmt != "art" and self.include_prompts and self.privacy is None:
-            docs = store.iter_json_docs(flt)  # assembled from rows, without building records
+            # Assembled from rows, without building records; orjson appends the newline itself
+            # (a copy of every 40 KB document less: ~6% of a jsonl page).
+            docs = store.iter_json_docs(flt, newline=lines)
         else:
             items: Iterable[Trajectory] = store.iter_trajectories(flt)
             if self.privacy is not None:
@@ -507,9 +510,9 @@ class _PageJob:
             items = _prepared(items, self.include_prompts)
             wire = art_record if self.fmt == "art" else to_wire
             docs = (jsonutil.dumps_bytes(wire(t)) for t in items)
-        if self.fmt == "json":
-            return b",".join(docs)
-        return b"".join(doc + b"\n" for doc in docs)
+            if lines:
+                docs = (doc + b"\n" for doc in docs)
+        return b"".join(docs) if lines else b",".join(docs)
 
 
 def _render_in_worker(ids: list[str]) -> Any:

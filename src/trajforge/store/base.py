@@ -176,8 +176,11 @@ class Store(Protocol):
         """Ids of the matching trajectories, newest first, a page of ``chunk`` at a time."""
         ...
 
-    def iter_json_docs(self, flt: TrajectoryFilter, chunk: int = 500) -> Iterator[bytes]:
-        """Each matching trajectory as its wire JSON document, assembled by the database."""
+    def iter_json_docs(
+        self, flt: TrajectoryFilter, chunk: int = 500, *, newline: bool = False
+    ) -> Iterator[bytes]:
+        """Each matching trajectory as its wire JSON document (``newline``: ending in ``\\n``),
+        assembled from rows without building records."""
         ...
 
     def iter_call_rows(self, flt: TrajectoryFilter, chunk: int = 500) -> Iterator[tuple[Any, ...]]:

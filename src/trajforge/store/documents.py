@@ -75,18 +75,20 @@ _SCORE_SQL = (
     "SELECT score_id, trajectory_id, name, value, comment, source, created_at FROM scores "
     "WHERE trajectory_id IN ({marks}) ORDER BY created_at"
 )
-# Flat call rows: CALL_ROW_COLUMNS, with text ids where the texts go (swapped for bodies in Python).
+# Flat call rows: CALL_ROW_COLUMNS from the step on, with text ids where the texts go (swapped for
+# bodies in Python); the trajectory's columns come from the page's trajectory rows (joining them
+# here made PostgreSQL hash-join against a scan of the whole trajectories table for every page).
 _ROW_SQL = (
-    "SELECT t.id, t.agent_id, t.source, t.status, t.scenario_id, t.batch_id, t.total_reward, "
-    "c.step_id, s.step_number, s.reward, s.action, c.call_id, c.timestamp, c.model, "
+    "SELECT c.trajectory_id, c.step_id, s.step_number, s.reward, s.action, c.call_id, c.timestamp, c.model, "
     "c.system_text, c.user_text, c.messages_text, c.response_text, c.reasoning_text, c.tool_calls, "
     "c.tools_text, c.finish_reason, c.temperature, c.max_tokens, c.purpose, c.action_type, c.latency_ms, "
     "c.prompt_tokens, c.completion_tokens "
-    "FROM llm_calls c JOIN trajectories t ON t.id = c.trajectory_id "
-    "LEFT JOIN steps s ON s.step_id = c.step_id "
+    "FROM llm_calls c LEFT JOIN steps s ON s.step_id = c.step_id "
     "WHERE c.trajectory_id IN ({marks})"
 )
-_ROW_TEXTS = (14, 15, 16, 17, 18, 20)  # positions of text ids in a _ROW_SQL row
+_ROW_HEAD = (0, 1, 2, 3, 7, 8, 12)
+"""Positions in a trajectory row (TRAJ_COLS) of CALL_ROW_COLUMNS' trajectory columns."""
+_ROW_TEXTS = (14, 15, 16, 17, 18, 20)  # positions of text ids in a call row
 _CALL_TEXTS = (6, 7, 8, 9, 10, 12)  # and in a _CALL_SQL row
 _CALL_KEYS = tuple(camel(f.name) for f in dataclasses.fields(LlmCall))
 """The wire keys of an LLM call (``to_wire``'s order); _CALL_SQL selects its columns from call_id
@@ -125,11 +127,14 @@ class DocumentReads:
     """Mixed into the SQL store; uses its ``_pages``, ``_select_in`` and ``_read_tx``."""
 
     def _fetch_texts(self, cur: Any) -> Callable[[list[int]], list[Any]]:
-        return lambda ids: self._select_in(cur, "SELECT id, body FROM texts WHERE id IN ({marks})", ids)  # type: ignore[attr-defined]
+        return lambda ids: self._text_bodies(cur, ids)  # type: ignore[attr-defined]
 
-    def iter_json_docs(self, flt: TrajectoryFilter, chunk: int = 500) -> Iterator[bytes]:
+    def iter_json_docs(
+        self, flt: TrajectoryFilter, chunk: int = 500, *, newline: bool = False
+    ) -> Iterator[bytes]:
         """Each matching trajectory as its full wire JSON document (same content as
-        ``to_wire(store.get_trajectory(id))``), newest first."""
+        ``to_wire(store.get_trajectory(id))``), newest first; ``newline`` ends each with ``\\n``."""
+        option = orjson.OPT_APPEND_NEWLINE if newline else None
         texts = _Texts()
         fragment = orjson.Fragment
         for rows in self._pages(flt, chunk):  # type: ignore[attr-defined]
@@ -202,7 +207,7 @@ class DocumentReads:
                     }
                 )
             for doc in docs.values():
-                yield orjson.dumps(doc)
+                yield orjson.dumps(doc, option=option)
 
     def iter_call_rows(self, flt: TrajectoryFilter, chunk: int = 500) -> Iterator[tuple[Any, ...]]:
         """One flat row per LLM call (columns :data:`CALL_ROW_COLUMNS`), trajectories newest first,
@@ -210,8 +215,12 @@ class DocumentReads:
         texts = _Texts()
         for rows in self._pages(flt, chunk):  # type: ignore[attr-defined]
             order = {r[0]: i for i, r in enumerate(rows)}
+            heads = {r[0]: tuple(r[k] for k in _ROW_HEAD) for r in rows}
             with self._read_tx() as cur:  # type: ignore[attr-defined]
-                got = self._select_in(cur, _ROW_SQL, list(order))  # type: ignore[attr-defined]
+                got = [
+                    heads[r[0]] + r[1:]
+                    for r in self._select_in(cur, _ROW_SQL, list(order))  # type: ignore[attr-defined]
+                ]
                 table = texts.page(self._fetch_texts(cur), [r[k] for r in got for k in _ROW_TEXTS])
             got.sort(key=lambda r: (order[r[0]], r[8] if r[8] is not None else -1, r[12], r[11]))
             for r in got:

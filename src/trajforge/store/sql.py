@@ -149,40 +149,61 @@ class SqlStore(DocumentReads, TrainingRecords):
         """A condition on ``tt.text_id``: the text matches any of ``terms``."""
         raise NotImplementedError
 
+    def _search_ids(self, terms: tuple[search.Term, ...]) -> tuple[str, list[Any]]:
+        """A SELECT of the ids (column ``id``, repeats allowed) of the trajectories with a
+        searchable text matching any of ``terms``."""
+        match, params = self._text_match(terms)
+        return f"SELECT tt.trajectory_id AS id FROM trajectory_texts tt WHERE tt.fts AND {match}", params
+
     def _forget_texts(self, cur: Any, ids: Sequence[int]) -> None:
         """Remove texts from the full-text index before their rows are deleted (SQLite only)."""
 
     def _index_texts(self, cur: Any, rows: Sequence[tuple[int, str]]) -> None:
         """Add ``(id, body)`` texts to the full-text index (SQLite; PostgreSQL's GIN index is automatic)."""
 
-    def _store_texts(self, cur: Any, texts: dict[int, tuple[str, bool]]) -> dict[int, int]:
+    def _store_texts(
+        self, cur: Any, texts: dict[int, tuple[str, bool]], users: dict[int, str | None]
+    ) -> dict[int, int]:
         """Store each distinct text once; returns hash → id for every text given.
 
         New texts get ascending ids in one go (FTS5 indexes ascending rowids fastest); a text first
-        stored as a payload and later used as a prompt is flagged and indexed then.
+        stored as a payload and later used as a prompt is flagged and indexed then. ``users`` names,
+        per hash, the one trajectory of this batch that uses the text (``None``: several do). A
+        text keeps the trajectory that stored it as its ``owner`` until another one uses it; from
+        then on ``owner`` is NULL for good ("ask trajectory_texts"), so a search can map the
+        matching texts used by one trajectory (nearly every prompt and response) straight to it.
         """
         hashes = sorted(texts)
-        known = {
-            r[0]: (r[1], bool(r[2]))
-            for r in self._select_in(cur, "SELECT hash, id, fts FROM texts WHERE hash IN ({marks})", hashes)
-        }
+        sql = "SELECT hash, id, fts, owner FROM texts WHERE hash IN ({marks})"
+        known = {r[0]: (r[1], bool(r[2]), r[3]) for r in self._select_in(cur, sql, hashes)}
         fresh = [h for h in hashes if h not in known]
         self._exmany(
             cur,
-            "INSERT INTO texts (hash, body, fts) VALUES (?,?,?) ON CONFLICT (hash) DO NOTHING",
-            [(h, texts[h][0], texts[h][1]) for h in fresh],
+            "INSERT INTO texts (hash, body, fts, owner) VALUES (?,?,?,?) ON CONFLICT (hash) DO NOTHING",
+            [(h, texts[h][0], texts[h][1], users[h]) for h in fresh],
         )
-        ids = {h: i for h, (i, _) in known.items()}
+        ids = {h: i for h, (i, _, _) in known.items()}
         to_index: list[tuple[int, str]] = []
-        for r in self._select_in(cur, "SELECT hash, id, fts FROM texts WHERE hash IN ({marks})", fresh):
+        for r in self._select_in(cur, sql, fresh):
             ids[r[0]] = r[1]
-            if texts[r[0]][1]:
-                if r[2]:
-                    to_index.append((r[1], texts[r[0]][0]))
-                else:  # a concurrent writer stored it first, unflagged
-                    known[r[0]] = (r[1], False)
-        flip = [(i, texts[h][0]) for h, (i, fts) in known.items() if texts[h][1] and not fts]
-        self._exmany(cur, "UPDATE texts SET fts = ? WHERE id = ?", [(True, i) for i, _ in flip])
+            if texts[r[0]][1] and r[2]:
+                to_index.append((r[1], texts[r[0]][0]))
+            if (texts[r[0]][1] and not r[2]) or r[3] != users[r[0]]:
+                # A concurrent writer stored it first: unflagged, or for another trajectory.
+                known[r[0]] = (r[1], bool(r[2]), r[3])
+        changes = []  # (id, flag for search, now shared): one pass, in id order (deadlock-free)
+        for h, (i, fts, owner) in known.items():
+            flag = texts[h][1] and not fts
+            shared = owner is not None and owner != users[h]
+            if flag or shared:
+                changes.append((i, flag, shared))
+        changes.sort()
+        self._exmany(
+            cur,
+            "UPDATE texts SET fts = (fts OR ?), owner = CASE WHEN ? THEN NULL ELSE owner END WHERE id = ?",
+            [(flag, shared, i) for i, flag, shared in changes],
+        )
+        flip = [(i, texts[h][0]) for h, (i, fts, _) in known.items() if texts[h][1] and not fts]
         self._index_texts(cur, sorted(to_index) + sorted(flip))
         return ids
 
@@ -209,6 +230,10 @@ class SqlStore(DocumentReads, TrainingRecords):
             self._ex(cur, sql.format(marks=_marks(len(chunk))), chunk)
             out.extend(cur.fetchall())
         return out
+
+    def _text_bodies(self, cur: Any, ids: Sequence[int]) -> list[Any]:
+        """``(id, body)`` of the texts with these ids (sorted ascending)."""
+        return self._select_in(cur, "SELECT id, body FROM texts WHERE id IN ({marks})", ids)
 
     @staticmethod
     def _migrate(applied: set[str], apply: Any) -> None:
@@ -498,7 +523,10 @@ class SqlStore(DocumentReads, TrainingRecords):
             use(tid, access_texts)
             deltas[tid][2] += 1
 
-        ids_by_hash = self._store_texts(cur, texts)
+        users: dict[int, str | None] = {}
+        for text_key, tid in links:
+            users[text_key] = tid if users.get(text_key, tid) == tid else None
+        ids_by_hash = self._store_texts(cur, texts, users)
 
         def mapped(values: tuple[Any, ...], first: int, last: int) -> tuple[Any, ...]:
             return (
@@ -628,11 +656,8 @@ class SqlStore(DocumentReads, TrainingRecords):
         if flt.search:
             query = search.parse(flt.search)
             for terms, op in [(g, "IN") for g in query.groups] + [((n,), "NOT IN") for n in query.negated]:
-                subquery, sparams = self._text_match(terms)
-                id_expr = self.page_search_id if page else "t.id"
-                clauses.append(
-                    f"{id_expr} {op} (SELECT tt.trajectory_id FROM trajectory_texts tt WHERE tt.fts AND {subquery})"
-                )
+                hits, sparams = self._search_ids(terms)
+                clauses.append(f"{self.page_search_id if page else 't.id'} {op} ({hits})")
                 params.extend(sparams)
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
@@ -659,9 +684,8 @@ class SqlStore(DocumentReads, TrainingRecords):
         if only_search and query is not None and len(query.groups) == 1 and not query.negated:
             # A plain search with no other filter: count distinct trajectories straight from the
             # link index, without visiting the trajectories table at all.
-            subquery, sparams = self._text_match(query.groups[0])
-            sql = f"SELECT COUNT(DISTINCT tt.trajectory_id) FROM trajectory_texts tt WHERE tt.fts AND {subquery}"
-            return int(self._ex(cur, sql, sparams).fetchone()[0])
+            hits, sparams = self._search_ids(query.groups[0])
+            return int(self._ex(cur, f"SELECT COUNT(DISTINCT h.id) FROM ({hits}) h", sparams).fetchone()[0])
         rolled = _rollup_where(flt)
         if rolled is not None:
             sql = f"SELECT COALESCE(SUM(trajectories), 0) FROM traj_rollup{rolled[0]}"
@@ -751,9 +775,7 @@ class SqlStore(DocumentReads, TrainingRecords):
         )
         wanted = {v for r in call_rows for v in r[6:12] if v is not None}
         wanted.update(r[8] for r in access_rows if r[8] is not None)
-        bodies = dict(
-            self._select_in(cur, "SELECT id, body FROM texts WHERE id IN ({marks})", sorted(wanted))
-        )
+        bodies = dict(self._text_bodies(cur, sorted(wanted)))
         for r in call_rows:
             sys_t, user_t, resp_t, reas_t, msg_t, tools_t = (
                 None if k is None else bodies.get(k) for k in r[6:12]
