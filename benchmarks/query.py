@@ -194,6 +194,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--db", help="SQLite path or postgresql:// URL (default: a file under the temp dir)")
     parser.add_argument("--skip-private", action="store_true", help="skip the privacy-filtered exports")
+    parser.add_argument("--rounds", type=int, default=3, help="raw curl exports per format (median reported)")
     args = parser.parse_args()
     url = args.db or str(Path(tempfile.gettempdir()) / f"trajforge-query-bench-{args.n}.db")
     print(f"store: {url}")
@@ -242,8 +243,14 @@ def main() -> None:
             # The first full read may come from disk (this machine's page cache did not keep both
             # stores): it is printed, and the figures after it are the warm throughput.
             print(f"export jsonl, raw, curl, first read: {export_rate_curl(base, 'jsonl', total)}")
-            print(f"export jsonl, raw, curl:    {export_rate_curl(base, 'jsonl', total)}")
-            print(f"export parquet, raw, curl:  {export_rate_curl(base, 'parquet', total)}")
+            # Several rounds: on this kind of machine one export's rate moves by 10-20% from run to
+            # run (the VM reclaims page cache in the background); the median is the figure.
+            for fmt in ("jsonl", "parquet"):
+                rates = [export_rate_curl(base, fmt, total) for _ in range(args.rounds)]
+                for r in rates:
+                    print(f"export {fmt}, raw, curl:  {r}")
+                median = statistics.median(float(r.split()[0]) for r in rates)
+                print(f"export {fmt}, raw, curl, median of {args.rounds}: {median:.0f} trajectories/s")
             print(f"export jsonl, raw, httpx:   {export_rate(c, 'jsonl', total)}")
             print(f"export parquet, raw, httpx: {export_rate(c, 'parquet', total)}")
             if not args.skip_private:
