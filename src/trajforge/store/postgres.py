@@ -233,12 +233,14 @@ class PostgresStore(SqlStore):
             # Two plans, one of which runs (each branch's condition is decided once, before its
             # rows): with many hits, walk trajectories newest first and keep those in the hits'
             # hash table, (offset + limit) * N / hits rows; with few, fetch every hit by its key
-            # and sort. A key lookup costs about four walked rows. 9.5k hits of 100k: 57 -> 28 ms.
+            # and sort. A key lookup costs about four walked rows. 9.5k hits of 100k: 57 -> ~20 ms.
             # N is the planner's row estimate (an estimate is all a choice of plan needs; the
-            # rollup's exact sum reads a table that only vacuum keeps small).
+            # rollup's exact sum reads a table that only vacuum keeps small), or that sum when the
+            # table was never analyzed (reltuples -1).
             dense = (
-                "(SELECT c * c * 4 >= ? * GREATEST(reltuples, c) FROM n, pg_class "
-                "WHERE pg_class.oid = 'trajectories'::regclass)"
+                "(SELECT c > 0 AND c * c * 4 >= ? * GREATEST(CASE WHEN reltuples >= 0 THEN reltuples "
+                "ELSE (SELECT COALESCE(SUM(trajectories), 0) FROM traj_rollup) END, c) "
+                "FROM n, pg_class WHERE pg_class.oid = 'trajectories'::regclass)"
             )
             walk = (
                 f"SELECT {TRAJ_COLS} FROM trajectories t WHERE {dense} "
