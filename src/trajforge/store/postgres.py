@@ -226,7 +226,7 @@ class PostgresStore(SqlStore):
         if where:
             joined += " AND " + where[len(" WHERE ") :]
             count_sql, count_params = joined.replace(TRAJ_COLS, "COUNT(*)", 1), params
-            page, page_params = joined, params
+            ctes, page, page_params = "", joined, params
         else:
             # DISTINCT then COUNT hashes; COUNT(DISTINCT) sorts, and spills to disk at 60k hits.
             count_sql, count_params = "SELECT COUNT(*) FROM (SELECT DISTINCT id FROM hits) d", []
@@ -236,21 +236,21 @@ class PostgresStore(SqlStore):
             # and sort. A key lookup costs about four walked rows. 9.5k hits of 100k: 57 -> ~20 ms.
             # N is the planner's row estimate (an estimate is all a choice of plan needs; the
             # rollup's exact sum reads a table that only vacuum keeps small), or that sum when the
-            # table was never analyzed (reltuples -1).
-            dense = (
-                "(SELECT c > 0 AND c * c * 4 >= ? * GREATEST(CASE WHEN reltuples >= 0 THEN reltuples "
-                "ELSE (SELECT COALESCE(SUM(trajectories), 0) FROM traj_rollup) END, c) "
-                "FROM n, pg_class WHERE pg_class.oid = 'trajectories'::regclass)"
+            # table was never analyzed (reltuples -1). Decided once, in its own CTE, for both.
+            depth = int(limit) + int(offset)
+            ctes = (
+                ", dense (yes) AS MATERIALIZED (SELECT c > 0 AND c * c * 4 >= ? * GREATEST(CASE WHEN "
+                "reltuples >= 0 THEN reltuples ELSE (SELECT COALESCE(SUM(trajectories), 0) FROM traj_rollup) "
+                "END, c) FROM n, pg_class WHERE pg_class.oid = 'trajectories'::regclass)"
             )
             walk = (
-                f"SELECT {TRAJ_COLS} FROM trajectories t WHERE {dense} "
+                f"SELECT {TRAJ_COLS} FROM trajectories t WHERE (SELECT yes FROM dense) "
                 "AND (t.id IN (SELECT id FROM hits)) IS TRUE"  # IS TRUE: a hashed filter, not a join
             )
-            page = f"({walk}{order}) UNION ALL ({joined} AND NOT {dense}{order})"
-            depth = int(limit) + int(offset)
-            page_params = [depth, depth, depth, depth]
+            page = f"({walk}{order}) UNION ALL ({joined} AND NOT (SELECT yes FROM dense){order})"
+            page_params = [depth, depth, depth]
         sql = (
-            f"WITH hits (id) AS MATERIALIZED ({hits}), n (c) AS MATERIALIZED ({count_sql}) "
+            f"WITH hits (id) AS MATERIALIZED ({hits}), n (c) AS MATERIALIZED ({count_sql}){ctes} "
             f"SELECT p.*, (SELECT c FROM n) FROM ({page}) p "
             "ORDER BY p.start_time DESC, p.id DESC LIMIT ? OFFSET ?"
         )

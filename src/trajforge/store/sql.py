@@ -192,18 +192,20 @@ class SqlStore(DocumentReads, TrainingRecords):
                 # A concurrent writer stored it first: unflagged, or for another trajectory.
                 known[r[0]] = (r[1], bool(r[2]), r[3])
         changes = []  # (id, flag for search, now shared): one pass, in id order (deadlock-free)
+        flip: list[tuple[int, str]] = []  # the newly flagged, to index
         for h, (i, fts, owner) in known.items():
             flag = texts[h][1] and not fts
             shared = owner is not None and owner != users[h]
             if flag or shared:
                 changes.append((i, flag, shared))
+            if flag:
+                flip.append((i, texts[h][0]))
         changes.sort()
         self._exmany(
             cur,
             "UPDATE texts SET fts = (fts OR ?), owner = CASE WHEN ? THEN NULL ELSE owner END WHERE id = ?",
             [(flag, shared, i) for i, flag, shared in changes],
         )
-        flip = [(i, texts[h][0]) for h, (i, fts, _) in known.items() if texts[h][1] and not fts]
         self._index_texts(cur, sorted(to_index) + sorted(flip))
         return ids
 
@@ -683,7 +685,7 @@ class SqlStore(DocumentReads, TrainingRecords):
         only_search = query is not None and TrajectoryFilter(search=flt.search) == flt
         if only_search and query is not None and len(query.groups) == 1 and not query.negated:
             # A plain search with no other filter: count distinct trajectories straight from the
-            # link index, without visiting the trajectories table at all.
+            # hits (links, or on PostgreSQL texts' owners), without visiting the trajectories table.
             hits, sparams = self._search_ids(query.groups[0])
             return int(self._ex(cur, f"SELECT COUNT(DISTINCT h.id) FROM ({hits}) h", sparams).fetchone()[0])
         rolled = _rollup_where(flt)
