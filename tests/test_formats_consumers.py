@@ -400,3 +400,32 @@ def test_art_export_lines_load_in_arts_own_models(built: dict[str, Any]) -> None
         loaded = art.Trajectory(**_as_trajectory(line))
         assert loaded.metadata == line["metadata"] and loaded.metrics == line["metrics"]
         assert loaded.messages_and_choices == line["messages"] and loaded.tools == line.get("tools")
+
+
+def test_recorded_ids_go_through_the_privacy_filter_and_still_match(store: Store, tmp_path: Path) -> None:
+    """Ids are user content like any other string: filtered, and a call and its answer alike."""
+    t = make_tool_corpus(1)[0]
+    secret = "call_for_buyer7@example.com"
+    for call in t.steps[0].llm_calls:
+        for tc in call.tool_calls or []:
+            tc["id"] = secret if tc["function"]["name"] == "get_order" else tc["id"]
+        for m in call.messages or []:
+            if m.get("tool_call_id") == "call_00x":
+                m["tool_call_id"] = secret
+            for tc in m.get("tool_calls") or []:
+                tc["id"] = secret if tc["function"]["name"] == "get_order" else tc["id"]
+    store.write(WriteBatch.from_trajectory(t))
+    for fmt in ("openai", "art"):
+        ds = datasets.build(store, BuildRequest(format=fmt, eval_fraction=0), root=tmp_path / fmt)
+        text = (Path(ds.path) / "train.jsonl").read_text()
+        assert "buyer7@example.com" not in text and "[REDACTED_EMAIL]" in text, fmt
+        for row in _rows(Path(ds.path)):
+            assert check_row(fmt, row) is None, row
+            conversations = [row["messages"]] if fmt == "openai" else [
+                t["messages_and_choices"] for t in row["trajectories"]
+            ]  # fmt: skip
+            for messages in conversations:
+                assert _answered_in_order(messages)
+                assert any("REDACTED_EMAIL" in m.get("tool_call_id", "") for m in messages) or not any(
+                    m["role"] == "tool" for m in messages
+                )
