@@ -314,7 +314,8 @@ def test_art_groups_keep_the_independent_reward_when_a_score_is_the_reward(
     assert len(groups) == 2 and all(len(g["trajectories"]) == 3 for g in groups)
     for g in groups:
         for t in g["trajectories"]:
-            assert t["reward"] == 0.25 and t["metrics"]["reward_score"] == "ruler"
+            # ART's metrics are numbers: the score's name is metadata.
+            assert t["reward"] == 0.25 and t["metadata"]["reward_score"] == "ruler"
             assert t["metrics"]["independent_reward"] in (0.0, 0.5, 1.0)
             assert t["messages_and_choices"][0]["role"] == "system"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -191,8 +192,8 @@ def _comparable(t: Trajectory) -> dict:
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(items=st.lists(trajectories(), min_size=1, max_size=4), fmt=st.sampled_from(["json", "jsonl"]))
 def test_export_then_import_round_trips(tmp_path: Path, items: list[Trajectory], fmt: str) -> None:
-    folder = tmp_path / f"rt-{id(items)}"
-    folder.mkdir()
+    # A fresh folder per example: hypothesis reuses tmp_path, and id(items) repeats once freed.
+    folder = Path(tempfile.mkdtemp(prefix="rt-", dir=tmp_path))
     src = open_store(str(folder / "src.db"))
     dst = open_store(str(folder / "dst.db"))
     try:

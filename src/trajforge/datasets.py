@@ -44,6 +44,9 @@ from trajforge import settings
 from trajforge import workers as worker_pool
 from trajforge.errors import InvalidInput, NotFound
 from trajforge.export import prefetch
+from trajforge.formats import art as art_format
+from trajforge.formats import openai as openai_format
+from trajforge.formats.openai import Conversation, IdEntry, function_tools
 from trajforge.paths import hashed_name
 from trajforge.privacy import CATEGORIES, PrivacyFilter, PrivacyReport, store_salt
 from trajforge.records import Dataset, JobEvent, camel, iso_ms, new_id, now_ms
@@ -207,6 +210,11 @@ class Example:
     """The trajectory's own total reward (kept when ``reward`` comes from a named score)."""
     reward_from: str | None = None
     """The score name ``reward`` comes from; None for the trajectory's own reward."""
+    ids: list[IdEntry] | None = None
+    """The tool-call ids recorded for ``[*prompt, completion]``, one entry per message (see
+    ``formats.openai.IdEntry``); None when none were. They are kept beside the messages, not in
+    them: TRL rows carry no ids, and equal conversations stay equal (dedup, pairing by prompt)
+    whatever ids a provider made up for them."""
 
     @property
     def group(self) -> str:
@@ -255,7 +263,21 @@ def _tool_call(tc: Any) -> dict[str, Any] | None:
     return {"type": "function", "function": {"name": name, "arguments": args}}
 
 
-def _message(m: Any) -> dict[str, Any] | None:
+def _tool_calls(raw: Any) -> tuple[list[dict[str, Any]], list[str | None]]:
+    """The tool calls in TRL's form, and the id recorded for each (OpenAI's and Anthropic's
+    shapes both carry an ``id``)."""
+    calls: list[dict[str, Any]] = []
+    ids: list[str | None] = []
+    for tc in raw if isinstance(raw, list) else ():
+        call = _tool_call(tc)
+        if call is not None:
+            calls.append(call)
+            ids.append(tc["id"] if isinstance(tc.get("id"), str) and tc["id"] else None)
+    return calls, ids
+
+
+def _message(m: Any) -> tuple[dict[str, Any], IdEntry] | None:
+    """The message normalized, and the ids recorded in it."""
     if not isinstance(m, dict):
         return None
     role = m.get("role")
@@ -265,27 +287,17 @@ def _message(m: Any) -> dict[str, Any] | None:
         "role": "system" if role == "developer" else role,
         "content": _content(m.get("content")),
     }
-    calls = [c for c in (_tool_call(tc) for tc in m.get("tool_calls") or []) if c]
+    ids: IdEntry = None
+    calls, call_ids = _tool_calls(m.get("tool_calls"))
     if calls:
         out["tool_calls"] = calls
-    if role == "tool" and isinstance(m.get("name"), str):
-        out["name"] = m["name"]
-    return out
-
-
-def _tools(raw: Any) -> list[dict[str, Any]] | None:
-    """Tools as JSON-schema function specs (Chat Completions' shape; Responses' is wrapped)."""
-    if not isinstance(raw, list):
-        return None
-    out = []
-    for t in raw:
-        if not isinstance(t, dict):
-            continue
-        fn: dict[str, Any] = t["function"] if isinstance(t.get("function"), dict) else t
-        if isinstance(fn.get("name"), str):
-            spec = {k: fn[k] for k in ("name", "description", "parameters") if k in fn}
-            out.append({"type": "function", "function": spec})
-    return out or None
+        ids = call_ids if any(call_ids) else None
+    if role == "tool":
+        if isinstance(m.get("name"), str):
+            out["name"] = m["name"]
+        if isinstance(m.get("tool_call_id"), str) and m["tool_call_id"]:
+            ids = m["tool_call_id"]
+    return out, ids
 
 
 def task_of(row: Sequence[Any]) -> str:
@@ -293,16 +305,26 @@ def task_of(row: Sequence[Any]) -> str:
 
 
 def example_from_row(row: Sequence[Any], reward: float | None) -> Example | None:
-    """The example of one call row; None when the call has no completion to learn from."""
-    tool_calls = [c for c in (_tool_call(tc) for tc in _loads(row[_TOOL_CALLS]) or []) if c]
-    if row[_RESPONSE] is None and not tool_calls:
+    """The example of one call row; None when the call has no completion to learn from (no
+    response text and no tool call)."""
+    tool_calls, call_ids = _tool_calls(_loads(row[_TOOL_CALLS]))
+    if not row[_RESPONSE] and not tool_calls:
         return None
     raw_messages = _loads(row[_MESSAGES])
     prompt: list[dict[str, Any]] = []
+    ids: list[IdEntry] | None = None
     if isinstance(raw_messages, list) and raw_messages:
-        prompt = [m for m in (_message(m) for m in raw_messages) if m]
+        ids = []
+        for m in raw_messages:
+            got = _message(m)
+            if got is not None:
+                prompt.append(got[0])
+                ids.append(got[1])
         if row[_SYSTEM] is not None and not any(m["role"] == "system" for m in prompt):
             prompt.insert(0, {"role": "system", "content": row[_SYSTEM]})
+            ids.insert(0, None)
+        if ids.count(None) == len(ids):
+            ids = None
     else:
         if row[_SYSTEM] is not None:
             prompt.append({"role": "system", "content": row[_SYSTEM]})
@@ -313,6 +335,9 @@ def example_from_row(row: Sequence[Any], reward: float | None) -> Example | None
     completion: dict[str, Any] = {"role": "assistant", "content": row[_RESPONSE] or ""}
     if tool_calls:
         completion["tool_calls"] = tool_calls
+    completion_ids = call_ids if any(call_ids) else None
+    if ids is not None or completion_ids is not None:
+        ids = [*(ids or [None] * len(prompt)), completion_ids]
     return Example(
         trajectory_id=row[_TID],
         scenario_id=row[_SCENARIO],
@@ -322,9 +347,10 @@ def example_from_row(row: Sequence[Any], reward: float | None) -> Example | None
         reward=reward,
         prompt=prompt,
         completion=completion,
-        tools=_tools(_loads(row[_TOOLS])),
+        tools=function_tools(_loads(row[_TOOLS])),
         call_id=row[_CALL_ID],
         model=row[_MODEL] or "",
+        ids=ids,
     )
 
 
@@ -349,43 +375,24 @@ def to_grpo(ex: Example) -> dict[str, Any]:
     return {"prompt": ex.prompt, "group": ex.group, "reward": ex.reward, "task": ex.task}
 
 
-def _openai_message(m: dict[str, Any], ids: Iterator[str], weight: int | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"role": m["role"], "content": m["content"]}
-    if m.get("tool_calls"):
-        out["content"] = m["content"] or None
-        out["tool_calls"] = [
-            {
-                "id": next(ids),
-                "type": "function",
-                "function": {
-                    "name": tc["function"]["name"],
-                    "arguments": orjson.dumps(
-                        tc["function"]["arguments"], option=orjson.OPT_SORT_KEYS
-                    ).decode(),
-                },
-            }
-            for tc in m["tool_calls"]
-        ]
-    if m["role"] == "tool":
-        out["tool_call_id"] = f"call_{m.get('name', 'tool')}"
-    if weight is not None and m["role"] == "assistant":
-        out["weight"] = weight
-    return out
-
-
-def _call_ids() -> Iterator[str]:
-    n = 0
-    while True:
-        n += 1
-        yield f"call_{n}"
+def _split_ids(ex: Example) -> tuple[list[IdEntry], IdEntry]:
+    """The ids of the prompt's messages, and those of the completion."""
+    if ex.ids is None:
+        return [None] * len(ex.prompt), None
+    return ex.ids[:-1], ex.ids[-1]
 
 
 def to_openai(ex: Example) -> dict[str, Any]:
     """OpenAI SFT: earlier assistant turns of the prompt are context (weight 0), the completion
-    trains (weight 1); tool call arguments become JSON strings."""
-    ids = _call_ids()
-    messages = [_openai_message(m, ids, weight=0) for m in ex.prompt]
-    messages.append(_openai_message(ex.completion, ids, weight=1))
+    trains (weight 1); tool call arguments become JSON strings, recorded call ids are kept."""
+    conv = Conversation(ex.ids)
+    add = conv.add
+    if ex.ids is None:
+        messages = [add(m, None, 0) for m in ex.prompt]
+        messages.append(add(ex.completion, None, 1))
+    else:
+        messages = [add(m, i, 0) for m, i in zip(ex.prompt, ex.ids, strict=False)]
+        messages.append(add(ex.completion, ex.ids[-1], 1))
     row: dict[str, Any] = {"messages": messages}
     if ex.tools:
         row["tools"] = ex.tools
@@ -399,65 +406,79 @@ def to_preference(chosen: Example, rejected: Example) -> dict[str, Any]:
 
 
 def to_openai_dpo(chosen: Example, rejected: Example) -> dict[str, Any]:
-    ids = _call_ids()
+    conv = Conversation(chosen.ids, rejected.ids)
+    prompt_ids, chosen_ids = _split_ids(chosen)
     return {
-        "input": {"messages": [_openai_message(m, ids) for m in chosen.prompt], "tools": chosen.tools or []},
-        "preferred_output": [_openai_message(chosen.completion, ids)],
-        "non_preferred_output": [_openai_message(rejected.completion, ids)],
+        "input": {
+            "messages": [conv.add(m, i) for m, i in zip(chosen.prompt, prompt_ids, strict=True)],
+            "tools": chosen.tools or [],
+        },
+        "preferred_output": [conv.add(chosen.completion, chosen_ids)],
+        "non_preferred_output": [conv.add(rejected.completion, _split_ids(rejected)[1])],
     }
 
 
-def _transcript(examples: Sequence[Example]) -> list[dict[str, Any]]:
+def _transcript(examples: Sequence[Example]) -> tuple[list[dict[str, Any]], list[IdEntry]]:
     """One trajectory's calls as one conversation: a call whose prompt continues the conversation
-    so far adds only its new messages; the system message appears only when it changes."""
+    so far adds only its new messages; the system message appears only when it changes. With the
+    ids recorded for each message."""
     out: list[dict[str, Any]] = []
+    out_ids: list[IdEntry] = []
     last_system: str | None = None
     for ex in examples:
         prompt = ex.prompt
+        prompt_ids, completion_ids = _split_ids(ex)
         if out and prompt[: len(out)] == out:
-            new = prompt[len(out) :]
+            out.extend(prompt[len(out) :])
+            out_ids.extend(prompt_ids[len(out_ids) :])
         else:
-            new = []
-            for m in prompt:
+            for m, i in zip(prompt, prompt_ids, strict=True):
                 if m["role"] == "system":
                     if m["content"] == last_system:
                         continue
                     last_system = m["content"]
-                new.append(m)
-        out.extend(new)
+                out.append(m)
+                out_ids.append(i)
         out.append(ex.completion)
-    return out
+        out_ids.append(completion_ids)
+    return out, out_ids
 
 
-def to_art_group(scenario: str, trajectories: Sequence[Sequence[Example]]) -> dict[str, Any]:
-    """An ART ``TrajectoryGroup``: the scenario's trajectories, each with its messages and reward."""
+def to_art_group(task: str, scenario: str, trajectories: Sequence[Sequence[Example]]) -> dict[str, Any]:
+    """An ART ``TrajectoryGroup``: the scenario's trajectories, each with its messages (in Chat
+    Completions' shape, which ART's tokenizer reads) and reward. Only keys ART's models take:
+    what identifies the group goes in its metadata (see ``formats.art``)."""
     group = []
     for examples in trajectories:
         first = examples[0]
         tools = next((ex.tools for ex in examples if ex.tools), None)
+        messages, ids = _transcript(examples)
+        conv = Conversation(ids)
         metrics: dict[str, Any] = {"llm_calls": len(examples)}
+        meta: dict[str, Any] = {
+            "trajectory_id": first.trajectory_id,
+            "agent_id": first.agent_id,
+            "source": first.source,
+            "scenario_id": first.scenario_id,
+            "task": first.task,
+        }
         if first.reward_from is not None:
             # RULER's convention: the judged (or otherwise named) score is the reward; the
-            # trajectory's own reward stays as a metric.
+            # trajectory's own reward stays as a metric (when it has one), the score's name goes
+            # in metadata (ART's metrics are numbers).
             metrics["independent_reward"] = first.own_reward
-            metrics["reward_score"] = first.reward_from
+            meta["reward_score"] = first.reward_from
         group.append(
             {
-                "messages_and_choices": _transcript(examples),
+                "messages_and_choices": [conv.add(m, i) for m, i in zip(messages, ids, strict=True)],
                 "tools": tools or [],
                 "reward": first.reward if first.reward is not None else 0.0,
-                "metrics": metrics,
-                "metadata": {
-                    "trajectory_id": first.trajectory_id,
-                    "agent_id": first.agent_id,
-                    "source": first.source,
-                    "scenario_id": first.scenario_id,
-                    "task": first.task,
-                },
+                "metrics": art_format.metrics(metrics),
+                "metadata": meta,
                 "logs": [],
             }
         )
-    return {"scenario_id": scenario, "trajectories": group}
+    return {"trajectories": group, "metadata": {"scenario_id": scenario, "task": task}}
 
 
 def _is_messages(value: Any, *, last_assistant: bool = False) -> bool:
@@ -484,22 +505,19 @@ def check_row(fmt: str, row: dict[str, Any]) -> str | None:
     elif fmt == "grpo":
         ok = _is_messages(row.get("prompt")) and isinstance(row.get("reward"), int | float)
     elif fmt == "openai":
-        msgs = row.get("messages") or []
-        ok = _is_messages(msgs, last_assistant=True) and all(
-            isinstance(tc["function"]["arguments"], str) for m in msgs for tc in m.get("tool_calls") or []
-        )
+        return openai_format.check_sft(row)
     elif fmt == "openai_dpo":
-        ok = (
-            isinstance(row.get("input"), dict)
-            and _is_messages(row["input"].get("messages"))
-            and _is_messages(row.get("preferred_output"), last_assistant=True)
-            and _is_messages(row.get("non_preferred_output"), last_assistant=True)
-        )
+        return openai_format.check_dpo(row)
     elif fmt == "art":
-        ok = isinstance(row.get("trajectories"), list) and all(
-            _is_messages(t.get("messages_and_choices")) and isinstance(t.get("reward"), int | float)
-            for t in row["trajectories"]
-        )
+        problem = art_format.check_group(row)
+        for i, t in enumerate(row["trajectories"] if problem is None else ()):
+            # ART's tokenizer reads the messages as Chat Completions messages.
+            problem = openai_format.check_messages(
+                t["messages_and_choices"], f"trajectories[{i}].messages_and_choices", allow_empty=True
+            )
+            if problem:
+                break
+        return problem
     else:
         return f"unknown format {fmt!r}"
     return None if ok else f"not a valid {fmt} row"
@@ -718,8 +736,8 @@ class _Outcome:
     examples: list[Example] = field(default_factory=list)
     redactions: dict[str, int] = field(default_factory=dict)
     strings_changed: int = 0
-    lines: list[tuple[str, str, bytes]] | None = None
-    """(task, group, JSONL line) per example, when converted where it was curated."""
+    lines: list[tuple[str, str, bytes, bytes]] | None = None
+    """(task, group, JSONL line, dedup key) per example, when converted where it was curated."""
 
 
 def _effective_filter(req: BuildRequest) -> TrajectoryFilter:
@@ -779,11 +797,14 @@ def _curate(
             found: set[str] = set()
             for ex in examples:
                 if drop_on:
-                    found |= pf.categories_in([ex.prompt, ex.completion, ex.tools, ex.agent_id])
+                    found |= pf.categories_in([ex.prompt, ex.completion, ex.tools, ex.agent_id, ex.ids])
                 _filter_messages(pf, ex.prompt)
                 _filter_messages(pf, [ex.completion])
                 if ex.tools:
                     ex.tools = pf.value(ex.tools)
+                if ex.ids is not None:
+                    # Recorded ids are free text too; a call and its answer filter alike.
+                    ex.ids = pf.value(ex.ids)
                 # Ids and task names end up in rows (grpo groups, ART metadata) and file names too.
                 ex.agent_id = pf.text(ex.agent_id)
                 ex.task = pf.text(ex.task)
@@ -848,7 +869,7 @@ def _worker_setup(
     return setup
 
 
-_Meta = tuple[str, str | None, dict[str, int], int, list[tuple[str, str, int]]]
+_Meta = tuple[str, str | None, dict[str, int], int, list[tuple[str, str, int, bytes]]]
 
 
 def _worker_page(ids: list[str]) -> tuple[list[_Meta], bytes]:
@@ -862,9 +883,9 @@ def _worker_page(ids: list[str]) -> tuple[list[_Meta], bytes]:
     for out in _curate(store, req, pf, _batches(_groups(rows))):
         placed = []
         for ex in out.examples:
-            task, group, line = _line(req.format, ex, check=len(lines) % _CHECK_EVERY == 0)
+            task, group, line, key = _line(req.format, ex, check=len(lines) % _CHECK_EVERY == 0)
             lines.append(line)
-            placed.append((task, group, len(line)))
+            placed.append((task, group, len(line), key))
         metas.append((out.trajectory_id, out.drop, out.redactions, out.strings_changed, placed))
     return metas, b"".join(lines)
 
@@ -873,8 +894,8 @@ def _unpack(metas: list[_Meta], blob: bytes) -> Iterator[_Outcome]:
     pos = 0
     for tid, drop, redactions, changed, placed in metas:
         lines = []
-        for task, group, n in placed:
-            lines.append((task, group, blob[pos : pos + n]))
+        for task, group, n, key in placed:
+            lines.append((task, group, blob[pos : pos + n], key))
             pos += n
         yield _Outcome(tid, drop, redactions=redactions, strings_changed=changed, lines=lines)
 
@@ -887,13 +908,20 @@ def _parallel_outcomes(store: Store, req: BuildRequest, salt: str, n: int) -> It
         yield from _unpack(*result)
 
 
-def _line(fmt: str, ex: Example, check: bool = True) -> tuple[str, str, bytes]:
+def _line(fmt: str, ex: Example, check: bool = True) -> tuple[str, str, bytes, bytes]:
+    """(task, group, JSONL line, dedup key) of one example."""
     row = _CONVERTERS[fmt](ex)
     if check:
         problem = check_row(fmt, row)
         if problem:
             raise AssertionError(f"{problem}: {row}")  # a converter bug, not bad input
-    return ex.task, ex.group, orjson.dumps(row, option=_DUMP)
+    line = orjson.dumps(row, option=_DUMP)
+    # Equal rows are equal bytes: orjson keeps key order, and the converters build every row the
+    # same way. OpenAI rows with recorded tool-call ids carry what a provider made up, which
+    # differs between equal conversations: those are keyed by their content without the ids (the
+    # sft row's bytes). Rows without recorded ids have ids made from their content: their bytes do.
+    keyed = orjson.dumps(to_sft(ex)) if fmt == "openai" and ex.ids is not None else line
+    return ex.task, ex.group, line, hashlib.blake2b(keyed, digest_size=16).digest()
 
 
 _CHECK_EVERY = 16
@@ -937,11 +965,8 @@ def _write_examples(req: BuildRequest, outcomes: Iterator[_Outcome], files: _Fil
                 _line(req.format, ex, check=(n + i) % _CHECK_EVERY == 0) for i, ex in enumerate(out.examples)
             ]
             n += len(lines)
-        for task, group, line in lines:
+        for task, group, line, key in lines:
             if req.dedup:
-                # Equal rows are equal bytes: orjson keeps key order, and the converters build
-                # every row the same way.
-                key = hashlib.blake2b(line, digest_size=16).digest()
                 if key in seen:
                     sel.duplicates += 1
                     continue
@@ -999,7 +1024,7 @@ def _write_art(req: BuildRequest, outcomes: Iterator[_Outcome], files: _Files, s
             scenarios[(task, exs[0].group)].append(exs)
     for task, scenario in sorted(scenarios):
         members = sorted(scenarios[(task, scenario)], key=lambda exs: exs[0].trajectory_id)
-        row = to_art_group(scenario, members)
+        row = to_art_group(task, scenario, members)
         problem = check_row("art", row)
         if problem:
             raise AssertionError(f"{problem}: {row}")

@@ -26,6 +26,8 @@ from typing import Any, TypeVar
 from trajforge import jsonutil
 from trajforge import workers as worker_pool
 from trajforge.errors import InvalidInput
+from trajforge.formats import art as art_format
+from trajforge.formats.openai import function_tools
 from trajforge.privacy import PrivacyFilter, filter_trajectory
 from trajforge.records import LlmCall, Trajectory, iso_ms, now_ms, to_wire
 from trajforge.store.base import Store, TrajectoryFilter
@@ -175,7 +177,10 @@ def art_messages(t: Trajectory) -> tuple[list[dict[str, Any]], list[dict[str, An
 
 
 def art_record(t: Trajectory) -> dict[str, Any]:
-    messages, tools = art_messages(t)
+    """One ``art`` export line. Its metadata, metrics and tools are what ART's ``Trajectory``
+    accepts (``formats.art``): nested metadata values become their JSON text, metrics a trajectory
+    does not have are left out, tools are Chat Completions function specs."""
+    messages, raw_tools = art_messages(t)
     actions = [s.action for s in t.steps if s.action is not None]
     metrics: dict[str, Any] = {
         "stepCount": t.step_count or len(t.steps),
@@ -192,19 +197,22 @@ def art_record(t: Trajectory) -> dict[str, Any]:
     record: dict[str, Any] = {
         "messages": messages,
         "reward": t.total_reward if t.total_reward is not None else 0.0,
-        "metadata": {
-            **t.metadata,
-            "trajectoryId": t.id,
-            "agentId": t.agent_id,
-            "source": t.source,
-            "status": t.status,
-            "scenarioId": t.scenario_id,
-            "batchId": t.batch_id,
-            "groupIndex": t.group_index,
-            "format": ART_FORMAT_VERSION,
-        },
-        "metrics": metrics,
+        "metadata": art_format.metadata(
+            {
+                **t.metadata,
+                "trajectoryId": t.id,
+                "agentId": t.agent_id,
+                "source": t.source,
+                "status": t.status,
+                "scenarioId": t.scenario_id,
+                "batchId": t.batch_id,
+                "groupIndex": t.group_index,
+                "format": ART_FORMAT_VERSION,
+            }
+        ),
+        "metrics": art_format.metrics(metrics),
     }
+    tools = function_tools(raw_tools)
     if tools:
         record["tools"] = tools
     return record
