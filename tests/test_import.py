@@ -175,11 +175,19 @@ def simple_trajectory(i: int) -> dict[str, Any]:
     }
 
 
+@pytest.fixture(params=["read once", "read twice"])
+def reading(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Small files are converted once and held; big ones are read twice (check, then store)."""
+    if request.param == "read twice":
+        monkeypatch.setattr("trajforge.importer.KEEP_BYTES", 0)
+    return str(request.param)
+
+
 # --- item 5: re-import changes nothing ------------------------------------------------------------
 
 
 def test_reimporting_eliza_trajectories_from_another_path_changes_nothing(
-    store: Store, tmp_path: Path
+    store: Store, tmp_path: Path, reading: str
 ) -> None:
     first = write_jsonl(tmp_path / "eliza.jsonl", [eliza_trajectory("e-1"), eliza_trajectory("e-2")])
     counts = import_file(store, first)
@@ -239,7 +247,7 @@ def _file_with_bad_line_250(tmp_path: Path) -> tuple[Path, str]:
     return write_jsonl(tmp_path / "big.jsonl", lines), bad
 
 
-def test_a_bad_line_stores_nothing_and_is_named(store: Store, tmp_path: Path) -> None:
+def test_a_bad_line_stores_nothing_and_is_named(store: Store, tmp_path: Path, reading: str) -> None:
     path, _ = _file_with_bad_line_250(tmp_path)
     with pytest.raises(InvalidInput) as exc:
         import_file(store, path)
@@ -247,7 +255,9 @@ def test_a_bad_line_stores_nothing_and_is_named(store: Store, tmp_path: Path) ->
     assert store.count(TrajectoryFilter()) == 0
 
 
-def test_skip_bad_stores_the_good_rows_and_writes_the_bad_ones(store: Store, tmp_path: Path) -> None:
+def test_skip_bad_stores_the_good_rows_and_writes_the_bad_ones(
+    store: Store, tmp_path: Path, reading: str
+) -> None:
     path, bad_line = _file_with_bad_line_250(tmp_path)
     out = tmp_path / "bad.jsonl"
     counts = import_file(store, path, bad_rows=out)
@@ -256,10 +266,10 @@ def test_skip_bad_stores_the_good_rows_and_writes_the_bad_ones(store: Store, tmp
     (bad,) = [json.loads(x) for x in out.read_text().splitlines()]
     assert bad["where"] == "big.jsonl:250" and bad["field"] == "big.jsonl:250.startTime"
     assert "expected a number" in bad["error"] and bad["text"] == bad_line
-    # Fixing the row and importing the whole file again stores just that one.
     fixed = path.read_text().replace(bad_line, json.dumps(simple_trajectory(249)))
     path.write_text(fixed)
-    assert import_file(store, path)["newTrajectories"] == 1
+    # Fixed, the whole file imported again stores just that row, and no stale bad row is left.
+    assert import_file(store, path, bad_rows=out)["newTrajectories"] == 1 and out.read_text() == ""
 
 
 def test_bad_rows_through_the_cli(store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

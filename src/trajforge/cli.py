@@ -407,7 +407,8 @@ def trajectories_import(
     bad_rows: Annotated[
         Path | None,
         typer.Option(
-            "--bad-rows", help="Where --skip-bad writes bad rows with their reasons (./<FILE>.bad.jsonl)"
+            "--bad-rows",
+            help="Where --skip-bad writes bad rows with their reasons (default ./<FILE>.bad.jsonl; implies --skip-bad)",
         ),
     ] = None,
     db: DbOption = None,

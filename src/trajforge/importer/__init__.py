@@ -15,9 +15,10 @@ into trajectories.
   file does not have is never made up: it is taken from a neighbour and flagged, and a trajectory
   with no time at all is stored at the import time with ``metadata.startTimeUnknown: true``.
 
-JSONL is read twice (check, then store in batches of ``BATCH`` trajectories), so memory does not
-grow with the file, except for per-call rows, which are held until the end of the file since a
-trajectory's rows may be anywhere in it. A ``.json`` document is parsed once.
+JSONL above ``KEEP_BYTES`` is read twice (check, then store in batches of ``BATCH``
+trajectories), so memory does not grow with the file, except for per-call rows, which are held
+until the end of the file since a trajectory's rows may be anywhere in it. Smaller files and
+``.json`` documents are parsed once.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ from trajforge.store import Store
 
 BATCH = 200
 SHOWN_ERRORS = 5
+# JSONL up to this size is converted once and held (tens of MB of records at most); larger files
+# are read twice, so memory stays flat however big the file is.
+KEEP_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -70,6 +74,7 @@ class _Source:
                 if not isinstance(items, list):
                     raise InvalidInput(f"{path.name}: expected an array of trajectories", "file")
                 self.document = items
+        self.keep = self.document is not None or self.signature[0] <= KEEP_BYTES
 
     def _signature(self) -> tuple[int, int]:
         st = os.stat(self.path)
@@ -101,7 +106,8 @@ class _BadRows:
         self.path = path
         self.positions: set[int] = set()
         self.shown: list[str] = []
-        self._out: IO[bytes] | None = None
+        # A bad-rows file left by an earlier run must not stand for this one.
+        self._out: IO[bytes] | None = open(path, "wb") if path is not None and path.exists() else None  # noqa: SIM115
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -157,7 +163,7 @@ def import_file(
     bad = _BadRows(out)
     rows = RowTrajectories()
     reader = RowReader()
-    kept: list[tuple[Trajectory, bool]] = []  # the trajectories of a JSON document, read once
+    kept: list[tuple[Trajectory, bool]] = []  # when the file is read once (source.keep)
     bundles = 0
 
     # Pass 1: read and check everything; per-call rows are kept (they are grouped at the end).
@@ -175,7 +181,7 @@ def import_file(
                 else:
                     parsed = trajectory_from_object(obj, item.where, now)
                     bundles += 1
-                    if source.document is not None:
+                    if source.keep:
                         kept.append(parsed)
             except WireError as exc:
                 bad.add(item, *_message(exc, item.where))
@@ -231,7 +237,7 @@ def import_file(
     # Pass 2: store, in batches. Nothing below is expected to fail on content (pass 1 read it
     # all); if the store fails, say how far the import got: re-running it is safe.
     try:
-        if source.document is not None:
+        if source.keep:
             for t, unknown in kept:
                 add(t, unknown)
             kept.clear()

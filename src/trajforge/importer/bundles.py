@@ -51,6 +51,8 @@ def _given(raw: dict[str, Any], *keys: str) -> bool:
 
 
 def _foreign(raw: dict[str, Any], known: frozenset[str]) -> dict[str, Any]:
+    if raw.keys() <= known:  # the usual case, our own exports: a set operation in C
+        return {}
     return {k: v for k, v in raw.items() if k not in known}
 
 
@@ -99,16 +101,19 @@ def trajectory_from_object(obj: dict[str, Any], where: str, now: int) -> tuple[T
     start_given = _given(obj, "startTime", "start_time")
     known: list[int] = [t.start_time] if start_given else []
     step_known: list[list[int]] = []
-    for raw, step in zip(raw_steps, t.steps, strict=True):
+    for j, (raw, step) in enumerate(zip(raw_steps, t.steps, strict=True)):
+        swhere = f"{where}.steps[{j}]"
         own = [
             c.timestamp
-            for rc, c in zip(_items(raw, "llmCalls", "llm_calls"), step.llm_calls, strict=True)
+            for rc, c in zip(_items(raw, swhere, "llmCalls", "llm_calls"), step.llm_calls, strict=True)
             if _given(rc, "timestamp")
         ]
         own += [
             a.timestamp
             for ra, a in zip(
-                _items(raw, "providerAccesses", "provider_accesses"), step.provider_accesses, strict=True
+                _items(raw, swhere, "providerAccesses", "provider_accesses"),
+                step.provider_accesses,
+                strict=True,
             )
             if _given(ra, "timestamp")
         ]
@@ -146,7 +151,7 @@ def trajectory_from_object(obj: dict[str, Any], where: str, now: int) -> tuple[T
         per_call: dict[str, Any] = {}
         step_types: list[Any] = []
         for k, (rc, call) in enumerate(
-            zip(_items(raw, "llmCalls", "llm_calls"), step.llm_calls, strict=True)
+            zip(_items(raw, swhere, "llmCalls", "llm_calls"), step.llm_calls, strict=True)
         ):
             if not _given(rc, "callId", "call_id"):
                 call.call_id = f"{scope}:call:{k}"
@@ -169,7 +174,7 @@ def trajectory_from_object(obj: dict[str, Any], where: str, now: int) -> tuple[T
         if per_call:
             smeta[CALL_SOURCE_FIELDS] = per_call
         per_access: dict[str, Any] = {}
-        accesses = _items(raw, "providerAccesses", "provider_accesses")
+        accesses = _items(raw, swhere, "providerAccesses", "provider_accesses")
         for k, (ra, access) in enumerate(zip(accesses, step.provider_accesses, strict=True)):
             if not _given(ra, "accessId", "access_id"):
                 access.access_id = f"{scope}:access:{k}"
@@ -204,7 +209,9 @@ def _score_ids(raw: dict[str, Any], score: Score, derived: str, t: Trajectory) -
         score.created_at = t.end_time or t.start_time
 
 
-def _items(raw: dict[str, Any], *keys: str) -> list[dict[str, Any]]:
+def _items(raw: dict[str, Any], where: str, *keys: str) -> list[dict[str, Any]]:
+    if sum(raw.get(k) is not None for k in keys) > 1:  # from_wire would read only one of them
+        raise WireError(f"give {' or '.join(keys)}, not both", f"{where}.{keys[0]}")
     for key in keys:
         value = raw.get(key)
         if value is not None:
