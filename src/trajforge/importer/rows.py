@@ -142,13 +142,15 @@ def _text(content: Any) -> str | None:
 def _tokens(sources: list[tuple[dict[str, Any], str]], out: dict[str, int | None]) -> None:
     for name, keys in _TOKENS.items():
         for obj, where in sources:
-            found = next((k for k in keys if obj.get(k) is not None), None)
+            found = next((k for k in keys if obj.get(k) is not None), None) if obj else None
             if found is not None:
                 out[name] = opt_count(obj, found, where)
                 break
 
 
 def _rest(obj: dict[str, Any], known: frozenset[str]) -> dict[str, Any]:
+    if obj.keys() <= known:  # a set operation in C: the common case of nothing foreign
+        return {}
     return {k: v for k, v in obj.items() if k not in known}
 
 
