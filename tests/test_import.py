@@ -136,6 +136,7 @@ def native_row(i: int, **over: Any) -> dict[str, Any]:
             "messages": [{"role": "system", "content": "sys"}, {"role": "user", "content": f"q{i}"}],
             "settings": {"temperature": 0.3, "maxTokens" if i == 0 else "maxOutputTokens": 128 + i},
             "toolChoice": "auto",
+            "tools": {"lookup": {"description": "find a record"}} if i == 1 else [{"type": "function"}],
         },
         "response": {
             "text": f"a{i}",
@@ -343,7 +344,6 @@ def test_eliza_native_row_fields_have_a_home(store: Store, tmp_path: Path) -> No
         "boundary": "vercel_ai_sdk.generateText",
         "callIndex": 0,
         "provider": "scenario-runner",
-        "request": {"toolChoice": "auto"},
         "response": {"usage": {"totalTokens": 13}},
     }
     s0, s1 = t.steps
@@ -351,11 +351,16 @@ def test_eliza_native_row_fields_have_a_home(store: Store, tmp_path: Path) -> No
     assert s0.metadata is not None and s1.metadata is not None
     assert (s0.metadata["stepType"], s1.metadata["stepType"]) == ("planner", "evaluation")
     assert s1.metadata["callSourceFields"] == {
-        "native-1-call-1": {"metadata": {"call_id": "native-1-call-1"}}
+        "native-1-call-1": {
+            "metadata": {"call_id": "native-1-call-1"},
+            # Not a list: kept as it is (and so this row's request differs from the other's).
+            "request": {"toolChoice": "auto", "tools": {"lookup": {"description": "find a record"}}},
+        }
     }
     c0, c1 = s0.llm_calls[0], s1.llm_calls[0]
     assert (c0.temperature, c0.max_tokens, c1.max_tokens) == (0.3, 128, 129)
     assert (c0.system_prompt, c0.user_prompt, c0.response, c0.prompt_tokens) == ("sys", "q0", "a0", 10)
+    assert c0.tools == [{"type": "function"}] and c1.tools is None
 
 
 def test_a_trajectory_without_any_time_says_so(store: Store, tmp_path: Path) -> None:

@@ -243,9 +243,7 @@ def import_file(
             kept.clear()
         elif bundles:
             if not source.unchanged():
-                raise InvalidInput(
-                    f"{path.name} changed while it was being imported; nothing was stored", "file"
-                )
+                raise InvalidInput(f"{path.name} changed while it was being imported", "file")
             for item in source:
                 if item.position in bad.positions or item.error is not None or is_call_row(item.obj):
                     continue

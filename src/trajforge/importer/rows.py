@@ -239,7 +239,8 @@ class RowReader:
         tags = opt_list(row, "tags", where)
         if tags is not None and not all(isinstance(x, str) for x in tags):
             raise WireError("expected an array of strings", f"{where}.tags")
-        tools = opt_list(request, "tools", rq)
+        # The AI SDK also gives tools as an object keyed by name: not our list, so kept as it is.
+        tools = request.get("tools") if isinstance(request.get("tools"), list) else None
         call = LlmCall(
             call_id=cid,
             timestamp=timestamp if timestamp is not None else 0,
@@ -292,6 +293,8 @@ class RowReader:
         if rest := _rest(row_usage, _TOKEN_KEYS):
             extra["usage"] = rest
         req_rest = _rest(request, _REQUEST_KEYS)
+        if tools is None and request.get("tools") is not None:
+            req_rest["tools"] = request["tools"]
         if set_rest := _rest(settings, _SETTINGS_KEYS):
             req_rest["settings"] = set_rest
         if req_rest:
