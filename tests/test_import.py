@@ -403,6 +403,16 @@ def test_a_call_without_a_time_takes_its_steps_and_is_flagged(store: Store, tmp_
         ({"agentId": "a", "steps": []}, "trajectoryId"),
         ({**native_row(0), "format": "eliza_native_v9"}, "format"),
         ({"trajectoryId": "t", "metrics": {"finalStatus": "finished"}, "steps": []}, "metrics.finalStatus"),
+        (
+            {
+                "id": "t",
+                "steps": [
+                    {"stepId": "s", "llmCalls": [{"callId": "c"}]},
+                    {"stepId": "u", "llmCalls": [{"callId": "c"}]},
+                ],
+            },
+            "steps[1].llmCalls[0].callId",
+        ),
     ],
 )
 def test_malformed_rows_are_errors(tmp_path: Path, row: dict[str, Any], field: str) -> None:

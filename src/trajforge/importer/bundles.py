@@ -132,6 +132,14 @@ def trajectory_from_object(obj: dict[str, Any], where: str, now: int) -> tuple[T
         t.end_time = t.start_time + t.duration_ms
 
     previous = t.start_time
+    # The store keeps the first of two records with one id: a repeated id would lose the second.
+    seen: dict[str, str] = {}
+
+    def once(kind: str, rid: str, at: str) -> None:
+        first = seen.setdefault(f"{kind}:{rid}", at)
+        if first != at:
+            raise WireError(f"{kind} {rid!r} is used twice in this trajectory (first at {first})", at)
+
     for j, (raw, step) in enumerate(zip(raw_steps, t.steps, strict=True)):
         swhere = f"{where}.steps[{j}]"
         unknown: list[str] = []
@@ -146,6 +154,7 @@ def trajectory_from_object(obj: dict[str, Any], where: str, now: int) -> tuple[T
             if not own and not start_unknown:
                 unknown.append("step")
         previous = step.timestamp
+        once("stepId", step.step_id, f"{swhere}.stepId")
         if foreign := _foreign(raw, _STEP_KEYS):
             smeta[SOURCE_FIELDS] = foreign
         per_call: dict[str, Any] = {}
@@ -155,6 +164,7 @@ def trajectory_from_object(obj: dict[str, Any], where: str, now: int) -> tuple[T
         ):
             if not _given(rc, "callId", "call_id"):
                 call.call_id = f"{scope}:call:{k}"
+            once("callId", call.call_id, f"{swhere}.llmCalls[{k}].callId")
             if call.reasoning is None and isinstance(rc.get("thinking"), str):
                 call.reasoning = rc["thinking"]
             if not _given(rc, "timestamp"):
@@ -178,6 +188,7 @@ def trajectory_from_object(obj: dict[str, Any], where: str, now: int) -> tuple[T
         for k, (ra, access) in enumerate(zip(accesses, step.provider_accesses, strict=True)):
             if not _given(ra, "accessId", "access_id"):
                 access.access_id = f"{scope}:access:{k}"
+            once("accessId", access.access_id, f"{swhere}.providerAccesses[{k}].accessId")
             if not _given(ra, "timestamp"):
                 access.timestamp = step.timestamp
                 if not start_unknown:
