@@ -140,12 +140,18 @@ def _text(content: Any) -> str | None:
 
 
 def _tokens(sources: list[tuple[dict[str, Any], str]], out: dict[str, int | None]) -> None:
+    # Plain loops: this runs for every row, and generator expressions cost more than the lookups.
     for name, keys in _TOKENS.items():
         for obj, where in sources:
-            found = next((k for k in keys if obj.get(k) is not None), None) if obj else None
-            if found is not None:
-                out[name] = opt_count(obj, found, where)
-                break
+            if not obj:
+                continue
+            for k in keys:
+                if obj.get(k) is not None:
+                    out[name] = opt_count(obj, k, where)
+                    break
+            else:
+                continue
+            break
 
 
 def _rest(obj: dict[str, Any], known: frozenset[str]) -> dict[str, Any]:
