@@ -7,11 +7,14 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from trajforge.cli import app
@@ -432,3 +435,64 @@ def test_a_reused_call_id_is_an_error_and_an_exact_copy_is_read_once(store: Stor
         import_file(store, path)
     counts = import_file(store, write_jsonl(path, [native_row(0), native_row(0), native_row(1)]))
     assert counts["duplicateRows"] == 1 and counts["newLlmCalls"] == 2
+
+
+maybe = st.booleans()
+
+
+@st.composite
+def foreign_trajectories(draw: st.DrawFn) -> dict[str, Any]:
+    """Trajectory objects with any of their ids and times left out, and fields we have no column for.
+    The ids given are unique across trajectories (the store's id scope is another change's)."""
+    tid = f"f-{draw(st.integers(0, 10**6))}"
+    steps = []
+    for j in range(draw(st.integers(0, 3))):
+        step: dict[str, Any] = {"llmCalls": [], "providerAccesses": [], "envState": draw(st.integers())}
+        if draw(maybe):
+            step["stepId"] = f"{tid}-s{j}"
+        if draw(maybe):
+            step["timestamp"] = T0 + j
+        for k in range(draw(st.integers(0, 2))):
+            call: dict[str, Any] = {"userPrompt": f"q{j}{k}", "stepType": draw(st.sampled_from(["a", "b"]))}
+            if draw(maybe):
+                call["callId"] = f"{tid}-c{j}{k}"
+            if draw(maybe):
+                call["timestamp"] = T0 + 10 * j + k
+            step["llmCalls"].append(call)
+        for k in range(draw(st.integers(0, 2))):
+            access: dict[str, Any] = {"providerName": "p", "data": {"k": k}}
+            if draw(maybe):
+                access["timestamp"] = T0 + 10 * j + k
+            step["providerAccesses"].append(access)
+        steps.append(step)
+    t: dict[str, Any] = {
+        "trajectoryId": tid,
+        "steps": steps,
+        "metrics": {"x": 1},
+    }
+    if draw(maybe):
+        t["startTime"] = T0
+    return t
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(items=st.lists(foreign_trajectories(), min_size=1, max_size=3, unique_by=lambda t: t["trajectoryId"]))
+def test_any_trajectory_reimports_to_the_same_store(tmp_path: Path, items: list[dict[str, Any]]) -> None:
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))
+    path = write_jsonl(folder / "f.jsonl", items)
+    store = open_store(str(folder / "s.db"))
+    try:
+        first = import_file(store, path)
+        assert first["newTrajectories"] == len(items)
+        assert first["newLlmCalls"] == sum(len(s["llmCalls"]) for t in items for s in t["steps"])
+        before = snapshot(store)
+        again = import_file(store, path)
+        assert again["newTrajectories"] == 0 and again["newLlmCalls"] == 0
+        assert snapshot(store) == before
+        for t in store.iter_trajectories(TrajectoryFilter()):
+            assert t.start_time > 0 and t.provider_access_count == sum(
+                len(s["providerAccesses"])
+                for s in next(i for i in items if i["trajectoryId"] == t.id)["steps"]
+            )
+    finally:
+        store.close()

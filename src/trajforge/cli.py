@@ -408,7 +408,7 @@ def trajectories_import(
         Path | None,
         typer.Option(
             "--bad-rows",
-            help="Where --skip-bad writes bad rows with their reasons (default ./<FILE>.bad.jsonl; implies --skip-bad)",
+            help="Where --skip-bad writes bad rows with their reasons (default ./<name>.bad.jsonl for <name>.jsonl; implies --skip-bad)",
         ),
     ] = None,
     db: DbOption = None,
