@@ -58,6 +58,7 @@ FLAG_NAMES = {
     "db": "--db",
     "format": "--format",
     "file": "FILE",
+    "bad_rows": "--bad-rows",
     "limit": "--limit",
     "minLlmCallsPerTrajectory": "--min-llm-calls",
     "evalFraction": "--eval-fraction",
@@ -391,20 +392,45 @@ def trajectories_delete(
 @trajectories_app.command("import")
 def trajectories_import(
     file: Annotated[
-        Path, typer.Argument(help="A json/jsonl export of trajforge, or a seed-shaped JSONL of LLM calls")
+        Path,
+        typer.Argument(
+            help="A json/jsonl export of trajforge, Eliza trajectories, or a JSONL of LLM-call rows"
+        ),
     ],
+    skip_bad: Annotated[
+        bool,
+        typer.Option(
+            "--skip-bad",
+            help="Store the good rows and write the bad ones to --bad-rows (default: store nothing)",
+        ),
+    ] = False,
+    bad_rows: Annotated[
+        Path | None,
+        typer.Option(
+            "--bad-rows",
+            help="Where --skip-bad writes bad rows with their reasons (default ./<name>.bad.jsonl for <name>.jsonl; implies --skip-bad)",
+        ),
+    ] = None,
     db: DbOption = None,
 ) -> None:
-    """Import trajectories from a file (idempotent: ids are kept)."""
+    """Import trajectories from a file: all or nothing, idempotent (importing it again stores nothing new)."""
     from trajforge.importer import import_file
 
+    if bad_rows is None and skip_bad:
+        bad_rows = Path.cwd() / f"{file.stem}.bad.jsonl"
     with store_at(db) as store, _progress() as progress:
         task = progress.add_task(f"import {file.name}", total=None)
-        counts = import_file(store, file, on_progress=lambda n: progress.update(task, completed=n))
+        counts = import_file(
+            store, file, on_progress=lambda n: progress.update(task, completed=n), bad_rows=bad_rows
+        )
     console.print(
         f"read {counts['trajectories']} trajectories ({counts['llmCalls']} LLM calls); "
         f"stored {counts['newTrajectories']} new trajectories, {counts['newLlmCalls']} new LLM calls"
     )
+    if counts["duplicateRows"]:
+        console.print(f"{counts['duplicateRows']} rows were exact copies of earlier rows and read once")
+    if counts["badRows"]:
+        err.print(f"skipped {counts['badRows']} bad rows; they are in {bad_rows} with their reasons")
 
 
 @config_app.command("logging")
