@@ -143,7 +143,7 @@ _NUM_RUN = re.compile(r"\d(?:[\d\s().,:/+-]{0,3}\d)*")
 _SEPARATORS = str.maketrans("", "", " \t\n\r\f\v().,:/+-")
 _DEC3 = re.compile(r"\.\d{3}")
 _DIGIT_BYTES = b"0123456789"
-_F_PHONE, _F_CARD, _F_IP, _F_GEO, _F_IBAN, _F_ADDRESS = 1, 2, 4, 8, 16, 32
+_F_PHONE, _F_CARD, _F_IP, _F_GEO, _F_IBAN, _F_ADDRESS, _F_DEC = 1, 2, 4, 8, 16, 32, 64
 # A house number is followed by a capitalised street name (English) or a French street type, or
 # preceded by a German street name or a Spanish street type; both checks look at a few characters.
 _ADDRESS_AFTER = re.compile(
@@ -184,6 +184,7 @@ def _number_flags(s: str) -> int:
             if digits >= 13:
                 flags |= _F_CARD
         if "." in run:
+            flags |= _F_DEC
             if run.count(".") >= 3:
                 flags |= _F_IP
             if _DEC3.search(run):
@@ -219,14 +220,21 @@ _SECRET_ASSIGN = re.compile(
 
 _GEO_PAIR = re.compile(
     r"(?<![\w.])(?P<lat>[-+]?\d{1,2}\.\d{3,})°?\s*(?P<ns>[NS])?\s*[,;/ ]\s*"
-    r"(?P<lon>[-+]?\d{1,3}\.\d{3,})°?\s*(?P<ew>[EW])?(?![\w.])"
+    r"(?P<lon>[-+]?\d{1,3}\.\d{3,})°?\s*(?P<ew>[EW])?(?!\w|\.\d)"
 )
+# Boundaries, here and in every recogniser: refuse only what continues the token (a word
+# character, or '.'/',' followed by a digit), never sentence punctuation, quotes, brackets or the
+# end of the text: "at 37.7749, -122.4194. Also" is a pair followed by a full stop.
+# A pair inside a longer list of decimals ("1.2345, 2.3456 and 3.4567") is data, not a place.
+_DECIMAL_LIST_AFTER = re.compile(r"\s*(?:,|;|and|&)\s*[-+]?\d+\.\d")
+_DECIMAL_LIST_BEFORE = re.compile(r"\d\.\d+\s*(?:,|;|and|&)\s*$")
+# Seconds end in '"' or '″'; inside a JSON string the quote is escaped (\").
 _GEO_DMS = re.compile(
-    r"\d{1,3}\s*°\s*\d{1,2}\s*['′]\s*(?:\d{1,2}(?:\.\d+)?\s*[\"″]\s*)?[NS]\s*,?\s*"
-    r"\d{1,3}\s*°\s*\d{1,2}\s*['′]\s*(?:\d{1,2}(?:\.\d+)?\s*[\"″]\s*)?[EW]"
+    r"\d{1,3}\s*°\s*\d{1,2}\s*['′]\s*(?:\d{1,2}(?:\.\d+)?\s*\\?[\"″]\s*)?[NS]\s*,?\s*"
+    r"\d{1,3}\s*°\s*\d{1,2}\s*['′]\s*(?:\d{1,2}(?:\.\d+)?\s*\\?[\"″]\s*)?[EW]"
 )
 _GEO_FIELD = re.compile(
-    r"(?i)(?P<key>\b(?:lat|latitude|lng|lon|long|longitude)\b[\"']?\s*[:=]\s*)(?P<value>[-+]?\d{1,3}\.\d{2,})"
+    r"(?i)(?P<key>\b(?:lat|latitude|lng|lon|long|longitude)\b[\"']?\s*[:=]?\s*)(?P<value>[-+]?\d{1,3}\.\d{2,})"
 )
 
 _EMAIL = re.compile(
@@ -379,6 +387,17 @@ _HANDLE = re.compile(
 )
 
 
+def _geo_word(s: str) -> bool:
+    return "lat" in s or "lon" in s or "lng" in s or "LAT" in s or "Lat" in s or "LON" in s or "Lon" in s
+
+
+# An IPv4-shaped number right after one of these words is a version ("firmware 2.0.0.1").
+_VERSION_BEFORE = re.compile(
+    r"(?i)\b(?:version|ver|v|firmware|fw|build|release|rev|revision|patch|driver|bios|assembly)"
+    r"[\s:=#]*$"
+)
+
+
 def luhn_ok(digits: str) -> bool:
     total = 0
     for i, ch in enumerate(reversed(digits)):
@@ -495,7 +514,7 @@ class PrivacyFilter:
                 out = self._env_values(out, counts)
             if ("=" in out or ":" in out) and any(w in out.lower() for w in _SECRET_WORDS):
                 out = self._secret_assignments(out, counts)
-            if flags & _F_GEO or "°" in out:
+            if flags & _F_GEO or "°" in out or (flags & _F_DEC and _geo_word(out)):
                 out = self._geo(out, counts)
             has_at = "@" in out
             if has_at:
@@ -608,13 +627,18 @@ class PrivacyFilter:
             # almost always a pair of ratios or weights, not a place.
             if abs(lat) > 90 or abs(lon) > 180 or (abs(lat) < 1 and abs(lon) < 1):
                 return None
+            text = m.string
+            if _DECIMAL_LIST_AFTER.match(text, m.end()) or _DECIMAL_LIST_BEFORE.search(
+                text, max(0, m.start() - 24), m.start()
+            ):
+                return None
             return "[REDACTED_GEO]"
 
         if self._flags & _F_GEO:
             s = self._sub(_GEO_PAIR, s, counts, "geo", pair)
         if "°" in s:
             s = self._sub(_GEO_DMS, s, counts, "geo", lambda m: "[REDACTED_GEO]")
-        if "." in s and ("lat" in s or "lon" in s or "lng" in s or "LAT" in s or "Lat" in s):
+        if "." in s and _geo_word(s):
             s = self._sub(_GEO_FIELD, s, counts, "geo", lambda m: m.group("key") + "[REDACTED_GEO]")
         return s
 
@@ -649,6 +673,8 @@ class PrivacyFilter:
             except ValueError:
                 return None
             if ip.is_loopback or ip.is_unspecified:
+                return None
+            if ip.version == 4 and _VERSION_BEFORE.search(m.string, max(0, m.start() - 24), m.start()):
                 return None
             return "[REDACTED_IP]"
 
