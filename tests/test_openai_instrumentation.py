@@ -170,6 +170,7 @@ def public_paths(client: object) -> set[tuple[str | None, str]]:
     found: set[tuple[str | None, str]] = set()
 
     def walk(obj: object, path: str, wrapper: str | None) -> None:
+        assert path.count(".") < 8, f"{path}: the client's resources nest deeper than expected"
         for name in dir(obj):
             if name.startswith("_"):
                 continue
@@ -178,7 +179,7 @@ def public_paths(client: object) -> set[tuple[str | None, str]]:
                 walk(value, path, name)
             elif callable(value):
                 found.add((wrapper, f"{path}.{name}"))
-            elif isinstance(value, object) and type(value).__module__.startswith("openai."):
+            elif type(value).__module__.startswith("openai."):  # a sub-resource (`messages`)
                 walk(value, f"{path}.{name}", wrapper)
 
     for resource in RESOURCES:
@@ -330,9 +331,19 @@ def test_a_streaming_response_closed_unread_is_still_recorded(setup) -> None:
             model="fake-model", messages=[{"role": "user", "content": "headers only"}]
         )
         assert raw.headers["content-type"] == "application/json"
+        # A stream closed before it is parsed: the request is kept, marked incomplete.
+        with client.chat.completions.with_streaming_response.create(
+            model="fake-model", messages=[{"role": "user", "content": "abandoned"}], stream=True
+        ) as raw:
+            pass
     rec.flush()
     store, (got,) = calls_of(url)
-    assert [c.response for c in got.steps[0].llm_calls] == ["echo: never read", "echo: headers only"]
+    calls = got.steps[0].llm_calls
+    assert [(c.user_prompt, c.response, c.finish_reason) for c in calls] == [
+        ("never read", "echo: never read", "stop"),
+        ("headers only", "echo: headers only", "stop"),
+        ("abandoned", None, "incomplete"),
+    ]
     store.close()
 
 

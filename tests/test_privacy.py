@@ -118,3 +118,11 @@ def test_bad_configuration_names_the_field() -> None:
 def test_checksums() -> None:
     assert luhn_ok("4111111111111111") and not luhn_ok("4111111111111112")
     assert iban_ok("GB82 WEST 1234 5698 7654 32") and not iban_ok("GB83 WEST 1234 5698 7654 32")
+
+
+def test_sentence_punctuation_stays_outside_the_redaction() -> None:
+    pf = _filter()
+    assert pf.text("use Bearer abcDEF123456ghiJKL789mnoPQR.") == "use Bearer <REDACTED:bearer_token>."
+    assert pf.text("password=hunter2hunter2.") == "password=<REDACTED:secret>."
+    assert pf.text("at 37.7749, -122.4194.") == "at [REDACTED_GEO]."
+    assert pf.text("ip 203.0.113.45.") == "ip [REDACTED_IP]."
