@@ -144,7 +144,7 @@ _NUM_RUN = re.compile(r"\d(?:[\d\s().,:/+-]{0,3}\d)*")
 _SEPARATORS = str.maketrans("", "", " \t\n\r\f\v().,:/+-")
 _DEC3 = re.compile(r"\.\d{3}")
 _DIGIT_BYTES = b"0123456789"
-_F_PHONE, _F_CARD, _F_IP, _F_GEO, _F_IBAN, _F_ADDRESS, _F_DEC = 1, 2, 4, 8, 16, 32, 64
+_F_PHONE, _F_CARD, _F_IP, _F_GEO, _F_IBAN, _F_ADDRESS, _F_GEO_KEY = 1, 2, 4, 8, 16, 32, 64
 # A house number is followed by a capitalised street name (English) or a French street type, or
 # preceded by a German street name or a Spanish street type; both checks look at a few characters.
 _ADDRESS_AFTER = re.compile(
@@ -184,13 +184,16 @@ def _number_flags(s: str) -> int:
             flags |= _F_PHONE
             if digits >= 13:
                 flags |= _F_CARD
+        start = m.start()
         if "." in run:
-            flags |= _F_DEC
             if run.count(".") >= 3:
                 flags |= _F_IP
             if _DEC3.search(run):
                 flags |= _F_GEO
-        start = m.start()
+            # "lat 37.77", "lon: -122.42": a lat/lon key right before the number (any case).
+            key = s[max(0, start - 16) : start].lower()
+            if "lat" in key or "lon" in key or "lng" in key:
+                flags |= _F_GEO_KEY
         if start >= 2:
             before = s[start - 1]
             if before.isalpha():
@@ -316,10 +319,6 @@ _HANDLE = re.compile(
 )
 
 
-def _geo_word(s: str) -> bool:
-    return "lat" in s or "lon" in s or "lng" in s or "LAT" in s or "Lat" in s or "LON" in s or "Lon" in s
-
-
 # An IPv4-shaped number right after one of these words is a version ("firmware 2.0.0.1").
 _VERSION_BEFORE = re.compile(
     r"(?i)\b(?:version|ver|v|firmware|fw|build|release|rev|revision|patch|driver|bios|assembly)"
@@ -443,7 +442,7 @@ class PrivacyFilter:
                 out = self._env_values(out, counts)
             if ("=" in out or ":" in out) and any(w in out.lower() for w in _SECRET_WORDS):
                 out = self._secret_assignments(out, counts)
-            if flags & _F_GEO or "°" in out or (flags & _F_DEC and _geo_word(out)):
+            if flags & (_F_GEO | _F_GEO_KEY) or "°" in out:
                 out = self._geo(out, counts)
             has_at = "@" in out
             if has_at:
@@ -567,7 +566,7 @@ class PrivacyFilter:
             s = self._sub(_GEO_PAIR, s, counts, "geo", pair)
         if "°" in s:
             s = self._sub(_GEO_DMS, s, counts, "geo", lambda m: "[REDACTED_GEO]")
-        if "." in s and _geo_word(s):
+        if self._flags & _F_GEO_KEY:
             s = self._sub(_GEO_FIELD, s, counts, "geo", lambda m: m.group("key") + "[REDACTED_GEO]")
         return s
 
