@@ -8,6 +8,8 @@ the numbering plans allow).
 
 from __future__ import annotations
 
+import json
+
 # Synthetic secrets in the shapes providers issue them.
 _OPENAI = "sk-proj-" + "Q2x9" * 10
 _ANTHROPIC = "sk-ant-api03-" + "aB3d" * 12
@@ -221,4 +223,103 @@ NEGATIVES: list[str] = [
     "Angle of 45° to the north",
     "Pi is approximately 3.14159 and e is 2.71828.",
     "Weights 0.25, 0.75 sum to one.",
+]
+
+
+# --- every recogniser where text puts it: at a sentence's end, in brackets, quotes, JSON, Markdown -
+# A boundary check that refuses '.', ',', ')', a quote or the end of the line leaks exactly there
+# (issue 16: "reach me at 37.7749, -122.4194. Also ..." was left as is).
+
+_IN_PLACE: list[tuple[str, str, str]] = [
+    ("credential", _OPENAI, _OPENAI),
+    ("credential", _AWS, _AWS),
+    ("credential", _GITHUB, _GITHUB),
+    ("credential", _SLACK, _SLACK),
+    ("credential", "Bearer abcDEF123456ghiJKL789mnoPQR", "abcDEF123456ghiJKL789mnoPQR"),
+    ("jwt", _JWT, _JWT),
+    ("private_key", _PEM8, "MC4CAQAwBQYDK2VwBCIEIGm2Hf6P1s1rQ3Fz0w0E9v8nA6e3b1J2c4d5e6f7a8b9"),
+    ("secret", "password=hunter2hunter2", "hunter2hunter2"),
+    ("geo", "37.7749, -122.4194", "37.7749, -122.4194"),
+    ("geo", "37.7749,-122.4194", "37.7749,-122.4194"),
+    ("geo", "lat 37.7749 lon -122.4194", "37.7749"),
+    ("geo", "lat 37.7749 lon -122.4194", "-122.4194"),
+    ("geo", "lat: 51.50, lng: -0.12", "51.50"),
+    ("geo", "LAT 37.7749 LON -122.4194", "-122.4194"),
+    ("geo", "lat=37.77&lng=-122.41", "-122.41"),
+    ("geo", "48.8584 N, 2.2945 E", "2.2945"),
+    ("geo", "40°26'46\"N 79°58'56\"W", "79°58'56"),
+    ("email", "jane.doe@example.com", "jane.doe@example.com"),
+    ("card", "4111 1111 1111 1111", "4111 1111 1111 1111"),
+    ("card", "4012888888881881", "4012888888881881"),
+    ("iban", "DE89 3704 0044 0532 0130 00", "DE89 3704 0044 0532 0130 00"),
+    ("iban", "GB82WEST12345698765432", "GB82WEST12345698765432"),
+    ("ip", "203.0.113.45", "203.0.113.45"),
+    ("ip", "2001:db8:85a3::8a2e:370:7334", "2001:db8:85a3::8a2e:370:7334"),
+    ("phone", "+1 415 555 2671", "415 555 2671"),
+    ("phone", "415-555-2671", "415-555-2671"),
+    ("phone", "+44 20 7946 0958", "20 7946 0958"),
+    ("address", "221B Baker Street", "221B Baker Street"),
+    ("address", "Hauptstraße 5", "Hauptstraße 5"),
+    ("address", "12 rue de Rivoli", "12 rue de Rivoli"),
+    ("address", "Calle Mayor 15", "Calle Mayor 15"),
+    ("handle", "@night_owl", "night_owl"),
+]
+PLACES = {
+    "sentence end": lambda v: f"reach me at {v}. Also, thanks.",
+    "before a comma": lambda v: f"reach me at {v}, then call.",
+    "question": lambda v: f"is it {v}?",
+    "parentheses": lambda v: f"details ({v}) below",
+    "double quotes": lambda v: f'she wrote "{v}" and left',
+    "single quotes": lambda v: f"she wrote '{v}' and left",
+    "JSON": lambda v: json.dumps({"note": v}, ensure_ascii=False),
+    "Markdown bold": lambda v: f"- **{v}**\n- next item",
+    "Markdown code": lambda v: f"use `{v}`!",
+    "Markdown table": lambda v: f"| contact | {v} |",
+    "end of line": lambda v: f"contact: {v}\nnext line",
+    "end of text": lambda v: f"contact {v}",
+}
+POSITIVES += [
+    (category, place(value), secret) for category, value, secret in _IN_PLACE for place in PLACES.values()
+]
+
+NEGATIVES += [
+    # versions, also at a sentence's end, in brackets, quotes, JSON and Markdown
+    "We run Python 3.11.7.",
+    "Upgrade to 3.11.7, then restart.",
+    "(requires 3.11.7)",
+    '{"python_version": "3.11.7"}',
+    "- **3.11.7** fixes the bug",
+    "pinned `numpy==1.26.4`.",
+    "Chrome 120.0.6099.109 crashed.",
+    "setuptools 69.0.3, wheel 0.42.0.",
+    "see section 4.2.1.",
+    "RFC 2616 section 14.9.3.",
+    # IP-shaped version strings
+    "firmware 2.0.0.1 is installed.",
+    "version 10.2.0.1.",
+    "build 1.0.0.12 (beta)",
+    "assembly version 4.0.30319.42000",
+    # prices
+    "It costs $12.50.",
+    "Total: 1,234.56.",
+    "(price: €9.99)",
+    '{"price": 19.99, "tax": 1.52}',
+    "| Widget | $4.25 |",
+    # dates
+    "Due 2024-03-15.",
+    "on 15.03.2024, we met.",
+    "(03/15/2024)",
+    '{"date": "2024-03-15"}',
+    # plain decimals, lists of them, words that contain lat/lon
+    "pi is 3.1415.",
+    "ratio 0.7500, then 0.2500.",
+    "scored 12.5 (out of 20.0).",
+    "1.2345, 2.3456 and 3.4567 are weights.",
+    "weights 12.3456, 45.6789, 78.9012",
+    "latency 12.345 ms, throughput 987.654 rps",
+    "the translation took 12.345 seconds.",
+    "along 12.50 metres of wall.",
+    "a long 2.5 hour meeting",
+    "the long-run mean is 3.75.",
+    "he ran 10.500 km, 3.200 km.",
 ]

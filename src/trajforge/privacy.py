@@ -132,7 +132,8 @@ _CREDENTIAL = re.compile(
     r"(?<![A-Za-z0-9_-])(?:"
     + "|".join(f"(?P<{label}>{rx})" for label, rx in _CREDENTIALS)
     + r")(?![A-Za-z0-9_-])"
-    + r"|(?P<bearer_pre>\bBearer\s+)(?P<bearer>[A-Za-z0-9._~+/=-]{12,})"
+    # a token ends before a sentence's full stop
+    + r"|(?P<bearer_pre>\bBearer\s+)(?P<bearer>[A-Za-z0-9._~+/=-]{11,}[A-Za-z0-9_~+/=-])"
 )
 
 # Gating. A full recogniser costs ~10-25 us per 500 characters in `re`, which tries it at every
@@ -143,7 +144,7 @@ _NUM_RUN = re.compile(r"\d(?:[\d\s().,:/+-]{0,3}\d)*")
 _SEPARATORS = str.maketrans("", "", " \t\n\r\f\v().,:/+-")
 _DEC3 = re.compile(r"\.\d{3}")
 _DIGIT_BYTES = b"0123456789"
-_F_PHONE, _F_CARD, _F_IP, _F_GEO, _F_IBAN, _F_ADDRESS = 1, 2, 4, 8, 16, 32
+_F_PHONE, _F_CARD, _F_IP, _F_GEO, _F_IBAN, _F_ADDRESS, _F_GEO_KEY = 1, 2, 4, 8, 16, 32, 64
 # A house number is followed by a capitalised street name (English) or a French street type, or
 # preceded by a German street name or a Spanish street type; both checks look at a few characters.
 _ADDRESS_AFTER = re.compile(
@@ -183,12 +184,16 @@ def _number_flags(s: str) -> int:
             flags |= _F_PHONE
             if digits >= 13:
                 flags |= _F_CARD
+        start = m.start()
         if "." in run:
             if run.count(".") >= 3:
                 flags |= _F_IP
             if _DEC3.search(run):
                 flags |= _F_GEO
-        start = m.start()
+            # "lat 37.77", "lon: -122.42": a lat/lon key right before the number (any case).
+            key = s[max(0, start - 16) : start].lower()
+            if "lat" in key or "lon" in key or "lng" in key:
+                flags |= _F_GEO_KEY
         if start >= 2:
             before = s[start - 1]
             if before.isalpha():
@@ -214,19 +219,26 @@ _SECRET_ASSIGN = re.compile(
     r"(?i)(?<![A-Za-z0-9])(?P<key>(?:[A-Za-z0-9]+[_-])*(?:password|passwd|passphrase|pwd|secret|client[_-]?secret|"
     r"secret[_-]?key|api[_-]?key|apikey|access[_-]?key|access[_-]?token|auth[_-]?token|"
     r"refresh[_-]?token|token|private[_-]?key))(?![A-Za-z0-9_])"
-    r"(?P<sep>[\"']?\s*(?:=|:)\s*)(?P<q>[\"']?)(?P<value>[^\s\"',;}<>\]\[)]{4,})"
+    r"(?P<sep>[\"']?\s*(?:=|:)\s*)(?P<q>[\"']?)(?P<value>[^\s\"',;}<>\]\[)]{3,}[^\s\"',;}<>\]\[).])"
 )
 
 _GEO_PAIR = re.compile(
     r"(?<![\w.])(?P<lat>[-+]?\d{1,2}\.\d{3,})°?\s*(?P<ns>[NS])?\s*[,;/ ]\s*"
-    r"(?P<lon>[-+]?\d{1,3}\.\d{3,})°?\s*(?P<ew>[EW])?(?![\w.])"
+    r"(?P<lon>[-+]?\d{1,3}\.\d{3,})°?\s*(?P<ew>[EW])?(?!\w|\.\d)"
 )
+# Boundaries, here and in every recogniser: refuse only what continues the token (a word
+# character, or '.'/',' followed by a digit), never sentence punctuation, quotes, brackets or the
+# end of the text: "at 37.7749, -122.4194. Also" is a pair followed by a full stop.
+# A pair inside a longer list of decimals ("1.2345, 2.3456 and 3.4567") is data, not a place.
+_DECIMAL_LIST_AFTER = re.compile(r"\s*(?:,|;|and|&)\s*[-+]?\d+\.\d")
+_DECIMAL_LIST_BEFORE = re.compile(r"\d\.\d+\s*(?:,|;|and|&)\s*$")
+# Seconds end in '"' or '″'; inside a JSON string the quote is escaped (\").
 _GEO_DMS = re.compile(
-    r"\d{1,3}\s*°\s*\d{1,2}\s*['′]\s*(?:\d{1,2}(?:\.\d+)?\s*[\"″]\s*)?[NS]\s*,?\s*"
-    r"\d{1,3}\s*°\s*\d{1,2}\s*['′]\s*(?:\d{1,2}(?:\.\d+)?\s*[\"″]\s*)?[EW]"
+    r"\d{1,3}\s*°\s*\d{1,2}\s*['′]\s*(?:\d{1,2}(?:\.\d+)?\s*\\?[\"″]\s*)?[NS]\s*,?\s*"
+    r"\d{1,3}\s*°\s*\d{1,2}\s*['′]\s*(?:\d{1,2}(?:\.\d+)?\s*\\?[\"″]\s*)?[EW]"
 )
 _GEO_FIELD = re.compile(
-    r"(?i)(?P<key>\b(?:lat|latitude|lng|lon|long|longitude)\b[\"']?\s*[:=]\s*)(?P<value>[-+]?\d{1,3}\.\d{2,})"
+    r"(?i)(?P<key>\b(?:lat|latitude|lng|lon|long|longitude)\b[\"']?\s*[:=]?\s*)(?P<value>[-+]?\d{1,3}\.\d{2,})"
 )
 
 _EMAIL = re.compile(
@@ -235,87 +247,15 @@ _EMAIL = re.compile(
 
 _CARD = re.compile(r"(?<![\d.,-])(?:\d[ -]?){12,18}\d(?![\d.,]\d|\d)")
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")
-_IBAN_COUNTRIES = frozenset(
-    [
-        "AD",
-        "AE",
-        "AL",
-        "AT",
-        "AZ",
-        "BA",
-        "BE",
-        "BG",
-        "BH",
-        "BR",
-        "BY",
-        "CH",
-        "CR",
-        "CY",
-        "CZ",
-        "DE",
-        "DK",
-        "DO",
-        "EE",
-        "EG",
-        "ES",
-        "FI",
-        "FO",
-        "FR",
-        "GB",
-        "GE",
-        "GI",
-        "GL",
-        "GR",
-        "GT",
-        "HR",
-        "HU",
-        "IE",
-        "IL",
-        "IQ",
-        "IS",
-        "IT",
-        "JO",
-        "KW",
-        "KZ",
-        "LB",
-        "LC",
-        "LI",
-        "LT",
-        "LU",
-        "LV",
-        "MC",
-        "MD",
-        "ME",
-        "MK",
-        "MR",
-        "MT",
-        "MU",
-        "NL",
-        "NO",
-        "PK",
-        "PL",
-        "PS",
-        "PT",
-        "QA",
-        "RO",
-        "RS",
-        "SA",
-        "SC",
-        "SE",
-        "SI",
-        "SK",
-        "SM",
-        "ST",
-        "SV",
-        "TL",
-        "TN",
-        "TR",
-        "UA",
-        "VA",
-        "VG",
-        "XK",
-    ]
-)
+# fmt: off
+_IBAN_COUNTRIES = frozenset([
+    "AD", "AE", "AL", "AT", "AZ", "BA", "BE", "BG", "BH", "BR", "BY", "CH", "CR", "CY", "CZ", "DE",
+    "DK", "DO", "EE", "EG", "ES", "FI", "FO", "FR", "GB", "GE", "GI", "GL", "GR", "GT", "HR", "HU",
+    "IE", "IL", "IQ", "IS", "IT", "JO", "KW", "KZ", "LB", "LC", "LI", "LT", "LU", "LV", "MC", "MD",
+    "ME", "MK", "MR", "MT", "MU", "NL", "NO", "PK", "PL", "PS", "PT", "QA", "RO", "RS", "SA", "SC",
+    "SE", "SI", "SK", "SM", "ST", "SV", "TL", "TN", "TR", "UA", "VA", "VG", "XK",
+])
+# fmt: on
 _IPV4 = re.compile(
     r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w]|\.\d)"
 )
@@ -376,6 +316,13 @@ _ADDRESS = re.compile(
 )
 _HANDLE = re.compile(
     r"(?<![\w@.+/-])@(?P<name>[A-Za-z_][A-Za-z0-9_]{1,38})(?![\w@-])(?P<next>[/(]|\.(?=\w))?"
+)
+
+
+# An IPv4-shaped number right after one of these words is a version ("firmware 2.0.0.1").
+_VERSION_BEFORE = re.compile(
+    r"(?i)\b(?:version|ver|v|firmware|fw|build|release|rev|revision|patch|driver|bios|assembly)"
+    r"[\s:=#]*$"
 )
 
 
@@ -495,7 +442,7 @@ class PrivacyFilter:
                 out = self._env_values(out, counts)
             if ("=" in out or ":" in out) and any(w in out.lower() for w in _SECRET_WORDS):
                 out = self._secret_assignments(out, counts)
-            if flags & _F_GEO or "°" in out:
+            if flags & (_F_GEO | _F_GEO_KEY) or "°" in out:
                 out = self._geo(out, counts)
             has_at = "@" in out
             if has_at:
@@ -608,13 +555,18 @@ class PrivacyFilter:
             # almost always a pair of ratios or weights, not a place.
             if abs(lat) > 90 or abs(lon) > 180 or (abs(lat) < 1 and abs(lon) < 1):
                 return None
+            text = m.string
+            if _DECIMAL_LIST_AFTER.match(text, m.end()) or _DECIMAL_LIST_BEFORE.search(
+                text, max(0, m.start() - 24), m.start()
+            ):
+                return None
             return "[REDACTED_GEO]"
 
         if self._flags & _F_GEO:
             s = self._sub(_GEO_PAIR, s, counts, "geo", pair)
         if "°" in s:
             s = self._sub(_GEO_DMS, s, counts, "geo", lambda m: "[REDACTED_GEO]")
-        if "." in s and ("lat" in s or "lon" in s or "lng" in s or "LAT" in s or "Lat" in s):
+        if self._flags & _F_GEO_KEY:
             s = self._sub(_GEO_FIELD, s, counts, "geo", lambda m: m.group("key") + "[REDACTED_GEO]")
         return s
 
@@ -649,6 +601,8 @@ class PrivacyFilter:
             except ValueError:
                 return None
             if ip.is_loopback or ip.is_unspecified:
+                return None
+            if ip.version == 4 and _VERSION_BEFORE.search(m.string, max(0, m.start() - 24), m.start()):
                 return None
             return "[REDACTED_IP]"
 

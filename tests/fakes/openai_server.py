@@ -1,5 +1,5 @@
-"""A small OpenAI-compatible server on loopback, for tests: Chat Completions and Responses,
-plain and streamed (Server-Sent Events), with deterministic answers chosen by ``answer``.
+"""A small OpenAI-compatible server on loopback, for tests: Chat Completions, Responses and
+(legacy) Completions, plain and streamed (Server-Sent Events), with deterministic answers chosen by ``answer``.
 
 It speaks the real wire protocol, so the real ``openai`` client (and any HTTP client) is tested
 against it exactly as against a hosted API.
@@ -77,6 +77,8 @@ class FakeOpenAI:
                 fake.requests.append({"path": self.path, **request})
                 if self.path.endswith("/chat/completions"):
                     self._chat(request)
+                elif self.path.endswith("/v1/completions"):
+                    self._completions(request)
                 elif self.path.endswith("/responses"):
                     self._responses(request)
                 else:
@@ -173,21 +175,87 @@ class FakeOpenAI:
                     return
 
                 def events() -> Iterator[Any]:
-                    seq = 0
+                    # The whole event sequence of the real API: the client's ``.stream()`` helper
+                    # rebuilds the response from it and refuses a delta before ``response.created``.
+                    seq = iter(range(1_000_000))
+                    started = {**response, "status": "in_progress", "output": [], "usage": None}
+                    item = response["output"][0]
+                    part = {"type": "output_text", "text": "", "annotations": []}
+                    where = {"item_id": "msg_1", "output_index": 0}
+                    yield {"type": "response.created", "response": started, "sequence_number": next(seq)}
+                    yield {
+                        "type": "response.output_item.added",
+                        "output_index": 0,
+                        "item": {**item, "status": "in_progress", "content": []},
+                        "sequence_number": next(seq),
+                    }
+                    yield {
+                        "type": "response.content_part.added",
+                        **where,
+                        "content_index": 0,
+                        "part": part,
+                        "sequence_number": next(seq),
+                    }
                     for i in range(0, len(text), 4):
-                        seq += 1
                         yield {
                             "type": "response.output_text.delta",
-                            "item_id": "msg_1",
-                            "output_index": 0,
+                            **where,
                             "content_index": 0,
                             "delta": text[i : i + 4],
-                            "sequence_number": seq,
+                            "sequence_number": next(seq),
                             "logprobs": [],
                         }
-                    yield {"type": "response.completed", "response": response, "sequence_number": seq + 1}
+                    yield {
+                        "type": "response.output_text.done",
+                        **where,
+                        "content_index": 0,
+                        "text": text,
+                        "sequence_number": next(seq),
+                        "logprobs": [],
+                    }
+                    yield {
+                        "type": "response.content_part.done",
+                        **where,
+                        "content_index": 0,
+                        "part": {**part, "text": text},
+                        "sequence_number": next(seq),
+                    }
+                    yield {
+                        "type": "response.output_item.done",
+                        "output_index": 0,
+                        "item": item,
+                        "sequence_number": next(seq),
+                    }
+                    yield {"type": "response.completed", "response": response, "sequence_number": next(seq)}
 
                 self._sse(events())
+
+            def _completions(self, request: dict[str, Any]) -> None:
+                prompt = request.get("prompt")
+                prompt = " ".join(prompt) if isinstance(prompt, list) else prompt
+                answer = fake.answer([{"role": "user", "content": prompt}], {**request, "tools": None})
+                text = answer if isinstance(answer, str) else json.dumps(answer)
+                model = request.get("model", "fake-model")
+                usage = {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}
+                base = {"id": "cmpl-1", "object": "text_completion", "created": 0, "model": model}
+                if not request.get("stream"):
+                    choice = {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}
+                    self._json(200, {**base, "choices": [choice], "usage": usage})
+                    return
+
+                def chunks() -> Iterator[Any]:
+                    for i in range(0, len(text), 4):
+                        piece = {"index": 0, "text": text[i : i + 4], "finish_reason": None, "logprobs": None}
+                        yield {**base, "choices": [piece]}
+                    yield {
+                        **base,
+                        "choices": [{"index": 0, "text": "", "finish_reason": "stop", "logprobs": None}],
+                    }
+                    if (request.get("stream_options") or {}).get("include_usage"):
+                        yield {**base, "choices": [], "usage": usage}
+                    yield "[DONE]"
+
+                self._sse(chunks())
 
         return Handler
 

@@ -1,14 +1,17 @@
-"""Record every call made with the official ``openai`` client: Chat Completions and Responses,
-sync and async, streaming and not.
+"""Record every model call made with the official ``openai`` client: Chat Completions, Responses
+and (legacy) Completions, sync and async, streamed and not, through ``create``, ``parse``, the
+``.stream()`` helpers and the ``with_raw_response`` / ``with_streaming_response`` wrappers.
 
-``instrument_openai(recorder)`` wraps the client classes' ``create`` methods once per process. A
-call inside ``with rec.trajectory()`` lands in the current step (one is opened if needed); a call
-outside any trajectory gets a trajectory of its own (source ``api``) so nothing is dropped.
+``instrument_openai(recorder)`` wraps the client classes' model-call methods (``RECORDED``) once
+per process; ``NOT_RECORDED`` says why each other public method is left alone. A call inside
+``with rec.trajectory()`` lands in the current step (one is opened if needed); a call outside any
+trajectory gets a trajectory of its own (source ``api``) so nothing is dropped.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -310,7 +313,195 @@ class _ResponsesAccumulator:
         _record(self.call)
 
 
+# --- (legacy) Completions ------------------------------------------------------------------------
+
+
+def _completion_request(kwargs: dict[str, Any]) -> LlmCall:
+    prompt = kwargs.get("prompt")
+    if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
+        prompt = "\n".join(prompt)
+    text = prompt if isinstance(prompt, str) else (None if prompt is None else str(prompt))
+    max_tokens = kwargs.get("max_tokens")
+    return LlmCall(
+        model=str(kwargs.get("model") or ""),
+        user_prompt=text,
+        messages=[{"role": "user", "content": text}] if text is not None else None,
+        temperature=_num(kwargs.get("temperature")),
+        max_tokens=max_tokens if isinstance(max_tokens, int) else None,
+        top_p=_num(kwargs.get("top_p")),
+        purpose="response",
+    )
+
+
+def _completion_result(call: LlmCall, result: Any, started: float) -> None:
+    call.latency_ms = (time.perf_counter() - started) * 1000
+    choice = result.choices[0] if getattr(result, "choices", None) else None
+    if choice is not None:
+        call.response = choice.text
+        call.finish_reason = choice.finish_reason
+    _usage(call, getattr(result, "usage", None))
+    call.model_version = getattr(result, "model", None)
+
+
+class _CompletionAccumulator(_ChatAccumulator):
+    def add(self, chunk: Any) -> None:
+        if getattr(chunk, "model", None):
+            self.call.model_version = chunk.model
+        _usage(self.call, getattr(chunk, "usage", None))
+        for choice in getattr(chunk, "choices", None) or []:
+            if choice.index == 0 and choice.text:
+                self.text.append(choice.text)
+            if choice.finish_reason:
+                self.call.finish_reason = choice.finish_reason
+
+
 # --- patching ------------------------------------------------------------------------------------
+
+# The model calls of the instrumented resources. The ``.stream()`` helpers and the
+# ``with_raw_response`` / ``with_streaming_response`` wrappers reach the server through these
+# methods, so wrapping them records those paths too.
+RECORDED: tuple[str, ...] = (
+    "chat.completions.create",
+    "chat.completions.parse",
+    "chat.completions.stream",  # → chat.completions.create(stream=True)
+    "responses.create",
+    "responses.parse",
+    "responses.stream",  # → responses.create(stream=True), or retrieve(stream=True) to resume
+    "completions.create",
+)
+
+# Every other public callable of those resources, and why it is not recorded.
+# tests/test_openai_instrumentation.py enumerates the installed client (sync and async, plain and
+# both wrappers) and fails on a name that is in neither table, so a new client version cannot add
+# an unrecorded path silently.
+NOT_RECORDED: dict[str, str] = {
+    "chat.completions.retrieve": "reads a stored completion: no new model call",
+    "chat.completions.update": "edits a stored completion's metadata: no model call",
+    "chat.completions.list": "lists stored completions: no model call",
+    "chat.completions.delete": "deletes a stored completion: no model call",
+    "chat.completions.messages.list": "lists a stored completion's messages: no model call",
+    "responses.retrieve": "reads a stored response (or resumes streaming one whose create was recorded)",
+    "responses.delete": "deletes a stored response: no model call",
+    "responses.cancel": "cancels a background response: no new model call",
+    "responses.input_items.list": "lists a stored response's input items: no model call",
+    "responses.input_tokens.count": "counts the tokens of an input: generates nothing",
+    "responses.compact": "server-side context compaction: its output is an opaque encrypted item, "
+    "no text to record",
+    "responses.connect": "WebSocket session, not an HTTP call: NOT recorded (README says so)",
+}
+
+
+def _raw_mode(kwargs: dict[str, Any]) -> str | None:
+    """'true' for ``with_raw_response``, 'stream' for ``with_streaming_response``, else None."""
+    from openai._constants import RAW_RESPONSE_HEADER
+
+    headers = kwargs.get("extra_headers")
+    value = headers.get(RAW_RESPONSE_HEADER) if isinstance(headers, dict) else None
+    return value if isinstance(value, str) else None
+
+
+class _Once:
+    """Records one call exactly once, from whichever of the raw response's reads comes first."""
+
+    def __init__(
+        self,
+        call: LlmCall,
+        started: float,
+        finish: Callable[[LlmCall, Any, float], None],
+        accumulator: type,
+        stream: bool,
+        is_async: bool,
+    ) -> None:
+        self.call, self.started, self.finish, self.accumulator = call, started, finish, accumulator
+        self.stream, self.is_async = stream, is_async
+        self.proxy: Any = None
+        self.done = False
+
+    def take(self, parsed: Any) -> Any:
+        """What ``parse()`` hands the caller: the parsed value, or a recording proxy of the stream."""
+        try:
+            if self.stream:
+                if self.proxy is None:
+                    self.done = True
+                    kind = _AsyncStreamProxy if self.is_async else _StreamProxy
+                    self.proxy = kind(parsed, self.accumulator(self.call, self.started))
+                return self.proxy
+            if not self.done:
+                self.done = True
+                self.finish(self.call, parsed, self.started)
+                _record(self.call)
+        except Exception:
+            log.exception("trajforge: reading an openai response failed (the agent continues)")
+        return parsed
+
+    def unread(self) -> None:
+        """The response closes and the stream was never parsed: keep the request."""
+        if not self.done:
+            self.done = True
+            self.call.latency_ms = (time.perf_counter() - self.started) * 1000
+            self.call.finish_reason = "incomplete"
+            _record(self.call)
+
+
+def _hook_raw(result: Any, once: _Once, mode: str) -> None:
+    """Make a raw response record its call when its body is read (``parse()``) or closed unread.
+
+    ``with_raw_response`` has the body already: a non-streamed call is recorded at once. A
+    streamed one, and every ``with_streaming_response`` call, is recorded when the caller parses
+    the body; closing the response without parsing reads a JSON body then (it is small and already
+    sent) so the call is kept, and keeps the request of an unread stream.
+    """
+    original_parse = result.parse
+    if mode == "true" and not once.stream:
+        once.take(original_parse())
+        return
+    if inspect.iscoroutinefunction(original_parse):
+
+        async def aparse(*, to: Any = None) -> Any:
+            if to is not None:
+                return await original_parse(to=to)
+            return once.take(await original_parse())
+
+        result.parse = aparse
+    else:
+
+        def parse(*, to: Any = None) -> Any:
+            if to is not None:
+                return original_parse(to=to)
+            return once.take(original_parse())
+
+        result.parse = parse
+    if mode != "stream":
+        return
+    original_close = result.close
+    if inspect.iscoroutinefunction(original_close):
+
+        async def aclose() -> None:
+            if not once.done:
+                try:
+                    if once.stream:
+                        once.unread()
+                    else:
+                        once.take(await original_parse())
+                except Exception:
+                    log.exception("trajforge: reading an openai response failed (the agent continues)")
+            await original_close()
+
+        result.close = aclose
+    else:
+
+        def close() -> None:
+            if not once.done:
+                try:
+                    if once.stream:
+                        once.unread()
+                    else:
+                        once.take(original_parse())
+                except Exception:
+                    log.exception("trajforge: reading an openai response failed (the agent continues)")
+            original_close()
+
+        result.close = close
 
 
 def _wrap(
@@ -329,8 +520,13 @@ def _wrap(
             log.exception("trajforge: reading an openai request failed (the agent continues)")
             return None
 
-    def done(call: LlmCall, result: Any, started: float, stream: bool) -> Any:
+    def done(call: LlmCall, result: Any, started: float, kwargs: dict[str, Any]) -> Any:
+        stream = bool(kwargs.get("stream"))
         try:
+            mode = _raw_mode(kwargs)
+            if mode is not None:
+                _hook_raw(result, _Once(call, started, finish, accumulator, stream, is_async), mode)
+                return result
             if stream:
                 proxy = _AsyncStreamProxy if is_async else _StreamProxy
                 return proxy(result, accumulator(call, started))
@@ -359,7 +555,7 @@ def _wrap(
                 if call is not None:
                     failed(call, exc, started)
                 raise
-            return result if call is None else done(call, result, started, bool(kwargs.get("stream")))
+            return result if call is None else done(call, result, started, kwargs)
 
         return async_create
 
@@ -373,35 +569,49 @@ def _wrap(
             if call is not None:
                 failed(call, exc, started)
             raise
-        return result if call is None else done(call, result, started, bool(kwargs.get("stream")))
+        return result if call is None else done(call, result, started, kwargs)
 
     return create
 
 
 def instrument_openai(recorder: Recorder) -> Callable[[], None]:
-    """Record every ``openai`` Chat Completions and Responses call through ``recorder``.
+    """Record every ``openai`` model call (Chat Completions, Responses, legacy Completions; plain,
+    ``parse``, ``stream``, ``with_raw_response`` and ``with_streaming_response``) through
+    ``recorder``.
 
     Calling it again switches the recorder. Returns a function that removes the instrumentation.
+    Wrappers are looked up when a resource's ``with_raw_response`` is first used: one created
+    before instrumenting keeps calling the unwrapped methods.
     """
+    from openai.resources import completions as legacy
     from openai.resources.chat.completions import AsyncCompletions, Completions
     from openai.resources.responses import AsyncResponses, Responses
 
+    chat = (_chat_request, _chat_result, _ChatAccumulator)
+    responses = (_responses_request, _responses_result, _ResponsesAccumulator)
+    text = (_completion_request, _completion_result, _CompletionAccumulator)
     _state["recorder"] = recorder
     if not _state["originals"]:
         targets = (
-            (Completions, _chat_request, _chat_result, _ChatAccumulator, False),
-            (AsyncCompletions, _chat_request, _chat_result, _ChatAccumulator, True),
-            (Responses, _responses_request, _responses_result, _ResponsesAccumulator, False),
-            (AsyncResponses, _responses_request, _responses_result, _ResponsesAccumulator, True),
+            (Completions, "create", chat, False),
+            (Completions, "parse", chat, False),
+            (AsyncCompletions, "create", chat, True),
+            (AsyncCompletions, "parse", chat, True),
+            (Responses, "create", responses, False),
+            (Responses, "parse", responses, False),
+            (AsyncResponses, "create", responses, True),
+            (AsyncResponses, "parse", responses, True),
+            (legacy.Completions, "create", text, False),
+            (legacy.AsyncCompletions, "create", text, True),
         )
-        for cls, build, finish, acc, is_async in targets:
-            original = cls.create
-            _state["originals"].append((cls, original))
-            cls.create = _wrap(original, build, finish, acc, is_async)  # type: ignore[method-assign]
+        for cls, name, (build, finish, acc), is_async in targets:
+            original = cls.__dict__[name]
+            _state["originals"].append((cls, name, original))
+            setattr(cls, name, _wrap(original, build, finish, acc, is_async))
 
     def uninstrument() -> None:
-        for cls, original in _state["originals"]:
-            cls.create = original
+        for cls, name, original in _state["originals"]:
+            setattr(cls, name, original)
         _state["originals"] = []
         _state["recorder"] = None
 
