@@ -256,6 +256,23 @@ def test_models_import_to_ollama_and_activate(
         assert "ollamaUrl" in page.locator("#flash").inner_text()
 
 
+def test_import_form_defaults_a_known_base(page: Any, store: Store, tmp_path: Path) -> None:
+    from tests.test_api_training import register_model, tiny_ollama_info
+
+    model = register_model(store, tmp_path / "m", "bundled:smollm2-135m")
+    with FakeOllama({"smollm2:135m": tiny_ollama_info()}) as ollama, LiveServer(store, run_jobs=False) as srv:
+        page.goto(srv.url + "/fine-tuning")
+        form = page.locator(f'form.import-form[data-model="{model.id}"]')
+        base = form.locator("input[name=baseModel]")
+        assert base.get_attribute("placeholder") == "smollm2:135m" and base.get_attribute("required") is None
+        form.locator("input[name=modelName]").fill("from-default")
+        form.locator("input[name=ollamaUrl]").fill(ollama.url)
+        form.locator("button").click()
+        page.wait_for_selector("#flash:not([hidden])")
+        assert "from-default" in page.locator("#flash").inner_text()
+        assert ollama.created["from-default"]["from"] == "smollm2:135m"
+
+
 def test_token_mode_asks_once_and_refuses_cross_site_writes(page: Any, store: Store) -> None:
     import httpx
 

@@ -230,7 +230,7 @@ def trajectory_page(request: Request, trajectory_id: str) -> Response:
 
 @router.get("/fine-tuning", response_class=HTMLResponse)
 def fine_tuning_page(request: Request) -> Response:
-    from trajforge import autotrain
+    from trajforge import autotrain, ollama
     from trajforge.optimize import artifacts
 
     store = _store(request)
@@ -242,7 +242,9 @@ def fine_tuning_page(request: Request) -> Response:
         chart = None
         if ev.get("status") == "completed":
             chart = _bars([("base", float(ev["baseScore"])), ("trained", float(ev["trainedScore"]))], 160, 70)
-        model_rows.append({"m": models.wire(m, per_item=False), "chart": chart})
+        model_rows.append(
+            {"m": models.wire(m, per_item=False), "chart": chart, "ollama_base": ollama.default_base(m)}
+        )
     return _page(
         request,
         "fine_tuning.html",
