@@ -22,7 +22,7 @@ from trajforge.store import Store
 
 @pytest.fixture
 def client(store: Store) -> Iterator[TestClient]:
-    with TestClient(create_app(store)) as c:
+    with TestClient(create_app(store), base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -105,7 +105,7 @@ def test_ingest_errors_name_the_field(client: TestClient, body: dict, status: in
 
 
 def test_ingest_rejects_bad_json_bad_gzip_and_oversized_bodies(store: Store) -> None:
-    with TestClient(create_app(store, max_ingest_bytes=2000)) as c:
+    with TestClient(create_app(store, max_ingest_bytes=2000), base_url="http://127.0.0.1") as c:
         r = c.post("/api/trajectories", content=b"{not json", headers={"Content-Type": "application/json"})
         assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request"
         r = c.post("/api/trajectories", content=b"garbage", headers={"Content-Encoding": "gzip"})
@@ -312,7 +312,7 @@ def test_export_filters_ids_limit_and_prompt_redaction(client: TestClient) -> No
 
 
 def test_bearer_token_guards_every_api_route(store: Store) -> None:
-    with TestClient(create_app(store, token="s3cret")) as c:
+    with TestClient(create_app(store, token="s3cret"), base_url="http://127.0.0.1") as c:
         r = c.get("/api/trajectories")
         assert r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer"
         assert c.get("/api/trajectories", headers={"Authorization": "Bearer wrong"}).status_code == 401

@@ -120,7 +120,7 @@ def test_bad_config_is_refused_naming_the_field(store: Store, body: dict, field:
 
 @pytest.fixture
 def client(store: Store) -> Iterator[TestClient]:
-    with TestClient(create_app(store)) as c:
+    with TestClient(create_app(store), base_url="http://127.0.0.1") as c:
         yield c
 
 

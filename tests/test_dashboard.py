@@ -21,7 +21,7 @@ from tests.fakes.ollama_server import FakeOllama, llama_info
 from tests.fakes.openai_server import FakeOpenAI
 from tests.helpers import free_port
 from trajforge.records import LlmCall, ProviderAccess, Step, Trajectory, WriteBatch
-from trajforge.store import Store, open_store
+from trajforge.store import Store, TrajectoryFilter, open_store
 
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = Path(__file__).resolve().parent.parent / "build" / "screenshots"
@@ -256,6 +256,23 @@ def test_models_import_to_ollama_and_activate(
         assert "ollamaUrl" in page.locator("#flash").inner_text()
 
 
+def test_import_form_defaults_a_known_base(page: Any, store: Store, tmp_path: Path) -> None:
+    from tests.test_api_training import register_model, tiny_ollama_info
+
+    model = register_model(store, tmp_path / "m", "bundled:smollm2-135m")
+    with FakeOllama({"smollm2:135m": tiny_ollama_info()}) as ollama, LiveServer(store, run_jobs=False) as srv:
+        page.goto(srv.url + "/fine-tuning")
+        form = page.locator(f'form.import-form[data-model="{model.id}"]')
+        base = form.locator("input[name=baseModel]")
+        assert base.get_attribute("placeholder") == "smollm2:135m" and base.get_attribute("required") is None
+        form.locator("input[name=modelName]").fill("from-default")
+        form.locator("input[name=ollamaUrl]").fill(ollama.url)
+        form.locator("button").click()
+        page.wait_for_selector("#flash:not([hidden])")
+        assert "from-default" in page.locator("#flash").inner_text()
+        assert ollama.created["from-default"]["from"] == "smollm2:135m"
+
+
 def test_token_mode_asks_once_and_refuses_cross_site_writes(page: Any, store: Store) -> None:
     import httpx
 
@@ -285,3 +302,68 @@ def test_token_mode_asks_once_and_refuses_cross_site_writes(page: Any, store: St
         assert r.status_code == 403
         assert httpx.get(srv.url + "/api/trajectories", cookies=cookie).status_code == 200
         assert httpx.get(srv.url + "/api/trajectories").status_code == 401
+
+
+def test_login_never_sends_the_browser_to_another_site(page: Any, store: Store) -> None:
+    # Nothing leaves the machine: a navigation to evil.example is answered here, so a failure shows
+    # as the browser sitting on that page rather than as a DNS error.
+    page.context.route(
+        "http://evil.example/**", lambda route: route.fulfill(body="evil", content_type="text/plain")
+    )
+    with LiveServer(store, token="s3cret", run_jobs=False) as srv:
+        page.goto(srv.url + "/login?next=/%5Cevil.example/after-login")
+        page.fill("#token", "s3cret")
+        page.click("#login-form button")
+        page.wait_for_url(srv.url + "/trajectories", timeout=15_000)
+        assert page.url.startswith(srv.url + "/")
+        # The page's own check, whatever the server put in data-next.
+        for hostile in (
+            "/\\evil.example/after-login",
+            "//evil.example/x",
+            "/\t/evil.example/x",
+            "http://evil.example/",
+        ):
+            page.evaluate("sessionStorage.clear()")
+            page.goto(srv.url + "/login?next=/fine-tuning")
+            page.evaluate("(next) => { document.getElementById('login-form').dataset.next = next; }", hostile)
+            page.fill("#token", "s3cret")
+            page.click("#login-form button")
+            page.wait_for_url(srv.url + "/trajectories", timeout=15_000)
+            assert page.url.startswith(srv.url + "/"), (hostile, page.url)
+        page.evaluate("sessionStorage.clear()")
+        page.goto(srv.url + "/login?next=/fine-tuning")
+        page.fill("#token", "s3cret")
+        page.click("#login-form button")
+        page.wait_for_url(srv.url + "/fine-tuning")  # a local next page is still honoured
+
+
+def test_a_rebound_dns_name_gets_nothing(browser: Any, store: Store) -> None:
+    """DNS rebinding in a real browser: Chromium resolves rebind.evil.example to 127.0.0.1, as the
+    attacker's DNS would once the victim has loaded their page."""
+    total = store.count(TrajectoryFilter())
+    with LiveServer(store, run_jobs=False) as srv:
+        b = browser.browser_type.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=["--no-sandbox", "--host-resolver-rules=MAP rebind.evil.example 127.0.0.1"],
+        )
+        try:
+            pg = b.new_page()
+            evil = f"http://rebind.evil.example:{srv.port}"
+            r = pg.goto(evil + "/trajectories")
+            assert r is not None and r.status == 421 and "rebind.evil.example" in pg.content()
+            # The attacker's script, same-origin for the browser: it can neither delete nor read.
+            status = pg.evaluate(
+                """async () => {
+                  const del = await fetch("/api/trajectories", {method: "DELETE",
+                    headers: {"Content-Type": "application/json"}, body: JSON.stringify({all: true})});
+                  const read = await fetch("/api/trajectories");
+                  return [del.status, read.status];
+                }"""
+            )
+            assert status == [421, 421]
+            assert store.count(TrajectoryFilter()) == total
+            # The same browser on the loopback name is served as before.
+            assert pg.goto(srv.url + "/trajectories").status == 200
+        finally:
+            b.close()

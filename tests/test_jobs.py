@@ -44,7 +44,7 @@ def _wait(client: TestClient, job_id: str, until: tuple[str, ...], timeout: floa
 @pytest.fixture
 def client(store: Store) -> Iterator[TestClient]:
     _fill(store)
-    with TestClient(create_app(store, run_jobs=True)) as c:
+    with TestClient(create_app(store, run_jobs=True), base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -217,7 +217,7 @@ def test_auto_training_fires_in_a_running_server(
     monkeypatch.setenv("TRAJFORGE_LM_MODEL", "task")
     autotrain.set_config(store, {"threshold": 20, "cooldownHours": 12})
     _fill(store, 30)
-    with TestClient(create_app(store, run_jobs=True)) as client:
+    with TestClient(create_app(store, run_jobs=True), base_url="http://127.0.0.1") as client:
         # The runner's start-up bootstrap: 30 ≥ 20 and no prompt yet.
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

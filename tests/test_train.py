@@ -423,7 +423,7 @@ def test_activate_and_the_sdk_sees_it(tmp_path: Path) -> None:
 @pytest.fixture
 def api(trained: Trained) -> Iterator[TestClient]:
     store = open_store(trained.db)
-    with TestClient(create_app(store)) as c:
+    with TestClient(create_app(store), base_url="http://127.0.0.1") as c:
         yield c
     store.close()
 

@@ -455,6 +455,14 @@ def serve(
     run_jobs: Annotated[
         bool, typer.Option("--jobs/--no-jobs", help="Run queued training jobs in this server (default)")
     ] = True,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-host",
+            help="Without a token, also answer requests for this Host name (name or name:port; "
+            f"repeatable; adds to {settings.ALLOWED_HOSTS}). Loopback names are always answered.",
+        ),
+    ] = None,
 ) -> None:
     """Run the HTTP API over the store (refuses a non-loopback address without TRAJFORGE_API_TOKEN)."""
     import uvicorn
@@ -467,8 +475,17 @@ def serve(
             f"set {settings.API_TOKEN} first (clients then send 'Authorization: Bearer <token>')"
         )
         raise typer.Exit(2)
+    for name in allow_host or []:
+        if not name.strip() or any(c in name for c in "/@ \t*,"):
+            err.print(
+                f"[red]error (--allow-host):[/red] give a host name as browsers send it in Host "
+                f"(name or name:port, no scheme, path or wildcard), got {name!r}"
+            )
+            raise typer.Exit(2)
     try:
-        application = create_app(db, run_jobs=run_jobs)
+        application = create_app(
+            db, run_jobs=run_jobs, allowed_hosts=[*settings.allowed_hosts(), *(allow_host or [])]
+        )
     except TrajforgeError as exc:
         fail(exc)
         return

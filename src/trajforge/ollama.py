@@ -22,7 +22,6 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -43,18 +42,35 @@ _CHECKED = (  # (Ollama model_info key after "<arch>.", transformers config attr
     ("attention.head_count", "num_attention_heads"),
 )
 
+OLLAMA_BASES = {
+    "bundled:smollm2-135m": "smollm2:135m",
+    "HuggingFaceTB/SmolLM2-135M-Instruct": "smollm2:135m",
+}
+"""Base models the trainer knows → the same model's name in the Ollama library, so an import of a
+model trained on one of them need not be told ``baseModel``."""
+
 Report = Callable[[float, str], None]
 
 
-def check_url(url: str | None) -> str:
-    """``url`` if it is an http(s) URL of a loopback host, else an InvalidInput naming ``ollamaUrl``."""
-    url = (url or DEFAULT_URL).strip()
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidInput(f"ollamaUrl must be an http:// URL of a local Ollama, got {url!r}", "ollamaUrl")
-    if parts.username or parts.password:
-        raise InvalidInput("ollamaUrl must not carry credentials", "ollamaUrl")
-    host = parts.hostname
+def check_url(url: str | None, field: str = "ollamaUrl") -> str:
+    """``url`` if it is an http(s) URL of a loopback host, else an InvalidInput naming ``field``.
+
+    The URL is parsed once, by httpx (the client that will send the requests), and the returned URL
+    is rebuilt from those parsed parts: a guard with a parser of its own can be shown a URL that it
+    reads one way and the client another (``http://[::1]evil.com``, ``http://127.0.0.1\\@evil``).
+    """
+    raw = (url or DEFAULT_URL).strip()
+    try:
+        parts = httpx.URL(raw)
+    except httpx.InvalidURL as exc:
+        raise InvalidInput(f"{field} is not a valid URL ({exc}), got {raw!r}", field) from exc
+    if parts.scheme not in ("http", "https") or not parts.host:
+        raise InvalidInput(f"{field} must be an http:// URL of a local Ollama, got {raw!r}", field)
+    if parts.userinfo:
+        raise InvalidInput(f"{field} must not carry credentials", field)
+    if parts.query or parts.fragment:
+        raise InvalidInput(f"{field} must not have a query or fragment, got {raw!r}", field)
+    host = parts.host
     loopback = host == "localhost"
     if not loopback:
         try:
@@ -63,14 +79,12 @@ def check_url(url: str | None) -> str:
             loopback = False  # any other name could resolve anywhere (127.0.0.1.nip.io, rebinding)
     if not loopback:
         raise InvalidInput(
-            f"ollamaUrl must be a loopback address (localhost, 127.0.0.0/8, ::1), got host {host!r}",
-            "ollamaUrl",
+            f"{field} must be a loopback address (localhost, 127.0.0.0/8, ::1), got host {host!r}", field
         )
-    try:
-        parts.port  # noqa: B018 - raises on a malformed port
-    except ValueError as exc:
-        raise InvalidInput(f"ollamaUrl has a bad port: {exc}", "ollamaUrl") from exc
-    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+    if parts.port is not None and not 0 < parts.port < 65536:
+        raise InvalidInput(f"{field} has a bad port {parts.port}: ports are 1-65535", field)
+    rebuilt = httpx.URL(scheme=parts.scheme, host=host, port=parts.port, path=parts.path.rstrip("/"))
+    return str(rebuilt).rstrip("/")
 
 
 def check_name(name: str | None, field: str = "modelName") -> str:
@@ -201,32 +215,53 @@ def check_base(info: dict[str, Any], config: dict[str, Any], base_model: str) ->
             )
 
 
+def default_base(model: Model) -> str | None:
+    """The Ollama name of the base ``model`` was trained on, when the registry knows one."""
+    return OLLAMA_BASES.get(model.base_model)
+
+
 def import_model(
     store: Store,
     model_id: str,
     model_name: str,
-    base_model: str,
+    base_model: str | None,
     ollama_url: str | None = None,
     *,
     system: str | None = None,
     report: Report | None = None,
 ) -> dict[str, Any]:
     """Import a registered model into Ollama as ``model_name``; records the name on the model and
-    emits ``model_imported``. Returns what was sent."""
+    emits ``model_imported``. Returns what was sent.
+
+    ``base_model`` (the Ollama model the adapter goes on) may be None when the registry maps the
+    model's base to an Ollama name (:data:`OLLAMA_BASES`); the result says when it was defaulted.
+    """
     from trajforge import models
 
     say = report or (lambda p, m: None)
     model_name = check_name(model_name)
-    base_model = check_name(base_model, "baseModel")
+    if base_model is not None:
+        base_model = check_name(base_model, "baseModel")
     url = check_url(ollama_url)
     model = models.get(store, model_id)
     config = _base_config(model)
     arch = config.get("model_type")
+    defaulted = False
+    if base_model is None and arch in ADAPTER_ARCHITECTURES and model.adapter_path:
+        base_model = default_base(model)
+        defaulted = base_model is not None
+        if base_model is None:
+            raise InvalidInput(
+                f"baseModel is required: the name in Ollama of the model {model_id} was trained on "
+                f'({model.base_model!r}), e.g. "baseModel": "smollm2:135m" for bundled:smollm2-135m '
+                "(pull it first: ollama pull …)",
+                "baseModel",
+            )
     client = OllamaClient(url)
     try:
         say(0.05, f"Ollama {client.version()} at {url}")
         body: dict[str, Any] = {"model": model_name}
-        if arch in ADAPTER_ARCHITECTURES and model.adapter_path:
+        if base_model is not None and arch in ADAPTER_ARCHITECTURES and model.adapter_path:
             info = client.show(base_model)
             if info is None:
                 raise InvalidInput(
@@ -276,4 +311,14 @@ def import_model(
     )
     say(1.0, f"imported as {model_name}")
     sent = {k: v for k, v in body.items() if k != "system"}
-    return {"modelName": model_name, "ollamaUrl": url, "mode": key, "request": sent}
+    result: dict[str, Any] = {
+        "modelName": model_name,
+        "ollamaUrl": url,
+        "mode": key,
+        "request": sent,
+        "baseModel": body.get("from"),
+        "baseModelDefaulted": defaulted,
+    }
+    if defaulted:
+        result["note"] = f"baseModel defaulted to {base_model!r}, Ollama's name for {model.base_model!r}"
+    return result

@@ -21,6 +21,12 @@ API_TOKEN = "TRAJFORGE_API_TOKEN"
 """Bearer token the API requires (and the HTTP SDK sends). Required when the server binds beyond
 loopback."""
 
+ALLOWED_HOSTS = "TRAJFORGE_ALLOWED_HOSTS"
+"""Comma-separated host names (``name`` or ``name:port``) a server without an API token answers
+besides the loopback ones (``127.0.0.1``, ``localhost``, ``[::1]``), e.g. the name of a reverse
+proxy in front of it. Requests naming any other ``Host`` are refused, so a web page cannot reach the
+server through a DNS name rebound to 127.0.0.1. ``trajforge serve --allow-host`` adds to it."""
+
 DISABLE_LOGGING = "TRAJFORGE_DISABLE_LOGGING"
 """``1`` turns every recorder in this process into a no-op (the agent keeps running)."""
 
@@ -72,6 +78,11 @@ def database_url() -> str:
 
 def api_token() -> str | None:
     return os.environ.get(API_TOKEN) or None
+
+
+def allowed_hosts() -> list[str]:
+    """``TRAJFORGE_ALLOWED_HOSTS`` as a list of non-empty, lower-cased names."""
+    return [h.strip().lower() for h in os.environ.get(ALLOWED_HOSTS, "").split(",") if h.strip()]
 
 
 def logging_disabled() -> bool:

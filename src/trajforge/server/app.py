@@ -8,7 +8,7 @@ import hmac
 import ipaddress
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,6 +33,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (400, "Bad request (e.g. a malformed search)"),
         (401, "Missing or wrong bearer token"),
         (404, "Not found"),
+        (421, "Without a token: the Host is not a loopback name or an allowed host (DNS rebinding)"),
         (422, "A field has a wrong value; `error.field` names it"),
     )
 }
@@ -80,6 +81,32 @@ def allowed_methods(request: Request) -> list[str]:
     return sorted({op for _, ops in matches for op in ops})
 
 
+def host_allowed(host_header: str | None, allowed: Sequence[str]) -> bool:
+    """Whether a tokenless server should answer a request whose ``Host`` header is ``host_header``:
+    a loopback name (``127.0.0.1``, ``localhost``, ``[::1]``, any port) or one of ``allowed``
+    (``name`` matches any port, ``name:port`` only that port).
+
+    Why: a page on ``rebind.evil.example`` whose DNS name is rebound to 127.0.0.1 reaches this
+    server as same-origin for the browser, and its requests carry ``Host: rebind.evil.example``.
+    The Host is the one thing such a page cannot choose, so it is what is checked.
+    """
+    if host_header is None:
+        return True  # HTTP/1.0 without Host: no browser sends that, so no page can be behind it
+    host = host_header.strip().lower()
+    if host in allowed:
+        return True
+    # A strict grammar of its own (RFC 9110's uri-host [":" port], reg-name or bracketed IPv6):
+    # a lenient URL parser reads "[::1]evil.example" as host ::1.
+    m = _HOST.fullmatch(host)
+    if m is None:
+        return False
+    name = m.group("v6") or m.group("name")
+    return is_loopback(name) or name in allowed
+
+
+_HOST = re.compile(r"(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9._-]+))(?::[0-9]{1,5})?")
+
+
 _bearer = HTTPBearer(auto_error=False, description="Required when the server has TRAJFORGE_API_TOKEN set.")
 
 
@@ -99,12 +126,16 @@ def create_app(
     sweep_interval_s: float = 60.0,
     max_ingest_bytes: int = 32 * 1024 * 1024,
     run_jobs: bool = False,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> FastAPI:
     """Build the app over ``store`` (a Store, a URL, or the configured default).
 
     ``token`` (default ``$TRAJFORGE_API_TOKEN``) makes every ``/api/`` route require
     ``Authorization: Bearer <token>``. ``run_jobs`` starts a job runner with the app (``trajforge
     serve`` does); without one, queued jobs wait for a runner elsewhere on the same store.
+
+    Without a token, only requests whose ``Host`` is a loopback name or one of ``allowed_hosts``
+    (default ``$TRAJFORGE_ALLOWED_HOSTS``) are answered: see :func:`host_allowed`.
     """
     owns_store = store is None or isinstance(store, str)
     the_store: Store = open_store(store) if store is None or isinstance(store, str) else store
@@ -160,6 +191,10 @@ def create_app(
     app.state.store = the_store
     app.state.max_ingest_bytes = max_ingest_bytes
     app.state.api_token = api_token
+    app.state.run_jobs = run_jobs
+    hosts = [
+        h.strip().lower() for h in (settings.allowed_hosts() if allowed_hosts is None else allowed_hosts)
+    ]
 
     @app.middleware("http")
     async def same_origin_writes(request: Request, call_next: Any) -> Any:
@@ -170,6 +205,23 @@ def create_app(
             cross = request.headers.get("sec-fetch-site") == "cross-site"
             if cross or (origin is not None and urlsplit(origin).netloc != request.headers.get("host")):
                 return error_response(403, "forbidden", "cross-origin requests may not change anything here")
+        return await call_next(request)
+
+    @app.middleware("http")
+    async def loopback_hosts(request: Request, call_next: Any) -> Any:
+        """DNS rebinding: without a token, answer only requests addressed to a loopback name (or a
+        name the user allowed) — reads too, since a rebinding page could read every trajectory.
+        With a token the token guards, whatever the name."""
+        host = request.headers.get("host")
+        if api_token is None and not host_allowed(host, hosts):
+            return error_response(
+                421,
+                "misdirected",
+                f"this server answers only loopback host names (127.0.0.1, localhost, [::1]), not Host "
+                f"{host!r}; to serve it under that name, start it with --allow-host NAME (or set "
+                f"{settings.ALLOWED_HOSTS}) or set {settings.API_TOKEN}",
+                "Host",
+            )
         return await call_next(request)
 
     @app.exception_handler(TrajforgeError)

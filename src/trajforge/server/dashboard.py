@@ -19,7 +19,7 @@ import hmac
 import math
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -84,10 +84,26 @@ def home() -> Response:
     return RedirectResponse("/trajectories", status_code=303)
 
 
+def safe_next(target: str, default: str = "/trajectories") -> str:
+    """``target`` if it is a path on this site, else ``default``: never a way to another site.
+
+    Browsers read ``/\\evil.example`` as ``//evil.example`` (a backslash is a slash in http URLs) and
+    drop tabs and newlines from URLs, so ``/\t/evil.example`` is one too: besides ``//`` and
+    schemes, backslashes and control characters are refused outright.
+    """
+    if not target.startswith("/") or target.startswith("//"):
+        return default
+    if "\\" in target or any(ord(c) < 0x20 or ord(c) == 0x7F for c in target):
+        return default
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return default
+    return target
+
+
 @router.get("/login", response_class=HTMLResponse)
 def login(request: Request, next: str = "/trajectories") -> Response:
-    # Only a local path: never a redirect to another site.
-    target = next if next.startswith("/") and not next.startswith("//") else "/trajectories"
+    target = safe_next(next)
     response = templates.TemplateResponse(request, "login.html", {"next": target, "token_required": True})
     response.headers["Content-Security-Policy"] = CSP
     return response
@@ -214,7 +230,7 @@ def trajectory_page(request: Request, trajectory_id: str) -> Response:
 
 @router.get("/fine-tuning", response_class=HTMLResponse)
 def fine_tuning_page(request: Request) -> Response:
-    from trajforge import autotrain
+    from trajforge import autotrain, ollama
     from trajforge.optimize import artifacts
 
     store = _store(request)
@@ -226,7 +242,9 @@ def fine_tuning_page(request: Request) -> Response:
         chart = None
         if ev.get("status") == "completed":
             chart = _bars([("base", float(ev["baseScore"])), ("trained", float(ev["trainedScore"]))], 160, 70)
-        model_rows.append({"m": models.wire(m, per_item=False), "chart": chart})
+        model_rows.append(
+            {"m": models.wire(m, per_item=False), "chart": chart, "ollama_base": ollama.default_base(m)}
+        )
     return _page(
         request,
         "fine_tuning.html",

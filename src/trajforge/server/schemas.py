@@ -431,8 +431,12 @@ class BenchmarkQueued(BaseModel):
 
 class ImportOllamaRequest(Wire):
     modelName: str = Field(min_length=1, max_length=200)
-    baseModel: str = Field(
-        min_length=1, max_length=200, description="The Ollama model the adapter was trained on"
+    baseModel: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="The Ollama model the adapter was trained on (default: the Ollama name of the "
+        "model's base when known, e.g. smollm2:135m for bundled:smollm2-135m)",
     )
     ollamaUrl: str | None = Field(
         default=None,
@@ -451,6 +455,11 @@ class ImportOllamaResult(BaseModel):
     ollamaUrl: str
     mode: str
     request: dict[str, Any]
+    baseModel: str | None = Field(description="The Ollama base the adapter went on (None for a merged model)")
+    baseModelDefaulted: bool = Field(
+        description="True when baseModel was not given and came from the registry"
+    )
+    note: str | None = None
 
 
 class ActivateRequest(Wire):

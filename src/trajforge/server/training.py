@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from trajforge import datasets, jobs, jsonutil, models
 from trajforge.errors import InvalidInput
 from trajforge.records import JOB_STATUSES, JobEvent, to_wire
+from trajforge.server import trajectories as trajectory_routes
 from trajforge.server.schemas import (
     ActivateRequest,
     ActiveModel,
@@ -30,6 +31,8 @@ from trajforge.server.schemas import (
     JobResult,
     ModelList,
     ModelResult,
+    TrajectoryDetail,
+    TrajectoryList,
 )
 from trajforge.store import Store
 
@@ -202,18 +205,47 @@ async def job_events(
     )
 
 
+# The seed lists trajectories under the training service too: the same routes as /api/trajectories
+# (same filters, bounds and answers), so the two can never drift apart.
+router.add_api_route(
+    "/trajectories",
+    trajectory_routes.list_trajectories,
+    methods=["GET"],
+    response_model=TrajectoryList,
+    summary="List trajectories, newest first (the same as GET /api/trajectories)",
+    name="list_training_trajectories",
+)
+router.add_api_route(
+    "/trajectories/{trajectory_id}",
+    trajectory_routes.get_trajectory,
+    methods=["GET"],
+    response_model=TrajectoryDetail,
+    summary="One trajectory, organized by step (the same as GET /api/trajectories/{id})",
+    name="get_training_trajectory",
+)
+
+
 @router.get("/backends", summary="Which training backends work on this machine, and why not")
 def get_backends() -> dict[str, Any]:
     return {"backends": jobs.backends()}
 
 
-@router.get("/status", summary="Training status: jobs by status, datasets, trajectories")
+@router.get(
+    "/status",
+    summary="Training status: jobs by status, datasets, trajectories",
+    description="`runtimeAvailable`: this server runs queued jobs itself (`trajforge serve` does unless "
+    "`--no-jobs`; otherwise jobs wait for a runner elsewhere on the store). `jobCount`: jobs among the "
+    "1000 newest, which `jobs` breaks down by status.",
+)
 def training_status(request: Request) -> dict[str, Any]:
     from trajforge.store import TrajectoryFilter
 
     store = _store(request)
     counts = jobs.counts(store)
     return {
+        # The seed's fields first (its tutorial shows exactly these three), ours beside them.
+        "runtimeAvailable": bool(request.app.state.run_jobs),
+        "jobCount": sum(counts.values()),
         "trajectoryCount": store.count(TrajectoryFilter()),
         "datasetCount": len(store.list_datasets(limit=1000)),
         "jobs": counts,
@@ -234,6 +266,12 @@ def put_auto_config(request: Request, body: Annotated[dict[str, Any], Body()]) -
     from trajforge import autotrain
 
     return autotrain.set_config(_store(request), body)
+
+
+@router.post("/auto/config", summary="Change auto-training settings (the same as PUT)")
+def post_auto_config(request: Request, body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+    # The seed's own text says "Adjust via POST" in one place and PUT in others: both work.
+    return put_auto_config(request, body)
 
 
 @router.get(

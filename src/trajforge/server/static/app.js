@@ -98,8 +98,19 @@ onSubmit("#login-form", async (form) => {
   });
   if (!resp.ok) throw new Error("that is not this server's token");
   sessionStorage.setItem(TOKEN_KEY, value);
-  location.href = form.dataset.next || "/trajectories";
+  location.href = safeNext(form.dataset.next);
 });
+
+// Where to go after signing in: a path on this site only. "/\evil.example" and "/\t/evil.example"
+// are "//evil.example" to the URL parser, so backslashes and control characters are refused as well
+// as "//" and schemes, and the result must still be on this origin once parsed.
+function safeNext(next) {
+  const fallback = "/trajectories";
+  if (!next || next[0] !== "/" || next[1] === "/" || /[\\\u0000-\u001f\u007f]/.test(next)) return fallback;
+  const url = new URL(next, location.origin);
+  if (url.origin !== location.origin) return fallback;
+  return url.pathname + url.search + url.hash;
+}
 
 if (document.body.dataset.tokenRequired === "yes" && !token() && location.pathname !== "/login") {
   // The cookie lets this page render; state-changing calls need the token itself.
