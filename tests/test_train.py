@@ -507,6 +507,11 @@ def test_cli_lora_job_then_models_commands(tmp_path: Path, tiny_model_dir: Path)
         "http://example.com",
     )
     assert r.exit_code == 2 and "--ollama-url" in r.output
+    # --base may be left out; a base the registry cannot map to an Ollama name says what to pass.
+    r = run(
+        "models", "import-ollama", model_id, "--db", db, "--name", "x", "--ollama-url", "http://127.0.0.1:9"
+    )
+    assert r.exit_code == 2 and "--base" in r.output and "smollm2:135m" in r.output, r.output
     assert run("models", "activate", model_id, "--db", db, "--provider-model", "ollama/agent").exit_code == 0
     assert "ollama/agent" in run("models", "active", "--db", db).output
     r = run("jobs", "start", "--db", db, "--backend", "cpu", "--batch-size", "0", "--no-wait")

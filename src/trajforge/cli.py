@@ -1153,8 +1153,13 @@ def models_import_ollama(
     model_id: Annotated[str, typer.Argument(metavar="ID", help="Model id")],
     model_name: Annotated[str, typer.Option("--name", help="Name of the new Ollama model")],
     base_model: Annotated[
-        str, typer.Option("--base", help="The Ollama model the adapter was trained on (e.g. smollm2:135m)")
-    ],
+        str | None,
+        typer.Option(
+            "--base",
+            help="The Ollama model the adapter was trained on (default: from the registry when it "
+            "knows the base, e.g. smollm2:135m for bundled:smollm2-135m)",
+        ),
+    ] = None,
     ollama_url: Annotated[
         str | None, typer.Option("--ollama-url", help="Loopback only (default http://127.0.0.1:11434)")
     ] = None,
@@ -1167,6 +1172,8 @@ def models_import_ollama(
         result = ollama.import_model(
             store, model_id, model_name, base_model, ollama_url, report=lambda p, m: console.print(f"  {m}")
         )
+    if result.get("baseModelDefaulted"):
+        console.print(f"  --base defaulted to {result['baseModel']} (the registry's base of {model_id})")
     console.print(
         f"imported [bold]{result['modelName']}[/bold] into {result['ollamaUrl']} ({result['mode']})"
     )
