@@ -69,7 +69,8 @@ def kind_of(backend: str) -> str:
 
 def submit(store: Store, request: dict[str, Any]) -> Job:
     """Queue a job for ``request`` (the API body, camelCase). Unavailable backends, unknown
-    optimizers and datasets that do not exist are refused here, before anything is queued."""
+    optimizers, models that cannot load here and datasets that do not exist are refused here,
+    before anything is queued."""
     backend = request.get("backend") or "native"
     if backend not in BACKENDS:
         raise InvalidInput(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}", "backend")
@@ -92,6 +93,10 @@ def submit(store: Store, request: dict[str, Any]) -> Job:
         from trajforge.train.lora import LoraOptions
 
         LoraOptions.from_request(request)  # bad options fail here, not in the job
+    from trajforge.train import backends as train_backends
+
+    # A model the job could not load fails here (offline checks), not minutes later in the job.
+    train_backends.check_model(backend, request.get("model"), request.get("baseUrl"))
     dataset_id = request.get("datasetId")
     ds = None if dataset_id is None else store.get_dataset(dataset_id)
     if dataset_id is not None and ds is None:
