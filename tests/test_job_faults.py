@@ -282,18 +282,21 @@ def test_a_job_process_with_no_runner_stops_when_the_store_says_so(
     )
     pids.append(proc.pid)
     try:
-        assert _working(db, job.id) == proc.pid  # the process records its own pid
+        _until("progress", lambda: db.list_events(job_id=job.id, kinds=["job_progress"], limit=1))
         if how == "cancel":
             assert jobs.cancel(db, job.id).cancel_requested
         else:
             assert db.finish_job(job.id, "failed", now_ms(), error="interrupted: test")
-        code = proc.wait(60)
+        try:
+            code = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the job's process did not stop ({how})")
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     got = db.get_job(job.id)
-    assert got is not None
+    assert got is not None and got.pid == proc.pid  # the process records its own pid
     if how == "cancel":
         assert code == 130 and got.status == "cancelled"
         assert _one_ending(db, job.id) == "job_cancelled"
