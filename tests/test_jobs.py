@@ -235,3 +235,80 @@ def test_auto_training_fires_in_a_running_server(
                 break
             time.sleep(0.3)
         assert tasks["support_reply"]["completedSinceLastRun"] == 0 and tasks["support_reply"]["lastRunAt"]
+
+
+def _model_folder(path: Path, *, weights: bool = True) -> Path:
+    """A transformers folder's shape: what the submit check looks at (nothing is loaded)."""
+    path.mkdir(parents=True)
+    (path / "config.json").write_text('{"model_type": "llama"}')
+    if weights:
+        (path / "model.safetensors").write_bytes(b"\0" * 8)
+    return path
+
+
+def _hub_cache(root: Path, repo_id: str) -> Path:
+    """A Hugging Face cache holding ``repo_id``, laid out as huggingface_hub lays it out."""
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    _model_folder(repo / "snapshots" / ("0" * 40))
+    return root
+
+
+def test_submit_refuses_a_model_that_cannot_load_here(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(_hub_cache(tmp_path / "hf", "acme/tiny-llama")))
+    monkeypatch.delenv("TRAJFORGE_LM_BASE_URL", raising=False)
+    no_weights = _model_folder(tmp_path / "no-weights", weights=False)
+    refused = [
+        ({"backend": "cpu", "model": "llama-3.2-3b"}, "not in the local Hugging Face cache"),
+        ({"backend": "cpu", "model": "acme/not-downloaded"}, "not in the local Hugging Face cache"),
+        ({"backend": "cpu", "model": "local:/etc"}, "no config.json"),
+        ({"model": "local:/etc"}, "no config.json"),
+        ({"model": f"local:{tmp_path / 'nowhere'}"}, "is not a folder"),
+        ({"backend": "cpu", "model": f"local:{no_weights}"}, "has no weights"),
+        ({"backend": "cpu", "model": str(no_weights)}, "has no weights"),
+        ({"backend": "cpu", "model": "bundled:llama-3.2-3b"}, "no bundled model"),
+        ({"backend": "cpu", "model": "../nowhere/at-all"}, "not a bundled:, local: or Hugging Face model"),
+        ({"model": "llama3.2"}, "no baseUrl is given"),
+    ]
+    for request, why in refused:
+        with pytest.raises(Unavailable) as err:
+            jobs.submit(store, request)
+        assert err.value.field == "model" and err.value.status == 400, request
+        assert why in err.value.message, (request, err.value.message)
+        # … and says what would work.
+        assert "bundled:smollm2-135m" in err.value.message and "local:<dir>" in err.value.message
+    assert store.list_jobs() == []
+    folder = _model_folder(tmp_path / "ok")
+    accepted = [
+        {"backend": "cpu", "model": "bundled:smollm2-135m"},
+        {"backend": "cpu", "model": f"local:{folder}"},
+        {"backend": "cpu", "model": str(folder)},
+        {"backend": "cpu", "model": "acme/tiny-llama"},  # in the cache: loads offline
+        {"model": f"local:{folder}"},
+        {"model": "llama3.2", "baseUrl": "http://127.0.0.1:11434/v1"},
+        {},
+    ]
+    for request in accepted:
+        assert jobs.submit(store, request).status == "pending", request
+
+
+def test_api_and_cli_refuse_a_model_that_cannot_load_with_400_naming_it(client: TestClient) -> None:
+    from typer.testing import CliRunner
+
+    from trajforge.cli import app
+
+    for body in ({"backend": "cpu", "model": "llama-3.2-3b"}, {"model": "local:/etc"}):
+        r = client.post("/api/training/jobs", json=body)
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error["field"] == "model" and "local:<dir>" in error["message"], error
+    assert client.get("/api/training/jobs").json()["jobs"] == []
+    db = client.app.state.store.url  # type: ignore[attr-defined]
+    r = CliRunner().invoke(
+        app, ["jobs", "start", "--db", db, "--backend", "cpu", "--model", "llama-3.2-3b", "--no-wait"]
+    )
+    assert r.exit_code == 2 and "--model" in r.output and "bundled:smollm2-135m" in r.output, r.output
+    assert client.get("/api/training/jobs").json()["jobs"] == []

@@ -796,7 +796,8 @@ def jobs_start(
         str | None,
         typer.Option(
             "--model",
-            help="bundled:smollm2-135m (default), local:<dir>, or (native) a served model name / (LoRA) a hub id",
+            help="bundled:smollm2-135m (default), local:<dir>, or (native) a served model name / (LoRA) a "
+            "hub id in the local Hugging Face cache; checked before the job is queued",
         ),
     ] = None,
     base_url: Annotated[

@@ -7,8 +7,13 @@
   a crash or a cancel never takes the server down. It heartbeats its jobs, turns a cancel request
   into SIGTERM and, after a grace period, SIGKILL, and ends the job ``cancelled``.
 * The job process reports progress as ``job_progress`` events and job columns, and ends its job
-  ``completed`` (with its output) or ``failed`` (with the error).
-* On start a runner marks jobs left ``running`` by a dead process ``failed`` (``interrupted``).
+  ``completed`` (with its output) or ``failed`` (with the error). It heartbeats itself and polls
+  the store, so a cancel reaches it whoever started it, and it stops when its job was given up on.
+* Every runner supervises all running jobs, at start and then every few seconds: one on this host
+  whose process is gone is failed ``interrupted`` at once; one whose runner died (a server killed
+  -9 leaves its job's process running) is adopted; one anywhere whose heartbeat is older than
+  ``TRAJFORGE_JOB_HEARTBEAT_TIMEOUT_S`` is failed ``interrupted``. A pid is trusted only when its
+  command line is that job's (see :mod:`trajforge.procs`): a reused pid is never signalled.
 
 Job state and events live in the store, so the CLI, the API and a second server see the same jobs.
 """
@@ -27,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trajforge import settings
+from trajforge import procs, settings
 from trajforge.errors import Cancelled, Conflict, InvalidInput, NotFound, Unavailable
 from trajforge.records import JOB_FINISHED, JOB_STATUSES, Job, JobEvent, now_ms
 from trajforge.store.base import Store
@@ -36,8 +41,15 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("native", "cpu", "cuda", "mlx")
 HEARTBEAT_S = 5.0
-STALE_S = 60.0
-"""A running job whose runner has not heartbeated for this long is considered orphaned."""
+"""How often a job heartbeats and a runner supervises, at most (more often with a short timeout)."""
+GRACE_S = 10.0
+"""How long a job asked to stop (SIGTERM) has before it is killed (SIGKILL)."""
+INTERRUPTED = "interrupted: its process ended without finishing the job"
+
+
+def heartbeat_every_s() -> float:
+    """The heartbeat period: several beats fit in the timeout, so one slow beat is not a death."""
+    return min(HEARTBEAT_S, settings.job_heartbeat_timeout_s() / 4)
 
 
 def backends() -> dict[str, dict[str, Any]]:
@@ -57,7 +69,8 @@ def kind_of(backend: str) -> str:
 
 def submit(store: Store, request: dict[str, Any]) -> Job:
     """Queue a job for ``request`` (the API body, camelCase). Unavailable backends, unknown
-    optimizers and datasets that do not exist are refused here, before anything is queued."""
+    optimizers, models that cannot load here and datasets that do not exist are refused here,
+    before anything is queued."""
     backend = request.get("backend") or "native"
     if backend not in BACKENDS:
         raise InvalidInput(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}", "backend")
@@ -80,6 +93,10 @@ def submit(store: Store, request: dict[str, Any]) -> Job:
         from trajforge.train.lora import LoraOptions
 
         LoraOptions.from_request(request)  # bad options fail here, not in the job
+    from trajforge.train import backends as train_backends
+
+    # A model the job could not load fails here (offline checks), not minutes later in the job.
+    train_backends.check_model(backend, request.get("model"), request.get("baseUrl"))
     dataset_id = request.get("datasetId")
     ds = None if dataset_id is None else store.get_dataset(dataset_id)
     if dataset_id is not None and ds is None:
@@ -123,8 +140,9 @@ def get(store: Store, job_id: str) -> Job:
 
 
 def cancel(store: Store, job_id: str) -> Job:
-    """Ask for a job to stop: a pending job ends ``cancelled`` now; a running one is stopped by its
-    runner (SIGTERM, then SIGKILL). Cancelling a finished job is a conflict."""
+    """Ask for a job to stop: a pending job ends ``cancelled`` now; a running one sees the request
+    in the store and stops, and the runner supervising it sends SIGTERM, then SIGKILL. Cancelling
+    a finished job is a conflict."""
     job = get(store, job_id)
     if job.status in JOB_FINISHED:
         raise Conflict(f"job {job_id} has already ended ({job.status})", "id")
@@ -158,24 +176,21 @@ def wire(job: Job) -> dict[str, Any]:
     }
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @dataclass
 class _Running:
     job_id: str
-    proc: subprocess.Popen[bytes]
-    log: Any
+    pid: int
+    proc: subprocess.Popen[bytes] | None = None
+    """None for an adopted job: its process was started by a runner that is gone."""
+    log: Any = None
     term_sent_at: float | None = None
+    ended_seen_at: float | None = None
+    """When this runner first saw the job ended in the store while its process still ran."""
+
+    def exited(self) -> bool:
+        if self.proc is not None:
+            return self.proc.poll() is not None
+        return procs.job_process(self.pid, self.job_id) is None
 
 
 @dataclass
@@ -186,7 +201,7 @@ class JobRunner:
     store_url: str
     max_parallel: int = 1
     poll_s: float = 0.5
-    grace_s: float = 10.0
+    grace_s: float = GRACE_S
     home: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
     host: str = field(default_factory=socket.gethostname)
@@ -219,56 +234,114 @@ class JobRunner:
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop claiming; jobs still running are cancelled (a server going down takes its jobs)."""
+        """Stop claiming; jobs this runner started are cancelled (a server going down takes its
+        jobs). Adopted ones are let go: they run on, and the next runner here adopts them."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        for r in list(self._running.values()):
+        own = [r for r in self._running.values() if r.proc is not None]
+        for r in own:
             self._terminate(r, hard=False)
         deadline = time.monotonic() + self.grace_s
-        for r in list(self._running.values()):
+        for r in own:
+            assert r.proc is not None
             try:
                 r.proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 r.proc.kill()
                 r.proc.wait()
             self._finalize(r, "cancelled", "the runner stopped")
+        self._running.clear()
         self._store.close()
 
     def recover(self) -> int:
-        """Fail jobs left ``running`` by a process that is gone: on this host when its pid is dead,
-        anywhere when its runner stopped heartbeating. Returns how many."""
+        """One supervision pass (a runner starts with one); see :meth:`supervise`."""
+        return self.supervise()
+
+    def supervise(self) -> int:
+        """Look at every running job this runner does not run itself: on this host, fail it when
+        its process is gone and adopt it when the runner that started it is; anywhere, fail it
+        when it has not heartbeated within the timeout. Returns how many jobs it ended."""
         n = 0
         now = now_ms()
+        timeout_s = settings.job_heartbeat_timeout_s()
         for job in self._store.list_jobs(status="running", limit=1000):
             if job.id in self._running:
                 continue
-            local_dead = job.host == self.host and not _pid_alive(job.pid)
-            stale = (now - (job.heartbeat_at or job.started_at or 0)) > STALE_S * 1000
-            if (local_dead or stale) and self._store.finish_job(
-                job.id, "failed", now, error="interrupted: its process ended without finishing the job"
-            ):
-                self._store.add_event(JobEvent("job_failed", "interrupted", job_id=job.id))
+            if job.host == self.host and job.pid:
+                p = procs.info(job.pid)
+                runner = self._runner_pid(job.id)
+                if procs.runs_job(p, job.id):
+                    assert p is not None
+                    if runner is not None and p.ppid != runner:
+                        self._adopt(job, runner)
+                    continue  # its runner is alive (or it has only just started)
+                if p is not None and not p.alive and runner is not None and p.ppid == runner:
+                    continue  # exited, and its runner (alive: still its parent) will record how
+                error = INTERRUPTED
+            elif now - (job.heartbeat_at or job.started_at or 0) > timeout_s * 1000:
+                error = f"interrupted: no heartbeat for {timeout_s:g} s (its process or its host is gone)"
+            else:
+                continue
+            if self._end(job, error):
                 n += 1
         return n
 
+    def _runner_pid(self, job_id: str) -> int | None:
+        """The pid of the runner that started the job, as its process recorded when it started."""
+        for e in self._store.list_events(job_id=job_id, kinds=["job_started"], limit=1):
+            value = (e.data or {}).get("runnerPid")
+            return value if isinstance(value, int) else None
+        return None
+
+    def _adopt(self, job: Job, runner: int) -> None:
+        assert job.pid is not None
+        self._running[job.id] = _Running(job.id, job.pid)
+        self._store.add_event(
+            JobEvent(
+                "job_log",
+                f"adopted by the runner on {self.host} (pid {os.getpid()}): "
+                f"the runner that started it (pid {runner}) is gone",
+                job_id=job.id,
+                data={"adoptedBy": os.getpid(), "host": self.host},
+            )
+        )
+
+    def _end(self, job: Job, error: str) -> bool:
+        """End a job whose process is gone: ``cancelled`` when a cancel was asked for, else
+        ``failed``. False when it had already ended."""
+        if job.cancel_requested:
+            status, kind, error = "cancelled", "job_cancelled", f"cancelled ({error.split(': ', 1)[-1]})"
+        else:
+            status, kind = "failed", "job_failed"
+        if not self._store.finish_job(job.id, status, now_ms(), error=error):
+            return False
+        self._store.add_event(JobEvent(kind, error, job_id=job.id))
+        return True
+
     def run_once(self) -> None:
-        """One pass: reap finished processes, act on cancels, heartbeat, claim new jobs."""
+        """One pass: reap finished processes, act on cancels, heartbeat, supervise, claim new jobs."""
         for r in list(self._running.values()):
-            code = r.proc.poll()
-            if code is not None:
+            if r.exited():
                 self._finalize(r, None, None)
                 continue
             job = self._store.get_job(r.job_id)
-            if job is not None and job.cancel_requested:
+            if job is None or job.status in JOB_FINISHED:
+                # Ended in the store (given up on by a supervisor, say) but still running: the
+                # process stops by itself when it sees that; if it has not after the grace, kill it.
+                r.ended_seen_at = r.ended_seen_at or time.monotonic()
+                if time.monotonic() - r.ended_seen_at > self.grace_s:
+                    self._terminate(r, hard=True)
+            elif job.cancel_requested:
                 if r.term_sent_at is None:
                     self._terminate(r, hard=False)
                 elif time.monotonic() - r.term_sent_at > self.grace_s:
                     self._terminate(r, hard=True)
-        if time.monotonic() - self._beat > HEARTBEAT_S:
+        if time.monotonic() - self._beat > heartbeat_every_s():
             self._beat = time.monotonic()
             for job_id in self._running:
                 self._store.update_job(job_id, heartbeat_at=now_ms())
+            self.supervise()
         if self.autotrain and time.monotonic() - self._autotrain_at > self.autotrain_every_s:
             from trajforge import autotrain
 
@@ -296,9 +369,10 @@ class JobRunner:
         env = {**os.environ, **self.env}
         if self.home is not None:
             env[settings.HOME] = str(self.home)
+        argv = [sys.executable, "-m", procs.JOB_MODULE, job.id, "--db", self.store_url]
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "trajforge.jobs", job.id, "--db", self.store_url],
+                [*argv, "--runner", str(os.getpid())],
                 stdout=fh,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -312,24 +386,34 @@ class JobRunner:
                 self._store.add_event(JobEvent("job_failed", f"could not start: {exc}", job_id=job.id))
             return
         self._store.update_job(job.id, pid=proc.pid, log_path=str(log_path))
-        self._running[job.id] = _Running(job.id, proc, fh)
+        self._running[job.id] = _Running(job.id, proc.pid, proc, fh)
 
     def _terminate(self, r: _Running, *, hard: bool) -> None:
-        try:
-            os.killpg(r.proc.pid, signal.SIGKILL if hard else signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+        sig = signal.SIGKILL if hard else signal.SIGTERM
+        if r.proc is not None:
+            # Our child: its pid cannot be reused before we reap it, so no check is needed.
+            try:
+                os.killpg(r.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+        else:
+            procs.signal_job(r.pid, r.job_id, sig)
         if r.term_sent_at is None:
             r.term_sent_at = time.monotonic()
 
     def _finalize(self, r: _Running, status: str | None, error: str | None) -> None:
         """The job's process has exited: record how, unless the job already recorded its end."""
         self._running.pop(r.job_id, None)
-        r.log.close()
-        code = r.proc.returncode
+        if r.log is not None:
+            r.log.close()
         job = self._store.get_job(r.job_id)
         if job is None:
             return
+        if r.proc is None:  # adopted: not our child, so its exit code is not ours to know
+            if job.status not in JOB_FINISHED:
+                self._end(job, INTERRUPTED)
+            return
+        code = r.proc.returncode
         self._store.update_job(r.job_id, exit_code=code)
         if job.status in JOB_FINISHED:
             return
@@ -352,12 +436,44 @@ _CANCEL = threading.Event()
 _cooperative = False
 """True while a job body checks :data:`_CANCEL` itself (LoRA training stops between steps, so
 the adapter is never cut mid-update); otherwise SIGTERM raises at once."""
+_DONE = threading.Event()
+"""Set once the job body has returned or raised: the process is only recording how it ended."""
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
+    # Only the first SIGTERM raises: the runner and the job's own watcher may both send one, and a
+    # second must not cut short the cancel the first one started.
+    first = not _CANCEL.is_set()
     _CANCEL.set()
-    if not _cooperative:
+    if first and not _cooperative and not _DONE.is_set():
         raise _Cancelled()
+
+
+def _watch(store: Store, job_id: str, stop: threading.Event) -> None:
+    """The job process's own supervisor: heartbeat, and stop when the store says to (a cancel, or
+    the job ended by someone else — a supervisor that gave up on it), whoever started this process.
+    SIGTERM first, so the job stops the way a runner's cancel stops it; SIGKILL after the grace."""
+    asked_at: float | None = None
+    every = heartbeat_every_s()
+    while not stop.wait(every):
+        try:
+            store.update_job(job_id, heartbeat_at=now_ms())
+            job = store.get_job(job_id)
+        except Exception:
+            log.warning("job %s: heartbeat failed", job_id, exc_info=True)
+            continue
+        if _DONE.is_set() or (job is not None and job.status == "running" and not job.cancel_requested):
+            continue
+        if asked_at is None:
+            asked_at = time.monotonic()
+            why = "a cancel was requested" if job is not None and job.status == "running" else "the job ended"
+            log.info("job %s: stopping, %s", job_id, why)
+            os.kill(os.getpid(), signal.SIGTERM)
+        elif time.monotonic() - asked_at > GRACE_S:
+            log.warning("job %s: still running %g s after SIGTERM; killing it", job_id, GRACE_S)
+            if os.getpgrp() == os.getpid():
+                os.killpg(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _body(job: Job) -> Any:
@@ -379,8 +495,10 @@ def _body(job: Job) -> Any:
     return lora.run
 
 
-def execute(store: Store, job: Job, home: Path | None = None) -> int:
-    """Run ``job`` in this process, recording progress, events and the outcome. Returns the exit code."""
+def execute(store: Store, job: Job, home: Path | None = None, runner_pid: int | None = None) -> int:
+    """Run ``job`` in this process, recording progress, events and the outcome. Returns the exit code.
+    ``runner_pid`` (default: the parent) is the runner that started it: a runner that finds this
+    process with another parent knows that runner is gone, and adopts it."""
     global _cooperative
     last = [0.0]
     held: list[JobEvent] = []
@@ -403,8 +521,15 @@ def execute(store: Store, job: Job, home: Path | None = None) -> int:
             held.append(event)
         print(f"[{progress:6.1%}] {phase}: {message}", flush=True)
 
+    started = {"pid": os.getpid(), "runnerPid": runner_pid or os.getppid(), "host": socket.gethostname()}
     store.add_event(
-        JobEvent("job_started", f"{job.backend} {job.kind} job started", job_id=job.id, phase="start")
+        JobEvent(
+            "job_started",
+            f"{job.backend} {job.kind} job started",
+            job_id=job.id,
+            phase="start",
+            data=started,
+        )
     )
     try:
         body = _body(job)
@@ -412,10 +537,13 @@ def execute(store: Store, job: Job, home: Path | None = None) -> int:
         if _CANCEL.is_set():
             raise _Cancelled()
         output = body(store, job, report, home, _CANCEL.is_set)
+        _DONE.set()
         release()
     except (_Cancelled, Cancelled):
+        _DONE.set()
         return _cancelled(store, job)
     except Exception as exc:
+        _DONE.set()
         log.exception("job %s failed", job.id)
         message = f"{type(exc).__name__}: {exc}"
         if store.finish_job(job.id, "failed", now_ms(), error=message):
@@ -447,16 +575,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trajforge.jobs", description="Run one queued job.")
     parser.add_argument("job_id")
     parser.add_argument("--db", required=True)
+    parser.add_argument("--runner", type=int, help="pid of the runner that started this process")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, _on_sigterm)
     store = open_store(args.db)
     try:
         job = store.get_job(args.job_id)
-        if job is None:
-            print(f"no job {args.job_id}", file=sys.stderr)
+        if job is None or job.status != "running":
+            why = "no such job" if job is None else f"it is {job.status}, not claimed by a runner"
+            print(f"not running job {args.job_id}: {why}", file=sys.stderr)
             return 2
-        return execute(store, job)
+        # Recorded here too: a runner killed right after starting this process never recorded it.
+        store.update_job(job.id, pid=os.getpid())
+        stop = threading.Event()
+        watcher = threading.Thread(target=_watch, args=(store, job.id, stop), name="job-watch", daemon=True)
+        watcher.start()
+        try:
+            return execute(store, job, runner_pid=args.runner)
+        finally:
+            stop.set()
+            watcher.join(10)
     finally:
         store.close()
 

@@ -56,6 +56,10 @@ DISABLE_AUTO_BOOTSTRAP = "TRAJFORGE_DISABLE_AUTO_BOOTSTRAP"
 """``1``: a job runner starting up does not optimize tasks that reached their auto-training threshold
 but have no optimized prompt yet."""
 
+JOB_HEARTBEAT_TIMEOUT_S = "TRAJFORGE_JOB_HEARTBEAT_TIMEOUT_S"
+"""Seconds without a heartbeat after which a runner fails a running job ``interrupted`` (its process
+or its host is gone). Jobs heartbeat several times within it. Default 60."""
+
 TRUTHY = {"1", "true", "yes", "on"}
 
 
@@ -100,6 +104,23 @@ def active_timeout_s() -> float:
     if value <= 0:
         raise ValueError(f"{ACTIVE_TIMEOUT_S} must be positive, got {raw!r}")
     return value
+
+
+def _positive_s(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from exc
+    if not value > 0:
+        raise ValueError(f"{name} must be positive, got {raw!r}")
+    return value
+
+
+def job_heartbeat_timeout_s() -> float:
+    return _positive_s(JOB_HEARTBEAT_TIMEOUT_S, 60.0)
 
 
 def datasets_dir() -> Path:
