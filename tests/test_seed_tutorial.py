@@ -22,7 +22,7 @@ import pytest
 
 from tests.fakes.ollama_server import FakeOllama
 from tests.helpers import free_port, make_trajectory
-from tests.test_api_training import register_model, tiny_ollama_info
+from tests.test_api_training import TINY_LLAMA, register_model, tiny_ollama_info
 from tests.test_security import TRAJFORGE
 from trajforge.records import JOB_STATUSES, WriteBatch
 from trajforge.store import open_store
@@ -111,6 +111,13 @@ def served(tmp_path: Path) -> Iterator[tuple[Tutorial, FakeOllama, str]]:
         store.write(WriteBatch.from_trajectory(t))
     register_model(store, tmp_path / "model", f"local:{tmp_path / 'model' / 'base'}", model_id="model-abc123")
     store.close()
+    # Step 4 trains "llama-3.2-3b": jobs refuse at submit a model this machine cannot load, so the
+    # server runs where a folder of that name holds a model (config and weights), as it would for a
+    # user who downloaded it. The job is cancelled before it matters what the weights are.
+    named = tmp_path / "llama-3.2-3b"
+    named.mkdir()
+    (named / "config.json").write_text(json.dumps(TINY_LLAMA))
+    (named / "model.safetensors").write_bytes(b"")
     port = free_port()
     env = {
         **os.environ,
@@ -121,6 +128,7 @@ def served(tmp_path: Path) -> Iterator[tuple[Tutorial, FakeOllama, str]]:
     proc = subprocess.Popen(
         [TRAJFORGE, "serve", "--port", str(port), "--db", str(db)],
         env=env,
+        cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -181,7 +189,7 @@ def test_the_seed_tutorial_runs_as_written(served: tuple[Tutorial, FakeOllama, s
     status, body = tutorial.run(5, **{"job-xyz789": job["id"]})
     assert status == 200, body
     assert body["job"]["id"] == job["id"] and body["job"]["status"] in JOB_STATUSES
-    # Not the tutorial's: stop the job (a 3B hub model cannot be trained here) so it uses no CPU.
+    # Not the tutorial's: stop the job (the folder above holds no real 3B model) so it uses no CPU.
     httpx.post(f"{url}/api/training/jobs/{job['id']}/cancel", headers={"Authorization": "Bearer your-token"})
 
     # Step 6: the model goes into (the fake) Ollama on loopback.
