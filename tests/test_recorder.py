@@ -524,3 +524,20 @@ def test_a_killed_writers_spool_is_adopted_and_a_live_ones_is_not(tmp_path: Path
     assert Spool(spool_dir, "k").adopt_orphans() == 0  # nothing is taken twice
     live.close()
     me.close()
+
+
+def test_every_way_of_naming_a_store_shares_one_spool_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On main a recorder whose SQLite store was down at start spooled under its path as given, and
+    the next process (store up) looked under the store's own URL: the spool was never replayed."""
+    monkeypatch.chdir(tmp_path)
+    store = open_store("k.db")
+    keys = {
+        StoreSink(url="k.db").key,
+        StoreSink(url=str(tmp_path / "k.db")).key,
+        StoreSink(url=f"sqlite:///{tmp_path / 'k.db'}").key,
+        StoreSink(store, owns_store=False).key,
+    }
+    store.close()
+    assert len(keys) == 1

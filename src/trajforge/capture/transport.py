@@ -15,6 +15,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 import httpx
@@ -85,6 +86,15 @@ class Sink(Protocol):
 
 def destination_key(url: str) -> str:
     return hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+def store_key(url: str) -> str:
+    """The spool key of a store: one per database, however its URL is written (``x.db``,
+    ``sqlite:///…/x.db``, an open store's URL), so the next process replays what this one left."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return destination_key(url)
+    path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else url
+    return destination_key(f"sqlite:///{Path(path).expanduser().resolve()}")
 
 
 @contextlib.contextmanager
@@ -249,7 +259,7 @@ class StoreSink:
             raise ValueError("StoreSink needs a store or a url")
         self._store = store
         self._url = url if url is not None else store.url  # type: ignore[union-attr]
-        self.key = destination_key(self._url)
+        self.key = store_key(self._url)
         self._owns = owns_store
         self._reopen_at = 0.0
         self._open_error = ""

@@ -167,7 +167,10 @@ class BackgroundWriter:
     def _run(self) -> None:
         self._replay_spool()  # leftovers of earlier processes for this destination
         while True:
-            self._wake.wait(self.interval_s)
+            wait = self.interval_s
+            if not self._healthy:  # a retry is due before the next batch would be
+                wait = min(wait, max(0.0, self._next_retry - time.monotonic()))
+            self._wake.wait(wait)
             self._wake.clear()
             try:
                 self._cycle()
