@@ -41,6 +41,7 @@ pytestmark = pytest.mark.faults
 
 RECORDS_PER_TRAJECTORY = 5  # start header, step, call, step close, end header
 POISON = "poison"
+INVALID = "invalid"
 
 
 def refuse_agent(url: str, agent: str = POISON) -> None:
@@ -171,7 +172,8 @@ def test_http_sdk_keeps_capturing_past_a_batch_the_store_refuses(store_url: str,
 
 class _Ingest(http.server.BaseHTTPRequestHandler):
     """The ingest endpoint's protocol, with a server error for one trajectory for good (a bug no
-    real store triggers on demand) and, while ``outage`` > 0, 503s (the store down)."""
+    real store triggers on demand), a 422 for another (a value the validator refuses) and, while
+    ``outage`` > 0, 503s (the store down)."""
 
     server: _IngestServer
 
@@ -197,6 +199,9 @@ class _Ingest(http.server.BaseHTTPRequestHandler):
                 return
             if POISON in ids:
                 self._answer(500, {"error": {"code": "internal"}})
+                return
+            if INVALID in ids:
+                self._answer(422, {"error": {"code": "invalid", "field": "trajectories[0].totalReward"}})
                 return
             srv.stored.update(ids)
         self._answer(200, {"received": {}, "stored": {}})
@@ -235,7 +240,7 @@ def test_a_server_error_that_repeats_ends_as_rejected_and_outages_still_spool(
     spool = tmp_path / "spool"
     url = f"http://127.0.0.1:{ingest_server.server_address[1]}"
     rec = trajforge.Recorder(url, spool_dir=spool, flush_interval_s=60)
-    for tid in ("a", POISON, "b"):
+    for tid in ("a", POISON, "b", INVALID):
         record(rec, tid, agent=tid)
     assert rec.flush(60)  # bounded: retried with backoff, then split, then given up
     with ingest_server.lock:
@@ -250,11 +255,11 @@ def test_a_server_error_that_repeats_ends_as_rejected_and_outages_still_spool(
     rec.close()
     stats = rec.stats
     assert ingest_server.stored == {"a", "b", "c", "d"}
-    assert rejected_ids(spool) == [POISON]
-    assert (stats["rejected"], stats["lost"]) == (5, 0), stats
+    assert rejected_ids(spool) == [INVALID, POISON]
+    assert (stats["rejected"], stats["lost"]) == (10, 0), stats
     assert stats["spilled"] == stats["replayed"] == 10 and stats["written"] == 10, stats
     first_batch = [p for p in ingest_server.posts if POISON in p]
-    assert 4 <= len(first_batch) <= 6  # the whole batch 4 times (backoff), then the halves with it
+    assert len(first_batch) == 6  # the whole batch 4 times (backoff), then the half and quarter with it
 
 
 # --- kill -9 -------------------------------------------------------------------------------------

@@ -84,10 +84,8 @@ class HttpSink:
         return [Refusal(tid, reason, groups[tid]) for tid, reason in refused if tid in groups]
 
     def logging_enabled(self) -> bool:
-        try:
+        with _unavailable_is_transient():
             response = self._client.get("/api/trajectories/config")
-        except httpx.HTTPError as exc:
-            raise TransientError(str(exc)) from exc
         if response.status_code != 200:
             raise TransientError(f"server answered {response.status_code}")
         return bool(response.json().get("enabled", True))
