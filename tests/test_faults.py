@@ -56,12 +56,16 @@ def refuse_agent(url: str, agent: str = POISON) -> None:
                 f"CHECK (agent_id <> '{agent}')"
             )
         return
-    with sqlite3.connect(url) as conn:
+    conn = sqlite3.connect(url)
+    try:
         for event in ("INSERT", "UPDATE"):
             conn.execute(
                 f"CREATE TRIGGER refuse_{agent}_{event.lower()} BEFORE {event} ON trajectories "
                 f"WHEN NEW.agent_id = '{agent}' BEGIN SELECT RAISE(ABORT, 'refused: {agent}'); END"
             )
+        conn.commit()
+    finally:
+        conn.close()
 
 
 def record(rec: trajforge.Recorder, tid: str, agent: str = "a") -> None:
@@ -134,6 +138,37 @@ def test_direct_sdk_rejects_only_the_refused_trajectory_of_a_batch(store_url: st
     try:
         assert_complete(store, good)
         assert store.count(TrajectoryFilter()) == 5
+    finally:
+        store.close()
+
+
+def test_a_spooled_batch_the_store_refuses_on_replay_is_split_and_counted(tmp_path: Path) -> None:
+    """Spooled while the store was unavailable, replayed once it is back into a store that refuses
+    one trajectory: that one is rejected, the rest replayed, each counted in submitted records."""
+    url = str(tmp_path / "later.db")
+    Path(url).mkdir()  # not a database yet: opening fails, as when the store is down
+    spool = tmp_path / "spool"
+    rec = trajforge.Recorder(url, spool_dir=spool, flush_interval_s=60)
+    for i in range(4):
+        record(rec, f"s{i}", agent=POISON if i == 1 else "a")
+    assert rec.flush(30)
+    assert rec.stats["spilled"] == 20 and not rec.stats["healthy"], rec.stats
+    built = str(tmp_path / "built.db")
+    refuse_agent(built)  # made aside, then moved in: the recorder never sees it without the trigger
+    Path(url).rmdir()
+    os.rename(built, url)
+    deadline = time.monotonic() + 30
+    while not rec.stats["healthy"]:
+        assert time.monotonic() < deadline, rec.stats
+        time.sleep(0.05)
+    rec.close()
+    stats = rec.stats
+    assert (stats["replayed"], stats["rejected"], stats["lost"], stats["written"]) == (15, 5, 0, 0), stats
+    assert rejected_ids(spool) == ["s1"]
+    store = open_store(url)
+    try:
+        assert_complete(store, ["s0", "s2", "s3"])
+        assert store.count(TrajectoryFilter()) == 3
     finally:
         store.close()
 
