@@ -57,6 +57,7 @@ bench: $(VENV)/.dev-installed
 	$(PY) benchmarks/query.py
 	$(PY) benchmarks/dataset_build.py
 	$(PY) benchmarks/train.py
+	$(PY) benchmarks/soak.py --seconds 180 --backend both
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -420,3 +420,124 @@ def test_the_writer_sweeps_abandoned_trajectories(tmp_path: Path, monkeypatch: p
     assert got is not None and got.status == "timeout" and got.llm_call_count == 1
     rec2.close()
     store.close()
+
+
+def test_writers_sharing_a_spool_dir_never_take_each_others_files(tmp_path: Path) -> None:
+    """Writer B starts while writer A (same destination, same spool dir) is spooling. B must not
+    replay A's files: on main B took A's file, failed, and renamed it back over the file A had just
+    started at the same path, so A's next batch vanished with nothing counted lost."""
+    store = open_store(str(tmp_path / "shared.db"))
+    spool = tmp_path / "spool"
+    sink_a = FlakySink(store)
+    sink_a.down = True
+    rec_a = trajforge.Recorder(sink=sink_a, spool_dir=spool)
+    writer_a = rec_a._writer
+    assert writer_a is not None
+    ids: list[str] = []
+
+    def record_on_a(agent: str) -> None:
+        with rec_a.trajectory(agent_id=agent) as t, t.step() as s:
+            s.llm_call(model="m", user_prompt=agent)
+        ids.append(t.id)
+        assert rec_a.flush()
+
+    record_on_a("a-1")
+    writer_a._next_retry = time.monotonic() + 3600  # A waits; only B could touch A's spool now
+    fired: list[bool] = []
+
+    class Interleaving(FlakySink):
+        """B's sink: the moment B sends a batch of A's, A spools another, then B's write fails."""
+
+        def write(self, batch: WriteBatch) -> None:
+            if not fired and any(h.id in ids for h in batch.trajectories):
+                fired.append(True)
+                record_on_a("a-2")
+                raise TransientError("down again")
+            super().write(batch)
+
+    rec_b = trajforge.Recorder(sink=Interleaving(store), spool_dir=spool)
+    assert rec_b.flush()  # B's start-up replay is over once its first flush returns
+    rec_b.close()
+    if not fired:
+        record_on_a("a-2")
+    assert writer_a.counters()["spilled"] == 10  # 2 trajectories x 5 records
+    sink_a.down = False
+    writer_a._next_retry = 0.0
+    deadline = time.monotonic() + 10
+    while store.count(TrajectoryFilter(status="completed")) < 2 and time.monotonic() < deadline:
+        writer_a._wake.set()
+        time.sleep(0.05)
+    rec_a.close()
+    assert {t.id for t in store.iter_trajectories(TrajectoryFilter(status="completed"))} == set(ids)
+    stats = rec_a.stats
+    assert (stats["spilled"], stats["replayed"], stats["lost"], stats["rejected"]) == (10, 10, 0, 0), stats
+    assert not [p for p in spool.iterdir() if p.name.endswith(".jsonl")]
+    store.close()
+
+
+def test_a_sqlite_store_locked_at_start_neither_holds_up_nor_breaks_the_recorder(tmp_path: Path) -> None:
+    """On main ``Recorder(url)`` opened the store itself: with another connection holding the write
+    lock it waited out the 30 s busy timeout and raised ``database is locked`` into the agent."""
+    import sqlite3
+
+    url = str(tmp_path / "locked.db")
+    open_store(url).close()
+    holder = sqlite3.connect(url, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # e.g. a long import in another process
+    try:
+        rec = trajforge.Recorder(url, spool_dir=tmp_path / "spool")  # returns while still locked
+        with rec.trajectory(agent_id="while-locked") as t, t.step() as s:
+            s.llm_call(model="m", user_prompt="p")
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+    assert rec.flush(90)
+    rec.close()
+    stats = rec.stats
+    assert stats["written"] + stats["replayed"] == stats["submitted"] == 5 and stats["lost"] == 0, stats
+    store = open_store(url)
+    got = store.get_trajectory(t.id)
+    assert got is not None and got.status == "completed" and got.llm_call_count == 1
+    store.close()
+
+
+def test_a_killed_writers_spool_is_adopted_and_a_live_ones_is_not(tmp_path: Path) -> None:
+    """Ownership is the writer's lock, not its pid: a file whose owner's lock is free is taken over
+    (renamed to a fresh name), one whose owner holds its lock is left alone; files of the format
+    before segments are taken once their pid is gone."""
+    from trajforge.capture.spool import Spool
+
+    spool_dir = tmp_path / "spool"
+    live, gone = Spool(spool_dir, "k"), Spool(spool_dir, "k")
+    live.append(b'{"x": 1}\n')
+    gone.append(b'{"x": 2}\n')
+    gone.close()  # its lock is free now, as after kill -9
+    legacy = spool_dir / "k-999999999-1.jsonl"  # a pid that cannot exist
+    legacy.write_bytes(b'{"x": 3}\n')
+    other = spool_dir / "other-1-1.000001.jsonl"  # another destination's file
+    other.write_bytes(b"{}\n")
+    me = Spool(spool_dir, "k")
+    assert me.adopt_orphans() == 2
+    mine = me.seal()
+    assert sorted(p.read_bytes() for p in mine) == [b'{"x": 2}\n', b'{"x": 3}\n']
+    assert live.seal()[0].read_bytes() == b'{"x": 1}\n' and other.exists() and not legacy.exists()
+    assert Spool(spool_dir, "k").adopt_orphans() == 0  # nothing is taken twice
+    live.close()
+    me.close()
+
+
+def test_every_way_of_naming_a_store_shares_one_spool_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On main a recorder whose SQLite store was down at start spooled under its path as given, and
+    the next process (store up) looked under the store's own URL: the spool was never replayed."""
+    monkeypatch.chdir(tmp_path)
+    store = open_store("k.db")
+    keys = {
+        StoreSink(url="k.db").key,
+        StoreSink(url=str(tmp_path / "k.db")).key,
+        StoreSink(url=f"sqlite:///{tmp_path / 'k.db'}").key,
+        StoreSink(store, owns_store=False).key,
+    }
+    store.close()
+    assert len(keys) == 1

@@ -3,19 +3,38 @@
 from __future__ import annotations
 
 import gzip
+import time
 
 import httpx
 
 from trajforge import jsonutil
-from trajforge.capture.transport import TransientError, destination_key
+from trajforge.capture.transport import (
+    Refusal,
+    ServerAnswered,
+    TransientError,
+    _unavailable_is_transient,
+    by_trajectory,
+    destination_key,
+    write_split,
+)
 from trajforge.records import WriteBatch, batch_to_wire
 
 GZIP_ABOVE = 8 * 1024  # bytes: small batches are not worth compressing
 
+SERVER_ERROR_BACKOFF_S = (0.25, 0.5, 1.0)
+"""Waits before sending a batch again after a server error (500, 501, 505…; not 502/503/504): a
+blip passes in that time; an error that repeats is about this data and ends as rejected."""
+
 
 class HttpSink:
-    """POSTs batches to ``/api/trajectories``. Connection failures, timeouts, 401/403, 429 and 5xx
-    are transient (the writer spools and replays); other 4xx mean the batch itself is bad."""
+    """POSTs batches to ``/api/trajectories``.
+
+    Connection failures, timeouts, 401/403, 429 and 502/503/504 are outages (the writer spools and
+    replays). A server error that repeats over :data:`SERVER_ERROR_BACKOFF_S`, and other 4xx, mean
+    the data is bad: the batch is split so that only the trajectories refused on their own are
+    returned (the writer keeps them in ``rejected-*.jsonl``); the server also reports the ones its
+    store refused.
+    """
 
     def __init__(self, base_url: str, *, token: str | None = None, timeout_s: float = 10.0) -> None:
         self.base_url = base_url.rstrip("/")
@@ -26,32 +45,47 @@ class HttpSink:
             base_url=self.base_url, headers=headers, timeout=timeout_s, follow_redirects=False
         )
 
-    def write(self, batch: WriteBatch) -> None:
+    def write(self, batch: WriteBatch) -> list[Refusal]:
+        results, refused = write_split(self._post, batch, first=self._post_retrying)
+        for server_refused in results:
+            refused.extend(server_refused)
+        return refused
+
+    def _post_retrying(self, batch: WriteBatch) -> list[Refusal]:
+        for delay in SERVER_ERROR_BACKOFF_S:
+            try:
+                return self._post(batch)
+            except ServerAnswered as exc:
+                if exc.status < 500:
+                    raise
+            time.sleep(delay)
+        return self._post(batch)
+
+    def _post(self, batch: WriteBatch) -> list[Refusal]:
         body = jsonutil.dumps_bytes(batch_to_wire(batch))
         headers = {"Content-Type": "application/json"}
         if len(body) > GZIP_ABOVE:
             body = gzip.compress(body, compresslevel=5)
             headers["Content-Encoding"] = "gzip"
-        try:
+        with _unavailable_is_transient():
             response = self._client.post("/api/trajectories", content=body, headers=headers)
-        except httpx.HTTPError as exc:
-            raise TransientError(f"{type(exc).__name__}: {exc}") from exc
-        if response.status_code == 429 or response.status_code >= 500:
-            raise TransientError(f"server answered {response.status_code}")
-        if response.status_code in (401, 403):
-            # A token problem is fixed by configuration, not by changing the data: keep the batch
-            # in the spool so the next process (with the right token) delivers it.
-            raise TransientError(
-                f"server refused the token ({response.status_code}): check TRAJFORGE_API_TOKEN"
-            )
-        if response.status_code >= 400:
-            raise ValueError(f"server rejected the batch ({response.status_code}): {response.text[:500]}")
+            if response.status_code in (401, 403):
+                # A token problem is fixed by configuration, not by changing the data: keep the
+                # batch in the spool so the next process (with the right token) delivers it.
+                raise ServerAnswered(
+                    response.status_code, "the server refused the token: check TRAJFORGE_API_TOKEN"
+                )
+            if response.status_code >= 400:
+                raise ServerAnswered(response.status_code, response.text)
+        refused = _refused_of(response)
+        if not refused:
+            return []
+        groups = by_trajectory(batch)
+        return [Refusal(tid, reason, groups[tid]) for tid, reason in refused if tid in groups]
 
     def logging_enabled(self) -> bool:
-        try:
+        with _unavailable_is_transient():
             response = self._client.get("/api/trajectories/config")
-        except httpx.HTTPError as exc:
-            raise TransientError(str(exc)) from exc
         if response.status_code != 200:
             raise TransientError(f"server answered {response.status_code}")
         return bool(response.json().get("enabled", True))
@@ -61,3 +95,19 @@ class HttpSink:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _refused_of(response: httpx.Response) -> list[tuple[str, str]]:
+    """The trajectories the server's store refused, from an ingest answer (none from an older server)."""
+    try:
+        data = response.json()
+    except ValueError:
+        return []
+    items = data.get("refused") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        return []
+    return [
+        (str(r["id"]), str(r.get("reason", "")))
+        for r in items
+        if isinstance(r, dict) and isinstance(r.get("id"), str)
+    ]

@@ -25,9 +25,8 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from trajforge import settings
-from trajforge.capture.transport import Sink, StoreSink
+from trajforge.capture.transport import Sink, StoreSink, check_store_url
 from trajforge.capture.writer import BackgroundWriter
-from trajforge.errors import StoreError
 from trajforge.records import (
     AccessRow,
     ActionResult,
@@ -40,7 +39,7 @@ from trajforge.records import (
     new_id,
     now_ms,
 )
-from trajforge.store import Store, open_store
+from trajforge.store import Store
 
 log = logging.getLogger("trajforge.capture")
 
@@ -639,13 +638,11 @@ def _make_sink(target: str | Path | Store | None, token: str | None) -> Sink:
         from trajforge.capture.http import HttpSink
 
         return HttpSink(url, token=token if token is not None else settings.api_token())
-    try:
-        return StoreSink(open_store(url))
-    except StoreError as exc:
-        # Unreachable now (database down, network): spool until it answers. A malformed URL is
-        # InvalidInput and still raises here, where the mistake is made.
-        log.warning("trajforge: store %s unavailable at start (%s); spooling until it answers", url, exc)
-        return StoreSink(url=url)
+    # A malformed URL raises here, where the mistake is made. The store itself is opened by the
+    # writer thread: one that is down, unreachable or locked (a SQLite file another connection
+    # writes to waits out its busy timeout, then fails) must not hold up or break the agent.
+    check_store_url(url)
+    return StoreSink(url=url)
 
 
 def current_step() -> StepScope | None:

@@ -3,19 +3,18 @@
 The agent's thread only appends a small record to a deque (well under 20 µs); a daemon thread
 drains it in batches into the sink. Nothing is dropped silently:
 
-- while the sink is unavailable, batches go to an append-only spool file (JSON lines) in order, and
-  the spool is replayed, oldest first, as soon as the sink answers again (also by the next process
-  that opens the same destination, if this one dies);
+- while the sink is unavailable, batches go to this writer's own spool files (JSON lines, see
+  ``spool``) in order, and are replayed, oldest first, as soon as the sink answers again; the files
+  of a writer that died are taken over by the next writer of the same destination;
 - when the queue is full the caller waits a bounded time, then its record is spooled directly;
-- a batch the sink rejects as invalid is kept in a ``rejected-*.jsonl`` file and counted;
+- the trajectories the sink refuses (a value the store cannot hold, a server error that repeats)
+  are kept in a ``rejected-*.jsonl`` file and counted; the rest of their batch is stored;
 - only if the spool itself cannot be written is anything lost, and ``stats["lost"]`` says so.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -24,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from trajforge import jsonutil, settings
-from trajforge.capture.transport import Sink, TransientError
+from trajforge.capture.spool import Spool
+from trajforge.capture.transport import Sink, TransientError, reason_of
 from trajforge.records import (
     AccessRow,
     CallRow,
@@ -39,16 +39,6 @@ from trajforge.records import (
 log = logging.getLogger("trajforge.capture")
 
 Item = TrajectoryHeader | StepHeader | CallRow | AccessRow | Score
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class _Marker:
@@ -90,6 +80,7 @@ class BackgroundWriter:
         settings_refresh_s: float = 2.0,
         sweep_every_s: float = 60.0,
         active_timeout_s: float | None = None,
+        adopt_every_s: float = 5.0,
     ) -> None:
         self.sink = sink
         self.spool_dir = spool_dir
@@ -104,6 +95,8 @@ class BackgroundWriter:
             active_timeout_s if active_timeout_s is not None else settings.active_timeout_s()
         )
         self._next_sweep = 0.0
+        self.adopt_every_s = adopt_every_s
+        self._next_adopt = 0.0
         self.enabled = True
         self.stats: dict[str, int] = dict.fromkeys(
             ("written", "spilled", "replayed", "rejected", "lost", "write_errors"), 0
@@ -113,8 +106,7 @@ class BackgroundWriter:
         self._items: deque[Item | _Marker] = deque()
         self._wake = threading.Event()
         self._drained = threading.Event()
-        self._spool_lock = threading.Lock()
-        self._spool_path = spool_dir / f"{sink.key}-{os.getpid()}-{time.time_ns()}.jsonl"
+        self._spool = Spool(spool_dir, sink.key)
         self._healthy = True
         self._next_retry = 0.0
         self._backoff = 0.2
@@ -131,7 +123,7 @@ class BackgroundWriter:
             self._submitted += 1
         items = self._items
         if len(items) >= self.max_pending and not self._wait_for_room():
-            self._spool_batches([build_batch([item])], count_as="spilled")
+            self._spool_batch(build_batch([item]), 1)
             return
         items.append(item)
         if len(items) >= self.max_batch:
@@ -162,6 +154,8 @@ class BackgroundWriter:
         self._stop = True
         self._wake.set()
         self._thread.join(timeout_s)
+        if not self._thread.is_alive():
+            self._spool.close()  # what is left in the spool goes to the next writer
         return ok
 
     @property
@@ -173,7 +167,10 @@ class BackgroundWriter:
     def _run(self) -> None:
         self._replay_spool()  # leftovers of earlier processes for this destination
         while True:
-            self._wake.wait(self.interval_s)
+            wait = self.interval_s
+            if not self._healthy:  # a retry is due before the next batch would be
+                wait = min(wait, max(0.0, self._next_retry - time.monotonic()))
+            self._wake.wait(wait)
             self._wake.clear()
             try:
                 self._cycle()
@@ -203,6 +200,8 @@ class BackgroundWriter:
                 log.exception("trajforge could not sweep timed-out trajectories")
         if not self._healthy and now >= self._next_retry:
             self._replay_spool()
+        elif self._healthy and (self._spool.has_unsealed or now >= self._next_adopt):
+            self._replay_spool()  # callers spilled (queue full), or a writer died and left files
         while self._items:
             items: list[Item] = []
             markers: list[_Marker] = []
@@ -222,20 +221,27 @@ class BackgroundWriter:
     def _deliver(self, batch: WriteBatch, n: int) -> None:
         if not self._healthy:
             # Keep order: while older batches wait in the spool, newer ones queue behind them.
-            self._spool_batches([batch], count_as="spilled", n=n)
+            self._spool_batch(batch, n)
             return
         try:
-            self.sink.write(batch)
-            self.stats["written"] += n
+            refused = self.sink.write(batch) or []
         except TransientError as exc:
             self.stats["write_errors"] += 1
             log.warning("trajforge sink unavailable (%s); spooling to %s", exc, self.spool_dir)
             self._mark_unhealthy()
-            self._spool_batches([batch], count_as="spilled", n=n)
+            self._spool_batch(batch, n)
         except Exception as exc:  # noqa: BLE001 - a bad batch must not kill capture
             self.stats["write_errors"] += 1
             log.error("trajforge sink rejected a batch of %d records: %s", n, exc)
-            self._spool_batches([batch], count_as="rejected", n=n, prefix="rejected-")
+            self._reject([(batch, n, reason_of(exc))])
+        else:
+            # A batch built here holds one record per submitted item: a piece's length is its count.
+            pieces = [(r.batch, len(r.batch), r.reason) for r in refused]
+            if pieces:
+                self.stats["write_errors"] += 1
+                log.error("trajforge sink refused %d trajectories: %s", len(pieces), pieces[0][2])
+                self._reject(pieces)
+            self.stats["written"] += n - sum(k for _, k, _ in pieces)
 
     def _mark_unhealthy(self) -> None:
         self._healthy = False
@@ -244,65 +250,52 @@ class BackgroundWriter:
 
     # --- spool -----------------------------------------------------------------------------------
 
-    def _spool_batches(
-        self, batches: list[WriteBatch], *, count_as: str, n: int | None = None, prefix: str = ""
-    ) -> None:
-        count = n if n is not None else sum(len(b) for b in batches)
-        path = self._spool_path if not prefix else self.spool_dir / f"{prefix}{self._spool_path.name}"
+    def _spool_batch(self, batch: WriteBatch, n: int) -> None:
         try:
-            # Each line carries how many submitted records it holds, so "replayed" counts in the
-            # same unit as "spilled" (the wire form merges repeated headers).
-            per = [n if n is not None and len(batches) == 1 else len(b) for b in batches]
-            lines = b"".join(
-                jsonutil.dumps_bytes({"records": k, "batch": batch_to_wire(b)}) + b"\n"
-                for k, b in zip(per, batches, strict=True)
+            self._spool.append(_spool_line(batch, n))
+            self.stats["spilled"] += n
+        except Exception:
+            self.stats["lost"] += n
+            log.exception(
+                "trajforge LOST %d records: the spool in %s could not be written", n, self.spool_dir
             )
-            with self._spool_lock:
-                self.spool_dir.mkdir(parents=True, exist_ok=True)
-                with open(path, "ab") as fh:
-                    fh.write(lines)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            self.stats[count_as] += count
+
+    def _reject(self, refused: list[tuple[WriteBatch, int, str]]) -> None:
+        """Keep refused data in ``rejected-*.jsonl`` (one line per batch, with the reason), counted."""
+        count = sum(n for _, n, _ in refused)
+        try:
+            self._spool.append_rejected(b"".join(_spool_line(b, n, reason) for b, n, reason in refused))
+            self.stats["rejected"] += count
         except Exception:
             self.stats["lost"] += count
-            log.exception("trajforge LOST %d records: the spool %s could not be written", count, path)
-
-    def _spool_files(self) -> list[Path]:
-        try:
-            # A file claimed by a process that died mid-replay goes back in line.
-            for claimed in self.spool_dir.glob(f"{self.sink.key}-*.jsonl.replaying-*"):
-                pid = int(claimed.name.rsplit("-", 1)[1])
-                if pid != os.getpid() and not _alive(pid):
-                    with contextlib.suppress(OSError):
-                        claimed.rename(claimed.with_name(claimed.name.rsplit(".replaying-", 1)[0]))
-            return sorted(self.spool_dir.glob(f"{self.sink.key}-*.jsonl"), key=lambda p: p.stat().st_mtime)
-        except (OSError, ValueError):
-            return []
+            log.exception(
+                "trajforge LOST %d rejected records: %s could not be written",
+                count,
+                self._spool.rejected_path,
+            )
 
     def _replay_spool(self) -> None:
-        """Send spooled batches oldest first; stop at the first failure and keep the rest."""
-        for path in self._spool_files():
-            claimed = path.with_name(path.name + f".replaying-{os.getpid()}")
-            with self._spool_lock:
-                try:
-                    path.rename(claimed)  # atomic: two processes never replay the same file
-                except OSError:
-                    continue
-            ok = self._replay_file(claimed)
-            if ok:
-                claimed.unlink(missing_ok=True)
-            else:
-                with contextlib.suppress(OSError):
-                    claimed.rename(path)
-                self._mark_unhealthy()
-                return
+        """Send spooled batches oldest first (first taking over those of writers that are gone); stop
+        at the first outage and keep the rest."""
+        self._next_adopt = time.monotonic() + self.adopt_every_s
+        try:
+            self._spool.adopt_orphans()
+        except Exception:
+            log.exception("trajforge could not look for spool files of other writers")
+        while segments := self._spool.seal():  # again if callers spilled while we replayed
+            for segment in segments:
+                if not self._replay_file(segment):
+                    self._mark_unhealthy()
+                    return
+                self._spool.done(segment)
         self._healthy = True
         self._backoff = 0.2
 
     def _replay_file(self, path: Path) -> bool:
         try:
             lines = path.read_bytes().splitlines()
+        except FileNotFoundError:
+            return True
         except OSError:
             return False
         done = 0
@@ -314,30 +307,47 @@ class BackgroundWriter:
                 entry = jsonutil.loads(line)
                 batch = batch_from_wire(entry["batch"])
                 records = int(entry.get("records") or len(batch))
+                per: dict[str, int] = entry.get("perTrajectory") or {}
             except Exception:  # noqa: BLE001 - a torn last line after a crash
                 log.error("trajforge skipped an unreadable spool line in %s", path)
                 self.stats["lost"] += 1
                 done += 1
                 continue
             try:
-                self.sink.write(batch)
+                refused = self.sink.write(batch) or []
             except TransientError:
-                self._rewrite_rest(path, lines[done:])
+                self._spool.keep_rest(path, lines[done:])
                 return False
             except Exception as exc:  # noqa: BLE001
                 log.error("trajforge sink rejected a spooled batch: %s", exc)
-                self._spool_batches([batch], count_as="rejected", n=records, prefix="rejected-")
+                self._reject([(batch, records, reason_of(exc))])
             else:
-                self.stats["replayed"] += records
+                pieces = [(r.batch, per.get(r.trajectory_id, len(r.batch)), r.reason) for r in refused]
+                if pieces:
+                    self._reject(pieces)
+                self.stats["replayed"] += records - sum(k for _, k, _ in pieces)
             done += 1
         return True
-
-    @staticmethod
-    def _rewrite_rest(path: Path, rest: list[bytes]) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(b"".join(line + b"\n" for line in rest))
-        os.replace(tmp, path)
 
     def counters(self) -> dict[str, Any]:
         """What happened to every record submitted: written, spilled, replayed, rejected, lost."""
         return {"submitted": self._submitted, "pending": self.pending, "healthy": self._healthy, **self.stats}
+
+
+def _spool_line(batch: WriteBatch, n: int, reason: str | None = None) -> bytes:
+    """One spool line. It carries how many submitted records it holds (in all and per trajectory),
+    so "replayed" and "rejected" count in the same unit as "spilled" (the wire form merges repeated
+    headers)."""
+    per: dict[str, int] = {}
+    for tid in (
+        *(h.id for h in batch.trajectories),
+        *(s.trajectory_id for s in batch.steps),
+        *(c.trajectory_id for c in batch.calls),
+        *(a.trajectory_id for a in batch.accesses),
+        *(sc.trajectory_id for sc in batch.scores),
+    ):
+        per[tid] = per.get(tid, 0) + 1
+    entry: dict[str, Any] = {"records": n, "perTrajectory": per, "batch": batch_to_wire(batch)}
+    if reason is not None:
+        entry["reason"] = reason
+    return jsonutil.dumps_bytes(entry) + b"\n"

@@ -163,9 +163,19 @@ class IngestCounts(BaseModel):
     scores: int
 
 
+class IngestRefusal(BaseModel):
+    id: str = Field(description="The trajectory's id")
+    reason: str = Field(description="Why the store refused it")
+
+
 class IngestResult(BaseModel):
     received: IngestCounts
     stored: IngestCounts = Field(description="What was new; re-sent ids are not stored twice.")
+    refused: list[IngestRefusal] = Field(
+        default_factory=list,
+        description="Trajectories the store refused (a value it cannot hold): nothing of them is "
+        "stored; the rest of the batch is.",
+    )
 
 
 def _nullable(props: dict[str, Any], keep: tuple[str, ...]) -> dict[str, Any]:

@@ -11,9 +11,17 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from trajforge import export, jsonutil, privacy
-from trajforge.capture.transport import LOGGING_ENABLED
-from trajforge.errors import InvalidInput, NotFound, TooLarge, TrajforgeError
-from trajforge.records import Score, Trajectory, WireError, batch_from_wire, iso_ms, to_wire
+from trajforge.capture.transport import LOGGING_ENABLED, StoredBatch, TransientError, store_batch
+from trajforge.errors import InvalidInput, NotFound, StoreError, TooLarge, TrajforgeError
+from trajforge.records import (
+    Score,
+    Trajectory,
+    WireError,
+    WriteBatch,
+    batch_from_wire,
+    iso_ms,
+    to_wire,
+)
 from trajforge.server.schemas import (
     INGEST_BODY_SCHEMA,
     DeleteAll,
@@ -227,9 +235,13 @@ async def _read_body(request: Request) -> bytes:
             "description": "gzip accepted with Content-Encoding: gzip",
         }
     },
-    responses={413: {"model": ErrorResponse, "description": "The body is over the size limit"}},
+    responses={
+        413: {"model": ErrorResponse, "description": "The body is over the size limit"},
+        503: {"model": ErrorResponse, "description": "The store is unavailable: send it again later"},
+    },
 )
 async def ingest(request: Request) -> dict[str, Any]:
+    """Trajectories the store refuses (listed in ``refused``) do not stop the rest of the batch."""
     raw = await _read_body(request)
     try:
         data = jsonutil.loads(raw)
@@ -239,7 +251,8 @@ async def ingest(request: Request) -> dict[str, Any]:
         batch = batch_from_wire(data)
     except WireError as exc:
         raise InvalidInput(str(exc), exc.field) from exc
-    result = await run_in_threadpool(_store(request).write, batch)
+    written = await run_in_threadpool(_store_batch, _store(request), batch)
+    result = written.result
     received = IngestCounts(
         trajectories=len(batch.trajectories),
         steps=len(batch.steps),
@@ -254,7 +267,18 @@ async def ingest(request: Request) -> dict[str, Any]:
         providerAccesses=result.new_accesses,
         scores=result.scores,
     )
-    return {"received": received, "stored": stored}
+    refused = [{"id": r.trajectory_id, "reason": r.reason} for r in written.refused]
+    return {"received": received, "stored": stored, "refused": refused}
+
+
+def _store_batch(store: Store, batch: WriteBatch) -> StoredBatch:
+    """Store the good trajectories of a batch and report the refused ones. A store that is down or
+    locked answers 503, which clients treat as an outage (spool, retry); a 500 would make them give
+    the batch up as bad data."""
+    try:
+        return store_batch(store, batch)
+    except TransientError as exc:
+        raise StoreError(f"the store is unavailable: {exc}") from exc
 
 
 @router.get("/{trajectory_id}", response_model=TrajectoryDetail, summary="One trajectory, organized by step")
