@@ -116,14 +116,14 @@ class PostgresStore(SqlStore):
         cur.execute(self._q(sql.replace("IN ({marks})", "= ANY(%b)")), [ids])
         return list(cur.fetchall())
 
-    def _select_keys(self, cur: Any, sql: str, keys: Sequence[tuple[str, str]]) -> list[Any]:
-        """The trajectory ids and the sub-ids as two array parameters, as in ``_select_in``."""
-        if not keys:
+    def _select_pairs(self, cur: Any, sql: str, pairs: Sequence[tuple[str, str]]) -> list[Any]:
+        """The pairs as two array parameters (binary, as in ``_select_in``): one statement, a nested
+        loop over the key index."""
+        if not pairs:
             return []
-        tids = sorted({_no_nul(k[0]) for k in keys})
-        subs = sorted({_no_nul(k[1]) for k in keys})
-        sql = sql.replace("IN ({tids})", "= ANY(%b)").replace("IN ({subs})", "= ANY(%b)")
-        cur.execute(self._q(sql), [tids, subs])
+        firsts = [_no_nul(a) for a, _ in pairs]
+        seconds = [_no_nul(b) for _, b in pairs]
+        cur.execute(sql.format(pairs="SELECT * FROM unnest(%b::text[], %b::text[])"), [firsts, seconds])
         return list(cur.fetchall())
 
     def _text_bodies(self, cur: Any, ids: Sequence[int]) -> list[Any]:
