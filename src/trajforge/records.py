@@ -567,12 +567,12 @@ def batch_to_wire(batch: WriteBatch) -> dict[str, Any]:
             t = out[tid] = {"id": tid, "steps": [], "scores": []}
         return t
 
-    steps: dict[str, dict[str, Any]] = {}
+    steps: dict[tuple[str, str], dict[str, Any]] = {}  # step ids are unique only within a trajectory
 
     def step(tid: str, sid: str) -> dict[str, Any]:
-        s = steps.get(sid)
+        s = steps.get((tid, sid))
         if s is None:
-            s = steps[sid] = {"stepId": sid, "llmCalls": [], "providerAccesses": []}
+            s = steps[(tid, sid)] = {"stepId": sid, "llmCalls": [], "providerAccesses": []}
             traj(tid)["steps"].append(s)
         return s
 

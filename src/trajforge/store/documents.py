@@ -83,7 +83,7 @@ _ROW_SQL = (
     "c.system_text, c.user_text, c.messages_text, c.response_text, c.reasoning_text, c.tool_calls, "
     "c.tools_text, c.finish_reason, c.temperature, c.max_tokens, c.purpose, c.action_type, c.latency_ms, "
     "c.prompt_tokens, c.completion_tokens "
-    "FROM llm_calls c LEFT JOIN steps s ON s.step_id = c.step_id "
+    "FROM llm_calls c LEFT JOIN steps s ON s.trajectory_id = c.trajectory_id AND s.step_id = c.step_id "
     "WHERE c.trajectory_id IN ({marks})"
 )
 _ROW_HEAD = (0, 1, 2, 3, 7, 8, 12)
@@ -149,7 +149,7 @@ class DocumentReads:
                 table = texts.page(self._fetch_texts(cur), refs)
             get = table.get
             docs: dict[str, dict[str, Any]] = {r[0]: _trajectory_doc(r) for r in rows}
-            step_docs: dict[str, dict[str, Any]] = {}
+            step_docs: dict[tuple[str, str], dict[str, Any]] = {}
             for r in steps:
                 step = {
                     "stepId": r[0],
@@ -163,7 +163,7 @@ class DocumentReads:
                     "observation": _fragment(r[7]),
                     "metadata": _fragment(r[8]),
                 }
-                step_docs[r[0]] = step
+                step_docs[(r[1], r[0])] = step
                 docs[r[1]]["steps"].append(step)
             for r in calls:
                 # The columns come in the wire keys' order; then the text ids become their bodies
@@ -263,11 +263,14 @@ def _trajectory_doc(r: Sequence[Any]) -> dict[str, Any]:
     }
 
 
-def _step_doc(steps: dict[str, dict[str, Any]], doc: dict[str, Any], step_id: str) -> dict[str, Any]:
-    """The step a call belongs to; a call whose step row never arrived still shows up."""
-    step = steps.get(step_id)
+def _step_doc(
+    steps: dict[tuple[str, str], dict[str, Any]], doc: dict[str, Any], step_id: str
+) -> dict[str, Any]:
+    """The step a call belongs to (step ids are unique only within their trajectory); a call whose
+    step row never arrived still shows up."""
+    step = steps.get((doc["id"], step_id))
     if step is None:
-        step = steps[step_id] = {
+        step = steps[(doc["id"], step_id)] = {
             "stepId": step_id,
             "stepNumber": len(doc["steps"]),
             "timestamp": 0,

@@ -409,3 +409,118 @@ MIGRATIONS += (
         ),
     ),
 )
+
+# --- ids scoped to their trajectory (migration 0009) -----------------------------------------------
+
+# Step, call and access ids come from the user and are unique only within their trajectory (every
+# Eliza export has a "step-1"), so (trajectory_id, id) is the key. The key's index serves every read
+# by trajectory too, so the separate trajectory_id indexes go (one index fewer per row written).
+# A score is one per (trajectory, name, source); its id is a label, not a key.
+_SCOPED_TABLES = (
+    (
+        "steps",
+        """CREATE TABLE steps_0009 (
+            step_id TEXT NOT NULL,
+            trajectory_id TEXT NOT NULL,
+            step_number INTEGER NOT NULL DEFAULT 0,
+            timestamp INTEGER NOT NULL,
+            action TEXT,
+            reward REAL,
+            done INTEGER,
+            observation TEXT,
+            metadata TEXT,
+            PRIMARY KEY (trajectory_id, step_id)
+        )""",
+    ),
+    (
+        "llm_calls",
+        """CREATE TABLE llm_calls_0009 (
+            call_id TEXT NOT NULL,
+            trajectory_id TEXT NOT NULL,
+            step_id TEXT NOT NULL,
+            timestamp INTEGER NOT NULL,
+            model TEXT NOT NULL DEFAULT '',
+            model_version TEXT,
+            system_text INTEGER,
+            user_text INTEGER,
+            response_text INTEGER,
+            reasoning_text INTEGER,
+            messages_text INTEGER,
+            tools_text INTEGER,
+            tool_calls TEXT,
+            finish_reason TEXT,
+            temperature REAL,
+            max_tokens INTEGER,
+            top_p REAL,
+            purpose TEXT NOT NULL DEFAULT 'action',
+            action_type TEXT,
+            latency_ms REAL,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            cache_read_input_tokens INTEGER,
+            cache_creation_input_tokens INTEGER,
+            tags TEXT,
+            PRIMARY KEY (trajectory_id, call_id)
+        )""",
+    ),
+    (
+        "provider_accesses",
+        """CREATE TABLE provider_accesses_0009 (
+            access_id TEXT NOT NULL,
+            trajectory_id TEXT NOT NULL,
+            step_id TEXT NOT NULL,
+            timestamp INTEGER NOT NULL,
+            provider_id TEXT,
+            provider_name TEXT NOT NULL DEFAULT '',
+            purpose TEXT NOT NULL DEFAULT '',
+            query TEXT,
+            data_text INTEGER,
+            PRIMARY KEY (trajectory_id, access_id)
+        )""",
+    ),
+    (
+        "scores",
+        """CREATE TABLE scores_0009 (
+            score_id TEXT NOT NULL,
+            trajectory_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            value REAL NOT NULL,
+            comment TEXT,
+            source TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            PRIMARY KEY (trajectory_id, name, source)
+        )""",
+    ),
+)
+
+
+def _sqlite_rebuild(table: str, ddl: str) -> tuple[str, ...]:
+    # SQLite cannot change a primary key in place: copy into the new table (same columns, same
+    # order, every row), drop the old one (its indexes go with it) and take its name.
+    return (
+        ddl,
+        f"INSERT INTO {table}_0009 SELECT * FROM {table}",
+        f"DROP TABLE {table}",
+        f"ALTER TABLE {table}_0009 RENAME TO {table}",
+    )
+
+
+MIGRATIONS += (
+    Migration(
+        "0009_trajectory_scoped_ids",
+        common=(),
+        sqlite=tuple(stmt for table, ddl in _SCOPED_TABLES for stmt in _sqlite_rebuild(table, ddl)),
+        postgres=(
+            # In place: each new key index is built once from the table; no row is rewritten.
+            "ALTER TABLE steps DROP CONSTRAINT steps_pkey, ADD PRIMARY KEY (trajectory_id, step_id)",
+            "DROP INDEX ix_steps_traj",
+            "ALTER TABLE llm_calls DROP CONSTRAINT llm_calls_pkey, ADD PRIMARY KEY (trajectory_id, call_id)",
+            "DROP INDEX ix_calls_traj",
+            "ALTER TABLE provider_accesses DROP CONSTRAINT provider_accesses_pkey, "
+            "ADD PRIMARY KEY (trajectory_id, access_id)",
+            "DROP INDEX ix_access_traj",
+            "ALTER TABLE scores DROP CONSTRAINT scores_pkey, "
+            "DROP CONSTRAINT scores_trajectory_id_name_source_key, ADD PRIMARY KEY (trajectory_id, name, source)",
+        ),
+    ),
+)

@@ -116,6 +116,16 @@ class PostgresStore(SqlStore):
         cur.execute(self._q(sql.replace("IN ({marks})", "= ANY(%b)")), [ids])
         return list(cur.fetchall())
 
+    def _select_pairs(self, cur: Any, sql: str, pairs: Sequence[tuple[str, str]]) -> list[Any]:
+        """The pairs as two array parameters (binary, as in ``_select_in``): one statement, a nested
+        loop over the key index."""
+        if not pairs:
+            return []
+        firsts = [_no_nul(a) for a, _ in pairs]
+        seconds = [_no_nul(b) for _, b in pairs]
+        cur.execute(sql.format(pairs="SELECT * FROM unnest(%b::text[], %b::text[])"), [firsts, seconds])
+        return list(cur.fetchall())
+
     def _text_bodies(self, cur: Any, ids: Sequence[int]) -> list[Any]:
         """The texts of a page of an export are mostly runs of consecutive ids (stored together as
         the trajectories came in): each run is read as one index range instead of one index
