@@ -1,6 +1,14 @@
-"""Builders for test data."""
+"""Builders for test data, and a real server for end-to-end tests."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
 
 from trajforge.records import ActionResult, LlmCall, ProviderAccess, Step, Trajectory
 
@@ -173,3 +181,39 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+TRAJFORGE = str(Path(sys.executable).with_name("trajforge"))
+"""The installed console script: end-to-end tests run what a user runs."""
+
+
+def start_server(
+    port: int,
+    db: str | Path,
+    log: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout_s: float = 60,
+) -> subprocess.Popen[bytes]:
+    """A real ``trajforge serve`` on ``127.0.0.1:port`` (its output appended to ``log``), returned
+    once ``/healthz`` answers; fails with the log's tail if it exits or never answers."""
+    proc = subprocess.Popen(
+        [TRAJFORGE, "serve", "--port", str(port), "--db", str(db), *args],
+        env=os.environ.copy() if env is None else env,
+        cwd=cwd,
+        stdout=open(log, "ab"),  # noqa: SIM115 - the child owns it
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, "trajforge serve exited: " + log.read_text()[-4000:]
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    raise AssertionError("trajforge serve did not start: " + log.read_text()[-4000:])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import httpx
 import pytest
 
 import trajforge
+from tests import helpers
 from tests.helpers import free_port
 from trajforge.store import TrajectoryFilter, open_store
 
@@ -21,24 +21,8 @@ TOKEN = "e2e-token"
 
 
 def start_server(port: int, db: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "TRAJFORGE_API_TOKEN": TOKEN}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trajforge.cli", "serve", "--port", str(port), "--db", db],
-        env=env,
-        stdout=open(log, "ab"),  # noqa: SIM115 - the child owns it
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None, log.read_text()
-        time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("server did not start: " + log.read_text())
+    """``trajforge serve`` with the token these tests' clients send."""
+    return helpers.start_server(port, db, log, env={**os.environ, "TRAJFORGE_API_TOKEN": TOKEN})
 
 
 def test_http_sdk_survives_a_server_restart(tmp_path: Path) -> None:

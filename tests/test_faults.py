@@ -107,7 +107,7 @@ def test_ingest_stores_the_good_trajectories_of_a_batch_the_store_refuses(store_
         ]
     }
     try:
-        with TestClient(create_app(store)) as client:
+        with TestClient(create_app(store), base_url="http://127.0.0.1") as client:
             r = client.post("/api/trajectories", json=body)
             assert r.status_code == 200, r.text
             out = r.json()

@@ -26,7 +26,7 @@ import pytest
 
 from tests.fakes import task_lm
 from tests.fakes.openai_server import FakeOpenAI
-from tests.helpers import free_port
+from tests.helpers import free_port, start_server
 from trajforge import jobs, settings
 from trajforge.records import JOB_FINISHED, Job, now_ms
 from trajforge.store import Store, open_store
@@ -69,23 +69,7 @@ class Server:
             settings.JOB_HEARTBEAT_TIMEOUT_S: TIMEOUT_S,
             settings.DISABLE_AUTO_BOOTSTRAP: "1",
         }
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "trajforge.cli", "serve", "--port", str(self.port), "--db", db],
-            env=env,
-            stdout=open(log, "ab"),  # noqa: SIM115 - the child owns it
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert self.proc.poll() is None, log.read_text()
-            time.sleep(0.1)
-        self.proc.kill()
-        raise AssertionError("server did not start: " + log.read_text())
+        self.proc = start_server(self.port, db, log, env=env)
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
         return httpx.post(f"{self.url}{path}", json=body, timeout=30)

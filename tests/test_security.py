@@ -7,8 +7,6 @@ from __future__ import annotations
 import html
 import os
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.helpers import free_port, make_trajectory
+from tests.helpers import TRAJFORGE, free_port, make_trajectory, start_server
 from tests.test_api_training import register_model
 from trajforge import ollama
 from trajforge.capture.transport import LOGGING_ENABLED
@@ -26,7 +24,6 @@ from trajforge.server import create_app
 from trajforge.store import Store, TrajectoryFilter
 
 REBIND = "rebind.evil.example:2138"
-TRAJFORGE = str(Path(sys.executable).with_name("trajforge"))
 """The installed ``trajforge`` command (PYTHONPATH decides which code it runs)."""
 
 
@@ -124,23 +121,9 @@ def test_allowed_names_and_the_token(store: Store, monkeypatch: pytest.MonkeyPat
 
 def _serve(db: Path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    proc = subprocess.Popen(
-        [TRAJFORGE, "serve", "--port", str(port), "--db", str(db), "--no-jobs", *args],
-        env={k: v for k, v in {**os.environ, **(env or {})}.items() if k != "TRAJFORGE_API_TOKEN"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "trajforge serve did not start"
-        time.sleep(0.2)
+    env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k != "TRAJFORGE_API_TOKEN"}
+    proc = start_server(port, db, db.with_suffix(".log"), "--no-jobs", *args, env=env)
+    return proc, f"http://127.0.0.1:{port}"
 
 
 def test_serve_refuses_other_hosts_unless_allowed(tmp_path: Path) -> None:

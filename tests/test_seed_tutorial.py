@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,8 @@ import httpx
 import pytest
 
 from tests.fakes.ollama_server import FakeOllama
-from tests.helpers import free_port, make_trajectory
+from tests.helpers import free_port, make_trajectory, start_server
 from tests.test_api_training import TINY_LLAMA, register_model, tiny_ollama_info
-from tests.test_security import TRAJFORGE
 from trajforge.records import JOB_STATUSES, WriteBatch
 from trajforge.store import open_store
 
@@ -125,24 +123,8 @@ def served(tmp_path: Path) -> Iterator[tuple[Tutorial, FakeOllama, str]]:
         "TRAJFORGE_DISABLE_AUTO_BOOTSTRAP": "1",
         "HF_HUB_OFFLINE": "1",  # a job for a hub model fails at once instead of downloading
     }
-    proc = subprocess.Popen(
-        [TRAJFORGE, "serve", "--port", str(port), "--db", str(db)],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc = start_server(port, db, tmp_path / "serve.log", env=env, cwd=tmp_path)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "trajforge serve did not start"
-            time.sleep(0.2)
         with FakeOllama({"llama-3.2-3b": tiny_ollama_info()}) as ollama:
             yield Tutorial(port, ollama.port), ollama, f"http://127.0.0.1:{port}"
     finally:

@@ -227,7 +227,7 @@ def test_batch_to_wire_keeps_reused_step_ids_apart() -> None:
 
 
 def test_http_ingest_of_eliza_exports_stores_everything(store: Store) -> None:
-    with TestClient(create_app(store)) as client:
+    with TestClient(create_app(store), base_url="http://127.0.0.1") as client:
         # Five Eliza trajectories in one request, then two more one by one: the counts stored
         # are the counts received.
         r = client.post(
@@ -273,7 +273,7 @@ def test_http_ingest_of_two_trajectories_sharing_a_call_id(store: Store) -> None
         call = {"callId": "c1", "model": "m", "userPrompt": prompt}
         return {"id": tid, "steps": [{"stepId": f"{tid}-s", "llmCalls": [call]}]}
 
-    with TestClient(create_app(store)) as client:
+    with TestClient(create_app(store), base_url="http://127.0.0.1") as client:
         r = client.post("/api/trajectories", json={"trajectories": [one("t1", "first"), one("t2", "second")]})
         assert r.status_code == 200 and r.json()["stored"]["llmCalls"] == 2
         got = client.get("/api/trajectories/t2").json()["trajectory"]
