@@ -13,8 +13,9 @@ from typing import Any
 
 from trajforge import jsonutil
 from trajforge.errors import InvalidInput
-from trajforge.records import LlmCall, Step, Trajectory, WireError, WriteBatch, from_wire
+from trajforge.records import CallRow, LlmCall, Step, Trajectory, WireError, WriteBatch, from_wire
 from trajforge.store import Store
+from trajforge.validation import check_record
 
 BATCH = 200
 
@@ -145,7 +146,8 @@ def import_file(
                 if step is None:
                     step = seed_steps[(tid, sid)] = Step(step_id=sid, step_number=len(t.steps), timestamp=0)
                     t.steps.append(step)
-                step.llm_calls.append(_seed_call(obj, where))
+                row = check_record(CallRow(tid, sid, _seed_call(obj, where)), where)
+                step.llm_calls.append(row.call)
                 counts["llmCalls"] += 1
                 continue
             t = from_wire(Trajectory, obj, where)

@@ -1,10 +1,28 @@
-"""Data-quality checks for one trajectory before it becomes training data."""
+"""Checks of records: the limits every way in enforces (:func:`check_item`, :func:`limit_problems`)
+and the data-quality checks for one trajectory before it becomes training data
+(:func:`validate_trajectory`)."""
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
-from trajforge.records import LLM_PURPOSES, TRAJECTORY_STATUSES, Trajectory
+from trajforge import limits
+from trajforge.errors import InvalidInput
+from trajforge.records import (
+    LLM_PURPOSES,
+    TRAJECTORY_STATUSES,
+    AccessRow,
+    CallRow,
+    Trajectory,
+    WireError,
+    camel,
+)
+
+R = TypeVar("R")
 
 MIN_PROMPT_CHARS = 10
 MIN_RESPONSE_CHARS = 2
@@ -24,14 +42,116 @@ def _is_num(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+_NESTED = ("steps", "llm_calls", "provider_accesses", "scores", "action")
+_DERIVED = frozenset({"step_count", "llm_call_count", "provider_access_count", "duration_ms"})
+_DERIVED |= {"total_prompt_tokens", "total_completion_tokens"}  # kept by the store, not sent
+
+
+def limit_problems(record: Any, where: str = "", *, json_only: bool = False) -> Iterator[tuple[str, str]]:
+    """(field path, problem) for each value of ``record`` (and the records inside it) over the
+    limits of :mod:`trajforge.limits`. ``json_only``: only the free-form values (what a read of an
+    old store can trip on)."""
+    prefix = f"{where}." if where else ""
+    for f in dataclasses.fields(record):
+        value = getattr(record, f.name)
+        if value is None or f.name in _DERIVED:
+            continue
+        path = prefix + camel(f.name)
+        if f.name in _NESTED:
+            if f.name == "action":
+                yield from limit_problems(value, path, json_only=json_only)
+            else:
+                for i, item in enumerate(value):
+                    yield from limit_problems(item, f"{path}[{i}]", json_only=json_only)
+            continue
+        if json_only and f.name not in limits.JSON_FIELDS:
+            continue
+        problem = limits.check_field(f.name, value)
+        if problem is not None:
+            yield path, problem
+
+
+_ITEM_NAMES = {
+    "TrajectoryHeader": "trajectory",
+    "StepHeader": "step",
+    "CallRow": "llmCall",
+    "AccessRow": "providerAccess",
+    "Score": "score",
+    "ActionResult": "step.action",
+}
+
+
+def _item_name(item: Any) -> str:
+    name = type(item).__name__
+    return _ITEM_NAMES.get(name, name[:1].lower() + name[1:])
+
+
+def _first_problem(item: Any, where: str) -> tuple[str, str] | None:
+    problems = limit_problems(item, where)
+    if isinstance(item, CallRow):
+        problems = itertools.chain(problems, limit_problems(item.call, where))
+    elif isinstance(item, AccessRow):
+        problems = itertools.chain(problems, limit_problems(item.access, where))
+    return next(problems, None)
+
+
+def check_item(item: Any) -> None:
+    """Refuse (:class:`InvalidInput` naming the field) an SDK item the store could not hold or a
+    read could not return: a trajectory or step header, a call, a provider access, a score."""
+    first = _first_problem(item, _item_name(item))
+    if first is not None:
+        raise InvalidInput(f"{first[0]}: {first[1]}", first[0])
+
+
+def check_record(item: R, where: str) -> R:
+    """``item`` if it is within the limits, else :class:`WireError` naming the field under
+    ``where`` (the importer's rows: ``file.jsonl:12.promptTokens``)."""
+    first = _first_problem(item, where)
+    if first is not None:
+        raise WireError(first[1], first[0])
+    return item
+
+
+class OverLimit(InvalidInput):
+    """A stored trajectory holds a value over the limits (written before they existed): it cannot
+    be shown, rather than failing as a 500 halfway through encoding it."""
+
+    code = "over_limit"
+
+
+def check_readable(t: Trajectory) -> Trajectory:
+    """``t`` if every free-form value in it is within the limits, else :class:`OverLimit` naming
+    the first one over (a store written before the limits can hold such a row)."""
+    first = next(limit_problems(t, json_only=True), None)
+    if first is not None:
+        raise OverLimit(
+            f"trajectory {t.id!r} was stored before the current limits and cannot be shown: "
+            f"{first[0]} {first[1]}; delete it, or re-import a corrected copy",
+            first[0],
+        )
+    return t
+
+
+def check_value(name: str, value: Any, where: str) -> Any:
+    """``value`` as record field ``name`` (snake_case); :class:`InvalidInput` naming ``where`` if
+    it is over the limits. The SDK checks a reward or metadata when it is set, so a bad one never
+    costs the trajectory its end."""
+    problem = limits.check_field(name, value)
+    if problem is not None:
+        raise InvalidInput(f"{where}: {problem}", where)
+    return value
+
+
 def validate_trajectory(t: Trajectory, *, require_reward: bool = False) -> ValidationResult:
     """Errors make a trajectory unfit for training; warnings flag what is probably not useful.
 
     Errors: no steps, a step without LLM calls, a missing reward when ``require_reward``, bad
-    timestamps (end before start, steps out of order or before the start), wrong types.
+    timestamps (end before start, steps out of order or before the start), wrong types, values
+    over the limits of :mod:`trajforge.limits` (what the SDK and every ingest path refuse).
     Warnings: very short prompts or responses, an unfinished trajectory, an unknown call purpose.
     """
     r = ValidationResult()
+    r.errors.extend(f"{path}: {problem}" for path, problem in limit_problems(t))
     if not isinstance(t.id, str) or not t.id:
         r.errors.append("id: must be a non-empty string")
     if t.status not in TRAJECTORY_STATUSES:
