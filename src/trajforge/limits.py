@@ -25,6 +25,7 @@ them, so the SDK, HTTP ingest and the importer refuse exactly the same things.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 MAX_JSON_DEPTH = 64
@@ -135,33 +136,70 @@ def check_str(value: Any, limit: int) -> str | None:
     return None
 
 
-def check_field(name: str, value: Any) -> str | None:
-    """The problem with ``value`` as record field ``name`` (snake_case), or ``None``.
+def _check_bool(value: Any) -> str | None:
+    return None if isinstance(value, bool) else f"expected true or false, got {type(value).__name__}"
 
-    ``None`` is fine; free-form fields go through :func:`check_json`; a number in a field this
-    module does not name is held to the bounds of the store's ``INTEGER`` / ``DOUBLE PRECISION``
-    sums all the same.
-    """
-    if value is None:
-        return None
-    limit = _STR_LIMITS.get(name)
-    if limit is not None:
-        return check_str(value, limit)
-    if name in _REALS:
-        return check_real(value)
-    if name in _TIMES:
-        return check_int(value, 0, MAX_TIME_MS)
-    if name in _INTS:
-        return check_int(value)
-    if name in _BOOLS and not isinstance(value, bool):
-        return f"expected true or false, got {type(value).__name__}"
-    if name in JSON_FIELDS:
-        return check_json(value)
+
+def _check_time(value: Any) -> str | None:
+    return check_int(value, 0, MAX_TIME_MS)
+
+
+def _check_other(value: Any) -> str | None:
     if isinstance(value, float):
         return check_real(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return check_int(value)
     return None
+
+
+Check = Callable[[Any], "str | None"]
+
+
+def _str_check(limit: int) -> Check:
+    def check(value: Any) -> str | None:
+        if type(value) is str and len(value) <= limit:  # the common case, without a call
+            return None
+        return check_str(value, limit)
+
+    return check
+
+
+_CHECKS: dict[str, Check] = {
+    **{name: _str_check(limit) for name, limit in _STR_LIMITS.items()},
+    **dict.fromkeys(_REALS, check_real),
+    **dict.fromkeys(_TIMES, _check_time),
+    **dict.fromkeys(_INTS, check_int),
+    **dict.fromkeys(_BOOLS, _check_bool),
+}
+
+
+def fast_bounds(name: str) -> tuple[type, float, float] | None:
+    """(type, low, high) such that a value of exactly that type within [low, high] passes the
+    check of field ``name`` (string lengths for ``str``): lets a hot loop skip the call."""
+    if name in _STR_LIMITS:
+        return str, 0, _STR_LIMITS[name]
+    if name in _REALS:
+        return float, -MAX_ABS_REAL, MAX_ABS_REAL
+    if name in _TIMES:
+        return int, 0, MAX_TIME_MS
+    if name in _INTS:
+        return int, MIN_INT, MAX_INT
+    return None
+
+
+def field_check(name: str) -> Check:
+    """The check of record field ``name`` (snake_case): free-form fields go through
+    :func:`check_json`; a number in a field this module does not name is held to the bounds of the
+    store's ``INTEGER`` / ``DOUBLE PRECISION`` sums all the same."""
+    if name in JSON_FIELDS:
+        return check_json
+    return _CHECKS.get(name, _check_other)
+
+
+def check_field(name: str, value: Any) -> str | None:
+    """The problem with ``value`` as record field ``name`` (snake_case), or ``None`` (also for
+    ``None``)."""
+    return None if value is None else field_check(name)(value)
 
 
 def _leaf(value: Any) -> str | None:

@@ -5,8 +5,7 @@ and the data-quality checks for one trajectory before it becomes training data
 from __future__ import annotations
 
 import dataclasses
-import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -42,33 +41,44 @@ def _is_num(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-_NESTED = ("steps", "llm_calls", "provider_accesses", "scores", "action")
+_NESTED = {"steps": 2, "llm_calls": 2, "provider_accesses": 2, "scores": 2, "action": 1}
 _DERIVED = frozenset({"step_count", "llm_call_count", "provider_access_count", "duration_ms"})
 _DERIVED |= {"total_prompt_tokens", "total_completion_tokens"}  # kept by the store, not sent
+_PLANS: dict[tuple[type, bool], tuple[tuple[str, str, Any, int], ...]] = {}
+
+
+def _plan(cls: type, json_only: bool) -> tuple[tuple[str, str, Any, int], ...]:
+    """(attribute, wire name, check, 0 plain | 1 nested record | 2 list of records) per field:
+    built once per class, since the SDK checks every item on the agent's thread."""
+    plan = _PLANS.get((cls, json_only))
+    if plan is None:
+        plan = _PLANS[(cls, json_only)] = tuple(
+            (f.name, camel(f.name), limits.field_check(f.name), _NESTED.get(f.name, 0))
+            for f in dataclasses.fields(cls)
+            if f.name not in _DERIVED and (f.name in _NESTED or not json_only or f.name in limits.JSON_FIELDS)
+        )
+    return plan
 
 
 def limit_problems(record: Any, where: str = "", *, json_only: bool = False) -> Iterator[tuple[str, str]]:
     """(field path, problem) for each value of ``record`` (and the records inside it) over the
     limits of :mod:`trajforge.limits`. ``json_only``: only the free-form values (what a read of an
     old store can trip on)."""
-    prefix = f"{where}." if where else ""
-    for f in dataclasses.fields(record):
-        value = getattr(record, f.name)
-        if value is None or f.name in _DERIVED:
+    for name, wire, check, kind in _plan(type(record), json_only):
+        value = getattr(record, name)
+        if value is None:
             continue
-        path = prefix + camel(f.name)
-        if f.name in _NESTED:
-            if f.name == "action":
+        if kind:
+            path = f"{where}.{wire}" if where else wire
+            if kind == 1:
                 yield from limit_problems(value, path, json_only=json_only)
             else:
                 for i, item in enumerate(value):
                     yield from limit_problems(item, f"{path}[{i}]", json_only=json_only)
             continue
-        if json_only and f.name not in limits.JSON_FIELDS:
-            continue
-        problem = limits.check_field(f.name, value)
+        problem = check(value)
         if problem is not None:
-            yield path, problem
+            yield (f"{where}.{wire}" if where else wire), problem
 
 
 _ITEM_NAMES = {
@@ -86,19 +96,77 @@ def _item_name(item: Any) -> str:
     return _ITEM_NAMES.get(name, name[:1].lower() + name[1:])
 
 
+_FIRST: dict[type, Callable[[Any, str], tuple[str, str] | None]] = {}
+
+
+def _compile(cls: type) -> Callable[[Any, str], tuple[str, str] | None]:
+    """The first of :func:`limit_problems` for ``cls``, as straight-line code (like dataclasses'
+    own generated methods): the SDK checks every item on the agent's thread, and a loop over 26
+    fields cost more than building the call. An in-range string or number passes without a call."""
+    env: dict[str, Any] = {"_first": _first}
+    lines = ["def first(r, where):", "    dot = where + '.' if where else ''"]
+    for n, (name, wire, check, kind) in enumerate(_plan(cls, False)):
+        env[f"c{n}"] = check
+        lines.append(f"    v = r.{name}")
+        if kind == 1:
+            lines += [
+                "    if v is not None:",
+                f"        f = _first(v, dot + {wire!r})",
+                "        if f is not None: return f",
+            ]
+            continue
+        if kind == 2:
+            lines += [
+                "    for i, item in enumerate(v or ()):",
+                f"        f = _first(item, f'{{dot}}{wire}[{{i}}]')",
+                "        if f is not None: return f",
+            ]
+            continue
+        bounds = limits.fast_bounds(name)
+        if bounds is None:
+            test = "v is not None"
+        elif bounds[0] is str:
+            test = f"v is not None and (type(v) is not str or len(v) > {bounds[2]!r})"
+        else:
+            test = f"v is not None and (type(v) is not {bounds[0].__name__} or not {bounds[1]!r} <= v <= {bounds[2]!r})"
+        lines += [
+            f"    if {test}:",
+            f"        p = c{n}(v)",
+            f"        if p is not None: return dot + {wire!r}, p",
+        ]
+    lines.append("    return None")
+    exec("\n".join(lines), env)  # our own field names and constants: never user input
+    fn: Callable[[Any, str], tuple[str, str] | None] = env["first"]
+    return fn
+
+
+def _first(record: Any, where: str) -> tuple[str, str] | None:
+    fn = _FIRST.get(type(record))
+    if fn is None:
+        fn = _FIRST[type(record)] = _compile(type(record))
+    return fn(record, where)
+
+
 def _first_problem(item: Any, where: str) -> tuple[str, str] | None:
-    problems = limit_problems(item, where)
-    if isinstance(item, CallRow):
-        problems = itertools.chain(problems, limit_problems(item.call, where))
-    elif isinstance(item, AccessRow):
-        problems = itertools.chain(problems, limit_problems(item.access, where))
-    return next(problems, None)
+    kind = type(item)
+    if kind is CallRow or kind is AccessRow:
+        inner = item.call if kind is CallRow else item.access
+        return _first(inner, where) or _first(item, where)
+    return _first(item, where)
 
 
 def check_item(item: Any) -> None:
     """Refuse (:class:`InvalidInput` naming the field) an SDK item the store could not hold or a
     read could not return: a trajectory or step header, a call, a provider access, a score."""
-    first = _first_problem(item, _item_name(item))
+    kind = type(item)
+    # A call's or access's ids are its open trajectory's and step's, checked with their headers
+    # (a refused header leaves a null scope that submits nothing).
+    if kind is CallRow:
+        first = _first(item.call, "llmCall")
+    elif kind is AccessRow:
+        first = _first(item.access, "providerAccess")
+    else:
+        first = _first(item, _item_name(item))
     if first is not None:
         raise InvalidInput(f"{first[0]}: {first[1]}", first[0])
 
