@@ -137,6 +137,8 @@ def test_the_sdk_refuses_non_finite_and_huge_values_naming_the_field(
             deep.llm_call(model="m", user_prompt="lost with its trajectory")
         with rec.trajectory(trajectory_id="x" * (limits.MAX_ID_CHARS + 1)) as long:
             long.llm_call(model="m", user_prompt="too long an id")
+        with rec.trajectory(metadata={"k": "lone \ud800 surrogate"}) as bad_text:
+            bad_text.llm_call(model="m", user_prompt="its metadata could not be read back")
     assert rec.flush(30)
     stats = rec.stats
     rec.close()
@@ -149,6 +151,7 @@ def test_the_sdk_refuses_non_finite_and_huge_values_naming_the_field(
         "trajectory.id",
     ):
         assert field in caplog.text, field
+    assert "lone surrogate" in caplog.text
     store = open_store(store_url)
     try:
         got = store.get_trajectory(t.id)
@@ -365,3 +368,9 @@ def test_dates_and_pages_with_thousands_of_digits_are_clear_errors(client: TestC
         assert r.status_code == 200 and "page must be a number from 1 to" in r.text, page
     r = client.get("/trajectories?startDate=" + "9" * 5000)
     assert r.status_code == 200 and "startDate must be" in r.text
+
+
+def test_body_integers_are_bounded_too(client: TestClient, store: Store) -> None:
+    store.write(WriteBatch.from_trajectory(make_trajectory()))
+    r = client.post("/api/training/datasets/build", json={"minLlmCallsPerTrajectory": 10**30})
+    refused(r, "minLlmCallsPerTrajectory")

@@ -202,10 +202,22 @@ def check_field(name: str, value: Any) -> str | None:
     return None if value is None else field_check(name)(value)
 
 
+def _text_problem(value: str) -> str | None:
+    if len(value) > MAX_TEXT_CHARS:
+        return f"holds a string of {len(value)} characters; the limit is {MAX_TEXT_CHARS}"
+    if not value.isascii():  # isascii is O(1); only other strings pay for the encode
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            # Only Python strings can hold one (JSON parsers refuse it); stored, it made the
+            # whole value unreadable.
+            return "holds a lone surrogate (not valid Unicode text)"
+    return None
+
+
 def _leaf(value: Any) -> str | None:
     if isinstance(value, str):
-        if len(value) > MAX_TEXT_CHARS:
-            return f"holds a string of {len(value)} characters; the limit is {MAX_TEXT_CHARS}"
+        return _text_problem(value)
     elif isinstance(value, float) and not math.isfinite(value):
         return "holds a non-finite number (NaN or Infinity), which JSON cannot carry"
     return None
@@ -224,8 +236,10 @@ def check_json(value: Any) -> str | None:
         if isinstance(v, dict):
             children: Any = v.values()
             for k in v:
-                if type(k) is str and len(k) > MAX_TEXT_CHARS:
-                    return f"holds a key of {len(k)} characters; the limit is {MAX_TEXT_CHARS}"
+                if type(k) is str and (len(k) > MAX_TEXT_CHARS or not k.isascii()):
+                    problem = _text_problem(k)
+                    if problem is not None:
+                        return f"{problem} (a key)"
         elif isinstance(v, list | tuple | set | frozenset):
             children = v
         else:
@@ -238,8 +252,10 @@ def check_json(value: Any) -> str | None:
         for item in children:
             kind = type(item)
             if kind is str:
-                if len(item) > MAX_TEXT_CHARS:
-                    return f"holds a string of {len(item)} characters; the limit is {MAX_TEXT_CHARS}"
+                if (len(item) > MAX_TEXT_CHARS or not item.isascii()) and (
+                    problem := _text_problem(item)
+                ) is not None:
+                    return problem
             elif kind is int or kind is bool or item is None:
                 continue
             elif kind is float:

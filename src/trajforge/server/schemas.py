@@ -8,7 +8,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, StrictBool
 
-from trajforge.limits import MAX_ABS_REAL, MAX_ID_CHARS, MAX_NAME_CHARS, MAX_REF_CHARS, MAX_TIME_MS
+from trajforge.limits import (
+    MAX_ABS_REAL,
+    MAX_ID_CHARS,
+    MAX_INT,
+    MAX_NAME_CHARS,
+    MAX_REF_CHARS,
+    MAX_TIME_MS,
+    MIN_INT,
+)
 from trajforge.store import TrajectoryFilter, build_filter
 
 # JSON numbers only: lax pydantic would take `false` or "1" for a float.
@@ -179,7 +187,7 @@ def _nullable(props: dict[str, Any], keep: tuple[str, ...]) -> dict[str, Any]:
 # The limits of trajforge.limits, as JSON Schema (the parser enforces them; this documents them).
 _NAME = {"type": "string", "maxLength": MAX_NAME_CHARS}
 _TIME = {"type": "integer", "minimum": 0, "maximum": MAX_TIME_MS}
-_INT = {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1}
+_INT = {"type": "integer", "minimum": MIN_INT, "maximum": MAX_INT}
 _REAL = {"type": "number", "minimum": -MAX_ABS_REAL, "maximum": MAX_ABS_REAL}
 
 INGEST_BODY_SCHEMA: dict[str, Any] = {
@@ -253,7 +261,7 @@ class PrivacyBody(Wire):
 class DatasetBuildRequest(FilterBody):
     format: Literal["sft", "prompt_completion", "preference", "grpo", "openai", "openai_dpo", "art"] = "sft"
     limit: Int = Field(default=1000, ge=1, le=10_000_000, description="Most trajectories to include")
-    minLlmCallsPerTrajectory: Int = Field(default=0, ge=0)
+    minLlmCallsPerTrajectory: Int = Field(default=0, ge=0, le=MAX_INT)
     rewardScore: str | None = Field(
         default=None,
         min_length=1,
