@@ -96,29 +96,29 @@ def _item_name(item: Any) -> str:
     return _ITEM_NAMES.get(name, name[:1].lower() + name[1:])
 
 
-_FIRST: dict[type, Callable[[Any, str], tuple[str, str] | None]] = {}
+_FIRST: dict[tuple[type, bool], Callable[[Any, str], tuple[str, str] | None]] = {}
 
 
-def _compile(cls: type) -> Callable[[Any, str], tuple[str, str] | None]:
+def _compile(cls: type, json_only: bool) -> Callable[[Any, str], tuple[str, str] | None]:
     """The first of :func:`limit_problems` for ``cls``, as straight-line code (like dataclasses'
     own generated methods): the SDK checks every item on the agent's thread, and a loop over 26
     fields cost more than building the call. An in-range string or number passes without a call."""
     env: dict[str, Any] = {"_first": _first}
     lines = ["def first(r, where):", "    dot = where + '.' if where else ''"]
-    for n, (name, wire, check, kind) in enumerate(_plan(cls, False)):
+    for n, (name, wire, check, kind) in enumerate(_plan(cls, json_only)):
         env[f"c{n}"] = check
         lines.append(f"    v = r.{name}")
         if kind == 1:
             lines += [
                 "    if v is not None:",
-                f"        f = _first(v, dot + {wire!r})",
+                f"        f = _first(v, dot + {wire!r}, {json_only})",
                 "        if f is not None: return f",
             ]
             continue
         if kind == 2:
             lines += [
                 "    for i, item in enumerate(v or ()):",
-                f"        f = _first(item, f'{{dot}}{wire}[{{i}}]')",
+                f"        f = _first(item, f'{{dot}}{wire}[{{i}}]', {json_only})",
                 "        if f is not None: return f",
             ]
             continue
@@ -140,10 +140,12 @@ def _compile(cls: type) -> Callable[[Any, str], tuple[str, str] | None]:
     return fn
 
 
-def _first(record: Any, where: str) -> tuple[str, str] | None:
-    fn = _FIRST.get(type(record))
+def _first(record: Any, where: str, json_only: bool = False) -> tuple[str, str] | None:
+    """The first of :func:`limit_problems` (``record``, ``where``, ``json_only``), compiled."""
+    key = (type(record), json_only)
+    fn = _FIRST.get(key)
     if fn is None:
-        fn = _FIRST[type(record)] = _compile(type(record))
+        fn = _FIRST[key] = _compile(*key)
     return fn(record, where)
 
 
@@ -190,7 +192,7 @@ class OverLimit(InvalidInput):
 def check_readable(t: Trajectory) -> Trajectory:
     """``t`` if every free-form value in it is within the limits, else :class:`OverLimit` naming
     the first one over (a store written before the limits can hold such a row)."""
-    first = next(limit_problems(t, json_only=True), None)
+    first = _first(t, "", True)
     if first is not None:
         raise OverLimit(
             f"trajectory {t.id!r} was stored before the current limits and cannot be shown: "
