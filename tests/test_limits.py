@@ -254,6 +254,10 @@ def test_the_importer_enforces_the_same_limits(store: Store, tmp_path: Path) -> 
     with pytest.raises(InvalidInput, match=r"long.jsonl:1.id: is 300 characters long; the limit is 200"):
         import_file(store, long_id)
     assert store.get_trajectory("d") is None and store.get_trajectory("t1") is None
+    # The store's own counters in an export are read back, not stored: a big total imports.
+    export = tmp_path / "export.jsonl"
+    export.write_text(json.dumps({"id": "big", "status": "completed", "totalPromptTokens": 2**33}) + "\n")
+    assert import_file(store, export)["newTrajectories"] == 1
 
 
 def test_a_stored_row_over_the_limits_gives_a_clear_error_not_a_500(store_url: str, store: Store) -> None:

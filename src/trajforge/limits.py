@@ -164,7 +164,17 @@ def _str_check(limit: int) -> Check:
     return check
 
 
+def _ignored(value: Any) -> str | None:
+    return None
+
+
+# Counters the store keeps from what was written: read back from an export, never stored as
+# sent, so a big trajectory's token total (past 2**31) must not make its export unimportable.
+DERIVED_FIELDS = frozenset({"duration_ms", "step_count", "llm_call_count", "provider_access_count"})
+DERIVED_FIELDS |= {"total_prompt_tokens", "total_completion_tokens"}
+
 _CHECKS: dict[str, Check] = {
+    **dict.fromkeys(DERIVED_FIELDS, _ignored),
     **{name: _str_check(limit) for name, limit in _STR_LIMITS.items()},
     **dict.fromkeys(_REALS, check_real),
     **dict.fromkeys(_TIMES, _check_time),

@@ -42,8 +42,6 @@ def _is_num(value: object) -> bool:
 
 
 _NESTED = {"steps": 2, "llm_calls": 2, "provider_accesses": 2, "scores": 2, "action": 1}
-_DERIVED = frozenset({"step_count", "llm_call_count", "provider_access_count", "duration_ms"})
-_DERIVED |= {"total_prompt_tokens", "total_completion_tokens"}  # kept by the store, not sent
 _PLANS: dict[tuple[type, bool], tuple[tuple[str, str, Any, int], ...]] = {}
 
 
@@ -55,7 +53,8 @@ def _plan(cls: type, json_only: bool) -> tuple[tuple[str, str, Any, int], ...]:
         plan = _PLANS[(cls, json_only)] = tuple(
             (f.name, camel(f.name), limits.field_check(f.name), _NESTED.get(f.name, 0))
             for f in dataclasses.fields(cls)
-            if f.name not in _DERIVED and (f.name in _NESTED or not json_only or f.name in limits.JSON_FIELDS)
+            if f.name not in limits.DERIVED_FIELDS
+            and (f.name in _NESTED or not json_only or f.name in limits.JSON_FIELDS)
         )
     return plan
 
