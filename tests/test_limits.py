@@ -139,6 +139,11 @@ def test_the_sdk_refuses_non_finite_and_huge_values_naming_the_field(
             long.llm_call(model="m", user_prompt="too long an id")
         with rec.trajectory(metadata={"k": "lone \ud800 surrogate"}) as bad_text:
             bad_text.llm_call(model="m", user_prompt="its metadata could not be read back")
+        with rec.trajectory() as summed:  # each step's reward is fine, their sum is not
+            for _ in range(2):
+                with summed.step() as s:
+                    s.llm_call(model="m", user_prompt="big")
+                    s.reward(limits.MAX_ABS_REAL)
     assert rec.flush(30)
     stats = rec.stats
     rec.close()
@@ -152,13 +157,16 @@ def test_the_sdk_refuses_non_finite_and_huge_values_naming_the_field(
     ):
         assert field in caplog.text, field
     assert "lone surrogate" in caplog.text
+    assert "ends without its reward and metadata" in caplog.text
     store = open_store(store_url)
     try:
         got = store.get_trajectory(t.id)
         # The good call and the trajectory's end arrive: a refused value never fails the batch.
         assert got is not None and got.status == "completed" and got.total_reward is None
         assert [c.user_prompt for s in got.steps for c in s.llm_calls] == ["fine"]
-        assert store.count(TrajectoryFilter()) == 1
+        ended = store.get_trajectory(summed.id)
+        assert ended is not None and ended.status == "completed" and ended.total_reward is None
+        assert store.count(TrajectoryFilter()) == 2
         assert stats["lost"] == 0 and stats["rejected"] == 0, stats
     finally:
         store.close()

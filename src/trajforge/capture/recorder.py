@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from trajforge import settings
 from trajforge.capture.transport import Sink, StoreSink
 from trajforge.capture.writer import BackgroundWriter
-from trajforge.errors import StoreError
+from trajforge.errors import InvalidInput, StoreError
 from trajforge.records import (
     AccessRow,
     ActionResult,
@@ -299,11 +299,16 @@ class TrajectoryScope:
         metadata = self.header.metadata
         if error is not None:
             metadata = {**(metadata or {}), "error": error}
-        self._submit(
-            TrajectoryHeader(
-                self.id, status=status, end_time=now_ms(), total_reward=reward, metadata=metadata
-            )
+        end = TrajectoryHeader(
+            self.id, status=status, end_time=now_ms(), total_reward=reward, metadata=metadata
         )
+        try:
+            check_item(end)
+        except InvalidInput as exc:
+            # A summed reward or an error message over the limits must not leave it active forever.
+            log.error("trajforge: trajectory %s ends without its reward and metadata: %s", self.id, exc)
+            end = TrajectoryHeader(self.id, status=status, end_time=end.end_time)
+        self._submit(end)
 
     def __enter__(self) -> TrajectoryScope:
         self._token = _current_trajectory.set(self)
