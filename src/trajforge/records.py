@@ -15,6 +15,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar, get_args
 
+from trajforge import limits
+from trajforge.limits import MAX_TIME_MS
+
+__all__ = ["MAX_TIME_MS"]  # re-exported: the store's date parsing bounds dates with it
+
 TrajectoryStatus = Literal["active", "completed", "error", "timeout"]
 TRAJECTORY_STATUSES: tuple[str, ...] = get_args(TrajectoryStatus)
 LlmPurpose = Literal["action", "reasoning", "evaluation", "response", "other"]
@@ -483,8 +488,6 @@ def _fields_by_wire_name(cls: type) -> dict[str, dataclasses.Field[Any]]:
     return cached
 
 
-MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: anything later is not a time
-_TIME_FIELDS = frozenset({"timestamp", "start_time", "end_time", "created_at", "updated_at"})
 _NUMERIC = {"int": (int,), "float": (int, float), "int | None": (int,), "float | None": (int, float)}
 
 
@@ -514,8 +517,8 @@ def from_wire(cls: type[R], data: Any, path: str = "") -> R:
                 if not isinstance(value, list):
                     raise WireError("expected an array", where)
                 value = [from_wire(nested, v, f"{where}[{i}]") for i, v in enumerate(value)]
-        elif value is not None and f.name not in _OPAQUE:
-            value = _check_scalar(f, value, where)
+        elif value is not None:
+            value = _check_scalar(f, value, where) if f.name not in _OPAQUE else _check_json(value, where)
         kwargs[f.name] = value
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
@@ -534,19 +537,31 @@ def _check_scalar(f: dataclasses.Field[Any], value: Any, where: str) -> Any:
             if not value.is_integer():
                 raise WireError("expected an integer", where)
             value = int(value)
-        if kind.startswith("int"):
-            low, high = (0, MAX_TIME_MS) if f.name in _TIME_FIELDS else (-(2**31), 2**31 - 1)
-            if not low <= value <= high:
-                raise WireError(f"must be between {low} and {high}", where)
-        return value
-    if kind.startswith("str"):
+    elif kind.startswith("str"):
         if not isinstance(value, str):
             raise WireError(f"expected a string, got {type(value).__name__}", where)
-        return value
-    if kind.startswith("bool"):
+    elif kind.startswith("bool"):
         if not isinstance(value, bool):
             raise WireError(f"expected true or false, got {type(value).__name__}", where)
         return value
+    problem = limits.check_field(f.name, value)
+    if problem is not None:
+        raise WireError(problem, where)
+    return value
+
+
+def _check_json(value: Any, where: str) -> Any:
+    problem = limits.check_json(value)
+    if problem is not None:
+        raise WireError(problem, where)
+    return value
+
+
+def _check_id(value: Any, limit: int, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise WireError("is required (a non-empty string)", where)
+    if len(value) > limit:
+        raise WireError(f"is {len(value)} characters long; the limit is {limit}", where)
     return value
 
 
@@ -616,17 +631,18 @@ def batch_from_wire(data: Any) -> WriteBatch:
         path = f"trajectories[{i}]"
         if not isinstance(t, dict):
             raise WireError("expected an object", path)
-        tid = t.get("id", t.get("trajectoryId"))
-        if not isinstance(tid, str) or not tid:
-            raise WireError("is required (a non-empty string)", f"{path}.id")
+        tid = _check_id(t.get("id", t.get("trajectoryId")), limits.MAX_ID_CHARS, f"{path}.id")
         header: dict[str, Any] = {}
         for key, value in t.items():
             f = _HEADER_FIELDS.get(key)
             if f is None or f.name == "id" or value is None:
                 continue
-            header[f.name] = value if f.name == "metadata" else _check_scalar(f, value, f"{path}.{key}")
-        if "metadata" in header and not isinstance(header["metadata"], dict):
-            raise WireError("expected an object", f"{path}.metadata")
+            if f.name == "metadata":
+                if not isinstance(value, dict):
+                    raise WireError("expected an object", f"{path}.metadata")
+                header[f.name] = _check_json(value, f"{path}.{key}")
+            else:
+                header[f.name] = _check_scalar(f, value, f"{path}.{key}")
         if header.get("status") is not None and header["status"] not in TRAJECTORY_STATUSES:
             raise WireError(f"must be one of {', '.join(TRAJECTORY_STATUSES)}", f"{path}.status")
         batch.trajectories.append(TrajectoryHeader(id=tid, **header))
@@ -635,9 +651,7 @@ def batch_from_wire(data: Any) -> WriteBatch:
             spath = f"{path}.steps[{j}]"
             if not isinstance(s, dict):
                 raise WireError("expected an object", spath)
-            sid = s.get("stepId", s.get("step_id"))
-            if not isinstance(sid, str) or not sid:
-                raise WireError("is required (a non-empty string)", f"{spath}.stepId")
+            sid = _check_id(s.get("stepId", s.get("step_id")), limits.MAX_REF_CHARS, f"{spath}.stepId")
             fields: dict[str, Any] = {}
             for key, value in s.items():
                 f = _STEP_FIELDS.get(key)
@@ -647,6 +661,8 @@ def batch_from_wire(data: Any) -> WriteBatch:
                     value = from_wire(ActionResult, value, f"{spath}.action")
                 elif f.name not in _OPAQUE:
                     value = _check_scalar(f, value, f"{spath}.{key}")
+                else:
+                    value = _check_json(value, f"{spath}.{key}")
                 fields[f.name] = value
             if "stepNumber" not in s and "step_number" not in s:
                 fields["step_number"] = j

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from trajforge import settings
 from trajforge.capture.transport import Sink, StoreSink, check_store_url
 from trajforge.capture.writer import BackgroundWriter
+from trajforge.errors import InvalidInput
 from trajforge.records import (
     AccessRow,
     ActionResult,
@@ -40,6 +41,7 @@ from trajforge.records import (
     now_ms,
 )
 from trajforge.store import Store
+from trajforge.validation import check_item, check_value
 
 log = logging.getLogger("trajforge.capture")
 
@@ -139,7 +141,7 @@ class StepScope:
         llm_call_id: str | None = None,
     ) -> None:
         """Record what the agent did and how it went; ``reward`` is the immediate reward."""
-        self._action = ActionResult(
+        action = ActionResult(
             action_type=action_type,
             action_name=action_name or action_type,
             parameters=params,
@@ -150,10 +152,12 @@ class StepScope:
             error=error,
             immediate_reward=reward,
         )
+        check_item(action)
+        self._action = action
 
     @_safe
     def reward(self, value: float) -> None:
-        self._reward = float(value)
+        self._reward = check_value("reward", float(value), "step.reward")
 
     @_safe
     def set(self, *, done: bool | None = None, observation: Any = None, **metadata: Any) -> None:
@@ -161,9 +165,9 @@ class StepScope:
         if done is not None:
             self._done = done
         if observation is not None:
-            self._observation = observation
+            self._observation = check_value("observation", observation, "step.observation")
         if metadata:
-            self._metadata = {**(self._metadata or {}), **metadata}
+            self._metadata = check_value("metadata", {**(self._metadata or {}), **metadata}, "step.metadata")
 
     @property
     def effective_reward(self) -> float | None:
@@ -274,11 +278,12 @@ class TrajectoryScope:
     @_safe
     def reward(self, value: float) -> None:
         """Set the trajectory's total reward (otherwise the sum of its step rewards)."""
-        self._reward = float(value)
+        self._reward = check_value("total_reward", float(value), "trajectory.totalReward")
 
     @_safe
     def set_metadata(self, **metadata: Any) -> None:
-        self.header.metadata = {**(self.header.metadata or {}), **metadata}
+        merged = {**(self.header.metadata or {}), **metadata}
+        self.header.metadata = check_value("metadata", merged, "trajectory.metadata")
 
     @_safe
     def end(self, status: str = "completed", error: str | None = None) -> None:
@@ -294,11 +299,16 @@ class TrajectoryScope:
         metadata = self.header.metadata
         if error is not None:
             metadata = {**(metadata or {}), "error": error}
-        self._submit(
-            TrajectoryHeader(
-                self.id, status=status, end_time=now_ms(), total_reward=reward, metadata=metadata
-            )
+        end = TrajectoryHeader(
+            self.id, status=status, end_time=now_ms(), total_reward=reward, metadata=metadata
         )
+        try:
+            check_item(end)
+        except InvalidInput as exc:
+            # A summed reward or an error message over the limits must not leave it active forever.
+            log.error("trajforge: trajectory %s ends without its reward and metadata: %s", self.id, exc)
+            end = TrajectoryHeader(self.id, status=status, end_time=end.end_time)
+        self._submit(end)
 
     def __enter__(self) -> TrajectoryScope:
         self._token = _current_trajectory.set(self)
@@ -440,6 +450,8 @@ class Recorder:
 
     def _submit(self, item: Any) -> None:
         if self._writer is not None:
+            # Refused here, naming the field, rather than failing the whole batch in the store.
+            check_item(item)
             self._writer.submit(item)
 
     def trajectory(

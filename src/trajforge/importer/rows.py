@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from trajforge import limits
 from trajforge.importer.common import (
     CALL_SOURCE_FIELDS,
     SOURCE_FIELDS,
@@ -28,7 +29,8 @@ from trajforge.importer.common import (
     opt_str,
     opt_time,
 )
-from trajforge.records import TRAJECTORY_STATUSES, LlmCall, Step, Trajectory, WireError
+from trajforge.records import TRAJECTORY_STATUSES, CallRow, LlmCall, Step, Trajectory, WireError
+from trajforge.validation import check_record
 
 ELIZA_NATIVE = "eliza_native_v1"
 FORMATS = (ELIZA_NATIVE,)
@@ -313,6 +315,13 @@ class RowReader:
         # Seed step ids are often per-trajectory ("step-0"): scope them so two trajectories never
         # share a step row. Deterministic, so re-importing stays idempotent.
         sid = f"{tid}:{opt_str(row, 'stepId', where) or 'step'}"
+        # The limits every way in enforces (trajforge.limits), checked here so a row over them is a
+        # bad row of the check pass, never a failure halfway through storing. ``extra`` lands
+        # in its step's metadata under callSourceFields[callId]: checked at that depth.
+        check_record(CallRow(tid, sid, call), where)
+        for value, at in ((metadata, f"{where}.metadata"), ({"callSourceFields": {cid: extra}}, where)):
+            if (problem := limits.check_field("metadata", value)) is not None:
+                raise WireError(problem, at)
         return RowCall(
             where=where,
             trajectory_id=tid,

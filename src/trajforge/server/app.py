@@ -17,7 +17,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from trajforge import __version__, settings
 from trajforge.errors import TrajforgeError, Unauthorized
@@ -105,6 +107,71 @@ def host_allowed(host_header: str | None, allowed: Sequence[str]) -> bool:
 
 
 _HOST = re.compile(r"(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9._-]+))(?::[0-9]{1,5})?")
+
+
+class _Guard:
+    """Refuses, on every route: requests addressed to a name other than loopback or ``hosts`` when
+    ``hosts`` is given (a tokenless server: DNS rebinding, see :func:`host_allowed`; reads too,
+    since a rebinding page could read every trajectory; with a token the token guards, whatever
+    the name); state-changing requests a browser sends on another site's behalf (CSRF: with or
+    without a token, a page elsewhere must not cancel jobs or delete trajectories here); and
+    request bodies over ``max_body`` bytes (413).
+
+    Plain ASGI, not ``BaseHTTPMiddleware``: that one ends a streamed response cleanly when the app
+    fails midway, so an export cut short by an error looked like a complete 200. Here the error
+    reaches the server, which drops the connection: the client sees an incomplete body.
+    """
+
+    def __init__(self, app: ASGIApp, max_body: int, hosts: Sequence[str] | None) -> None:
+        self.app = app
+        self.max_body = max_body
+        self.hosts = hosts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        host = headers.get("host")
+        if self.hosts is not None and not host_allowed(host, self.hosts):
+            response = error_response(
+                421,
+                "misdirected",
+                f"this server answers only loopback host names (127.0.0.1, localhost, [::1]), not Host "
+                f"{host!r}; to serve it under that name, start it with --allow-host NAME (or set "
+                f"{settings.ALLOWED_HOSTS}) or set {settings.API_TOKEN}",
+                "Host",
+            )
+            await response(scope, receive, send)
+            return
+        if scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+            origin = headers.get("origin")
+            cross = headers.get("sec-fetch-site") == "cross-site"
+            if cross or (origin is not None and urlsplit(origin).netloc != headers.get("host")):
+                response = error_response(
+                    403, "forbidden", "cross-origin requests may not change anything here"
+                )
+                await response(scope, receive, send)
+                return
+        limit = self.max_body
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
+            await error_response(413, "too_large", f"the body is over the {limit} byte limit")(
+                scope, receive, send
+            )
+            return
+        seen = 0
+
+        async def bounded() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:  # a chunked body that does not say its length
+                    raise StarletteHTTPException(413, f"the body is over the {limit} byte limit")
+            return message
+
+        await self.app(scope, bounded, send)
 
 
 _bearer = HTTPBearer(auto_error=False, description="Required when the server has TRAJFORGE_API_TOKEN set.")
@@ -196,33 +263,7 @@ def create_app(
         h.strip().lower() for h in (settings.allowed_hosts() if allowed_hosts is None else allowed_hosts)
     ]
 
-    @app.middleware("http")
-    async def same_origin_writes(request: Request, call_next: Any) -> Any:
-        """Refuse state-changing requests a browser sends on another site's behalf (CSRF): with or
-        without a token, a page elsewhere must not cancel jobs or delete trajectories here."""
-        if request.method not in ("GET", "HEAD", "OPTIONS"):
-            origin = request.headers.get("origin")
-            cross = request.headers.get("sec-fetch-site") == "cross-site"
-            if cross or (origin is not None and urlsplit(origin).netloc != request.headers.get("host")):
-                return error_response(403, "forbidden", "cross-origin requests may not change anything here")
-        return await call_next(request)
-
-    @app.middleware("http")
-    async def loopback_hosts(request: Request, call_next: Any) -> Any:
-        """DNS rebinding: without a token, answer only requests addressed to a loopback name (or a
-        name the user allowed) — reads too, since a rebinding page could read every trajectory.
-        With a token the token guards, whatever the name."""
-        host = request.headers.get("host")
-        if api_token is None and not host_allowed(host, hosts):
-            return error_response(
-                421,
-                "misdirected",
-                f"this server answers only loopback host names (127.0.0.1, localhost, [::1]), not Host "
-                f"{host!r}; to serve it under that name, start it with --allow-host NAME (or set "
-                f"{settings.ALLOWED_HOSTS}) or set {settings.API_TOKEN}",
-                "Host",
-            )
-        return await call_next(request)
+    app.add_middleware(_Guard, max_body=max_ingest_bytes, hosts=None if api_token is not None else hosts)
 
     @app.exception_handler(TrajforgeError)
     async def trajforge_error(request: Request, exc: TrajforgeError) -> JSONResponse:

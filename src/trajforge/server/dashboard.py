@@ -27,13 +27,16 @@ from fastapi.templating import Jinja2Templates
 
 from trajforge import jobs, models
 from trajforge.errors import TrajforgeError
+from trajforge.limits import MAX_OFFSET
 from trajforge.records import iso_ms
 from trajforge.store import Store, TrajectoryFilter, build_filter
+from trajforge.validation import OverLimit, check_readable
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 templates.env.globals["iso"] = lambda ms: iso_ms(ms) if ms else ""
 PAGE_SIZE = 50
+MAX_PAGE = MAX_OFFSET // PAGE_SIZE + 1
 COOKIE = "trajforge_session"
 SOURCES = ("chat", "autonomy", "telegram", "discord", "api")
 STATUSES = ("active", "completed", "error", "timeout")
@@ -167,11 +170,11 @@ def _bars(items: list[tuple[str, float]], width: int = 360, height: int = 90) ->
 def trajectories_page(request: Request) -> Response:
     store = _store(request)
     params = _filters(request)
-    try:
-        page = max(1, int(request.query_params.get("page", "1") or 1))
-    except ValueError:
-        page = 1
     error = None
+    raw_page = request.query_params.get("page", "1").strip() or "1"
+    page = int(raw_page) if raw_page.isascii() and raw_page.isdigit() and len(raw_page) < 9 else 0
+    if not 1 <= page <= MAX_PAGE:  # a bigger one would be an offset past what SQL takes
+        error, page = f"page must be a number from 1 to {MAX_PAGE}", 1
     items: list[Any] = []
     total = 0
     stats: dict[str, Any] = {}
@@ -194,7 +197,7 @@ def trajectories_page(request: Request) -> Response:
             t.total_reward for t in sample if t.total_reward is not None and math.isfinite(t.total_reward)
         ]
     except TrajforgeError as exc:
-        error = exc.message
+        error = error or exc.message
     pages = max(1, math.ceil(total / PAGE_SIZE))
     per_day = stats.get("perDay", [])[-30:]
     hist = _histogram(rewards)
@@ -225,6 +228,10 @@ def trajectory_page(request: Request, trajectory_id: str) -> Response:
     t = _store(request).get_trajectory(trajectory_id)
     if t is None:
         return _page(request, "not_found.html", {"what": f"trajectory {trajectory_id}"}, status=404)
+    try:
+        check_readable(t)
+    except OverLimit as exc:
+        return _page(request, "error.html", {"title": "Cannot show it", "message": exc.message}, exc.status)
     return _page(request, "trajectory.html", {"t": t})
 
 

@@ -8,12 +8,23 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, StrictBool
 
+from trajforge.limits import (
+    MAX_ABS_REAL,
+    MAX_ID_CHARS,
+    MAX_INT,
+    MAX_NAME_CHARS,
+    MAX_REF_CHARS,
+    MAX_TIME_MS,
+    MIN_INT,
+)
 from trajforge.store import TrajectoryFilter, build_filter
 
 # JSON numbers only: lax pydantic would take `false` or "1" for a float.
 Number = Annotated[float, Strict()]
 EpochMs = Annotated[int, Strict()]
 Int = Annotated[int, Strict()]
+TrajectoryId = Annotated[str, Field(max_length=MAX_ID_CHARS)]
+Name = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
 
 
 def _iso_only(value: Any) -> Any:
@@ -78,7 +89,7 @@ class LoggingConfig(Wire):
 
 
 class DeleteIds(Wire):
-    ids: list[str] = Field(min_length=1, max_length=100_000, description="Trajectory ids to delete")
+    ids: list[TrajectoryId] = Field(min_length=1, max_length=100_000, description="Trajectory ids to delete")
 
 
 class DeleteAll(Wire):
@@ -95,14 +106,14 @@ class DeleteResult(BaseModel):
 class FilterBody(Wire):
     """The trajectory filters a request body can carry (export, dataset build)."""
 
-    trajectoryIds: list[str] | None = Field(default=None, max_length=100_000)
+    trajectoryIds: list[TrajectoryId] | None = Field(default=None, max_length=100_000)
     startDate: EpochMs | IsoDateTime | None = Field(default=None, description=DATE_HELP)
     endDate: EpochMs | IsoDateTime | None = Field(default=None, description=DATE_HELP)
-    scenarioId: str | None = None
-    batchId: str | None = None
-    source: str | None = None
+    scenarioId: Name | None = None
+    batchId: Name | None = None
+    source: Name | None = None
     status: Literal["active", "completed", "error", "timeout"] | None = None
-    agentId: str | None = None
+    agentId: Name | None = None
     search: str | None = Field(default=None, max_length=512)
     isTrainingData: StrictBool | None = None
 
@@ -135,10 +146,10 @@ class ExportRequest(FilterBody):
 
 
 class ScoreRequest(Wire):
-    name: str = Field(min_length=1, max_length=200)
-    value: Number = Field(allow_inf_nan=False)
+    name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
+    value: Number = Field(allow_inf_nan=False, ge=-MAX_ABS_REAL, le=MAX_ABS_REAL)
     comment: str | None = Field(default=None, max_length=10_000)
-    source: str = Field(default="api", min_length=1, max_length=100)
+    source: str = Field(default="api", min_length=1, max_length=MAX_NAME_CHARS)
 
 
 class ScoreOut(BaseModel):
@@ -183,6 +194,12 @@ def _nullable(props: dict[str, Any], keep: tuple[str, ...]) -> dict[str, Any]:
     return {k: v if k in keep else {**v, "type": [v["type"], "null"]} for k, v in props.items()}
 
 
+# The limits of trajforge.limits, as JSON Schema (the parser enforces them; this documents them).
+_NAME = {"type": "string", "maxLength": MAX_NAME_CHARS}
+_TIME = {"type": "integer", "minimum": 0, "maximum": MAX_TIME_MS}
+_INT = {"type": "integer", "minimum": MIN_INT, "maximum": MAX_INT}
+_REAL = {"type": "number", "minimum": -MAX_ABS_REAL, "maximum": MAX_ABS_REAL}
+
 INGEST_BODY_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["trajectories"],
@@ -196,17 +213,17 @@ INGEST_BODY_SCHEMA: dict[str, Any] = {
                 "steps (with llmCalls, providerAccesses, action) and scores are added.",
                 "properties": _nullable(
                     {
-                        "id": {"type": "string", "minLength": 1},
-                        "agentId": {"type": "string"},
-                        "source": {"type": "string"},
+                        "id": {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS},
+                        "agentId": _NAME,
+                        "source": _NAME,
                         "status": {"type": "string", "enum": ["active", "completed", "error", "timeout"]},
-                        "startTime": {"type": "integer"},
-                        "endTime": {"type": "integer"},
-                        "scenarioId": {"type": "string"},
-                        "batchId": {"type": "string"},
+                        "startTime": _TIME,
+                        "endTime": _TIME,
+                        "scenarioId": _NAME,
+                        "batchId": _NAME,
                         "isTrainingData": {"type": "boolean"},
                         "metadata": {"type": "object"},
-                        "totalReward": {"type": "number"},
+                        "totalReward": _REAL,
                         "steps": {
                             "type": "array",
                             "items": {
@@ -214,13 +231,17 @@ INGEST_BODY_SCHEMA: dict[str, Any] = {
                                 "required": ["stepId"],
                                 "properties": _nullable(
                                     {
-                                        "stepId": {"type": "string", "minLength": 1},
-                                        "stepNumber": {"type": "integer"},
-                                        "timestamp": {"type": "integer"},
+                                        "stepId": {
+                                            "type": "string",
+                                            "minLength": 1,
+                                            "maxLength": MAX_REF_CHARS,
+                                        },
+                                        "stepNumber": _INT,
+                                        "timestamp": _TIME,
                                         "llmCalls": {"type": "array", "items": {"type": "object"}},
                                         "providerAccesses": {"type": "array", "items": {"type": "object"}},
                                         "action": {"type": "object", "required": ["actionType"]},
-                                        "reward": {"type": "number"},
+                                        "reward": _REAL,
                                         "done": {"type": "boolean"},
                                     },
                                     ("stepId",),
@@ -250,7 +271,7 @@ class PrivacyBody(Wire):
 class DatasetBuildRequest(FilterBody):
     format: Literal["sft", "prompt_completion", "preference", "grpo", "openai", "openai_dpo", "art"] = "sft"
     limit: Int = Field(default=1000, ge=1, le=10_000_000, description="Most trajectories to include")
-    minLlmCallsPerTrajectory: Int = Field(default=0, ge=0)
+    minLlmCallsPerTrajectory: Int = Field(default=0, ge=0, le=MAX_INT)
     rewardScore: str | None = Field(
         default=None,
         min_length=1,

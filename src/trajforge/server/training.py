@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from trajforge import datasets, jobs, jsonutil, models
 from trajforge.errors import InvalidInput
+from trajforge.limits import MAX_OFFSET, MAX_SEQ
 from trajforge.records import JOB_STATUSES, JobEvent, to_wire
 from trajforge.server import trajectories as trajectory_routes
 from trajforge.server.schemas import (
@@ -84,7 +85,7 @@ def build_dataset(request: Request, body: DatasetBuildRequest) -> dict[str, Any]
 def list_datasets(
     request: Request,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> dict[str, Any]:
     return {"datasets": [datasets.summary(ds) for ds in _store(request).list_datasets(limit, offset)]}
 
@@ -107,8 +108,12 @@ def _last_event_id(request: Request, after: int | None) -> int:
     raw = request.headers.get("last-event-id", "").strip()
     if not raw:
         return 0
-    if not raw.isdigit():
-        raise InvalidInput("Last-Event-ID must be an event sequence number", "Last-Event-ID")
+    # isascii: str.isdigit also takes other scripts' digits; the length check keeps int() from
+    # parsing thousands of digits (Python refuses past 4300) before the range check.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > len(str(MAX_SEQ)) or int(raw) > MAX_SEQ:
+        raise InvalidInput(
+            f"Last-Event-ID must be an event sequence number from 0 to {MAX_SEQ}", "Last-Event-ID"
+        )
     return int(raw)
 
 
@@ -143,7 +148,9 @@ async def event_stream(
 )
 async def events(
     request: Request,
-    after: Annotated[int | None, Query(ge=0, description="Send events after this sequence number")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_SEQ, description="Send events after this sequence number")
+    ] = None,
     follow: Annotated[bool, Query(description="Keep the stream open for new events")] = True,
 ) -> StreamingResponse:
     start = _last_event_id(request, after)
@@ -165,7 +172,7 @@ def list_jobs(
     request: Request,
     status: Annotated[str | None, Query(description=", ".join(JOB_STATUSES))] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> dict[str, Any]:
     if status is not None and status not in JOB_STATUSES:
         raise InvalidInput(f"status must be one of {', '.join(JOB_STATUSES)}", "status")
@@ -193,7 +200,7 @@ def cancel_job(
 async def job_events(
     request: Request,
     job_id: Annotated[str, Path(min_length=1, max_length=200)],
-    after: Annotated[int | None, Query(ge=0)] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
     follow: Annotated[bool, Query(description="Keep the stream open until the job ends")] = True,
 ) -> StreamingResponse:
     store = _store(request)
@@ -298,7 +305,7 @@ ModelId = Annotated[str, Path(min_length=1, max_length=200)]
 def list_models(
     request: Request,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> dict[str, Any]:
     return {"models": [models.wire(m, per_item=False) for m in _store(request).list_models(limit, offset)]}
 

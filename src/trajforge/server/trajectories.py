@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from trajforge import export, jsonutil, privacy
 from trajforge.capture.transport import LOGGING_ENABLED, StoredBatch, TransientError, store_batch
 from trajforge.errors import InvalidInput, NotFound, StoreError, TooLarge, TrajforgeError
+from trajforge.limits import MAX_ID_CHARS, MAX_OFFSET
 from trajforge.records import (
     Score,
     Trajectory,
@@ -39,6 +40,7 @@ from trajforge.server.schemas import (
     TrajectoryList,
 )
 from trajforge.store import Store, TrajectoryFilter, build_filter
+from trajforge.validation import check_readable
 
 router = APIRouter(prefix="/api/trajectories", tags=["trajectories"])
 
@@ -98,9 +100,11 @@ def list_trajectories(
     source: str | None = None,
     status: Annotated[str | None, Query(pattern="^(active|completed|error|timeout)$")] = None,
     start_date: Annotated[
-        str | None, Query(alias="startDate", description="ISO date/time or epoch ms")
+        str | None, Query(alias="startDate", max_length=64, description="ISO date/time or epoch ms")
     ] = None,
-    end_date: Annotated[str | None, Query(alias="endDate", description="ISO date/time or epoch ms")] = None,
+    end_date: Annotated[
+        str | None, Query(alias="endDate", max_length=64, description="ISO date/time or epoch ms")
+    ] = None,
     search: Annotated[
         str | None, Query(max_length=512, description='Words, "phrases", OR, -word, prefix*')
     ] = None,
@@ -111,7 +115,7 @@ def list_trajectories(
     min_reward: Annotated[float | None, Query(alias="minReward", allow_inf_nan=False)] = None,
     max_reward: Annotated[float | None, Query(alias="maxReward", allow_inf_nan=False)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> dict[str, Any]:
     # A misspelt filter (scenarioID) silently ignored would return the wrong rows: refuse it.
     unknown = sorted(set(request.query_params) - LIST_PARAMS)
@@ -282,11 +286,13 @@ def _store_batch(store: Store, batch: WriteBatch) -> StoredBatch:
 
 
 @router.get("/{trajectory_id}", response_model=TrajectoryDetail, summary="One trajectory, organized by step")
-def get_trajectory(request: Request, trajectory_id: Annotated[str, Path(max_length=200)]) -> dict[str, Any]:
+def get_trajectory(
+    request: Request, trajectory_id: Annotated[str, Path(max_length=MAX_ID_CHARS)]
+) -> dict[str, Any]:
     t = _store(request).get_trajectory(trajectory_id)
     if t is None:
         raise NotFound(f"no trajectory with id {trajectory_id!r}", "id")
-    wire = to_wire(t)
+    wire = to_wire(check_readable(t))
     wire["createdAt"] = iso_ms(t.created_at)
     wire["updatedAt"] = iso_ms(t.updated_at)
     return {"trajectory": wire}
@@ -300,7 +306,7 @@ def get_trajectory(request: Request, trajectory_id: Annotated[str, Path(max_leng
 )
 def add_score(
     request: Request,
-    trajectory_id: Annotated[str, Path(max_length=200)],
+    trajectory_id: Annotated[str, Path(max_length=MAX_ID_CHARS)],
     body: Annotated[ScoreRequest, Body()],
 ) -> dict[str, Any]:
     store = _store(request)

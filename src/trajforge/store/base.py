@@ -99,7 +99,7 @@ def _parse_date(value: str | int | float | datetime | None, field_name: str) -> 
     if isinstance(value, int | float) and not isinstance(value, bool):
         return int(value)
     text = str(value).strip()
-    if text.lstrip("-").isdigit():
+    if text.lstrip("-").isdigit() and len(text) <= 20:  # longer: past any time (and int() refuses 4300+)
         return int(text)
     try:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
