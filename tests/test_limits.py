@@ -34,7 +34,7 @@ FORMATS = ("json", "jsonl", "csv", "art", "zip", "parquet")
 
 @pytest.fixture
 def client(store: Store) -> Iterator[TestClient]:
-    with TestClient(create_app(store)) as c:
+    with TestClient(create_app(store), base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -214,6 +214,12 @@ def test_depth_and_id_length_are_refused_at_http_ingest(client: TestClient, stor
             "trajectories[0].steps[0].observation",
         ),
         ({"trajectories": [{"id": "x" * (limits.MAX_ID_CHARS + 1)}]}, "trajectories[0].id"),
+        # NUL: PostgreSQL text cannot hold it, so a stored id would differ from the one re-sent.
+        ({"trajectories": [{"id": "a\u0000b"}]}, "trajectories[0].id"),
+        (
+            {"trajectories": [{"id": "s", "steps": [{"stepId": "s\u00001"}]}]},
+            "trajectories[0].steps[0].stepId",
+        ),
         (
             {"trajectories": [{"id": "n", "agentId": "a" * (limits.MAX_NAME_CHARS + 1)}]},
             "trajectories[0].agentId",
@@ -255,7 +261,13 @@ def test_the_importer_enforces_the_same_limits(store: Store, tmp_path: Path) -> 
     seed = tmp_path / "seed.jsonl"
     row = {"trajectoryId": "t1", "stepId": "s", "callId": "c1", "model": "m", "request": {"prompt": "hi"}}
     seed.write_text(json.dumps({**row, "usage": {"prompt_tokens": 2**40}}) + "\n")
-    with pytest.raises(InvalidInput, match=r"seed.jsonl:1.promptTokens: must be between"):
+    with pytest.raises(InvalidInput, match=r"seed.jsonl:1.usage.prompt_tokens: must be between"):
+        import_file(store, seed)
+    seed.write_text(json.dumps({**row, "metadata": nest(limits.MAX_JSON_DEPTH + 1)}) + "\n")
+    with pytest.raises(InvalidInput, match=r"seed.jsonl:1.metadata: is nested more than 64 levels"):
+        import_file(store, seed)
+    seed.write_text(json.dumps({**row, "callId": "c\u00001"}) + "\n")
+    with pytest.raises(InvalidInput, match=r"seed.jsonl:1.callId: must not contain a NUL"):
         import_file(store, seed)
     long_id = tmp_path / "long.jsonl"
     long_id.write_text(json.dumps({"id": "x" * 300}) + "\n")
@@ -272,7 +284,7 @@ def test_a_stored_row_over_the_limits_gives_a_clear_error_not_a_500(store_url: s
     store.write(WriteBatch.from_trajectory(make_trajectory()))
     tid = store.list_trajectories(TrajectoryFilter(), limit=1).items[0].id
     run_sql(store_url, "UPDATE trajectories SET metadata = ? WHERE id = ?", (nested_json(300), tid))
-    with TestClient(create_app(store)) as client:
+    with TestClient(create_app(store), base_url="http://127.0.0.1") as client:
         message = refused(client.get(f"/api/trajectories/{tid}"), "metadata")
         assert "stored before the current limits" in message
         r = client.get(f"/trajectories/{tid}")
@@ -326,7 +338,7 @@ def test_an_export_that_fails_midway_never_ends_as_a_complete_200(
 
 
 def test_request_bodies_are_bounded_on_every_route(store: Store) -> None:
-    with TestClient(create_app(store, max_ingest_bytes=2000)) as client:
+    with TestClient(create_app(store, max_ingest_bytes=2000), base_url="http://127.0.0.1") as client:
         big = {"format": "jsonl", "trajectoryIds": [f"id-{i}" for i in range(500)]}
         refused_413 = client.post("/api/trajectories/export", json=big)
         assert refused_413.status_code == 413, refused_413.text

@@ -164,6 +164,22 @@ def _str_check(limit: int) -> Check:
     return check
 
 
+def check_id(value: Any, limit: int) -> str | None:
+    """An id: a string within ``limit``, without NUL. PostgreSQL text cannot hold NUL and the store
+    replaces it in text; in an id that would make a re-sent record a new one (or another's)."""
+    problem = check_str(value, limit)
+    if problem is None and "\x00" in value:
+        return "must not contain a NUL character"
+    return problem
+
+
+def _id_check(limit: int) -> Check:
+    def check(value: Any) -> str | None:
+        return check_id(value, limit)
+
+    return check
+
+
 def _ignored(value: Any) -> str | None:
     return None
 
@@ -176,6 +192,7 @@ DERIVED_FIELDS |= {"total_prompt_tokens", "total_completion_tokens"}
 _CHECKS: dict[str, Check] = {
     **dict.fromkeys(DERIVED_FIELDS, _ignored),
     **{name: _str_check(limit) for name, limit in _STR_LIMITS.items()},
+    **{name: _id_check(_STR_LIMITS[name]) for name in _IDS | _REFS},
     **dict.fromkeys(_REALS, check_real),
     **dict.fromkeys(_TIMES, _check_time),
     **dict.fromkeys(_INTS, check_int),
@@ -186,6 +203,8 @@ _CHECKS: dict[str, Check] = {
 def fast_bounds(name: str) -> tuple[type, float, float] | None:
     """(type, low, high) such that a value of exactly that type within [low, high] passes the
     check of field ``name`` (string lengths for ``str``): lets a hot loop skip the call."""
+    if name in _IDS or name in _REFS:
+        return None  # ids are also checked for NUL: no length-only shortcut
     if name in _STR_LIMITS:
         return str, 0, _STR_LIMITS[name]
     if name in _REALS:

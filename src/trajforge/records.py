@@ -560,8 +560,9 @@ def _check_json(value: Any, where: str) -> Any:
 def _check_id(value: Any, limit: int, where: str) -> str:
     if not isinstance(value, str) or not value:
         raise WireError("is required (a non-empty string)", where)
-    if len(value) > limit:
-        raise WireError(f"is {len(value)} characters long; the limit is {limit}", where)
+    problem = limits.check_id(value, limit)
+    if problem is not None:
+        raise WireError(problem, where)
     return value
 
 
