@@ -31,7 +31,7 @@ from trajforge import jobs, settings
 from trajforge.records import JOB_FINISHED, Job, now_ms
 from trajforge.store import Store, open_store
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 TIMEOUT_S = "2"
 """The heartbeat timeout every process in these tests runs with (the default is a minute)."""
