@@ -180,6 +180,10 @@ def _id_check(limit: int) -> Check:
     return check
 
 
+ID_FIELDS = _IDS | _REFS
+"""Fields that are ids: :func:`check_id` (a length and no NUL)."""
+
+
 def _ignored(value: Any) -> str | None:
     return None
 
@@ -192,7 +196,7 @@ DERIVED_FIELDS |= {"total_prompt_tokens", "total_completion_tokens"}
 _CHECKS: dict[str, Check] = {
     **dict.fromkeys(DERIVED_FIELDS, _ignored),
     **{name: _str_check(limit) for name, limit in _STR_LIMITS.items()},
-    **{name: _id_check(_STR_LIMITS[name]) for name in _IDS | _REFS},
+    **{name: _id_check(_STR_LIMITS[name]) for name in ID_FIELDS},
     **dict.fromkeys(_REALS, check_real),
     **dict.fromkeys(_TIMES, _check_time),
     **dict.fromkeys(_INTS, check_int),
@@ -202,9 +206,8 @@ _CHECKS: dict[str, Check] = {
 
 def fast_bounds(name: str) -> tuple[type, float, float] | None:
     """(type, low, high) such that a value of exactly that type within [low, high] passes the
-    check of field ``name`` (string lengths for ``str``): lets a hot loop skip the call."""
-    if name in _IDS or name in _REFS:
-        return None  # ids are also checked for NUL: no length-only shortcut
+    check of field ``name`` (string lengths for ``str``; an id of :data:`ID_FIELDS` must also
+    hold no NUL): lets a hot loop skip the call."""
     if name in _STR_LIMITS:
         return str, 0, _STR_LIMITS[name]
     if name in _REALS:

@@ -125,7 +125,8 @@ def _compile(cls: type, json_only: bool) -> Callable[[Any, str], tuple[str, str]
         if bounds is None:
             test = "v is not None"
         elif bounds[0] is str:
-            test = f"v is not None and (type(v) is not str or len(v) > {bounds[2]!r})"
+            nul = " or '\\x00' in v" if name in limits.ID_FIELDS else ""
+            test = f"v is not None and (type(v) is not str or len(v) > {bounds[2]!r}{nul})"
         else:
             test = f"v is not None and (type(v) is not {bounds[0].__name__} or not {bounds[1]!r} <= v <= {bounds[2]!r})"
         lines += [
