@@ -199,15 +199,32 @@ def test_reimporting_eliza_trajectories_from_another_path_changes_nothing(
     before = snapshot(store)
     t = store.get_trajectory("e-1")
     assert t is not None and t.provider_access_count == 1 and t.llm_call_count == 2
-    # Ids derived from the place in the trajectory, unique across trajectories.
-    assert [c.call_id for c in t.steps[0].llm_calls] == ["e-1:e-1-s0:call:0", "e-1:e-1-s0:call:1"]
-    assert t.steps[0].provider_accesses[0].access_id == "e-1:e-1-s0:access:0"
+    # Ids derived from the place in the trajectory (scoped to it, as HTTP ingest derives them).
+    assert [c.call_id for c in t.steps[0].llm_calls] == ["e-1-s0:call:0", "e-1-s0:call:1"]
+    assert t.steps[0].provider_accesses[0].access_id == "e-1-s0:access:0"
     moved = tmp_path / "elsewhere" / "renamed.jsonl"
     moved.parent.mkdir()
     shutil.copy(first, moved)
     again = import_file(store, moved)
     assert again["newTrajectories"] == 0 and again["newLlmCalls"] == 0
     assert snapshot(store) == before
+
+
+def test_what_was_sent_over_http_imports_as_the_same_records(store: Store, tmp_path: Path) -> None:
+    """A trajectory whose calls and accesses have no ids, posted and then imported from a file,
+    is one record each: both ways derive the same ids."""
+    from fastapi.testclient import TestClient
+
+    from trajforge.server import create_app
+
+    traj = eliza_trajectory("h-1")
+    with TestClient(create_app(store), base_url="http://127.0.0.1") as client:
+        r = client.post("/api/trajectories", json={"trajectories": [traj]})
+        assert r.status_code == 200, r.text
+    counts = import_file(store, write_jsonl(tmp_path / "h.jsonl", [traj]))
+    assert counts["newTrajectories"] == 0 and counts["newLlmCalls"] == 0, counts
+    t = store.get_trajectory("h-1")
+    assert t is not None and t.llm_call_count == 2 and t.provider_access_count == 1
 
 
 def test_reimporting_rows_without_ids_changes_nothing(store: Store, tmp_path: Path) -> None:
@@ -385,9 +402,9 @@ def test_a_call_without_a_time_takes_its_steps_and_is_flagged(store: Store, tmp_
     t = store.get_trajectory("eliza-1")
     assert t is not None and "startTimeUnknown" not in t.metadata
     step = t.steps[0]
-    late = next(c for c in step.llm_calls if c.call_id == "eliza-1:eliza-1-s0:call:1")
+    late = next(c for c in step.llm_calls if c.call_id == "eliza-1-s0:call:1")
     assert late.timestamp == step.timestamp == T0 + 10
-    assert step.metadata is not None and step.metadata["timesUnknown"] == ["call:eliza-1:eliza-1-s0:call:1"]
+    assert step.metadata is not None and step.metadata["timesUnknown"] == ["call:eliza-1-s0:call:1"]
 
 
 @pytest.mark.parametrize(

@@ -264,8 +264,23 @@ def test_the_importer_enforces_the_same_limits(store: Store, tmp_path: Path) -> 
     with pytest.raises(InvalidInput, match=r"seed.jsonl:1.usage.prompt_tokens: must be between"):
         import_file(store, seed)
     seed.write_text(json.dumps({**row, "metadata": nest(limits.MAX_JSON_DEPTH + 1)}) + "\n")
-    with pytest.raises(InvalidInput, match=r"seed.jsonl:1.metadata: is nested more than 64 levels"):
+    with pytest.raises(
+        InvalidInput, match=r"seed.jsonl: trajectory t1.metadata: is nested more than 64 levels"
+    ):
         import_file(store, seed)
+    # Fields without a column are kept in metadata, deeper than in the file: checked as stored,
+    # so an import never stores what the detail route then cannot show.
+    near = nest(limits.MAX_JSON_DEPTH - 1)
+    foreign = tmp_path / "foreign.jsonl"
+    foreign.write_text(json.dumps({"id": "f", "status": "completed", "vendorField": near}) + "\n")
+    with pytest.raises(InvalidInput, match=r"foreign.jsonl:1.metadata.*nested more than 64 levels"):
+        import_file(store, foreign)
+    seed.write_text(json.dumps({**row, "vendorField": near}) + "\n")
+    with pytest.raises(InvalidInput, match=r"trajectory t1\..*nested more than 64 levels"):
+        import_file(store, seed)
+    bad_rows = tmp_path / "seed.bad.jsonl"
+    assert import_file(store, seed, bad_rows=bad_rows)["badRows"] == 1
+    assert json.loads(bad_rows.read_text())["where"] == "seed.jsonl:1"
     seed.write_text(json.dumps({**row, "callId": "c\u00001"}) + "\n")
     with pytest.raises(InvalidInput, match=r"seed.jsonl:1.callId: must not contain a NUL"):
         import_file(store, seed)

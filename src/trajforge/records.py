@@ -557,6 +557,14 @@ def _check_json(value: Any, where: str) -> Any:
     return value
 
 
+def derived_id(step_id: str, kind: str, k: int) -> str:
+    """The id of the ``k``-th call or access (``kind``) of a step, for one sent without an id: from
+    its place, the same on every way in (HTTP ingest, the importer), so the same content sent
+    again, or sent one way and imported the other, is the same record. Ids are scoped to their
+    trajectory, so the step's id is enough."""
+    return f"{step_id}:{kind}:{k}"
+
+
 def _check_id(value: Any, limit: int, where: str) -> str:
     if not isinstance(value, str) or not value:
         raise WireError("is required (a non-empty string)", where)
@@ -673,12 +681,12 @@ def batch_from_wire(data: Any) -> WriteBatch:
             for k, c in enumerate(_array(s, "llmCalls", spath)):
                 call = from_wire(LlmCall, c, f"{spath}.llmCalls[{k}]")
                 if "callId" not in c and "call_id" not in c:
-                    call.call_id = f"{sid}:call:{k}"
+                    call.call_id = derived_id(sid, "call", k)
                 batch.calls.append(CallRow(tid, sid, call))
             for k, a in enumerate(_array(s, "providerAccesses", spath)):
                 access = from_wire(ProviderAccess, a, f"{spath}.providerAccesses[{k}]")
                 if "accessId" not in a and "access_id" not in a:
-                    access.access_id = f"{sid}:access:{k}"
+                    access.access_id = derived_id(sid, "access", k)
                 batch.accesses.append(AccessRow(tid, sid, access))
         for k, sc in enumerate(_array(t, "scores", path)):
             if isinstance(sc, dict):

@@ -35,6 +35,7 @@ from trajforge.importer.bundles import trajectory_from_object
 from trajforge.importer.rows import RowReader, RowTrajectories, is_call_row
 from trajforge.records import Trajectory, WireError, WriteBatch, now_ms
 from trajforge.store import Store
+from trajforge.validation import check_record
 
 BATCH = 200
 SHOWN_ERRORS = 5
@@ -106,11 +107,12 @@ class _BadRows:
         self.path = path
         self.positions: set[int] = set()
         self.shown: list[str] = []
+        self.later = 0  # rows found bad after reading (a trajectory of per-call rows)
         # A bad-rows file left by an earlier run must not stand for this one.
         self._out: IO[bytes] | None = open(path, "wb") if path is not None and path.exists() else None  # noqa: SIM115
 
     def __len__(self) -> int:
-        return len(self.positions)
+        return len(self.positions) + self.later
 
     def add(self, item: _Item, message: str, field: str | None) -> None:
         self.positions.add(item.position)
@@ -129,6 +131,20 @@ class _BadRows:
             jsonutil.dumps_bytes({"where": item.where, "error": message, "field": field, "text": text})
             + b"\n"
         )
+
+    def add_rows(self, wheres: list[str], message: str, field: str | None) -> None:
+        """Rows found bad together, after they were read (their text is not kept)."""
+        self.later += len(wheres)
+        if len(self.shown) < SHOWN_ERRORS:
+            self.shown.append(message)
+        if self.path is None:
+            return
+        if self._out is None:
+            self._out = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+        for where in wheres:
+            self._out.write(
+                jsonutil.dumps_bytes({"where": where, "error": message, "field": field, "text": None}) + b"\n"
+            )
 
     def close(self) -> None:
         if self._out is not None:
@@ -180,6 +196,9 @@ def import_file(
                     rows.add(reader.read(obj, item.where))
                 else:
                     parsed = trajectory_from_object(obj, item.where, now)
+                    # As stored: fields without a column moved into metadata sit deeper than in
+                    # the file, and what the limits refuse there no read could return.
+                    check_record(parsed[0], item.where)
                     bundles += 1
                     if source.keep:
                         kept.append(parsed)
@@ -187,6 +206,13 @@ def import_file(
                 bad.add(item, *_message(exc, item.where))
             if source.document is not None:
                 source.document[item.position] = None  # converted: let the parsed JSON go
+        # Per-call rows become trajectories only now (a trajectory's rows can be anywhere in the
+        # file): check each as it will be stored; one over the limits takes all its rows with it.
+        for tid in list(rows.rows):
+            try:
+                check_record(rows.build(tid, now)[0], f"{path.name}: trajectory {tid}")
+            except WireError as exc:
+                bad.add_rows([rc.where for rc in rows.rows.pop(tid)], *_message(exc, tid))
     finally:
         bad.close()
     if len(bad) and out is None:

@@ -6,7 +6,8 @@ Every field with a home goes there (``metrics.finalStatus`` is the status when n
 given); the others are kept in metadata (``sourceFields`` of the trajectory or step, and
 ``callSourceFields`` / ``accessSourceFields`` / ``actionSourceFields`` of a step, keyed by id).
 Records without an id get one derived from their place (``<trajectory>:step:<j>``,
-``<step>:call:<k>``...), so importing the same file twice stores nothing new.
+``<step>:call:<k>``... as HTTP ingest derives them: :func:`trajforge.records.derived_id`), so
+importing the same file twice, or importing what was sent over HTTP, stores nothing new.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from trajforge.records import (
     Step,
     Trajectory,
     WireError,
+    derived_id,
     from_wire,
 )
 
@@ -145,9 +147,7 @@ def trajectory_from_object(obj: dict[str, Any], where: str, now: int) -> tuple[T
         unknown: list[str] = []
         smeta = dict(opt_dict(raw, "metadata", swhere) or {})
         if not _given(raw, "stepId", "step_id"):
-            step.step_id = scope = f"{tid}:step:{j}"
-        else:
-            scope = f"{tid}:{step.step_id}"
+            step.step_id = f"{tid}:step:{j}"
         if not _given(raw, "timestamp"):
             own = step_known[j]
             step.timestamp = min(own) if own else previous
@@ -163,7 +163,7 @@ def trajectory_from_object(obj: dict[str, Any], where: str, now: int) -> tuple[T
             zip(_items(raw, swhere, "llmCalls", "llm_calls"), step.llm_calls, strict=True)
         ):
             if not _given(rc, "callId", "call_id"):
-                call.call_id = f"{scope}:call:{k}"
+                call.call_id = derived_id(step.step_id, "call", k)
             once("callId", call.call_id, f"{swhere}.llmCalls[{k}].callId")
             if call.reasoning is None and isinstance(rc.get("thinking"), str):
                 call.reasoning = rc["thinking"]
@@ -187,7 +187,7 @@ def trajectory_from_object(obj: dict[str, Any], where: str, now: int) -> tuple[T
         accesses = _items(raw, swhere, "providerAccesses", "provider_accesses")
         for k, (ra, access) in enumerate(zip(accesses, step.provider_accesses, strict=True)):
             if not _given(ra, "accessId", "access_id"):
-                access.access_id = f"{scope}:access:{k}"
+                access.access_id = derived_id(step.step_id, "access", k)
             once("accessId", access.access_id, f"{swhere}.providerAccesses[{k}].accessId")
             if not _given(ra, "timestamp"):
                 access.timestamp = step.timestamp

@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from trajforge import limits
 from trajforge.importer.common import (
     CALL_SOURCE_FIELDS,
     SOURCE_FIELDS,
@@ -316,12 +315,9 @@ class RowReader:
         # share a step row. Deterministic, so re-importing stays idempotent.
         sid = f"{tid}:{opt_str(row, 'stepId', where) or 'step'}"
         # The limits every way in enforces (trajforge.limits), checked here so a row over them is a
-        # bad row of the check pass, never a failure halfway through storing. ``extra`` lands
-        # in its step's metadata under callSourceFields[callId]: checked at that depth.
+        # bad row of the check pass naming its field; the trajectory the rows make is checked
+        # whole once the file is read (metadata can move deeper there).
         check_record(CallRow(tid, sid, call), where)
-        for value, at in ((metadata, f"{where}.metadata"), ({"callSourceFields": {cid: extra}}, where)):
-            if (problem := limits.check_field("metadata", value)) is not None:
-                raise WireError(problem, at)
         return RowCall(
             where=where,
             trajectory_id=tid,
