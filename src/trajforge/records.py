@@ -423,18 +423,7 @@ _NESTED: dict[str, type] = {
     "scores": Score,
 }
 # Fields of a record that are free-form user data: their keys are passed through untouched.
-_OPAQUE = {
-    "metadata",
-    "messages",
-    "tool_calls",
-    "tools",
-    "query",
-    "data",
-    "parameters",
-    "result",
-    "observation",
-    "tags",
-}
+_OPAQUE = limits.JSON_FIELDS
 
 
 _PLANS: dict[type, tuple[tuple[str, str, int], ...]] = {}

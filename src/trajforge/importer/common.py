@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -22,6 +22,9 @@ ACTION_SOURCE_FIELDS = "actionSourceFields"
 # Which times of a step were not in the source (and so were taken from a neighbour).
 TIMES_UNKNOWN = "timesUnknown"
 START_TIME_UNKNOWN = "startTimeUnknown"
+
+
+T = TypeVar("T")
 
 
 def wire_names(cls: type) -> frozenset[str]:
@@ -38,13 +41,17 @@ def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
-def opt_str(obj: dict[str, Any], key: str, where: str) -> str | None:
+def _opt(obj: dict[str, Any], key: str, where: str, kind: type[T], what: str) -> T | None:
     value = obj.get(key)
     if value is None:
         return None
-    if not isinstance(value, str):
-        raise WireError(f"expected a string, got {type(value).__name__}", _join(where, key))
+    if not isinstance(value, kind):
+        raise WireError(f"expected {what}, got {type(value).__name__}", _join(where, key))
     return value
+
+
+def opt_str(obj: dict[str, Any], key: str, where: str) -> str | None:
+    return _opt(obj, key, where, str, "a string")
 
 
 def opt_number(obj: dict[str, Any], key: str, where: str) -> float | None:
@@ -81,30 +88,15 @@ def opt_time(obj: dict[str, Any], key: str, where: str) -> int | None:
 
 
 def opt_dict(obj: dict[str, Any], key: str, where: str) -> dict[str, Any] | None:
-    value = obj.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise WireError(f"expected an object, got {type(value).__name__}", _join(where, key))
-    return value
+    return _opt(obj, key, where, dict, "an object")
 
 
 def opt_list(obj: dict[str, Any], key: str, where: str) -> list[Any] | None:
-    value = obj.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, list):
-        raise WireError(f"expected an array, got {type(value).__name__}", _join(where, key))
-    return value
+    return _opt(obj, key, where, list, "an array")
 
 
 def opt_bool(obj: dict[str, Any], key: str, where: str) -> bool | None:
-    value = obj.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, bool):
-        raise WireError(f"expected true or false, got {type(value).__name__}", _join(where, key))
-    return value
+    return _opt(obj, key, where, bool, "true or false")
 
 
 def content_digest(obj: Any) -> str:
