@@ -120,31 +120,28 @@ class _BadRows:
             self.shown.append(message)
         if self.path is None:
             return
-        if self._out is None:
-            self._out = open(self.path, "wb")  # noqa: SIM115 - closed in close()
         text = (
             item.raw.rstrip(b"\r\n").decode("utf-8", "replace")
             if item.raw is not None
             else jsonutil.dumps(item.obj)
         )
-        self._out.write(
-            jsonutil.dumps_bytes({"where": item.where, "error": message, "field": field, "text": text})
-            + b"\n"
-        )
+        self._write([(item.where, text)], message, field)
 
     def add_rows(self, wheres: list[str], message: str, field: str | None) -> None:
         """Rows found bad together, after they were read (their text is not kept)."""
         self.later += len(wheres)
         if len(self.shown) < SHOWN_ERRORS:
             self.shown.append(message)
-        if self.path is None:
-            return
+        if self.path is not None:
+            self._write([(where, None) for where in wheres], message, field)
+
+    def _write(self, rows: list[tuple[str, str | None]], message: str, field: str | None) -> None:
         if self._out is None:
+            assert self.path is not None  # callers write only when skipping to a file
             self._out = open(self.path, "wb")  # noqa: SIM115 - closed in close()
-        for where in wheres:
-            self._out.write(
-                jsonutil.dumps_bytes({"where": where, "error": message, "field": field, "text": None}) + b"\n"
-            )
+        for where, text in rows:
+            line = {"where": where, "error": message, "field": field, "text": text}
+            self._out.write(jsonutil.dumps_bytes(line) + b"\n")
 
     def close(self) -> None:
         if self._out is not None:
@@ -180,6 +177,7 @@ def import_file(
     rows = RowTrajectories()
     reader = RowReader()
     kept: list[tuple[Trajectory, bool]] = []  # when the file is read once (source.keep)
+    built: list[tuple[Trajectory, bool]] = []  # the trajectories of per-call rows
     bundles = 0
 
     # Pass 1: read and check everything; per-call rows are kept (they are grouped at the end).
@@ -208,11 +206,15 @@ def import_file(
                 source.document[item.position] = None  # converted: let the parsed JSON go
         # Per-call rows become trajectories only now (a trajectory's rows can be anywhere in the
         # file): check each as it will be stored; one over the limits takes all its rows with it.
+        # Built once, here: pass 2 stores what was checked.
         for tid in list(rows.rows):
             try:
-                check_record(rows.build(tid, now)[0], f"{path.name}: trajectory {tid}")
+                trajectory = rows.build(tid, now)
+                check_record(trajectory[0], f"{path.name}: trajectory {tid}")
+                built.append(trajectory)
             except WireError as exc:
-                bad.add_rows([rc.where for rc in rows.rows.pop(tid)], *_message(exc, tid))
+                bad.add_rows([rc.where for rc in rows.rows[tid]], *_message(exc, tid))
+            del rows.rows[tid]
     finally:
         bad.close()
     if len(bad) and out is None:
@@ -233,7 +235,7 @@ def import_file(
         "badRows": len(bad),
         "duplicateRows": rows.duplicates,
     }
-    total = bundles + len(rows)
+    total = bundles + len(built)
     batch = WriteBatch()
 
     def flush() -> None:
@@ -274,9 +276,9 @@ def import_file(
                 if item.position in bad.positions or item.error is not None or is_call_row(item.obj):
                     continue
                 add(*trajectory_from_object(item.obj, item.where, now))
-        for tid in list(rows.rows):
-            add(*rows.build(tid, now))
-            del rows.rows[tid]
+        for t, unknown in built:
+            add(t, unknown)
+        built.clear()
         flush()
     except (TrajforgeError, WireError) as exc:
         stored = counts["trajectories"] - len(batch.trajectories)
