@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import click
 import pytest
 from typer.main import get_command
 from typer.testing import CliRunner
@@ -36,13 +36,19 @@ def run(*args: str, input: str | None = None):
 
 
 def test_every_command_has_help() -> None:
-    def walk(cmd: click.Command, path: str) -> None:
+    seen = []
+
+    def walk(cmd: Any, path: str) -> None:
+        seen.append(path)
         assert cmd.help or cmd.short_help, f"{path} has no help text"
-        if isinstance(cmd, click.Group):
-            for name, sub in cmd.commands.items():
-                walk(sub, f"{path} {name}")
+        for param in cmd.params:
+            assert getattr(param, "help", None) or param.param_type_name == "argument", (path, param.name)
+        # Typer vendors its own click: its groups are not click.Group instances.
+        for name, sub in getattr(cmd, "commands", {}).items():
+            walk(sub, f"{path} {name}")
 
     walk(get_command(app), "trajforge")
+    assert "trajforge jobs start" in seen and "trajforge models list" in seen
 
 
 def test_list_show_stats(store_url: str) -> None:

@@ -50,7 +50,8 @@ from trajforge.formats.openai import Conversation, IdEntry, function_tools
 from trajforge.paths import hashed_name
 from trajforge.privacy import CATEGORIES, PrivacyFilter, PrivacyReport, store_salt
 from trajforge.records import Dataset, JobEvent, camel, iso_ms, new_id, now_ms
-from trajforge.store.base import Store, TrajectoryFilter
+from trajforge.store.base import Store
+from trajforge.store.filter import TrajectoryFilter
 
 FORMATS = ("sft", "prompt_completion", "preference", "grpo", "openai", "openai_dpo", "art")
 PAIR_FORMATS = ("preference", "openai_dpo")
@@ -160,7 +161,9 @@ class BuildRequest:
 
     def to_wire(self) -> dict[str, Any]:
         flt = {
-            k: getattr(self.filter, k) for k in self.filter.__slots__ if getattr(self.filter, k) is not None
+            k: getattr(self.filter, k)
+            for k in type(self.filter).model_fields
+            if getattr(self.filter, k) is not None
         }
         if "trajectory_ids" in flt:
             flt["trajectory_ids"] = list(flt["trajectory_ids"])
@@ -745,7 +748,7 @@ def _effective_filter(req: BuildRequest) -> TrajectoryFilter:
     if req.reward_score is None and (req.min_reward is not None or req.max_reward is not None):
         # The trajectory's own reward is a column: let the database filter it.
         flt = TrajectoryFilter(
-            **{k: getattr(flt, k) for k in flt.__slots__ if k not in ("min_reward", "max_reward")},
+            **{k: getattr(flt, k) for k in type(flt).model_fields if k not in ("min_reward", "max_reward")},
             min_reward=req.min_reward,
             max_reward=req.max_reward,
         )

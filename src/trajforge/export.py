@@ -21,7 +21,9 @@ import threading
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import Field
 
 from trajforge import jsonutil
 from trajforge import workers as worker_pool
@@ -30,8 +32,10 @@ from trajforge.formats import art as art_format
 from trajforge.formats.openai import function_tools
 from trajforge.privacy import PrivacyFilter, filter_trajectory
 from trajforge.records import LlmCall, Trajectory, iso_ms, now_ms, to_wire
-from trajforge.store.base import Store, TrajectoryFilter
+from trajforge.requests import Flag
+from trajforge.store.base import Store
 from trajforge.store.documents import CALL_ROW_COLUMNS
+from trajforge.store.filter import TrajectoryFilter
 
 T = TypeVar("T")
 FORMATS = ("json", "jsonl", "csv", "art", "zip", "parquet")
@@ -705,3 +709,29 @@ def _json_array(docs: Iterable[bytes]) -> Iterator[bytes]:
         yield doc if first else b"," + doc
         first = False
     yield b"]\n"
+
+
+class ExportRequest(TrajectoryFilter):
+    """An export: which trajectories (the filter's fields) and how to write them."""
+
+    format: Annotated[
+        Literal["json", "jsonl", "csv", "art", "zip", "parquet"],
+        Field(description="json, jsonl, csv, art, zip or parquet"),
+        Flag("--format", "-f", default="jsonl"),
+    ]
+    include_prompts: Annotated[
+        bool,
+        Field(description="false: replace prompt and response texts with a marker"),
+        Flag("--include-prompts/--no-prompts"),
+    ] = True
+    privacy_filter: Annotated[
+        bool,
+        Field(
+            description="Run the privacy filter over every user-content string (false: a raw export "
+            "for your own use)"
+        ),
+        Flag("--privacy-filter/--raw"),
+    ] = True
+    limit: Annotated[
+        int | None, Field(ge=1, le=100_000_000, description="At most this many trajectories")
+    ] = None

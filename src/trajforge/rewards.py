@@ -31,7 +31,8 @@ import orjson
 from trajforge.errors import InvalidInput, LMError
 from trajforge.lm import LM
 from trajforge.records import Score, Trajectory
-from trajforge.store.base import Store, TrajectoryFilter
+from trajforge.store.base import Store
+from trajforge.store.filter import TrajectoryFilter
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, Field
 
 from trajforge import datasets, lm, settings
 from trajforge.errors import InvalidInput, Unavailable
@@ -27,6 +28,7 @@ from trajforge.optimize.common import (
     split,
 )
 from trajforge.records import Job
+from trajforge.requests import Flag, Request
 from trajforge.store.base import Store
 
 OPTIMIZERS: dict[str, Callable[..., OptimizeResult]] = {
@@ -45,14 +47,6 @@ Report = Callable[[float, str, str], None]
 """report(progress 0..1, phase, message)"""
 
 
-def _max_demos(value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 16:
-        raise InvalidInput(f"maxDemos must be an integer from 1 to 16, got {value!r}", "maxDemos")
-    return value
-
-
 def check_optimizer(name: str | None) -> str:
     name = name or bootstrap_fewshot.NAME
     if name in PLANNED:
@@ -64,34 +58,61 @@ def check_optimizer(name: str | None) -> str:
     return name
 
 
-@dataclass(slots=True)
-class NativeOptions:
-    optimizer: str = bootstrap_fewshot.NAME
-    task: str | None = None
-    model: str | None = None
-    base_url: str | None = None
-    iterations: int | None = None
-    max_trajectories: int = 1000
-    seed: int = 0
-    metric: str | None = None
-    """action_match, token_f1, or module:function(output, expected); default: by the outputs."""
-    max_demos: int | None = None
-    """Demonstrations per prompt for the optimizers that add them (default 4). Each costs its
-    length in every later call of the agent: fewer is cheaper to run."""
+class NativeOptions(Request):
+    """A ``native`` job (prompt optimization): what its request may set."""
+
+    backend: Annotated[Literal["native"], Field(description="native: optimize the prompt (no training)")] = (
+        "native"
+    )
+    dataset_id: Annotated[
+        str | None,
+        Field(min_length=1, max_length=200, description="Dataset id (default: build one first)"),
+        Flag("--dataset"),
+    ] = None
+    optimizer: Annotated[
+        str,
+        Field(min_length=1, max_length=100, description=f"One of {', '.join(OPTIMIZERS)}"),
+        AfterValidator(check_optimizer),
+    ] = bootstrap_fewshot.NAME
+    task: Annotated[str | None, Field(min_length=1, max_length=200, description="Only this task")] = None
+    model: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            max_length=500,
+            description="The model whose prompt is optimized: bundled:smollm2-135m (default), local:<dir>, "
+            "or a model served at baseUrl / $TRAJFORGE_LM_BASE_URL; checked before the job is queued",
+        ),
+    ] = None
+    base_url: Annotated[
+        str | None,
+        Field(min_length=1, max_length=500, description="OpenAI-compatible endpoint of model"),
+    ] = None
+    iterations: Annotated[
+        int | None, Field(ge=1, le=100_000, description="Trials or rounds (default: the optimizer's)")
+    ] = None
+    max_trajectories: Annotated[
+        int, Field(ge=1, le=10_000_000, description="Without datasetId: most trajectories to build from")
+    ] = 1000
+    seed: Annotated[int, Field(ge=0, le=2**31, description="Seed")] = 0
+    metric: Annotated[
+        Literal["action_match", "token_f1"] | None,
+        Field(description="Task metric: action_match or token_f1 (default: action_match for JSON actions)"),
+    ] = None
+    max_demos: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            le=16,
+            description="Demonstrations per prompt (bootstrap-fewshot, mipro; default 4): each costs its "
+            "length in every later call of the agent",
+        ),
+    ] = None
 
     @classmethod
-    def from_request(cls, r: dict[str, Any]) -> NativeOptions:
-        return cls(
-            optimizer=check_optimizer(r.get("optimizer")),
-            task=r.get("task"),
-            model=r.get("model"),
-            base_url=r.get("baseUrl"),
-            iterations=r.get("iterations"),
-            max_trajectories=int(r.get("maxTrajectories") or 1000),
-            seed=int(r.get("seed") or 0),
-            metric=r.get("metric"),
-            max_demos=_max_demos(r.get("maxDemos")),
-        )
+    def from_request(cls, r: Mapping[str, Any]) -> NativeOptions:
+        """From a stored job request (camelCase, maybe with provenance keys)."""
+        return cls.from_stored(r)
 
 
 def run(

@@ -29,7 +29,8 @@ from trajforge import jobs, models
 from trajforge.errors import TrajforgeError
 from trajforge.limits import MAX_OFFSET
 from trajforge.records import iso_ms
-from trajforge.store import Store, TrajectoryFilter, build_filter
+from trajforge.store import Store
+from trajforge.store.filter import FilterQuery, TrajectoryFilter
 from trajforge.validation import OverLimit, check_readable
 
 HERE = Path(__file__).parent
@@ -40,7 +41,8 @@ MAX_PAGE = MAX_OFFSET // PAGE_SIZE + 1
 COOKIE = "trajforge_session"
 SOURCES = ("chat", "autonomy", "telegram", "discord", "api")
 STATUSES = ("active", "completed", "error", "timeout")
-FILTER_KEYS = ("status", "source", "scenarioId", "startDate", "endDate", "search", "agentId")
+# Every filter field but the id list can sit in the page's URL.
+FILTER_KEYS = tuple(v for k, v in TrajectoryFilter.aliases().items() if k != "trajectory_ids")
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
@@ -179,16 +181,12 @@ def trajectories_page(request: Request) -> Response:
     total = 0
     stats: dict[str, Any] = {}
     rewards: list[float] = []
+    # What the export buttons send: the filter as the export body takes it (typed), or as typed in
+    # the URL when it does not parse (the export then answers the same error).
+    export_filter: dict[str, Any] = dict(params)
     try:
-        flt = build_filter(
-            source=params.get("source"),
-            status=params.get("status"),
-            start_date=params.get("startDate"),
-            end_date=params.get("endDate"),
-            search=params.get("search"),
-            scenario_id=params.get("scenarioId"),
-            agent_id=params.get("agentId"),
-        )
+        flt = FilterQuery.parse(params)
+        export_filter = flt.only_filter().to_wire()
         result = store.list_trajectories(flt, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
         items, total = result.items, result.total
         stats = store.stats(flt)
@@ -210,6 +208,7 @@ def trajectories_page(request: Request) -> Response:
             "page": page,
             "pages": pages,
             "filters": params,
+            "export_filter": export_filter,
             "error": error,
             "sources": SOURCES,
             "statuses": STATUSES,

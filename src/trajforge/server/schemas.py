@@ -3,10 +3,9 @@ edge; inside, the routes hand typed records to the library."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, StrictBool
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Strict, StrictBool, Tag
 
 from trajforge.limits import (
     MAX_ABS_REAL,
@@ -17,24 +16,14 @@ from trajforge.limits import (
     MAX_TIME_MS,
     MIN_INT,
 )
-from trajforge.store import TrajectoryFilter, build_filter
+from trajforge.optimize.native import NativeOptions
+from trajforge.requests import TrajectoryId
+from trajforge.store.filter import TrajectoryFilter
+from trajforge.train.lora import LoraOptions
 
 # JSON numbers only: lax pydantic would take `false` or "1" for a float.
 Number = Annotated[float, Strict()]
-EpochMs = Annotated[int, Strict()]
 Int = Annotated[int, Strict()]
-TrajectoryId = Annotated[str, Field(max_length=MAX_ID_CHARS)]
-Name = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
-
-
-def _iso_only(value: Any) -> Any:
-    if not isinstance(value, str | datetime):
-        raise ValueError("must be an ISO 8601 date/time string or an integer (epoch ms)")
-    return value
-
-
-IsoDateTime = Annotated[datetime, BeforeValidator(_iso_only)]
-DATE_HELP = "ISO 8601 date/time (UTC if no offset) or epoch milliseconds; bounds are inclusive"
 
 
 class Wire(BaseModel):
@@ -101,48 +90,6 @@ DeleteRequest = DeleteIds | DeleteAll
 
 class DeleteResult(BaseModel):
     deleted: int
-
-
-class FilterBody(Wire):
-    """The trajectory filters a request body can carry (export, dataset build)."""
-
-    trajectoryIds: list[TrajectoryId] | None = Field(default=None, max_length=100_000)
-    startDate: EpochMs | IsoDateTime | None = Field(default=None, description=DATE_HELP)
-    endDate: EpochMs | IsoDateTime | None = Field(default=None, description=DATE_HELP)
-    scenarioId: Name | None = None
-    batchId: Name | None = None
-    source: Name | None = None
-    status: Literal["active", "completed", "error", "timeout"] | None = None
-    agentId: Name | None = None
-    search: str | None = Field(default=None, max_length=512)
-    isTrainingData: StrictBool | None = None
-
-    def trajectory_filter(self, **extra: Any) -> TrajectoryFilter:
-        return build_filter(
-            source=self.source,
-            status=self.status,
-            start_date=self.startDate,
-            end_date=self.endDate,
-            search=self.search,
-            scenario_id=self.scenarioId,
-            batch_id=self.batchId,
-            is_training_data=self.isTrainingData,
-            agent_id=self.agentId,
-            trajectory_ids=self.trajectoryIds,
-            **extra,
-        )
-
-
-class ExportRequest(FilterBody):
-    format: Literal["json", "jsonl", "csv", "art", "zip", "parquet"]
-    includePrompts: StrictBool = True
-    privacyFilter: StrictBool = Field(
-        default=True,
-        description="Run the privacy filter over every user-content string (false: a raw export for your own use)",
-    )
-    minReward: Number | None = Field(default=None, allow_inf_nan=False)
-    maxReward: Number | None = Field(default=None, allow_inf_nan=False)
-    limit: int | None = Field(default=None, ge=1, le=100_000_000)
 
 
 class ScoreRequest(Wire):
@@ -268,7 +215,7 @@ class PrivacyBody(Wire):
     )
 
 
-class DatasetBuildRequest(FilterBody):
+class DatasetBuildRequest(TrajectoryFilter):
     format: Literal["sft", "prompt_completion", "preference", "grpo", "openai", "openai_dpo", "art"] = "sft"
     limit: Int = Field(default=1000, ge=1, le=10_000_000, description="Most trajectories to include")
     minLlmCallsPerTrajectory: Int = Field(default=0, ge=0, le=MAX_INT)
@@ -278,8 +225,6 @@ class DatasetBuildRequest(FilterBody):
         max_length=200,
         description="Score used as the reward (default: the trajectory's totalReward)",
     )
-    minReward: Number | None = Field(default=None, allow_inf_nan=False)
-    maxReward: Number | None = Field(default=None, allow_inf_nan=False)
     requireScore: str | None = Field(
         default=None,
         min_length=1,
@@ -326,51 +271,17 @@ class DatasetList(BaseModel):
     datasets: list[DatasetSummary]
 
 
-class JobRequest(Wire):
-    backend: Literal["native", "cpu", "cuda", "mlx"] = "native"
-    datasetId: str | None = Field(default=None, min_length=1, max_length=200)
-    optimizer: str | None = Field(default=None, min_length=1, max_length=100)
-    task: str | None = Field(default=None, min_length=1, max_length=200)
-    model: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=500,
-        description="bundled:smollm2-135m (default), local:<dir>, or a model at baseUrl / TRAJFORGE_LM_BASE_URL",
-    )
-    baseUrl: str | None = Field(default=None, min_length=1, max_length=500)
-    iterations: Int | None = Field(
-        default=None, ge=1, le=100_000, description="native: trials/rounds; cpu/cuda/mlx: optimizer steps"
-    )
-    batchSize: Int | None = Field(default=None, ge=1, le=1024)
-    learningRate: Number | None = Field(default=None, gt=0, lt=1, allow_inf_nan=False)
-    maxTrajectories: Int | None = Field(default=None, ge=1, le=10_000_000)
-    seed: Int | None = Field(default=None, ge=0, le=2**31)
-    metric: Literal["action_match", "token_f1"] | None = Field(
-        default=None, description="Task metric (default: action_match for JSON actions, else token_f1)"
-    )
-    maxDemos: Int | None = Field(
-        default=None, ge=1, le=16, description="native: demonstrations per prompt (bootstrap-fewshot, mipro)"
-    )
-    epochs: Number | None = Field(default=None, gt=0, le=100, description="LoRA: epochs when no iterations")
-    maxLength: Int | None = Field(default=None, ge=16, le=32_768, description="LoRA: tokens per sequence")
-    loraRank: Int | None = Field(default=None, ge=1, le=256)
-    loraAlpha: Int | None = Field(default=None, ge=1, le=1024)
-    loraLayers: Int | None = Field(
-        default=None, ge=1, le=1024, description="LoRA: adapt only the top N layers (faster on a CPU)"
-    )
-    beta: Number | None = Field(default=None, gt=0, le=10, description="DPO β (preference datasets)")
-    merge: StrictBool | None = Field(default=None, description="LoRA: also save the merged model")
-    activationCheckpointing: StrictBool | None = Field(
-        default=None, description="LoRA: recompute activations to save memory (default: on unless loraLayers)"
-    )
-    precision: Literal["auto", "fp32", "bf16"] | None = Field(
-        default=None,
-        description="LoRA: compute precision (auto: bf16 autocast where the CPU/GPU computes bf16 natively)",
-    )
-    format: Literal["sft", "preference"] | None = Field(
-        default=None, description="LoRA without datasetId: the dataset to build (sft, or preference for DPO)"
-    )
-    threads: Int | None = Field(default=None, ge=1, le=256, description="LoRA: torch threads")
+def _job_kind(value: Any) -> str:
+    backend = value.get("backend", "native") if isinstance(value, dict) else getattr(value, "backend", None)
+    return "Native" if backend in (None, "native") else "Lora"
+
+
+# One body per job kind, chosen by backend (absent: native). Tags are capitalised so error
+# locations drop them (see app._union_tag) and name the field alone.
+JobRequest = Annotated[
+    Annotated[NativeOptions, Tag("Native")] | Annotated[LoraOptions, Tag("Lora")],
+    Discriminator(_job_kind),
+]
 
 
 class JobOut(BaseModel):

@@ -57,14 +57,15 @@ def _detail(ds: Any) -> dict[str, Any]:
 )
 def build_dataset(request: Request, body: DatasetBuildRequest) -> dict[str, Any]:
     # A sync route: FastAPI runs it on a worker thread, so a long build never blocks the loop.
-    flt = body.trajectory_filter()
+    # minReward/maxReward bound the curated reward (a score or the total), not the filter.
+    flt = body.only_filter().model_copy(update={"min_reward": None, "max_reward": None})
     req = datasets.BuildRequest(
         format=body.format,
         limit=body.limit,
         min_llm_calls_per_trajectory=body.minLlmCallsPerTrajectory,
         reward_score=body.rewardScore,
-        min_reward=body.minReward,
-        max_reward=body.maxReward,
+        min_reward=body.min_reward,
+        max_reward=body.max_reward,
         require_score=body.requireScore,
         task=body.task,
         eval_fraction=body.evalFraction,
@@ -163,7 +164,7 @@ async def events(
 
 @router.post("/jobs", status_code=201, response_model=JobResult, summary="Queue a training job")
 def start_job(request: Request, body: JobRequest) -> dict[str, Any]:
-    job = jobs.submit(_store(request), body.model_dump(exclude_none=True))
+    job = jobs.submit(_store(request), body.given())
     return {"job": jobs.wire(job)}
 
 

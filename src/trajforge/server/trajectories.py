@@ -13,7 +13,8 @@ from starlette.concurrency import run_in_threadpool
 from trajforge import export, jsonutil, privacy
 from trajforge.capture.transport import LOGGING_ENABLED, StoredBatch, TransientError, store_batch
 from trajforge.errors import InvalidInput, NotFound, StoreError, TooLarge, TrajforgeError
-from trajforge.limits import MAX_ID_CHARS, MAX_OFFSET
+from trajforge.export import ExportRequest
+from trajforge.limits import MAX_ID_CHARS
 from trajforge.records import (
     Score,
     Trajectory,
@@ -29,7 +30,6 @@ from trajforge.server.schemas import (
     DeleteRequest,
     DeleteResult,
     ErrorResponse,
-    ExportRequest,
     IngestCounts,
     IngestResult,
     LoggingConfig,
@@ -39,7 +39,8 @@ from trajforge.server.schemas import (
     TrajectoryDetail,
     TrajectoryList,
 )
-from trajforge.store import Store, TrajectoryFilter, build_filter
+from trajforge.store import Store
+from trajforge.store.filter import ListQuery, TrajectoryFilter
 from trajforge.validation import check_readable
 
 router = APIRouter(prefix="/api/trajectories", tags=["trajectories"])
@@ -72,83 +73,24 @@ def list_item(t: Trajectory) -> dict[str, Any]:
     }
 
 
-LIST_PARAMS = frozenset(
-    {
-        "source",
-        "status",
-        "startDate",
-        "endDate",
-        "search",
-        "scenarioId",
-        "batchId",
-        "isTrainingData",
-        "agentId",
-        "minReward",
-        "maxReward",
-        "limit",
-        "offset",
-    }
-)
-
-
-TYPED_PARAMS = ("startDate", "endDate", "isTrainingData", "minReward", "maxReward", "limit", "offset")
+# The list's query parameters are the filter's fields (text parsed) plus the page.
+_MULTI = frozenset({"trajectoryIds"})
 
 
 @router.get("", response_model=TrajectoryList, summary="List trajectories, newest first")
-def list_trajectories(
-    request: Request,
-    source: str | None = None,
-    status: Annotated[str | None, Query(pattern="^(active|completed|error|timeout)$")] = None,
-    start_date: Annotated[
-        str | None, Query(alias="startDate", max_length=64, description="ISO date/time or epoch ms")
-    ] = None,
-    end_date: Annotated[
-        str | None, Query(alias="endDate", max_length=64, description="ISO date/time or epoch ms")
-    ] = None,
-    search: Annotated[
-        str | None, Query(max_length=512, description='Words, "phrases", OR, -word, prefix*')
-    ] = None,
-    scenario_id: Annotated[str | None, Query(alias="scenarioId")] = None,
-    batch_id: Annotated[str | None, Query(alias="batchId")] = None,
-    is_training_data: Annotated[bool | None, Query(alias="isTrainingData")] = None,
-    agent_id: Annotated[str | None, Query(alias="agentId")] = None,
-    min_reward: Annotated[float | None, Query(alias="minReward", allow_inf_nan=False)] = None,
-    max_reward: Annotated[float | None, Query(alias="maxReward", allow_inf_nan=False)] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
-) -> dict[str, Any]:
-    # A misspelt filter (scenarioID) silently ignored would return the wrong rows: refuse it.
-    unknown = sorted(set(request.query_params) - LIST_PARAMS)
-    if unknown:
-        raise InvalidInput(
-            f"unknown query parameter {unknown[0]!r}; known: {', '.join(sorted(LIST_PARAMS))}", unknown[0]
-        )
-    for key in TYPED_PARAMS:
-        if request.query_params.get(key) == "":
-            raise InvalidInput(f"{key} must not be empty (leave it out instead)", key)
-    names = [k for k, _ in request.query_params.multi_items()]
+def list_trajectories(request: Request, query: Annotated[ListQuery, Query()]) -> dict[str, Any]:
+    # Unknown names are refused by the model (a misspelt filter silently ignored would return the
+    # wrong rows); a name given twice would be read once, so it is refused too.
+    names = [k for k, _ in request.query_params.multi_items() if k not in _MULTI]
     repeated = sorted({k for k in names if names.count(k) > 1})
     if repeated:
         raise InvalidInput(f"query parameter {repeated[0]!r} is given more than once", repeated[0])
-    flt = build_filter(
-        source=source,
-        status=status,
-        start_date=start_date,
-        end_date=end_date,
-        search=search,
-        scenario_id=scenario_id,
-        batch_id=batch_id,
-        is_training_data=is_training_data,
-        agent_id=agent_id,
-        min_reward=min_reward,
-        max_reward=max_reward,
-    )
-    page = _store(request).list_trajectories(flt, limit=limit, offset=offset)
+    page = _store(request).list_trajectories(query.only_filter(), limit=query.limit, offset=query.offset)
     return {
         "trajectories": [list_item(t) for t in page.items],
         "total": page.total,
-        "limit": limit,
-        "offset": offset,
+        "limit": query.limit,
+        "offset": query.offset,
     }
 
 
@@ -179,15 +121,15 @@ def put_config(request: Request, body: LoggingConfig) -> dict[str, Any]:
     },
 )
 def export_trajectories(request: Request, body: ExportRequest) -> StreamingResponse:
-    flt = body.trajectory_filter(min_reward=body.minReward, max_reward=body.maxReward)
+    flt = body.only_filter()
     store = _store(request)
-    pf = privacy.for_store(store) if body.privacyFilter else None
+    pf = privacy.for_store(store) if body.privacy_filter else None
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     filename = f"trajectories-{stamp}.{export.EXTENSIONS[body.format]}"
     return StreamingResponse(
         export.coalesce(
             export.stream(
-                store, body.format, flt, include_prompts=body.includePrompts, privacy=pf, limit=body.limit
+                store, body.format, flt, include_prompts=body.include_prompts, privacy=pf, limit=body.limit
             )
         ),
         media_type=export.MEDIA_TYPES[body.format],

@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from trajforge import settings
 from trajforge.errors import InvalidInput
-from trajforge.store.base import Page, Store, TrajectoryFilter, WriteResult, build_filter, parse_date
+from trajforge.store.base import Page, Store, WriteResult
 
-__all__ = ["Page", "Store", "TrajectoryFilter", "WriteResult", "build_filter", "open_store", "parse_date"]
+if TYPE_CHECKING:
+    from trajforge.store.filter import TrajectoryFilter, parse_date
+
+__all__ = ["Page", "Store", "TrajectoryFilter", "WriteResult", "open_store", "parse_date"]
+
+
+def __getattr__(name: str) -> Any:
+    # The filter imports pydantic; a process that only records (the capture SDK) never needs it.
+    if name in ("TrajectoryFilter", "parse_date"):
+        from trajforge.store import filter as filter_module
+
+        return getattr(filter_module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def open_store(url: str | Path | None = None) -> Store:

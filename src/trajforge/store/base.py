@@ -1,16 +1,13 @@
-"""The Store protocol every backend implements, and the filter it lists trajectories with."""
+"""The Store protocol every backend implements (the filter it lists with is in
+:mod:`trajforge.store.filter`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from trajforge.errors import InvalidInput
 from trajforge.records import (
-    MAX_TIME_MS,
-    TRAJECTORY_STATUSES,
     Dataset,
     Job,
     JobEvent,
@@ -19,44 +16,9 @@ from trajforge.records import (
     Trajectory,
     WriteBatch,
 )
-from trajforge.store import search as search_lang
 
-
-@dataclass(slots=True)
-class TrajectoryFilter:
-    """Which trajectories a list, stats, export or dataset build looks at. Empty means all.
-
-    Dates are epoch milliseconds and bound ``start_time`` inclusively; ``search`` uses the query
-    language of :mod:`trajforge.store.search`.
-    """
-
-    source: str | None = None
-    status: str | None = None
-    agent_id: str | None = None
-    start_date: int | None = None
-    end_date: int | None = None
-    search: str | None = None
-    scenario_id: str | None = None
-    batch_id: str | None = None
-    is_training_data: bool | None = None
-    min_reward: float | None = None
-    max_reward: float | None = None
-    trajectory_ids: Sequence[str] | None = None
-
-    def __post_init__(self) -> None:
-        if self.status is not None and self.status not in TRAJECTORY_STATUSES:
-            raise InvalidInput(
-                f"status must be one of {', '.join(TRAJECTORY_STATUSES)}, got {self.status!r}", "status"
-            )
-        if self.start_date is not None and self.end_date is not None and self.start_date > self.end_date:
-            raise InvalidInput("startDate is after endDate", "startDate")
-        if self.min_reward is not None and self.max_reward is not None and self.min_reward > self.max_reward:
-            raise InvalidInput("minReward is greater than maxReward", "minReward")
-        if self.search is not None and not self.search.strip():
-            self.search = None
-
-    def is_empty(self) -> bool:
-        return all(getattr(self, name) is None for name in self.__slots__)
+if TYPE_CHECKING:
+    from trajforge.store.filter import TrajectoryFilter
 
 
 @dataclass(slots=True)
@@ -80,72 +42,6 @@ class WriteResult:
     scores: int = 0
     completed: list[str] = field(default_factory=list)
     """Ids of trajectories that became ``completed`` in this write (for auto-training counters)."""
-
-
-def parse_date(value: str | int | float | datetime | None, field_name: str) -> int | None:
-    """Epoch ms from an ISO date/datetime, a datetime or a number (ms); the error names the field."""
-    ms = _parse_date(value, field_name)
-    if ms is not None and not -MAX_TIME_MS <= ms <= MAX_TIME_MS:
-        raise InvalidInput(f"{field_name} is outside the years 1 to 9999", field_name)
-    return ms
-
-
-def _parse_date(value: str | int | float | datetime | None, field_name: str) -> int | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, datetime):
-        dt = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-        return int(dt.timestamp() * 1000)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return int(value)
-    text = str(value).strip()
-    if text.lstrip("-").isdigit() and len(text) <= 20:  # longer: past any time (and int() refuses 4300+)
-        return int(text)
-    try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise InvalidInput(
-            f"{field_name} must be an ISO date (2026-01-31 or 2026-01-31T12:00:00Z) or epoch ms, got {text!r}",
-            field_name,
-        ) from exc
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp() * 1000)
-
-
-def build_filter(
-    *,
-    source: str | None = None,
-    status: str | None = None,
-    start_date: str | int | datetime | None = None,
-    end_date: str | int | datetime | None = None,
-    search: str | None = None,
-    scenario_id: str | None = None,
-    batch_id: str | None = None,
-    is_training_data: bool | None = None,
-    agent_id: str | None = None,
-    min_reward: float | None = None,
-    max_reward: float | None = None,
-    trajectory_ids: list[str] | None = None,
-) -> TrajectoryFilter:
-    """The filter from API/CLI arguments; the search is parsed now so a bad one fails before any
-    response (or export stream) starts."""
-    if search:
-        search_lang.parse(search)
-    return TrajectoryFilter(
-        source=source,
-        status=status,
-        agent_id=agent_id,
-        start_date=parse_date(start_date, "startDate"),
-        end_date=parse_date(end_date, "endDate"),
-        search=search,
-        scenario_id=scenario_id,
-        batch_id=batch_id,
-        is_training_data=is_training_data,
-        min_reward=min_reward,
-        max_reward=max_reward,
-        trajectory_ids=trajectory_ids,
-    )
 
 
 class Store(Protocol):

@@ -8,7 +8,6 @@ import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -19,7 +18,8 @@ from psycopg_pool import ConnectionPool
 from trajforge.errors import InvalidInput, StoreError
 from trajforge.records import now_ms
 from trajforge.store import search
-from trajforge.store.base import Page, TrajectoryFilter
+from trajforge.store.base import Page
+from trajforge.store.filter import TrajectoryFilter
 from trajforge.store.migrations import Migration
 from trajforge.store.sql import TRAJ_COLS, SqlStore, _trajectory
 
@@ -230,7 +230,7 @@ class PostgresStore(SqlStore):
             selects.append((op, ids))
             hit_params.extend(mparams)
         hits = selects[0][1] + "".join(op + sql for op, sql in selects[1:])
-        where, params = self._where(replace(flt, search=None))
+        where, params = self._where(flt.model_copy(update={"search": None}))
         joined = f"SELECT {TRAJ_COLS} FROM trajectories t WHERE t.id IN (SELECT id FROM hits)"
         order = " ORDER BY t.start_time DESC, t.id DESC LIMIT ?"
         if where:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trajforge import jsonutil
 from trajforge.records import (
@@ -32,10 +32,13 @@ from trajforge.records import (
     to_wire,
 )
 from trajforge.store import search
-from trajforge.store.base import Page, TrajectoryFilter, WriteResult
+from trajforge.store.base import Page, WriteResult
 from trajforge.store.documents import DocumentReads
 from trajforge.store.migrations import MIGRATIONS
 from trajforge.store.training import TrainingRecords
+
+if TYPE_CHECKING:
+    from trajforge.store.filter import TrajectoryFilter
 
 CHUNK = 500  # ids per IN (...) list: well under both databases' parameter limits
 DAY_MS = 86_400_000
@@ -696,7 +699,7 @@ class SqlStore(DocumentReads, TrainingRecords):
 
     def _count(self, cur: Any, flt: TrajectoryFilter) -> int:
         query = search.parse(flt.search) if flt.search else None
-        only_search = query is not None and TrajectoryFilter(search=flt.search) == flt
+        only_search = query is not None and flt.is_empty(but=("search",))
         if only_search and query is not None and len(query.groups) == 1 and not query.negated:
             # A plain search with no other filter: count distinct trajectories straight from the
             # hits (links, or on PostgreSQL texts' owners), without visiting the trajectories table.
@@ -844,7 +847,10 @@ class SqlStore(DocumentReads, TrainingRecords):
     # --- stats -----------------------------------------------------------------------------------
 
     def stats(self, flt: TrajectoryFilter | None = None) -> dict[str, Any]:
-        flt = flt or TrajectoryFilter()
+        if flt is None:
+            from trajforge.store.filter import TrajectoryFilter
+
+            flt = TrajectoryFilter()
         where, params = self._where(flt)
         rolled = _rollup_where(flt)
         with self._read_tx() as cur:
@@ -1056,7 +1062,7 @@ def _percentiles(hist: dict[int, int]) -> dict[str, float | None]:
 
 def _rollup_where(flt: TrajectoryFilter) -> tuple[str, list[Any]] | None:
     """The condition on ``traj_rollup`` for a filter it can answer (none, source, status), else None."""
-    if TrajectoryFilter(source=flt.source, status=flt.status) != flt:
+    if not flt.is_empty(but=("source", "status")):
         return None
     clauses, params = [], []
     for column, value in (("source", flt.source), ("status", flt.status)):

@@ -19,16 +19,18 @@ import json
 import os
 import resource
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
 import orjson
+from pydantic import Field
 
 from trajforge import lm, settings
 from trajforge.errors import Cancelled, InvalidInput
 from trajforge.records import Model
+from trajforge.requests import Flag, Request
 
 DEFAULT_BASE = "bundled:smollm2-135m"
 FORMATS = ("sft", "prompt_completion", "preference")
@@ -37,113 +39,96 @@ Report = Callable[[float, str, str], None]
 ShouldStop = Callable[[], bool]
 
 
-_KIND_NAMES: dict[type, str] = {str: "string", int: "integer", float: "number", bool: "boolean"}
+class LoraOptions(Request):
+    """A LoRA fine-tuning job (``cpu``, ``cuda`` or ``mlx``): what its request may set."""
 
+    backend: Annotated[
+        Literal["cpu", "cuda", "mlx"], Field(description="Where to train: cpu, cuda or mlx (LoRA)")
+    ]
+    dataset_id: Annotated[
+        str | None,
+        Field(min_length=1, max_length=200, description="Dataset id (default: build one first)"),
+        Flag("--dataset"),
+    ] = None
+    format: Annotated[
+        Literal["sft", "preference"] | None,
+        Field(description="Without datasetId: the dataset to build (sft, or preference for DPO)"),
+    ] = None
+    model: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=500,
+            description="The base: bundled:smollm2-135m (default), local:<dir>, or a hub id in the local "
+            "Hugging Face cache; checked before the job is queued",
+        ),
+    ] = DEFAULT_BASE
+    task: Annotated[str | None, Field(min_length=1, max_length=200, description="Only this task")] = None
+    iterations: Annotated[
+        int | None, Field(ge=1, le=100_000, description="Optimizer steps (default: epochs over the data)")
+    ] = None
+    epochs: Annotated[float, Field(gt=0, le=100, description="Epochs when no iterations")] = 1.0
+    batch_size: Annotated[int, Field(ge=1, le=1024, description="Batch size")] = 4
+    learning_rate: Annotated[
+        float,
+        Field(
+            gt=0,
+            lt=1,
+            allow_inf_nan=False,
+            description="Learning rate (LoRA on a small model wants far more than a full fine-tune's 2e-5)",
+        ),
+    ] = 1e-3
+    max_length: Annotated[int, Field(ge=16, le=32_768, description="Tokens per sequence")] = 256
+    lora_rank: Annotated[int, Field(ge=1, le=256, description="LoRA rank")] = 8
+    lora_alpha: Annotated[int, Field(ge=1, le=1024, description="LoRA alpha")] = 16
+    lora_layers: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            le=1024,
+            description="Adapt only the top N layers (default all); backpropagation then stops below "
+            "them: on a CPU, the top third of a 30-layer model about halves the step time",
+        ),
+    ] = None
+    merge: Annotated[bool, Field(description="Also save the merged model")] = False
+    activation_checkpointing: Annotated[
+        bool | None,
+        Field(
+            description="Recompute activations to save memory (default: on when every layer is "
+            "adapted, off with loraLayers: little to save there, and the recompute would cost)"
+        ),
+    ] = None
+    precision: Annotated[
+        Literal["auto", "fp32", "bf16"],
+        Field(
+            description="auto: bf16 autocast where the CPU/GPU computes bf16 natively (AVX512-BF16, AMX, "
+            "a bf16 GPU), else fp32; the adapter and its optimizer state stay fp32"
+        ),
+    ] = "auto"
+    seed: Annotated[int, Field(ge=0, le=2**31, description="Seed")] = 0
+    beta: Annotated[float, Field(gt=0, le=10, description="DPO β (preference datasets)")] = 0.1
+    threads: Annotated[int | None, Field(ge=1, le=256, description="torch threads")] = None
+    max_trajectories: Annotated[
+        int, Field(ge=1, le=10_000_000, description="Without datasetId: most trajectories to build from")
+    ] = 1000
 
-def _is(kind: type, value: Any) -> bool:
-    """JSON typing: a bool is not a number, a float is not an integer, nothing is coerced."""
-    if kind is bool:
-        return isinstance(value, bool)
-    if isinstance(value, bool):
-        return False
-    if kind is int:
-        return isinstance(value, int)
-    if kind is float:
-        return isinstance(value, int | float)
-    return isinstance(value, kind)
-
-
-@dataclass(slots=True)
-class LoraOptions:
-    """What a ``cpu``/``cuda`` job's request may set (camelCase on the wire)."""
-
-    model: str = DEFAULT_BASE
-    iterations: int | None = None
-    """Optimizer steps; None trains ``epochs`` over the data."""
-    epochs: float = 1.0
-    batch_size: int = 4
-    learning_rate: float = 1e-3
-    """LoRA on a small model wants a far higher rate than TRL's full-finetune default of 2e-5."""
-    max_length: int = 256
-    rank: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    """No dropout by default: a run of a few hundred steps does not need it, and on a CPU it costs
-    a copy of every adapted layer's input."""
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    layers: int | None = None
-    """Adapt only the top N transformer layers (None: all). Backpropagation then stops below them:
-    on a CPU, adapting the top third of a 30-layer model about halves the step time."""
-    task: str | None = None
-    merge: bool = False
-    checkpointing: bool | None = None
-    """Activation checkpointing. None: on when every layer is adapted (measured here: peak memory
-    down from 1.6x to ~1.0x plain TRL's at about the same speed), off with ``layers`` (backprop
-    stops below the adapted layers, so there is little to save and the recompute would cost)."""
-    precision: str = "auto"
-    """Compute precision: ``fp32``, ``bf16`` (autocast; the adapter and its optimizer state stay
-    fp32) or ``auto``: bf16 where the hardware computes it natively (a CPU with AVX512-BF16 or AMX,
-    a GPU with bf16), else fp32 — emulated bf16 is slower than fp32 on CPUs without them."""
-    seed: int = 0
-    beta: float = 0.1
-    """DPO's β."""
-    threads: int | None = None
+    dropout: ClassVar[float] = 0.0
+    """No dropout: a run of a few hundred steps does not need it, and on a CPU it costs a copy of
+    every adapted layer's input."""
+    target_modules: ClassVar[tuple[str, ...]] = ("q_proj", "k_proj", "v_proj", "o_proj")
 
     @classmethod
-    def from_request(cls, r: dict[str, Any]) -> LoraOptions:
-        opts = cls()
-        for key, attr, kind in (
-            ("model", "model", str),
-            ("iterations", "iterations", int),
-            ("epochs", "epochs", float),
-            ("batchSize", "batch_size", int),
-            ("learningRate", "learning_rate", float),
-            ("maxLength", "max_length", int),
-            ("loraRank", "rank", int),
-            ("loraAlpha", "alpha", int),
-            ("loraLayers", "layers", int),
-            ("task", "task", str),
-            ("merge", "merge", bool),
-            ("activationCheckpointing", "checkpointing", bool),
-            ("precision", "precision", str),
-            ("seed", "seed", int),
-            ("beta", "beta", float),
-            ("threads", "threads", int),
-        ):
-            value = r.get(key)
-            if value is None:
-                continue
-            if not _is(kind, value):
-                raise InvalidInput(f"{key} must be a {_KIND_NAMES[kind]}, got {value!r}", key)
-            setattr(opts, attr, kind(value))
-        opts.check()
-        return opts
+    def from_request(cls, r: Mapping[str, Any]) -> LoraOptions:
+        """From a stored job request (camelCase, maybe with provenance keys)."""
+        return cls.from_stored(r)
 
-    def check(self) -> None:
-        positive = {
-            "iterations": self.iterations,
-            "epochs": self.epochs,
-            "batchSize": self.batch_size,
-            "learningRate": self.learning_rate,
-            "maxLength": self.max_length,
-            "loraRank": self.rank,
-            "loraAlpha": self.alpha,
-            "loraLayers": self.layers,
+    def summary(self) -> dict[str, Any]:
+        """What the run used, for the model's metrics (wire names, defaults included)."""
+        return {
+            **self.model_dump(mode="json", by_alias=True),
+            "dropout": self.dropout,
+            "targetModules": list(self.target_modules),
         }
-        for name, value in positive.items():
-            if value is not None and value <= 0:
-                raise InvalidInput(f"{name} must be positive, got {value}", name)
-        if self.max_length < 16:
-            raise InvalidInput(f"maxLength must be at least 16, got {self.max_length}", "maxLength")
-        if self.precision not in PRECISIONS:
-            raise InvalidInput(
-                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}", "precision"
-            )
-        if self.learning_rate > 1:
-            raise InvalidInput(f"learningRate must be at most 1, got {self.learning_rate}", "learningRate")
-
-
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def native_bf16(device: str) -> bool:
@@ -330,9 +315,9 @@ def training_args(opts: LoraOptions, kind: str, out: Path, device: str) -> Any:
         # TRL defaults to bf16 everywhere; on CPUs without native bf16 that is slower than fp32.
         "bf16": use_bf16(opts, device),
         "fp16": False,
-        "activation_checkpointing": opts.checkpointing
-        if opts.checkpointing is not None
-        else opts.layers is None,
+        "activation_checkpointing": opts.activation_checkpointing
+        if opts.activation_checkpointing is not None
+        else opts.lora_layers is None,
         "max_length": opts.max_length,
         "logging_steps": 1,
         "save_strategy": "no",
@@ -445,11 +430,11 @@ def fit(
         model = model.to("cuda")
     depth = int(getattr(model.config, "num_hidden_layers", 0) or 0)
     layers = None
-    if opts.layers is not None and depth:
-        layers = list(range(max(0, depth - opts.layers), depth))
+    if opts.lora_layers is not None and depth:
+        layers = list(range(max(0, depth - opts.lora_layers), depth))
     peft_config = LoraConfig(
-        r=opts.rank,
-        lora_alpha=opts.alpha,
+        r=opts.lora_rank,
+        lora_alpha=opts.lora_alpha,
         lora_dropout=opts.dropout,
         target_modules=list(opts.target_modules),
         layers_to_transform=layers,
@@ -509,9 +494,7 @@ def run(
         report(0.01, "dataset", f"building an {fmt} dataset from the store")
         ds = datasets.build(
             store,
-            datasets.BuildRequest(
-                format=fmt, limit=int(job.request.get("maxTrajectories") or 1000), task=opts.task
-            ),
+            datasets.BuildRequest(format=fmt, limit=opts.max_trajectories, task=opts.task),
             root=(home / "datasets") if home else None,
         )
         store.update_job(job.id, dataset_id=ds.id)
@@ -546,7 +529,7 @@ def run(
         "evalRows": progress.rows[1],
         "droppedTooLong": progress.dropped,
         "baseDir": base_dir,
-        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(opts).items()},
+        "options": opts.summary(),
     }
     if progress.rows[1]:
         metrics["evalLoss"] = float(trainer.evaluate()["eval_loss"])

@@ -119,16 +119,9 @@ if (document.body.dataset.tokenRequired === "yes" && !token() && location.pathna
 
 // --- trajectories ----------------------------------------------------------------------------------
 
-const FILTER_ATTRS = {
-  fStatus: "status", fSource: "source", fScenarioid: "scenarioId", fStartdate: "startDate",
-  fEnddate: "endDate", fSearch: "search", fAgentid: "agentId",
-};
-
 onClick("button.export", async (button) => {
-  const body = { format: button.dataset.format, includePrompts: true };
-  for (const [attr, key] of Object.entries(FILTER_ATTRS)) {
-    if (button.dataset[attr]) body[key] = button.dataset[attr];
-  }
+  // The server renders the page's filter as the export body takes it (data-filter, JSON).
+  const body = { ...JSON.parse(button.dataset.filter || "{}"), format: button.dataset.format, includePrompts: true };
   const resp = await api("POST", "/api/trajectories/export", body);
   const blob = await resp.blob();
   const disposition = resp.headers.get("Content-Disposition") || "";

@@ -1,0 +1,97 @@
+"""`trajforge serve` and `trajforge demo`."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from trajforge import settings
+from trajforge.cli.common import DbOption, console, err, fail
+from trajforge.errors import TrajforgeError
+from trajforge.store import open_store
+
+
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port")] = 2138,
+    db: DbOption = None,
+    run_jobs: Annotated[
+        bool, typer.Option("--jobs/--no-jobs", help="Run queued training jobs in this server (default)")
+    ] = True,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-host",
+            help="Without a token, also answer requests for this Host name (name or name:port; "
+            f"repeatable; adds to {settings.ALLOWED_HOSTS}). Loopback names are always answered.",
+        ),
+    ] = None,
+) -> None:
+    """Run the HTTP API over the store (refuses a non-loopback address without TRAJFORGE_API_TOKEN)."""
+    import uvicorn
+
+    from trajforge.server import create_app, is_loopback
+
+    if not is_loopback(host) and not settings.api_token():
+        err.print(
+            f"[red]error (--host):[/red] binding to {host} exposes the API beyond this machine; "
+            f"set {settings.API_TOKEN} first (clients then send 'Authorization: Bearer <token>')"
+        )
+        raise typer.Exit(2)
+    for name in allow_host or []:
+        if not name.strip() or any(c in name for c in "/@ \t*,"):
+            err.print(
+                f"[red]error (--allow-host):[/red] give a host name as browsers send it in Host "
+                f"(name or name:port, no scheme, path or wildcard), got {name!r}"
+            )
+            raise typer.Exit(2)
+    try:
+        application = create_app(
+            db, run_jobs=run_jobs, allowed_hosts=[*settings.allowed_hosts(), *(allow_host or [])]
+        )
+    except TrajforgeError as exc:
+        fail(exc)
+        return
+    err.print(f"trajforge API on http://{host}:{port} (store: {application.state.store.url})")
+    uvicorn.run(application, host=host, port=port, log_level="warning")
+
+
+def demo(
+    db: DbOption = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Every phase with the tiny test model and a few cases (< 2 min)")
+    ] = False,
+    serve_after: Annotated[
+        bool,
+        typer.Option(
+            "--serve/--no-serve", help="Keep serving the API afterwards (only when run in a terminal)"
+        ),
+    ] = True,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to serve on afterwards")] = 2138,
+) -> None:
+    """Run the whole flywheel on a support-desk agent: capture, score, curate, optimize the prompt,
+    fine-tune, evaluate on held-out cases, report. Then serve the API until Ctrl-C."""
+    from trajforge.demo import flywheel
+
+    url = db or settings.database_url()
+    try:
+        flywheel.run(url, quick=quick, console=console)
+    except TrajforgeError as exc:
+        fail(exc)
+    if not serve_after or not sys.stdin.isatty():
+        return
+    import uvicorn
+
+    from trajforge.server import create_app
+
+    store = open_store(url)
+    console.print(
+        f"Explore it: http://127.0.0.1:{port}/api/trajectories — or in another terminal, "
+        "`trajforge trajectories list`, `trajforge models list`. Ctrl-C to stop."
+    )
+    try:
+        uvicorn.run(create_app(store, run_jobs=True), host="127.0.0.1", port=port, log_level="warning")
+    finally:
+        store.close()

@@ -1,0 +1,95 @@
+"""Each request is declared once; the API and the CLI derive from it. This walks the API's OpenAPI
+schema and the CLI's parameters and fails when a request field is in one but not the other, or
+when the CLI's flag for a field is not the one its errors name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.main import get_command
+
+from trajforge.cli import app as cli_app
+from trajforge.server import create_app
+
+# (HTTP method, path) ↔ CLI command path
+PAIRS = [
+    (("get", "/api/trajectories"), ("trajectories", "list")),
+    (("post", "/api/trajectories/export"), ("trajectories", "export")),
+    (("post", "/api/training/datasets/build"), ("datasets", "build")),
+    (("post", "/api/training/jobs"), ("jobs", "start")),
+]
+
+
+def _resolve(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node:
+        name = node["$ref"].rsplit("/", 1)[-1]
+        node = schema["components"]["schemas"][name]
+    return node
+
+
+def _properties(schema: dict[str, Any], node: dict[str, Any], prefix: str = "") -> set[str]:
+    node = _resolve(schema, node)
+    names: set[str] = set()
+    for arm in node.get("oneOf", []) + node.get("anyOf", []):
+        names |= _properties(schema, arm, prefix)
+    for name, prop in node.get("properties", {}).items():
+        inner = _resolve(schema, prop)
+        if inner.get("type") == "object" and "properties" in inner:
+            names |= _properties(schema, inner, f"{prefix}{name}.")
+        else:
+            names.add(prefix + name)
+    return names
+
+
+def api_fields(schema: dict[str, Any], method: str, path: str) -> set[str]:
+    op = schema["paths"][path][method]
+    if method == "get":
+        return {p["name"] for p in op.get("parameters", []) if p["in"] == "query"}
+    body = op["requestBody"]["content"]["application/json"]["schema"]
+    return _properties(schema, body)
+
+
+def cli_command(path: tuple[str, ...]) -> Any:
+    # Typer vendors its own click (typer._click): its groups are not click.Group instances.
+    cmd: Any = get_command(cli_app)
+    for name in path:
+        cmd = cmd.commands[name]
+    return cmd
+
+
+def cli_fields(cmd: Any) -> dict[str, str]:
+    """Wire field → the flag the command offers for it."""
+    specs = {s.param: s for s in getattr(cmd.callback, "__request_specs__", [])}
+    return {specs[p.name].wire: specs[p.name].flag for p in cmd.params if p.name in specs}
+
+
+@pytest.fixture(scope="module")
+def openapi(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    db = Path(tmp_path_factory.mktemp("parity")) / "p.db"
+    application = create_app(str(db), run_jobs=False)
+    try:
+        return application.openapi()
+    finally:
+        application.state.store.close()
+
+
+@pytest.mark.parametrize(("route", "command"), PAIRS, ids=[" ".join(c) for _, c in PAIRS])
+def test_api_and_cli_offer_the_same_fields(
+    openapi: dict[str, Any], route: tuple[str, str], command: tuple[str, ...]
+) -> None:
+    api = api_fields(openapi, *route)
+    cli = set(cli_fields(cli_command(command)))
+    assert api - cli == set(), f"in the API but not in `trajforge {' '.join(command)}`"
+    assert cli - api == set(), f"in `trajforge {' '.join(command)}` but not in the API"
+
+
+@pytest.mark.parametrize(("route", "command"), PAIRS, ids=[" ".join(c) for _, c in PAIRS])
+def test_cli_errors_name_the_flag_the_command_offers(
+    route: tuple[str, str], command: tuple[str, ...]
+) -> None:
+    cmd = cli_command(command)
+    offered = {name for p in cmd.params for name in (*p.opts, *p.secondary_opts)}
+    for wire, flag in cli_fields(cmd).items():
+        assert flag in offered, (wire, flag)
