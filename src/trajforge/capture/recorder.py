@@ -22,7 +22,7 @@ import weakref
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from trajforge import settings
 from trajforge.capture.transport import Sink, StoreSink, check_store_url
@@ -40,8 +40,10 @@ from trajforge.records import (
     new_id,
     now_ms,
 )
-from trajforge.store import Store
 from trajforge.validation import check_item, check_value
+
+if TYPE_CHECKING:
+    from trajforge.store import Store
 
 log = logging.getLogger("trajforge.capture")
 

@@ -16,12 +16,14 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from trajforge.records import LlmCall, camel
-from trajforge.store.base import TrajectoryFilter
+
+if TYPE_CHECKING:  # in annotations only; the SDK's write path never imports the filter
+    from trajforge.store.base import TrajectoryFilter
 
 CALL_ROW_COLUMNS = (
     "trajectoryId",

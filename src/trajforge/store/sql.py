@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trajforge import jsonutil
 from trajforge.records import (
@@ -32,10 +32,13 @@ from trajforge.records import (
     to_wire,
 )
 from trajforge.store import search
-from trajforge.store.base import Page, TrajectoryFilter, WriteResult
+from trajforge.store.base import Page, WriteResult
 from trajforge.store.documents import DocumentReads
 from trajforge.store.migrations import MIGRATIONS
 from trajforge.store.training import TrainingRecords
+
+if TYPE_CHECKING:  # the filter is built only in reads; the SDK's write path never imports it
+    from trajforge.store.base import TrajectoryFilter
 
 CHUNK = 500  # ids per IN (...) list: well under both databases' parameter limits
 DAY_MS = 86_400_000
@@ -695,6 +698,8 @@ class SqlStore(DocumentReads, TrainingRecords):
         return Page([_trajectory(r) for r in rows], total, limit, offset)
 
     def _count(self, cur: Any, flt: TrajectoryFilter) -> int:
+        from trajforge.store.base import TrajectoryFilter
+
         query = search.parse(flt.search) if flt.search else None
         only_search = query is not None and TrajectoryFilter(search=flt.search) == flt
         if only_search and query is not None and len(query.groups) == 1 and not query.negated:
@@ -844,6 +849,8 @@ class SqlStore(DocumentReads, TrainingRecords):
     # --- stats -----------------------------------------------------------------------------------
 
     def stats(self, flt: TrajectoryFilter | None = None) -> dict[str, Any]:
+        from trajforge.store.base import TrajectoryFilter
+
         flt = flt or TrajectoryFilter()
         where, params = self._where(flt)
         rolled = _rollup_where(flt)
@@ -1056,6 +1063,8 @@ def _percentiles(hist: dict[int, int]) -> dict[str, float | None]:
 
 def _rollup_where(flt: TrajectoryFilter) -> tuple[str, list[Any]] | None:
     """The condition on ``traj_rollup`` for a filter it can answer (none, source, status), else None."""
+    from trajforge.store.base import TrajectoryFilter
+
     if TrajectoryFilter(source=flt.source, status=flt.status) != flt:
         return None
     clauses, params = [], []
