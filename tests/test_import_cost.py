@@ -3,7 +3,8 @@ no database driver for another backend, no HTTP client, no web framework, no pyd
 
 Each costs tens to hundreds of milliseconds of every agent process's start (psycopg ~0.1 s, httpx
 ~0.1 s, pydantic ~0.1 s), and a module-level import anywhere on the path brings it back, so the
-check runs the path end to end in a fresh interpreter. Times are in ``benchmarks/import_time.py``.
+check runs the path end to end in a fresh interpreter. The same script is timed by
+``benchmarks/import_time.py``.
 """
 
 from __future__ import annotations
@@ -14,22 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks.import_time import HEAVY, RECORD
+
 import trajforge
-
-HEAVY = ("psycopg", "psycopg_pool", "httpx", "pydantic", "fastapi", "starlette", "torch", "transformers")
-
-RECORD_INTO_SQLITE = """
-import json, sys
-import trajforge
-
-rec = trajforge.Recorder(sys.argv[1], spool_dir=sys.argv[2])
-with rec.trajectory(agent_id="a1") as t, t.step() as s:
-    s.llm_call(model="m", user_prompt="which order?", response="A-1042")
-    s.action("REFUND", params={"orderId": "A-1042"}, result={"ok": True})
-rec.flush()
-rec.close()
-print(json.dumps({"stats": rec.stats, "loaded": sorted(m.split(".")[0] for m in sys.modules)}))
-"""
 
 
 def _run(script: str, *args: str, home: Path) -> dict:
@@ -49,7 +37,7 @@ def test_import_trajforge_loads_none_of_the_heavy_modules(tmp_path: Path) -> Non
 
 
 def test_recording_into_sqlite_loads_none_of_the_heavy_modules(tmp_path: Path) -> None:
-    got = _run(RECORD_INTO_SQLITE, str(tmp_path / "agent.db"), str(tmp_path / "spool"), home=tmp_path)
+    got = _run(RECORD, str(tmp_path / "agent.db"), str(tmp_path / "spool"), home=tmp_path)
     stats = got["stats"]
     assert stats["written"] == stats["submitted"] == 5 and stats["lost"] == 0, stats  # it did record
     loaded = set(got["loaded"])
