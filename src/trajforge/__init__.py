@@ -23,6 +23,7 @@ from trajforge.records import (
     Step,
     Trajectory,
 )
+from trajforge.validation import ValidationResult, validate_trajectory
 
 if TYPE_CHECKING:
     from trajforge import prompts
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
     from trajforge.models import active_model
     from trajforge.rewards import reward_function
     from trajforge.store import TrajectoryFilter, open_store
-    from trajforge.validation import ValidationResult, validate_trajectory
 
 __version__ = "0.1.0"
 
@@ -54,18 +54,17 @@ __all__ = [
     "validate_trajectory",
 ]
 
-# Imported on first use: an agent that only records loads none of these (reward functions pull the
-# LLM client and httpx, the filter pydantic, the prompts the optimizers' artifact store). The
-# TYPE_CHECKING imports above give type checkers and editors the same names.
+# Imported on first use, so that an agent that only records pays for none of them at start: the
+# store's read side and its filter (a pydantic model), the optimizers' artifact store behind
+# prompts, the reward and model modules, the OpenAI instrumentation. The TYPE_CHECKING imports
+# above give type checkers and editors the same names.
 _LAZY = {
     "TrajectoryFilter": "trajforge.store",
-    "ValidationResult": "trajforge.validation",
     "active_model": "trajforge.models",
     "instrument_openai": "trajforge.capture.openai",
     "open_store": "trajforge.store",
     "prompts": "trajforge.prompts",
     "reward_function": "trajforge.rewards",
-    "validate_trajectory": "trajforge.validation",
 }
 
 

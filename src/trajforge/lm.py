@@ -79,7 +79,7 @@ class OpenAICompatibleLM:
             **self.extra_body,
         }
         url = f"{self.base_url}/chat/completions"
-        import httpx  # loaded by __post_init__
+        import httpx  # already loaded by __post_init__: this only binds the name
 
         for attempt in range(self.max_retries + 1):
             try:
