@@ -49,3 +49,13 @@ def test_public_names_load_on_first_use() -> None:
     for name in trajforge.__all__:
         assert getattr(trajforge, name) is not None, name
     assert set(trajforge.__all__) <= set(dir(trajforge))
+
+
+def test_without_fcntl_trajforge_imports_and_records(tmp_path: Path) -> None:
+    """As on Windows, where fcntl does not exist: only the spool and the bundled model's conversion
+    need it, and they import it when they run."""
+    no_fcntl = (
+        "import sys\nsys.modules['fcntl'] = None  # import fcntl raises ImportError\nimport trajforge.lm\n"
+    )
+    got = _run(no_fcntl + RECORD, str(tmp_path / "agent.db"), str(tmp_path / "spool"), home=tmp_path)
+    assert got["stats"]["written"] == got["stats"]["submitted"] == 5, got["stats"]
