@@ -53,6 +53,7 @@ test: lint $(CHROMIUM)
 # Benchmarks print figures against their in-run baselines; results go to BENCHMARKS.md by hand.
 # query.py builds a 100k-trajectory store once (several minutes) and reuses it on later runs.
 bench: $(VENV)/.dev-installed
+	$(PY) benchmarks/import_time.py
 	$(PY) benchmarks/ingest.py
 	$(PY) benchmarks/query.py
 	$(PY) benchmarks/dataset_build.py

@@ -346,9 +346,17 @@ def test_server_killed_twice_while_four_clients_share_one_spool_dir(server_db: s
         )
         for k in range(clients)
     ]
+    watch = open_store(server_db)  # the server made it before it answered
     try:
+        seen = 0
         for _ in range(2):
-            time.sleep(1.5)
+            # Each kill waits until the clients are posting to this server: after a fixed sleep, on a
+            # loaded machine both kills could land before the clients had started, spooling nothing.
+            deadline = time.monotonic() + 120
+            while (stored := watch.count(TrajectoryFilter())) <= seen:
+                assert time.monotonic() < deadline, "the clients stored nothing on this server"
+                time.sleep(0.05)
+            seen = stored
             server.send_signal(signal.SIGKILL)  # no goodbye, possibly mid-transaction
             server.wait(10)
             time.sleep(0.5)
@@ -356,6 +364,7 @@ def test_server_killed_twice_while_four_clients_share_one_spool_dir(server_db: s
         for p in procs:
             assert p.wait(180) == 0
     finally:
+        watch.close()
         for p in procs:
             if p.poll() is None:
                 p.kill()

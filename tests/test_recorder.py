@@ -207,15 +207,19 @@ def test_logging_can_be_disabled_by_env_and_by_setting(
     assert store.count(TrajectoryFilter()) == 0
     store.set_setting("logging_enabled", False)
     rec = trajforge.Recorder(url)
-    time.sleep(0.3)  # the writer reads the setting on its first cycle
-    assert not rec.enabled
+    # The writer reads the setting on its first cycle, in its own thread: however late that is.
+    deadline = time.monotonic() + 10
+    while rec.enabled:
+        assert time.monotonic() < deadline, "the recorder never read logging_enabled=False from its store"
+        time.sleep(0.02)
     with rec.trajectory() as t, t.step() as s:
         s.llm_call(model="m")
     store.set_setting("logging_enabled", True)
     rec._writer.settings_refresh_s = 0.0  # type: ignore[union-attr]
-    deadline = time.monotonic() + 5
-    while not rec.enabled and time.monotonic() < deadline:
-        time.sleep(0.05)
+    deadline = time.monotonic() + 10
+    while not rec.enabled:
+        assert time.monotonic() < deadline, "the recorder never read logging_enabled=True again"
+        time.sleep(0.02)
     with rec.trajectory(agent_id="on") as t, t.step() as s:
         s.llm_call(model="m")
     rec.close()
@@ -293,9 +297,7 @@ def test_full_queue_waits_then_spills_and_nothing_is_lost(tmp_path: Path) -> Non
     sink = FlakySink(store)
     sink.delay_s = 0.05
     writer = BackgroundWriter(sink, tmp_path / "spool", max_pending=10, max_batch=5, put_timeout_s=0.001)
-    rec = trajforge.Recorder(sink=sink, spool_dir=tmp_path / "spool")
-    rec._writer.close()  # type: ignore[union-attr]
-    rec._writer = writer
+    rec = trajforge.Recorder(writer=writer)
     with rec.trajectory() as t, t.step() as s:
         for i in range(200):
             s.llm_call(model="m", user_prompt=f"call {i}")
@@ -312,6 +314,23 @@ def test_full_queue_waits_then_spills_and_nothing_is_lost(tmp_path: Path) -> Non
         time.sleep(0.05)
     rec.close()
     assert writer.counters()["lost"] == 0
+    store.close()
+
+
+def test_a_writer_given_to_the_recorder_is_its_writer(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "w.db"))
+    writer = BackgroundWriter(StoreSink(store, owns_store=False), tmp_path / "spool")
+    with pytest.raises(trajforge.errors.InvalidInput):
+        trajforge.Recorder(str(tmp_path / "other.db"), writer=writer)  # two destinations: refused
+    rec = trajforge.Recorder(writer=writer)
+    with rec.trajectory(agent_id="through-the-writer") as t, t.step() as s:
+        s.llm_call(model="m")
+    rec.close()
+    stats = writer.counters()
+    assert stats["written"] == stats["submitted"] == 5 and stats == rec.stats
+    assert not writer._thread.is_alive()  # closed with the recorder
+    got = store.get_trajectory(t.id)
+    assert got is not None and got.agent_id == "through-the-writer" and got.llm_call_count == 1
     store.close()
 
 

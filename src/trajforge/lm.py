@@ -8,7 +8,6 @@ protocol-faithful fake server on loopback.
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import importlib.util
 import os
@@ -19,8 +18,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
-
-import httpx
 
 from trajforge import settings
 from trajforge.errors import InvalidInput, LMError
@@ -65,6 +62,8 @@ class OpenAICompatibleLM:
         if self.api_key is None:
             self.api_key = os.environ.get(settings.LM_API_KEY) or os.environ.get("OPENAI_API_KEY")
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        import httpx  # only with a model over HTTP: ~0.1 s that scoring with reward functions never needs
+
         self._client = httpx.Client(timeout=self.timeout_s, headers=headers, follow_redirects=False)
 
     @property
@@ -80,6 +79,8 @@ class OpenAICompatibleLM:
             **self.extra_body,
         }
         url = f"{self.base_url}/chat/completions"
+        import httpx  # already loaded by __post_init__: this only binds the name
+
         for attempt in range(self.max_retries + 1):
             try:
                 resp = self._client.post(url, json=body)
@@ -150,6 +151,13 @@ def bundled_model_dir(name: str = "smollm2-135m", cache: Path | None = None) -> 
         )
     source = Path(spec.origin).parent
     out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl  # POSIX only: imported here so that the rest of trajforge imports on Windows
+    except ImportError:
+        raise LMError(
+            f"converting the bundled model {name!r} needs POSIX file locks (Linux, macOS): convert it "
+            f"there and copy {out} here, or use local:<dir> with a transformers folder"
+        ) from None
     with open(out.parent / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two processes converting at once would race on `out`
         if (out / "config.json").exists() and any(out.glob("*.safetensors")):

@@ -24,15 +24,17 @@ import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from trajforge.errors import InvalidInput, LMError
-from trajforge.lm import LM
 from trajforge.records import Score, Trajectory
-from trajforge.store.base import Store
-from trajforge.store.filter import TrajectoryFilter
+
+if TYPE_CHECKING:  # an agent's @reward_function needs neither the LLM client (httpx) nor the store
+    from trajforge.lm import LM
+    from trajforge.store.base import Store
+    from trajforge.store.filter import TrajectoryFilter
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +145,8 @@ def score_trajectories(
     """Apply a reward function to every matching trajectory and store one Score each (re-running
     replaces the earlier value). A function that raises or returns a non-finite number for one
     trajectory is counted as an error for it; the run goes on."""
+    from trajforge.store.filter import TrajectoryFilter
+
     fn_name, func = resolve(fn)
     run = ScoreRun(name=name or fn_name)
     pending: list[Score] = []
@@ -360,6 +364,8 @@ def judge(
     """Judge every matching trajectory, grouped by scenario (at most ``max_group`` per call;
     trajectories without a scenario are judged alone). Scores are stored with source ``judge``;
     trajectories the judge failed on are listed in ``errors`` and get no score."""
+    from trajforge.store.filter import TrajectoryFilter
+
     groups: dict[str, list[Trajectory]] = {}
     for n, t in enumerate(store.iter_trajectories(flt or TrajectoryFilter()), 1):
         if limit is not None and n > limit:

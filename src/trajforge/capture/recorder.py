@@ -22,7 +22,7 @@ import weakref
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from trajforge import settings
 from trajforge.capture.transport import Sink, StoreSink, check_store_url
@@ -40,8 +40,10 @@ from trajforge.records import (
     new_id,
     now_ms,
 )
-from trajforge.store import Store
 from trajforge.validation import check_item, check_value
+
+if TYPE_CHECKING:
+    from trajforge.store import Store
 
 log = logging.getLogger("trajforge.capture")
 
@@ -407,6 +409,10 @@ class Recorder:
     ``target``: ``None`` (the default SQLite file in ``$TRAJFORGE_HOME``), a path,
     ``sqlite:///…``, ``postgresql://…``, ``http(s)://host:port`` or an open :class:`Store`.
     ``sink`` replaces the destination entirely (tests pass a loopback server's sink here).
+    ``writer`` replaces the background writer itself, sink and spool included: one built with
+    other limits (``BackgroundWriter(sink, spool_dir, max_pending=10)``; tests make its queue
+    overflow this way). It is then the writer's own ``max_pending`` and interval that apply; the
+    recorder owns it and :meth:`close` closes it.
     """
 
     def __init__(
@@ -420,18 +426,25 @@ class Recorder:
         reward_on_error: float = -0.1,
         max_pending: int = 200_000,
         flush_interval_s: float = 0.1,
+        writer: BackgroundWriter | None = None,
     ) -> None:
+        if writer is not None and (target is not None or sink is not None or spool_dir is not None):
+            raise InvalidInput("a writer brings its own sink and spool: pass it without a target", "writer")
         self.disabled_by_env = settings.logging_disabled()
         self.reward_on_success = reward_on_success
         self.reward_on_error = reward_on_error
         self._writer: BackgroundWriter | None = None
         self._final_stats: dict[str, Any] | None = None
         if self.disabled_by_env:
+            if writer is not None:
+                writer.close()  # ours, and never used: its thread must not outlive the recorder
             return
-        if sink is None:
-            sink = _make_sink(target, token)
-        spool = Path(spool_dir) if spool_dir is not None else settings.home() / "spool"
-        self._writer = BackgroundWriter(sink, spool, max_pending=max_pending, interval_s=flush_interval_s)
+        if writer is None:
+            if sink is None:
+                sink = _make_sink(target, token)
+            spool = Path(spool_dir) if spool_dir is not None else settings.home() / "spool"
+            writer = BackgroundWriter(sink, spool, max_pending=max_pending, interval_s=flush_interval_s)
+        self._writer = writer
         _live_recorders.add(self)
 
     @property

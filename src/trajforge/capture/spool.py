@@ -17,7 +17,6 @@ explicit and nothing is ever renamed over anything:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import threading
@@ -25,6 +24,17 @@ import time
 from pathlib import Path
 
 log = logging.getLogger("trajforge.capture")
+
+
+def _flock(fd: int, *, wait: bool) -> None:
+    """Take ``fd``'s exclusive lock (held until it is closed); without ``wait``, OSError if another
+    process holds it. POSIX only: without fcntl (Windows) the SDK imports and records, and only a
+    spool write fails, logged and counted lost by the writer."""
+    try:
+        import fcntl
+    except ImportError:
+        raise OSError("the spool needs POSIX file locks (fcntl), which this platform lacks") from None
+    fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def _alive(pid: int) -> bool:
@@ -78,7 +88,7 @@ class Spool:
             tmp = self.directory / f"{owner}.lock.tmp"
             fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                _flock(fd, wait=True)
                 os.rename(tmp, self.directory / f"{owner}.lock")
             except BaseException:
                 os.close(fd)
@@ -162,7 +172,7 @@ class Spool:
         except OSError:
             return None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock(fd, wait=False)
         except OSError:
             os.close(fd)
             return None

@@ -9,21 +9,19 @@ own are returned as :class:`Refusal` and the rest is stored.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import sqlite3
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TypeVar
-
-import httpx
-import psycopg
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from trajforge.errors import InvalidInput, StoreError
 from trajforge.records import WriteBatch
-from trajforge.store import Store, WriteResult, open_store
+
+if TYPE_CHECKING:
+    from trajforge.store import Store, WriteResult
 
 log = logging.getLogger("trajforge.capture")
 
@@ -85,6 +83,8 @@ class Sink(Protocol):
 
 
 def destination_key(url: str) -> str:
+    import hashlib  # here, once per recorder: loading OpenSSL is ~5 ms of every agent's import
+
     return hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
@@ -103,14 +103,30 @@ def _unavailable_is_transient() -> Iterator[None]:
     outage status is an outage: retry or spool, not a bad batch."""
     try:
         yield
-    except (sqlite3.OperationalError, psycopg.OperationalError, StoreError) as exc:
+    except StoreError as exc:
         raise TransientError(str(exc)) from exc
-    except httpx.HTTPError as exc:
+    except _loaded("sqlite3.OperationalError", "psycopg.OperationalError") as exc:
+        raise TransientError(str(exc)) from exc
+    except _loaded("httpx.HTTPError") as exc:
         raise TransientError(f"{type(exc).__name__}: {exc}") from exc
     except ServerAnswered as exc:
         if exc.status in OUTAGE_STATUSES:
             raise TransientError(str(exc)) from exc
         raise
+
+
+def _loaded(*names: str) -> tuple[type[Exception], ...]:
+    """The exception classes named ``module.Class`` whose module is imported. Each driver is
+    imported only by the store or sink that uses it (an agent recording into SQLite never loads
+    psycopg or httpx: ~0.3 s of import), and no exception of a module never imported can reach
+    :func:`_unavailable_is_transient`. An ``except`` clause evaluates its classes only when an
+    exception gets there."""
+    found = []
+    for name in names:
+        module, _, cls = name.rpartition(".")
+        if (loaded := sys.modules.get(module)) is not None:
+            found.append(getattr(loaded, cls))
+    return tuple(found)
 
 
 def reason_of(exc: BaseException) -> str:
@@ -205,7 +221,7 @@ def _merge(pieces: Iterator[WriteBatch] | list[WriteBatch]) -> WriteBatch:
 class StoredBatch:
     """What :func:`store_batch` did: the sum of the writes that passed, and what was refused."""
 
-    result: WriteResult = field(default_factory=WriteResult)
+    result: WriteResult
     refused: list[Refusal] = field(default_factory=list)
 
 
@@ -215,6 +231,7 @@ def store_batch(store: Store, batch: WriteBatch) -> StoredBatch:
 
     The one write path of the SDK's direct sink and of the server's batch ingest route.
     """
+    from trajforge.store import WriteResult  # the store package loads in the writer thread, not at import
 
     def write(b: WriteBatch) -> WriteResult:
         with _unavailable_is_transient():
@@ -269,6 +286,8 @@ class StoreSink:
         if self._store is None:
             if time.monotonic() < self._reopen_at:
                 raise TransientError(f"the store is unavailable: {self._open_error}")
+            from trajforge.store import open_store
+
             try:
                 with _unavailable_is_transient():
                     self._store = open_store(self._url)

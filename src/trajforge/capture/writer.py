@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from trajforge import jsonutil, settings
+from trajforge import settings
 from trajforge.capture.spool import Spool
 from trajforge.capture.transport import Sink, TransientError, reason_of
 from trajforge.records import (
@@ -292,6 +292,8 @@ class BackgroundWriter:
         self._backoff = 0.2
 
     def _replay_file(self, path: Path) -> bool:
+        from trajforge import jsonutil  # see _spool_line
+
         try:
             lines = path.read_bytes().splitlines()
         except FileNotFoundError:
@@ -350,4 +352,8 @@ def _spool_line(batch: WriteBatch, n: int, reason: str | None = None) -> bytes:
     entry: dict[str, Any] = {"records": n, "perTrajectory": per, "batch": batch_to_wire(batch)}
     if reason is not None:
         entry["reason"] = reason
+    # Imported at the first spooled batch, not with the SDK: orjson (with the json, uuid and platform
+    # modules it loads) is ~8 ms of every agent's start, and a store loads it in the writer thread.
+    from trajforge import jsonutil
+
     return jsonutil.dumps_bytes(entry) + b"\n"

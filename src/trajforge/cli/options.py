@@ -9,11 +9,12 @@ a request reaches the API and the CLI together (tests/test_parity.py checks both
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import types
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar, cast
 
@@ -160,10 +161,37 @@ def _given(all_specs: list[Spec], values: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def request_options(model: type[Request], param: str, *, exclude: tuple[str, ...] = ()) -> Callable[[F], F]:
-    """Give the decorated command one option per field of ``model`` and call it with
-    ``param=<validated model>``."""
-    all_specs = specs(model, exclude=exclude)
+def merged_specs(models: Sequence[type[Request]], exclude: tuple[str, ...] = ()) -> list[Spec]:
+    """The options of several request types (the kinds of a union), one per wire field: a field
+    the kinds share is one option, its help the kinds' helps when they differ."""
+    merged: dict[str, Spec] = {}
+    for model in models:
+        for spec in specs(model, exclude=exclude):
+            seen = merged.get(spec.wire)
+            if seen is None:
+                merged[spec.wire] = spec
+                continue
+            if seen.kind != spec.kind:
+                raise TypeError(
+                    f"{spec.wire} is a {seen.kind} in one request kind and a {spec.kind} in another"
+                )
+            if spec.help and spec.help not in seen.help:
+                merged[spec.wire] = dataclasses.replace(seen, help=f"{seen.help} | {spec.help}")
+    return list(merged.values())
+
+
+def request_options(
+    model: type[Request] | Sequence[type[Request]],
+    param: str,
+    *,
+    exclude: tuple[str, ...] = (),
+    parse: Callable[[dict[str, Any]], Any] | None = None,
+) -> Callable[[F], F]:
+    """Give the decorated command one option per field of ``model`` (or of each of several models,
+    then ``parse`` picks and validates one) and call it with ``param=<the validated request>``."""
+    models = [model] if isinstance(model, type) else list(model)
+    all_specs = merged_specs(models, exclude)
+    validate = parse or models[0].parse
 
     def decorate(fn: F) -> F:
         sig = inspect.signature(fn)
@@ -193,7 +221,7 @@ def request_options(model: type[Request], param: str, *, exclude: tuple[str, ...
                 values = {s.param: kwargs.pop(s.param, None) for s in all_specs}
                 try:
                     data = _given(all_specs, values)
-                    request = model.parse(data)
+                    request = validate(data)
                 except TrajforgeError as exc:
                     fail(exc)
                 kwargs[param] = request

@@ -22,7 +22,7 @@ import orjson
 
 from trajforge.records import LlmCall, camel
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # in annotations only; the SDK's write path never imports the filter
     from trajforge.store.filter import TrajectoryFilter
 
 CALL_ROW_COLUMNS = (

@@ -37,7 +37,7 @@ from trajforge.store.documents import DocumentReads
 from trajforge.store.migrations import MIGRATIONS
 from trajforge.store.training import TrainingRecords
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the filter is built only in reads; the SDK's write path never imports it
     from trajforge.store.filter import TrajectoryFilter
 
 CHUNK = 500  # ids per IN (...) list: well under both databases' parameter limits
