@@ -11,7 +11,9 @@ The public API::
 
 from __future__ import annotations
 
-from trajforge import prompts
+# autotrain for what importing it does: it registers its runner hook (trajforge.jobs.hooks), so every
+# job runner, whoever starts it, runs auto-training, while jobs never import autotrain.
+from trajforge import autotrain, prompts  # noqa: F401
 from trajforge.capture.openai import instrument_openai
 from trajforge.capture.recorder import Recorder, current_step, current_trajectory
 from trajforge.models import active_model

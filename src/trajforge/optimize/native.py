@@ -64,6 +64,16 @@ def check_optimizer(name: str | None) -> str:
     return name
 
 
+def check_request(request: dict[str, Any]) -> dict[str, Any]:
+    """A native job's request as it is queued: its optimizer named (the default spelled out, so
+    the stored request says what ran); an unknown metric fails here, not in the job. (The job
+    kind's options type, :class:`NativeOptions`, checks the rest.)"""
+    request = {**request, "optimizer": check_optimizer(request.get("optimizer"))}
+    if request.get("metric"):
+        resolve_metric(request["metric"])
+    return request
+
+
 @dataclass(slots=True)
 class NativeOptions:
     optimizer: str = bootstrap_fewshot.NAME
