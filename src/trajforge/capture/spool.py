@@ -24,17 +24,9 @@ import threading
 import time
 from pathlib import Path
 
+from trajforge import procs
+
 log = logging.getLogger("trajforge.capture")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Spool:
@@ -186,7 +178,7 @@ class Spool:
         if ".replaying-" in name:
             pids.append(name.rsplit("-", 1)[1])
         try:
-            if any(int(p) == os.getpid() or _alive(int(p)) for p in pids):
+            if any(int(p) == os.getpid() or procs.alive(int(p)) for p in pids):
                 return 0
         except ValueError:
             return 0
