@@ -6,11 +6,14 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from trajforge.records import ActionResult, LlmCall, ProviderAccess, Step, Trajectory
+from trajforge.records import JOB_FINISHED, ActionResult, LlmCall, ProviderAccess, Step, Trajectory
+from trajforge.store.base import Store
 
 
 def make_trajectory(
@@ -172,6 +175,33 @@ def make_support_corpus(scenarios: int = 6) -> list[Trajectory]:
             t.steps.append(step)
             out.append(t)
     return out
+
+
+def until(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
+    """Wait for ``check()`` to return something true and return it; fail naming ``what`` when it
+    has not within ``timeout`` seconds (a condition, not a guessed sleep: a loaded machine is only
+    slower, never wrong)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def job_working(store: Store, job_id: str) -> int:
+    """Wait until the job runs and has reported progress (its process is past its start, signal
+    handlers and all); returns its process id."""
+
+    def check() -> int | None:
+        job = store.get_job(job_id)
+        assert job is not None and job.status not in JOB_FINISHED, job
+        progressed = store.list_events(job_id=job_id, kinds=["job_progress"], limit=1)
+        return job.pid if job.status == "running" and job.pid and progressed else None
+
+    pid: int = until(f"{job_id} to run", check)
+    return pid
 
 
 def free_port() -> int:

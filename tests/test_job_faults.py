@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import pytest
 
 from tests.fakes import task_lm
 from tests.fakes.openai_server import FakeOpenAI
-from tests.helpers import free_port, start_server
+from tests.helpers import free_port, job_working, start_server, until
 from trajforge import jobs, settings
 from trajforge.records import JOB_FINISHED, Job, now_ms
 from trajforge.store import Store, open_store
@@ -45,16 +44,6 @@ def _gone(pid: int) -> bool:
     except FileNotFoundError:
         return True
     return stat[stat.rindex(")") + 2] in "ZX"
-
-
-def _until(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Server:
@@ -135,25 +124,12 @@ def _job_request(lm: FakeOpenAI) -> dict[str, Any]:
     return {"backend": "native", "model": task_lm.MODEL, "baseUrl": lm.base_url, "iterations": 200}
 
 
-def _working(store: Store, job_id: str) -> int:
-    """Wait until the job runs and has reported progress; returns its process id."""
-
-    def check() -> int | None:
-        job = store.get_job(job_id)
-        assert job is not None and job.status not in JOB_FINISHED, job
-        progressed = store.list_events(job_id=job_id, kinds=["job_progress"], limit=1)
-        return job.pid if job.status == "running" and job.pid and progressed else None
-
-    pid: int = _until(f"{job_id} to run", check)
-    return pid
-
-
 def _adopted(store: Store, job_id: str) -> bool:
     return any("adopted" in e.message for e in store.list_events(job_id=job_id, kinds=["job_log"]))
 
 
 def _ended(store: Store, job_id: str) -> Job:
-    job: Job = _until(
+    job: Job = until(
         f"{job_id} to end",
         lambda: (j := store.get_job(job_id)) is not None and j.status in JOB_FINISHED and j,
     )
@@ -182,22 +158,22 @@ def test_a_restarted_server_adopts_the_orphan_and_its_cancel_stops_it(
     r = first.post("/api/training/jobs", _job_request(slow_lm))
     assert r.status_code == 201, r.text
     job_id = r.json()["job"]["id"]
-    pid = _working(db, job_id)
+    pid = job_working(db, job_id)
     pids.append(pid)
     first.kill9()
     # The job's process outlives its server: it is the orphan the next server has to deal with.
     progress = len(db.list_events(job_id=job_id, kinds=["job_progress"], limit=100_000))
-    _until("the orphan to keep working", lambda: len(db.list_events(job_id=job_id, limit=100_000)) > progress)
+    until("the orphan to keep working", lambda: len(db.list_events(job_id=job_id, limit=100_000)) > progress)
     assert not _gone(pid)
 
     second = servers(db.url)
-    _until("the restarted server to adopt the orphan", lambda: _adopted(db, job_id))
+    until("the restarted server to adopt the orphan", lambda: _adopted(db, job_id))
     assert second.get(f"/api/training/jobs/{job_id}")["job"]["status"] == "running"
     r = second.post(f"/api/training/jobs/{job_id}/cancel")
     assert r.status_code == 200 and r.json()["job"]["cancelRequested"], r.text
     job = _ended(db, job_id)
     assert job.status == "cancelled", job
-    _until("the orphan's process to stop", lambda: _gone(pid))
+    until("the orphan's process to stop", lambda: _gone(pid))
     assert _one_ending(db, job_id) == "job_cancelled"
     _counts(second, cancelled=1, failed=0, completed=0)
 
@@ -207,16 +183,16 @@ def test_a_running_server_adopts_the_orphan_of_a_killed_one_and_fails_it_when_it
 ) -> None:
     first = servers(db.url)
     job_id = first.post("/api/training/jobs", _job_request(slow_lm)).json()["job"]["id"]
-    pid = _working(db, job_id)
+    pid = job_working(db, job_id)
     pids.append(pid)
     # A second server on the same store, up before the first dies: no restart involved. While the
     # first lives, the job is the first one's to run, not the second's to adopt.
     other = servers(db.url)
     seen = len(db.list_events(job_id=job_id, limit=100_000))
-    _until("a few more events", lambda: len(db.list_events(job_id=job_id, limit=100_000)) > seen + 2)
+    until("a few more events", lambda: len(db.list_events(job_id=job_id, limit=100_000)) > seen + 2)
     assert not _adopted(db, job_id)
     first.kill9()
-    _until("the other server to adopt the orphan", lambda: _adopted(db, job_id))
+    until("the other server to adopt the orphan", lambda: _adopted(db, job_id))
     os.kill(pid, signal.SIGKILL)  # now the orphan dies too; nobody reaps it
     job = _ended(db, job_id)
     assert job.status == "failed" and "interrupted" in (job.error or ""), job
@@ -234,7 +210,7 @@ def test_a_supervisor_elsewhere_fails_a_job_whose_heartbeat_stopped(
 ) -> None:
     first = servers(db.url)
     job_id = first.post("/api/training/jobs", _job_request(slow_lm)).json()["job"]["id"]
-    pid = _working(db, job_id)
+    pid = job_working(db, job_id)
     pids.append(pid)
     first.kill9()
     os.kill(pid, signal.SIGKILL)  # the whole machine gone, as another host sees it
@@ -266,7 +242,7 @@ def test_a_job_process_with_no_runner_stops_when_the_store_says_so(
     )
     pids.append(proc.pid)
     try:
-        _until("progress", lambda: db.list_events(job_id=job.id, kinds=["job_progress"], limit=1))
+        until("progress", lambda: db.list_events(job_id=job.id, kinds=["job_progress"], limit=1))
         if how == "cancel":
             assert jobs.cancel(db, job.id).cancel_requested
         else:
@@ -295,7 +271,7 @@ def test_a_pid_that_is_not_the_jobs_process_is_never_trusted(store: Store) -> No
     unrelated = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     zombie = subprocess.Popen([sys.executable, "-c", "pass"])  # never waited for until the end
     try:
-        _until("the zombie", lambda: _gone(zombie.pid))
+        until("the zombie", lambda: _gone(zombie.pid))
         host = socket.gethostname()
         reused = Job(
             status="running", host=host, pid=unrelated.pid, started_at=now_ms(), heartbeat_at=now_ms()

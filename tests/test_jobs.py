@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 import trajforge
 from tests.fakes import task_lm
 from tests.fakes.openai_server import FakeOpenAI
+from tests.helpers import job_working, until
 from trajforge import jobs
 from trajforge.errors import InvalidInput, NotFound, Unavailable
 from trajforge.records import Job, now_ms
@@ -61,10 +62,13 @@ def test_a_native_job_runs_end_to_end(client: TestClient, task_server: FakeOpenA
     assert r.status_code == 201, r.text
     job = _wait(client, r.json()["job"]["id"], ("completed", "failed"))
     assert job["status"] == "completed", job
-    deadline = time.monotonic() + 10
-    while job["exitCode"] is None and time.monotonic() < deadline:  # the runner reaps the process next
-        time.sleep(0.1)
-        job = client.get(f"/api/training/jobs/{job['id']}").json()["job"]
+    job = until(  # the runner reaps the process next
+        "the runner to reap the job's process",
+        lambda: (
+            (j := client.get(f"/api/training/jobs/{job['id']}").json()["job"])["exitCode"] is not None and j
+        ),
+        timeout=10,
+    )
     assert job["progress"] == 1.0 and job["exitCode"] == 0 and job["datasetId"]
     [art] = job["output"]["artifacts"]
     assert art["task"] == "support_reply" and art["promoted"] and art["score"] > art["baselineScore"]
@@ -81,7 +85,7 @@ def test_a_native_job_runs_end_to_end(client: TestClient, task_server: FakeOpenA
     assert client.post(f"/api/training/jobs/{job['id']}/cancel").status_code == 409
 
 
-def test_cancel_stops_a_running_job(client: TestClient) -> None:
+def test_cancel_stops_a_running_job(client: TestClient, store: Store) -> None:
     def slow(messages: list[dict], request: dict) -> str:
         time.sleep(0.3)
         return task_lm.answer(messages, request)
@@ -92,21 +96,22 @@ def test_cancel_stops_a_running_job(client: TestClient) -> None:
         ).json()["job"]["id"]
         running = _wait(client, job_id, ("running",))
         assert running["status"] == "running"
-        time.sleep(1.0)
-        pid = client.app.state.store.get_job(job_id).pid  # type: ignore[attr-defined]
+        # Cancelled once it works (its process started, its SIGTERM handler set), not after a guess.
+        pid = job_working(store, job_id)
         assert client.post(f"/api/training/jobs/{job_id}/cancel").json()["job"]["cancelRequested"]
         job = _wait(client, job_id, ("cancelled", "failed", "completed"), timeout=30)
         assert job["status"] == "cancelled", job
         # The job records its end before its process exits; the runner then reaps it.
-        deadline = time.monotonic() + 15
-        while client.app.state.store.get_job(job_id).exit_code is None:  # type: ignore[attr-defined]
-            assert time.monotonic() < deadline, "the cancelled job's process was never reaped"
-            time.sleep(0.1)
+        until(
+            "the runner to reap the cancelled job's process",
+            lambda: (j := store.get_job(job_id)) is not None and j.exit_code is not None,
+            timeout=15,
+        )
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
 
 
-def test_a_killed_job_process_fails_the_job(client: TestClient) -> None:
+def test_a_killed_job_process_fails_the_job(client: TestClient, store: Store) -> None:
     def slow(messages: list[dict], request: dict) -> str:
         time.sleep(0.3)
         return task_lm.answer(messages, request)
@@ -116,9 +121,7 @@ def test_a_killed_job_process_fails_the_job(client: TestClient) -> None:
             "job"
         ]["id"]
         _wait(client, job_id, ("running",))
-        deadline = time.monotonic() + 20
-        while (pid := client.app.state.store.get_job(job_id).pid) is None and time.monotonic() < deadline:  # type: ignore[attr-defined]
-            time.sleep(0.1)
+        pid = until("the job's pid", lambda: (j := store.get_job(job_id)) is not None and j.pid, timeout=20)
         os.kill(pid, signal.SIGKILL)
         job = _wait(client, job_id, ("failed", "cancelled", "completed"), timeout=30)
     assert (

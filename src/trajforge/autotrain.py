@@ -7,7 +7,8 @@ fine-tuning backend) for a task when its count reaches the threshold (default 10
 12 h since its last trigger) has passed and no job for it is on its way. The counter goes down by
 the trajectories a job was started for only when that job completed; a failed or cancelled run
 leaves it as it was. At a runner's start, a task at or over its threshold with no optimized
-prompt yet is optimized (``bootstrap``) unless ``TRAJFORGE_DISABLE_AUTO_BOOTSTRAP=1``.
+prompt yet is optimized (``bootstrap``) unless ``TRAJFORGE_DISABLE_AUTO_BOOTSTRAP=1``. Runners
+call :func:`check` through the runner hook this module registers (:mod:`trajforge.jobs.hooks`).
 
 Config, kept in the store's settings (so every server shares it)::
 
@@ -21,7 +22,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from trajforge import settings
+from trajforge import jobs, settings
 from trajforge.errors import InvalidInput, NotFound
 from trajforge.records import JOB_FINISHED, Job, JobEvent, now_ms
 from trajforge.store.base import Store
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 CONFIG_KEY = "autotrain.config"
 DEFAULTS: dict[str, Any] = {"enabled": True, "threshold": 100, "cooldownHours": 12.0, "perTask": {}}
 _TASK_KEYS = {"threshold", "cooldownHours", "backend"}
+_BACKEND_CHOICES = f"{', '.join(jobs.BACKENDS[:-1])} or {jobs.BACKENDS[-1]}"
 
 
 def validate_config(body: Any) -> dict[str, Any]:
@@ -62,8 +64,8 @@ def validate_config(body: Any) -> dict[str, Any]:
             _threshold(conf["threshold"], f"{where}.threshold")
         if "cooldownHours" in conf:
             _cooldown(conf["cooldownHours"], f"{where}.cooldownHours")
-        if "backend" in conf and conf["backend"] not in ("native", "cpu", "cuda", "mlx"):
-            raise InvalidInput(f"{where}.backend must be native, cpu, cuda or mlx", f"{where}.backend")
+        if "backend" in conf and conf["backend"] not in jobs.BACKENDS:
+            raise InvalidInput(f"{where}.backend must be {_BACKEND_CHOICES}", f"{where}.backend")
     return out
 
 
@@ -150,10 +152,8 @@ def _settle(store: Store, row: dict[str, Any], now: int) -> bool:
 
 
 def _start(store: Store, task: str, backend: str, reason: str, now: int) -> Job | None:
-    from trajforge.jobs import kind_of
-
     job = Job(
-        kind=kind_of(backend),
+        kind=jobs.kind_of(backend),
         backend=backend,
         request={"backend": backend, "task": task, "autotrain": reason},
     )
@@ -167,9 +167,7 @@ def _start(store: Store, task: str, backend: str, reason: str, now: int) -> Job 
 
 
 def _available(backend: str) -> bool:
-    from trajforge.jobs import backends
-
-    return bool(backends()[backend]["available"])
+    return bool(jobs.backends()[backend]["available"])
 
 
 def check(
@@ -221,3 +219,10 @@ def trigger(store: Store, task: str | None = None, now: int | None = None) -> li
 
 def bootstrap_allowed() -> bool:
     return not settings.env_flag(settings.DISABLE_AUTO_BOOTSTRAP)
+
+
+def _runner_hook(store: Store, home: Path | None, starting: bool) -> None:
+    check(store, bootstrap=starting and bootstrap_allowed(), home=home)
+
+
+jobs.hooks.register(jobs.hooks.RunnerHook("auto-training", _runner_hook, every_s=10.0))

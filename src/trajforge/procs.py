@@ -62,6 +62,12 @@ def info(pid: int | None) -> ProcInfo | None:
     return ProcInfo(pid, parts[0][0], int(parts[1]), tuple(parts[2].split()) if len(parts) > 2 else ())
 
 
+def alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs (a zombie does not; one we may not inspect is taken to)."""
+    p = info(pid)
+    return p is not None and p.alive
+
+
 def runs_job(p: ProcInfo | None, job_id: str) -> bool:
     """Whether ``p`` is alive and is the process of job ``job_id``."""
     if p is None or not p.alive:

@@ -23,6 +23,8 @@ import threading
 import time
 from pathlib import Path
 
+from trajforge import procs
+
 log = logging.getLogger("trajforge.capture")
 
 
@@ -35,16 +37,6 @@ def _flock(fd: int, *, wait: bool) -> None:
     except ImportError:
         raise OSError("the spool needs POSIX file locks (fcntl), which this platform lacks") from None
     fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Spool:
@@ -196,7 +188,7 @@ class Spool:
         if ".replaying-" in name:
             pids.append(name.rsplit("-", 1)[1])
         try:
-            if any(int(p) == os.getpid() or _alive(int(p)) for p in pids):
+            if any(int(p) == os.getpid() or procs.alive(int(p)) for p in pids):
                 return 0
         except ValueError:
             return 0

@@ -115,6 +115,12 @@ class NativeOptions(Request):
         return cls.from_stored(r)
 
 
+def check_request(request: dict[str, Any]) -> dict[str, Any]:
+    """A native job's request as it is queued: its optimizer named (the default spelled out, so
+    the stored request says what ran). :class:`NativeOptions` has checked the rest."""
+    return {**request, "optimizer": check_optimizer(request.get("optimizer"))}
+
+
 def run(
     store: Store,
     job: Job,
