@@ -93,3 +93,15 @@ def test_cli_errors_name_the_flag_the_command_offers(
     offered = {name for p in cmd.params for name in (*p.opts, *p.secondary_opts)}
     for wire, flag in cli_fields(cmd).items():
         assert flag in offered, (wire, flag)
+
+
+def test_job_request_is_the_kinds_options() -> None:
+    # The kinds table names each kind's options type by string (cheap to import); the job request
+    # is the union of those types. They must be the same.
+    from trajforge.jobs import kinds
+    from trajforge.jobs import request as job_request
+
+    assert {k.name: kinds.load(k.options) for k in kinds.REQUESTED if k.options} == job_request.OPTIONS
+    for kind in kinds.REQUESTED:
+        for backend in kind.backends:
+            assert isinstance(job_request.parse({"backend": backend}), job_request.OPTIONS[kind.name])

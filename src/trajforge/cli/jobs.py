@@ -10,60 +10,21 @@ from rich.table import Table
 
 from trajforge import settings
 from trajforge.cli.common import DbOption, console, err, progress_bar, store_at
+from trajforge.cli.options import request_options
+from trajforge.jobs import request as job_request
+from trajforge.jobs.request import JobOptions
+from trajforge.optimize.native import NativeOptions
 from trajforge.records import iso_ms
 from trajforge.store import Store
+from trajforge.train.lora import LoraOptions
 
 app = typer.Typer(help="Queue, watch and cancel training jobs.", no_args_is_help=True)
 
 
 @app.command("start")
+@request_options((NativeOptions, LoraOptions), "options", parse=job_request.parse)
 def jobs_start(
-    backend: Annotated[
-        str, typer.Option("--backend", help="native (prompt optimization); cpu, cuda, mlx (LoRA)")
-    ] = "native",
-    dataset: Annotated[
-        str | None, typer.Option("--dataset", help="Dataset id (default: build one first)")
-    ] = None,
-    optimizer: Annotated[
-        str | None, typer.Option("--optimizer", help="bootstrap-fewshot (default) or instruction-search")
-    ] = None,
-    task: Annotated[str | None, typer.Option("--task", help="Only this task")] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model",
-            help="bundled:smollm2-135m (default), local:<dir>, or (native) a served model name / (LoRA) a "
-            "hub id in the local Hugging Face cache; checked before the job is queued",
-        ),
-    ] = None,
-    base_url: Annotated[
-        str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint of --model")
-    ] = None,
-    iterations: Annotated[int | None, typer.Option("--iterations", min=1, help="Trials or rounds")] = None,
-    max_trajectories: Annotated[
-        int | None, typer.Option("--max-trajectories", min=1, help="Cap when building")
-    ] = None,
-    metric: Annotated[
-        str | None,
-        typer.Option("--metric", help="action_match, token_f1, or module:function(output, expected)"),
-    ] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="LoRA: batch size")] = None,
-    learning_rate: Annotated[
-        float | None, typer.Option("--learning-rate", min=0.0, help="LoRA: learning rate (default 1e-3)")
-    ] = None,
-    epochs: Annotated[
-        float | None, typer.Option("--epochs", min=0.0, help="LoRA: epochs when no --iterations")
-    ] = None,
-    max_length: Annotated[
-        int | None, typer.Option("--max-length", min=16, help="LoRA: tokens per sequence (default 256)")
-    ] = None,
-    merge: Annotated[
-        bool | None, typer.Option("--merge/--no-merge", help="LoRA: also save the merged model")
-    ] = None,
-    precision: Annotated[
-        str | None,
-        typer.Option("--precision", help="LoRA: auto (bf16 where the hardware has it), fp32 or bf16"),
-    ] = None,
+    options: JobOptions,
     wait: Annotated[
         bool,
         typer.Option("--wait/--no-wait", help="Run it here and follow progress (default), or only queue it"),
@@ -76,29 +37,8 @@ def jobs_start(
     LoRA adapter on --model (--iterations = optimizer steps) and register it (trajforge models list)."""
     from trajforge import jobs
 
-    request = {
-        k: v
-        for k, v in {
-            "backend": backend,
-            "datasetId": dataset,
-            "optimizer": optimizer,
-            "task": task,
-            "model": model,
-            "baseUrl": base_url,
-            "iterations": iterations,
-            "maxTrajectories": max_trajectories,
-            "metric": metric,
-            "batchSize": batch_size,
-            "learningRate": learning_rate,
-            "epochs": epochs,
-            "maxLength": max_length,
-            "merge": merge,
-            "precision": precision,
-        }.items()
-        if v is not None
-    }
     with store_at(db) as store:
-        job = jobs.submit(store, request)
+        job = jobs.submit(store, options)
         console.print(f"queued [bold]{job.id}[/bold]")
         if not wait:
             return

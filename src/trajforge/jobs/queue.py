@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from trajforge.errors import Conflict, InvalidInput, NotFound, Unavailable
 from trajforge.jobs import kinds
 from trajforge.records import JOB_FINISHED, JOB_STATUSES, Job, JobEvent, now_ms
 from trajforge.store.base import Store
 
+if TYPE_CHECKING:
+    from trajforge.jobs.request import JobOptions
 
-def submit(store: Store, request: dict[str, Any]) -> Job:
-    """Queue a job for ``request`` (the API body, camelCase). Unavailable backends, unknown
-    optimizers, models that cannot load here and datasets that do not exist are refused here,
-    before anything is queued."""
-    backend = request.get("backend") or kinds.DEFAULT_BACKEND
+
+def submit(store: Store, request: Mapping[str, Any] | JobOptions) -> Job:
+    """Queue a job for ``request`` (a job request's options, or its wire form, camelCase). Bad
+    options, unavailable backends, unknown optimizers, models that cannot load here and datasets
+    that do not exist are refused here, before anything is queued. The stored request is what was
+    given (and what the kind spells out, such as the optimizer)."""
+    from trajforge.jobs.request import parse
+
+    options = parse(request) if isinstance(request, Mapping) else request
+    backend = options.backend
     kind = kinds.for_backend(backend)
     status = kinds.backends()[backend]
     if not status["available"]:
         raise Unavailable(
             f"the {backend} backend is not available on this machine: {status['reason']}", "backend"
         )
-    request = kind.checked({**request, "backend": backend})
+    request = kind.checked({**options.given(), "backend": backend})
     from trajforge.train import backends as train_backends
 
     # A model the job could not load fails here (offline checks), not minutes later in the job.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Strict, StrictBool, Tag
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool
 
 from trajforge.limits import (
     MAX_ABS_REAL,
@@ -16,10 +16,8 @@ from trajforge.limits import (
     MAX_TIME_MS,
     MIN_INT,
 )
-from trajforge.optimize.native import NativeOptions
 from trajforge.requests import TrajectoryId
 from trajforge.store.filter import TrajectoryFilter
-from trajforge.train.lora import LoraOptions
 
 # JSON numbers only: lax pydantic would take `false` or "1" for a float.
 Number = Annotated[float, Strict()]
@@ -269,19 +267,6 @@ class DatasetResult(BaseModel):
 
 class DatasetList(BaseModel):
     datasets: list[DatasetSummary]
-
-
-def _job_kind(value: Any) -> str:
-    backend = value.get("backend", "native") if isinstance(value, dict) else getattr(value, "backend", None)
-    return "Native" if backend in (None, "native") else "Lora"
-
-
-# One body per job kind, chosen by backend (absent: native). Tags are capitalised so error
-# locations drop them (see app._union_tag) and name the field alone.
-JobRequest = Annotated[
-    Annotated[NativeOptions, Tag("Native")] | Annotated[LoraOptions, Tag("Lora")],
-    Discriminator(_job_kind),
-]
 
 
 class JobOut(BaseModel):

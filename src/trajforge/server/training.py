@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from trajforge import datasets, jobs, jsonutil, models
 from trajforge.errors import InvalidInput
+from trajforge.jobs.request import JobRequest
 from trajforge.limits import MAX_OFFSET, MAX_SEQ
 from trajforge.records import JOB_STATUSES, JobEvent, to_wire
 from trajforge.server import trajectories as trajectory_routes
@@ -28,7 +29,6 @@ from trajforge.server.schemas import (
     ImportOllamaRequest,
     ImportOllamaResult,
     JobList,
-    JobRequest,
     JobResult,
     ModelList,
     ModelResult,
@@ -164,7 +164,7 @@ async def events(
 
 @router.post("/jobs", status_code=201, response_model=JobResult, summary="Queue a training job")
 def start_job(request: Request, body: JobRequest) -> dict[str, Any]:
-    job = jobs.submit(_store(request), body.given())
+    job = jobs.submit(_store(request), body)
     return {"job": jobs.wire(job)}
 
 
