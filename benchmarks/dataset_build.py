@@ -48,7 +48,7 @@ def baseline(url: str, out: Path) -> tuple[float, int]:
     n = 0
     with open(out, "wb") as fh:
         for row in store.iter_call_rows(TrajectoryFilter()):
-            fh.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
+            fh.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE, default=tuple))
             n += 1
     elapsed = time.perf_counter() - started
     store.close()

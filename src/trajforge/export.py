@@ -25,7 +25,7 @@ from trajforge import jsonutil
 from trajforge import workers as worker_pool
 from trajforge.errors import InvalidInput
 from trajforge.formats import art as art_format
-from trajforge.formats.examples import example_from_row
+from trajforge.formats.examples import example_from_call
 from trajforge.privacy import PrivacyFilter, filter_flat_call, filter_trajectory
 from trajforge.records import FLAT_CALL_COLUMNS, FlatCall, LlmCall, Trajectory, iso_ms, now_ms, to_wire
 from trajforge.store.base import Store, TrajectoryFilter
@@ -149,7 +149,8 @@ def art_messages(t: Trajectory) -> tuple[list[dict[str, Any]], list[dict[str, An
     (``formats.art.messages``: the conversation once, the system message only when it changes,
     Chat Completions tool calls); and the tools offered, if any. Calls without a completion (no
     response, no tool call) are left out, as in builds."""
-    examples = [ex for ex in (example_from_row(row, None) for row in call_rows([t])) if ex is not None]
+    calls = (example_from_call(t, c, None) for step in t.steps for c in step.llm_calls)
+    examples = [ex for ex in calls if ex is not None]
     tools = next((ex.tools for ex in examples if ex.tools), None)
     return art_format.messages(examples), tools
 

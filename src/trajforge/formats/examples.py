@@ -3,7 +3,7 @@
 An :class:`Example` holds what the model saw (prompt messages in TRL's shape: content as text, tool
 call arguments as JSON objects, no ids), what it answered (the completion) and the tools offered,
 with the tool-call ids recorded beside the messages. :func:`example_from_row` makes one from a
-flat call row (:class:`~trajforge.records.FlatCall`); the TRL, OpenAI and ART converters
+flat call row (:class:`~trajforge.records.FlatCall`), :func:`example_from_call` from a record; the TRL, OpenAI and ART converters
 (``formats.trl``, ``formats.openai``, ``formats.art``) turn examples into rows, for dataset builds
 and for the ``art`` export alike.
 """
@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from trajforge.formats.openai import IdEntry, function_tools
-from trajforge.records import FlatCall, task_of
+from trajforge.records import FlatCall, LlmCall, Trajectory, task_of
 
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
 
@@ -139,10 +139,41 @@ def _message(m: Any) -> tuple[dict[str, Any], IdEntry] | None:
 def example_from_row(row: FlatCall, reward: float | None) -> Example | None:
     """The example of one call row; None when the call has no completion to learn from (no
     response text and no tool call)."""
-    tool_calls, call_ids = _tool_calls(_loads(row.tool_calls))
-    if not row.response and not tool_calls:
+    return _example(
+        row.trajectory_id,
+        row.scenario_id,
+        row.agent_id,
+        row.source,
+        row,
+        _loads(row.messages),
+        _loads(row.tool_calls),
+        _loads(row.tools),
+        reward,
+    )
+
+
+def example_from_call(t: Trajectory, call: LlmCall, reward: float | None) -> Example | None:
+    """The same from a record call of trajectory ``t`` (its JSON-valued fields are values already:
+    no round trip through JSON text)."""
+    return _example(
+        t.id, t.scenario_id, t.agent_id, t.source, call, call.messages, call.tool_calls, call.tools, reward
+    )
+
+
+def _example(
+    trajectory_id: str,
+    scenario_id: str | None,
+    agent_id: str | None,
+    source: str | None,
+    call: FlatCall | LlmCall,
+    raw_messages: Any,
+    raw_tool_calls: Any,
+    raw_tools: Any,
+    reward: float | None,
+) -> Example | None:
+    tool_calls, call_ids = _tool_calls(raw_tool_calls)
+    if not call.response and not tool_calls:
         return None
-    raw_messages = _loads(row.messages)
     prompt: list[dict[str, Any]] = []
     ids: list[IdEntry] | None = None
     if isinstance(raw_messages, list) and raw_messages:
@@ -152,36 +183,36 @@ def example_from_row(row: FlatCall, reward: float | None) -> Example | None:
             if got is not None:
                 prompt.append(got[0])
                 ids.append(got[1])
-        if row.system_prompt is not None and not any(m["role"] == "system" for m in prompt):
-            prompt.insert(0, {"role": "system", "content": row.system_prompt})
+        if call.system_prompt is not None and not any(m["role"] == "system" for m in prompt):
+            prompt.insert(0, {"role": "system", "content": call.system_prompt})
             ids.insert(0, None)
         if ids.count(None) == len(ids):
             ids = None
     else:
-        if row.system_prompt is not None:
-            prompt.append({"role": "system", "content": row.system_prompt})
-        if row.user_prompt is not None:
-            prompt.append({"role": "user", "content": row.user_prompt})
+        if call.system_prompt is not None:
+            prompt.append({"role": "system", "content": call.system_prompt})
+        if call.user_prompt is not None:
+            prompt.append({"role": "user", "content": call.user_prompt})
     if not any(m["role"] != "system" for m in prompt):
         return None
-    completion: dict[str, Any] = {"role": "assistant", "content": row.response or ""}
+    completion: dict[str, Any] = {"role": "assistant", "content": call.response or ""}
     if tool_calls:
         completion["tool_calls"] = tool_calls
     completion_ids = call_ids if any(call_ids) else None
     if ids is not None or completion_ids is not None:
         ids = [*(ids or [None] * len(prompt)), completion_ids]
     return Example(
-        trajectory_id=row.trajectory_id,
-        scenario_id=row.scenario_id,
-        agent_id=row.agent_id or "",
-        source=row.source or "",
-        task=task_of(row.action_type, row.purpose),
+        trajectory_id=trajectory_id,
+        scenario_id=scenario_id,
+        agent_id=agent_id or "",
+        source=source or "",
+        task=task_of(call.action_type, call.purpose),
         reward=reward,
         prompt=prompt,
         completion=completion,
-        tools=function_tools(_loads(row.tools)),
-        call_id=row.call_id,
-        model=row.model or "",
+        tools=function_tools(raw_tools),
+        call_id=call.call_id,
+        model=call.model or "",
         ids=ids,
     )
 

@@ -94,6 +94,9 @@ _ROW_SQL = (
 )
 _ROW_TEXTS = tuple(FlatCall._fields.index(f) for f, expr in _ROW_EXPRS.items() if expr.endswith("_text"))
 """Positions in a FlatCall of the text ids read by _ROW_SQL."""
+_TID, _STEP_NO, _TS, _CID = map(
+    FlatCall._fields.index, ("trajectory_id", "step_number", "timestamp", "call_id")
+)
 _CALL_TEXTS = (6, 7, 8, 9, 10, 12)  # and in a _CALL_SQL row
 _CALL_KEYS = tuple(camel(f.name) for f in dataclasses.fields(LlmCall))
 """The wire keys of an LLM call (``to_wire``'s order); _CALL_SQL selects its columns from call_id
@@ -225,20 +228,22 @@ class DocumentReads:
             heads = {r[0]: tuple(r[k] for k in head) for r in rows}
             with self._read_tx() as cur:  # type: ignore[attr-defined]
                 got = [
-                    make(heads[r[0]] + r[1:])
+                    heads[r[0]] + r[1:]
                     for r in self._select_in(cur, _ROW_SQL, list(order))  # type: ignore[attr-defined]
                 ]
                 table = texts.page(self._fetch_texts(cur), [r[k] for r in got for k in _ROW_TEXTS])
+            # Plain tuples until the text bodies are in (one FlatCall per row, not two), read by
+            # positions taken from FlatCall's field names.
             got.sort(
                 key=lambda r: (
-                    order[r.trajectory_id],
-                    r.step_number if r.step_number is not None else -1,
-                    r.timestamp,
-                    r.call_id,
+                    order[r[_TID]],
+                    r[_STEP_NO] if r[_STEP_NO] is not None else -1,
+                    r[_TS],
+                    r[_CID],
                 )
             )
             for r in got:
-                out: list[Any] = list(r)
+                out = list(r)
                 for k in _ROW_TEXTS:
                     if out[k] is not None:
                         out[k] = table[out[k]]
