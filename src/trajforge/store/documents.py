@@ -21,11 +21,8 @@ from typing import Any
 
 import orjson
 
-from trajforge.records import FLAT_CALL_COLUMNS, FlatCall, LlmCall, camel
+from trajforge.records import FlatCall, LlmCall, camel
 from trajforge.store.base import TrajectoryFilter
-
-CALL_ROW_COLUMNS = FLAT_CALL_COLUMNS
-"""The columns of a flat call row (:class:`~trajforge.records.FlatCall`), as parquet names them."""
 
 _CALL_SQL = (
     "SELECT c.trajectory_id, c.step_id, c.call_id, c.timestamp, c.model, c.model_version, c.system_text, "
