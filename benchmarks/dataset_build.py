@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from generator import CALLS_PER_STEP, STEPS, Generator
 from query import analyze, build
 from trajforge import datasets
+from trajforge.datasets import builder
 from trajforge.privacy import PrivacyFilter
 from trajforge.store import TrajectoryFilter, open_store
 
@@ -47,7 +48,7 @@ def baseline(url: str, out: Path) -> tuple[float, int]:
     n = 0
     with open(out, "wb") as fh:
         for row in store.iter_call_rows(TrajectoryFilter()):
-            fh.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
+            fh.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE, default=tuple))
             n += 1
     elapsed = time.perf_counter() - started
     store.close()
@@ -77,12 +78,12 @@ def main() -> None:
         base_s, rows = baseline(url, Path(tmp) / "rows.jsonl")
         assert rows == calls, (rows, calls)
         print(f"baseline (read rows → JSONL, no filter): {base_s:.1f} s, {calls / base_s:,.0f} calls/s")
-        real = datasets.PrivacyFilter
-        datasets.PrivacyFilter = PassThrough  # type: ignore[misc]
+        real = builder.PrivacyFilter
+        builder.PrivacyFilter = PassThrough  # type: ignore[misc]
         try:
             pass_s, _ = timed_build(url, Path(tmp) / "pass", args.n)
         finally:
-            datasets.PrivacyFilter = real  # type: ignore[misc]
+            builder.PrivacyFilter = real  # type: ignore[misc]
         print(f"build sft, pass-through filter: {pass_s:.1f} s, {calls / pass_s:,.0f} calls/s")
         build_s, ds = timed_build(url, Path(tmp) / "real", args.n)
         p = ds.manifest["privacy"]

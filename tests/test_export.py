@@ -247,3 +247,108 @@ def test_exports_rendered_by_worker_processes_equal_the_in_process_ones(store: S
                 assert b"user3@example.com" not in runs[1]
     docs = json.loads(b"".join(export.stream(store, "json", TrajectoryFilter(), workers=2, page=3)))
     assert [d["id"] for d in docs] == [t.id for t in reversed(ts)]
+
+
+def test_art_lines_carry_chat_completions_messages_as_builds_render_them() -> None:
+    """The ``art`` export renders a trajectory as dataset builds do (``formats.art.messages``):
+    ``developer`` becomes ``system``, recorded tool calls (here Anthropic-shaped) become Chat
+    Completions calls with JSON-string arguments and their ids, and a tool result answers its call
+    by id. Before, the export kept the role and the raw calls, which ART's tokenizer cannot read."""
+    from trajforge.formats import art as art_format
+
+    call = LlmCall(
+        model="m",
+        messages=[{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Where is 7?"}],
+        tool_calls=[{"id": "toolu_1", "name": "get_order", "input": {"orderId": "7"}}],
+    )
+    answer = LlmCall(
+        model="m",
+        messages=[
+            {"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": "Where is 7?"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [{"id": "toolu_1", "name": "get_order", "input": {"orderId": "7"}}],
+            },
+            {"role": "tool", "tool_call_id": "toolu_1", "content": "shipped"},
+        ],
+        response="It shipped.",
+    )
+    t = Trajectory(total_reward=1.0, steps=[Step(llm_calls=[call]), Step(llm_calls=[answer])])
+    messages = export.art_record(t)["messages"]
+    assert messages == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Where is 7?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "toolu_1",
+                    "type": "function",
+                    "function": {"name": "get_order", "arguments": '{"orderId":"7"}'},
+                }
+            ],
+        },
+        {"role": "tool", "content": "shipped", "tool_call_id": "toolu_1"},
+        {"role": "assistant", "content": "It shipped."},
+    ]
+    assert art_format.check_chat(messages) is None
+
+
+def test_every_filtered_path_redacts_the_same_fields(store: Store, tmp_path: Path) -> None:
+    """One privacy policy (``privacy.py``): an address in every user-content field reaches no
+    privacy-filtered export and no dataset. The scenario id is user content for exports too (it
+    was redacted in datasets only); the same filter keeps ids, models and counters."""
+    from trajforge import datasets, privacy
+
+    secret = "buyer7@example.com"
+    t = make_trajectory(n_steps=2, prompt=f"mail {secret}")
+    t.agent_id = f"agent {secret}"
+    t.scenario_id = f"scenario {secret}"
+    t.metadata = {"customer": {"mail": secret}}
+    step = t.steps[0]
+    step.observation = {"seen": secret}
+    step.metadata = {"note": secret}
+    step.action = ActionResult(
+        action_type="REPLY",
+        action_name=f"reply {secret}",
+        parameters={"to": secret},
+        result=secret,
+        error=secret,
+    )
+    step.provider_accesses.append(
+        ProviderAccess(provider_name="crm", query={"q": secret}, data={"d": secret})
+    )
+    for c in step.llm_calls:
+        c.system_prompt, c.response, c.reasoning = f"sys {secret}", f"ok {secret}", f"why {secret}"
+        c.action_type = f"act {secret}"
+        c.tool_calls = [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"a": secret}}}
+        ]
+        c.tools = [{"type": "function", "function": {"name": "f", "description": secret}}]
+    t.scores.append(Score(t.id, "s", 1.0, comment=secret))
+    store.write(WriteBatch.from_trajectory(t))
+    pf = privacy.for_store(store)
+    for fmt in export.FORMATS:
+        data = b"".join(export.stream(store, fmt, TrajectoryFilter(), privacy=pf, workers=1))
+        assert data and secret.encode() not in data, fmt
+        if fmt == "zip":
+            data = b"".join(
+                zipfile.ZipFile(io.BytesIO(data)).read(n)
+                for n in zipfile.ZipFile(io.BytesIO(data)).namelist()
+            )
+        elif fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            data = json.dumps(pq.read_table(io.BytesIO(data)).to_pylist()).encode()
+        assert secret.encode() not in data, fmt
+        if fmt in ("json", "jsonl", "csv", "parquet"):
+            assert b"scenario [REDACTED_EMAIL]" in data, fmt
+    for fmt in datasets.FORMATS:
+        ds = datasets.build(
+            store, datasets.BuildRequest(format=fmt, eval_fraction=0.0, name=fmt), root=tmp_path
+        )
+        for path in Path(ds.path).rglob("*.jsonl"):
+            assert secret not in path.read_text(), (fmt, path)

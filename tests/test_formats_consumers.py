@@ -406,6 +406,17 @@ def test_art_export_lines_load_in_arts_own_models(built: dict[str, Any]) -> None
         assert loaded.messages_and_choices == line["messages"] and loaded.tools == line.get("tools")
 
 
+def test_art_export_lines_are_what_arts_tokenizer_reads(built: dict[str, Any]) -> None:
+    """Export lines render their transcript as dataset builds do (``formats.art.messages``): Chat
+    Completions messages with JSON-string arguments, each tool message answering an earlier call.
+    Before, the export kept recorded tool calls raw (arguments as objects, no ids)."""
+    art = _art_models()
+    for line in _art_export_lines(built):
+        assert art_format.check_chat(line["messages"]) is None, line
+        assert _answered_in_order(line["messages"])
+        _sdk_accepts(art.Trajectory(**_as_trajectory(line)).messages(), line.get("tools"))
+
+
 def test_recorded_ids_go_through_the_privacy_filter_and_still_match(store: Store, tmp_path: Path) -> None:
     """Ids are user content like any other string: filtered, and a call and its answer alike."""
     t = make_tool_corpus(1)[0]

@@ -506,3 +506,18 @@ def test_database_assembled_documents_equal_the_record_path(store: Store) -> Non
     expected = list(export.call_rows(store.iter_trajectories(TrajectoryFilter())))
     assert [r[:10] + r[11:] for r in rows] == [r[:10] + r[11:] for r in expected]
     assert [orjson.loads(r[10]) for r in rows] == [orjson.loads(r[10]) for r in expected]  # action JSON
+
+
+def test_a_calls_task_is_the_same_in_python_and_in_sql() -> None:
+    """``records.task_of`` and its SQL twin ``TASK_SQL`` (the store's task counters) agree, empty
+    strings included."""
+    import sqlite3
+
+    from trajforge.records import TASK_SQL, task_of
+
+    cases = [(a, p) for a in (None, "", "REPLY") for p in (None, "", "reasoning")]
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE llm_calls (n INTEGER, action_type TEXT, purpose TEXT)")
+    db.executemany("INSERT INTO llm_calls VALUES (?, ?, ?)", [(i, a, p) for i, (a, p) in enumerate(cases)])
+    in_sql = [task for (task,) in db.execute(f"SELECT {TASK_SQL} FROM llm_calls ORDER BY n")]
+    assert in_sql == [task_of(a, p) for a, p in cases]

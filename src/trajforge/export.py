@@ -15,9 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import itertools
-import queue
 import re
-import threading
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -29,13 +27,13 @@ from trajforge import jsonutil
 from trajforge import workers as worker_pool
 from trajforge.errors import InvalidInput
 from trajforge.formats import art as art_format
-from trajforge.formats.openai import function_tools
-from trajforge.privacy import PrivacyFilter, filter_trajectory
-from trajforge.records import LlmCall, Trajectory, iso_ms, now_ms, to_wire
+from trajforge.formats.examples import example_from_call
+from trajforge.privacy import PrivacyFilter, filter_flat_call, filter_trajectory
+from trajforge.records import FLAT_CALL_COLUMNS, FlatCall, LlmCall, Trajectory, iso_ms, now_ms, to_wire
 from trajforge.requests import Flag
 from trajforge.store.base import Store
-from trajforge.store.documents import CALL_ROW_COLUMNS
 from trajforge.store.filter import TrajectoryFilter
+from trajforge.workers import prefetch
 
 T = TypeVar("T")
 FORMATS = ("json", "jsonl", "csv", "art", "zip", "parquet")
@@ -151,40 +149,21 @@ def iter_csv(trajectories: Iterable[Trajectory], include_prompts: bool = True) -
 
 
 def art_messages(t: Trajectory) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
-    """The trajectory as one chat transcript: the system message only when it changes, then the user
-    and assistant turns of every LLM call in order; and the tools offered, if any."""
-    messages: list[dict[str, Any]] = []
-    tools = None
-    last_system: str | None = None
-    for step in t.steps:
-        for call in step.llm_calls:
-            tools = tools or call.tools
-            turns: list[dict[str, Any]] = []
-            if call.user_prompt is None and call.messages:
-                turns = [dict(m) for m in call.messages if isinstance(m, dict)]
-            else:
-                if call.system_prompt is not None:
-                    turns.append({"role": "system", "content": call.system_prompt})
-                if call.user_prompt is not None:
-                    turns.append({"role": "user", "content": call.user_prompt})
-            for m in turns:
-                if m.get("role") in ("system", "developer"):
-                    if m.get("content") == last_system:
-                        continue
-                    last_system = m.get("content")
-                messages.append(m)
-            assistant: dict[str, Any] = {"role": "assistant", "content": call.response}
-            if call.tool_calls:
-                assistant["tool_calls"] = call.tool_calls
-            messages.append(assistant)
-    return messages, tools
+    """The trajectory as one chat transcript, rendered as dataset builds render an ART trajectory
+    (``formats.art.messages``: the conversation once, the system message only when it changes,
+    Chat Completions tool calls); and the tools offered, if any. Calls without a completion (no
+    response, no tool call) are left out, as in builds."""
+    calls = (example_from_call(t, c, None) for step in t.steps for c in step.llm_calls)
+    examples = [ex for ex in calls if ex is not None]
+    tools = next((ex.tools for ex in examples if ex.tools), None)
+    return art_format.messages(examples), tools
 
 
 def art_record(t: Trajectory) -> dict[str, Any]:
     """One ``art`` export line. Its metadata, metrics and tools are what ART's ``Trajectory``
     accepts (``formats.art``): nested metadata values become their JSON text, metrics a trajectory
     does not have are left out, tools are Chat Completions function specs."""
-    messages, raw_tools = art_messages(t)
+    messages, tools = art_messages(t)
     actions = [s.action for s in t.steps if s.action is not None]
     metrics: dict[str, Any] = {
         "stepCount": t.step_count or len(t.steps),
@@ -216,7 +195,6 @@ def art_record(t: Trajectory) -> dict[str, Any]:
         ),
         "metrics": art_format.metrics(metrics),
     }
-    tools = function_tools(raw_tools)
     if tools:
         record["tools"] = tools
     return record
@@ -304,53 +282,55 @@ _PARQUET_TYPES = {
     "promptTokens": "int64",
     "completionTokens": "int64",
 }
-_TEXT_COLUMNS = ("systemPrompt", "userPrompt", "response", "reasoning")
+_TEXT_FIELDS = ("system_prompt", "user_prompt", "response", "reasoning")
 
 
 def parquet_schema() -> Any:
-    """One row per LLM call: :data:`CALL_ROW_COLUMNS`; JSON-valued columns (stepAction, messages,
-    toolCalls, tools) are JSON strings."""
+    """One row per LLM call: :data:`~trajforge.records.FLAT_CALL_COLUMNS`; JSON-valued columns
+    (stepAction, messages, toolCalls, tools) are JSON strings."""
     import pyarrow as pa
 
-    return pa.schema([(name, getattr(pa, _PARQUET_TYPES.get(name, "string"))()) for name in CALL_ROW_COLUMNS])
+    return pa.schema(
+        [(name, getattr(pa, _PARQUET_TYPES.get(name, "string"))()) for name in FLAT_CALL_COLUMNS]
+    )
 
 
-def call_rows(trajectories: Iterable[Trajectory]) -> Iterator[tuple[Any, ...]]:
-    """The parquet rows of record trajectories (same columns as ``store.iter_call_rows``)."""
+def call_rows(trajectories: Iterable[Trajectory]) -> Iterator[FlatCall]:
+    """The flat call rows of record trajectories (as ``store.iter_call_rows`` reads them)."""
     for t in trajectories:
         for step in t.steps:
             action = None if step.action is None else jsonutil.dumps(to_wire(step.action))
             for c in step.llm_calls:
-                yield (
-                    t.id,
-                    t.agent_id,
-                    t.source,
-                    t.status,
-                    t.scenario_id,
-                    t.batch_id,
-                    t.total_reward,
-                    step.step_id,
-                    step.step_number,
-                    step.reward,
-                    action,
-                    c.call_id,
-                    c.timestamp,
-                    c.model,
-                    c.system_prompt,
-                    c.user_prompt,
-                    _opt_dump(c.messages),
-                    c.response,
-                    c.reasoning,
-                    _opt_dump(c.tool_calls),
-                    _opt_dump(c.tools),
-                    c.finish_reason,
-                    c.temperature,
-                    c.max_tokens,
-                    c.purpose,
-                    c.action_type,
-                    c.latency_ms,
-                    c.prompt_tokens,
-                    c.completion_tokens,
+                yield FlatCall(
+                    trajectory_id=t.id,
+                    agent_id=t.agent_id,
+                    source=t.source,
+                    status=t.status,
+                    scenario_id=t.scenario_id,
+                    batch_id=t.batch_id,
+                    trajectory_reward=t.total_reward,
+                    step_id=step.step_id,
+                    step_number=step.step_number,
+                    step_reward=step.reward,
+                    step_action=action,
+                    call_id=c.call_id,
+                    timestamp=c.timestamp,
+                    model=c.model,
+                    system_prompt=c.system_prompt,
+                    user_prompt=c.user_prompt,
+                    messages=_opt_dump(c.messages),
+                    response=c.response,
+                    reasoning=c.reasoning,
+                    tool_calls=_opt_dump(c.tool_calls),
+                    tools=_opt_dump(c.tools),
+                    finish_reason=c.finish_reason,
+                    temperature=c.temperature,
+                    max_tokens=c.max_tokens,
+                    purpose=c.purpose,
+                    action_type=c.action_type,
+                    latency_ms=c.latency_ms,
+                    prompt_tokens=c.prompt_tokens,
+                    completion_tokens=c.completion_tokens,
                 )
 
 
@@ -358,44 +338,25 @@ def _opt_dump(value: Any) -> str | None:
     return None if value is None else jsonutil.dumps(value)
 
 
-_TEXT_INDEXES = tuple(CALL_ROW_COLUMNS.index(c) for c in _TEXT_COLUMNS)
-_MESSAGES_INDEX = CALL_ROW_COLUMNS.index("messages")
-_JSON_INDEXES = tuple(CALL_ROW_COLUMNS.index(c) for c in ("messages", "toolCalls", "tools", "stepAction"))
-_AGENT_INDEX = CALL_ROW_COLUMNS.index("agentId")
-
-
-def filter_call_row(pf: PrivacyFilter, row: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The privacy filter over one flat call row: agent id, prompt texts and the JSON columns."""
-    out = list(row)
-    out[_AGENT_INDEX] = pf.value(out[_AGENT_INDEX])
-    for i in _TEXT_INDEXES:
-        out[i] = pf.value(out[i])
-    for i in _JSON_INDEXES:
-        if out[i] is not None:
-            out[i] = jsonutil.dumps(pf.value(jsonutil.loads(out[i])))
-    return tuple(out)
-
-
-def _redact_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    out = list(row)
-    for i in _TEXT_INDEXES:
-        if out[i] is not None:
-            out[i] = PROMPT_MARKER
-    if out[_MESSAGES_INDEX] is not None:
-        messages = jsonutil.loads(out[_MESSAGES_INDEX])
-        out[_MESSAGES_INDEX] = jsonutil.dumps(
+def _redact_row(row: FlatCall) -> FlatCall:
+    """``includePrompts: false`` for a flat row: prompt, response and message texts become the
+    marker."""
+    changes: dict[str, Any] = {k: PROMPT_MARKER for k in _TEXT_FIELDS if getattr(row, k) is not None}
+    if row.messages is not None:
+        messages = jsonutil.loads(row.messages)
+        changes["messages"] = jsonutil.dumps(
             [{**m, "content": PROMPT_MARKER} if isinstance(m, dict) else m for m in messages]
         )
-    return tuple(out)
+    return row._replace(**changes) if changes else row
 
 
-def parquet_table(rows: Iterable[tuple[Any, ...]], include_prompts: bool = True) -> Any:
+def parquet_table(rows: Iterable[FlatCall], include_prompts: bool = True) -> Any:
     """Flat call rows as one Arrow table of :func:`parquet_schema`."""
     import pyarrow as pa
 
     schema = parquet_schema()
     buffer = [row if include_prompts else _redact_row(row) for row in rows]
-    columns = list(zip(*buffer, strict=True)) if buffer else [()] * len(CALL_ROW_COLUMNS)
+    columns = list(zip(*buffer, strict=True)) if buffer else [()] * len(FLAT_CALL_COLUMNS)
     arrays = [
         _strings(values) if field.type == pa.string() else pa.array(values, field.type)
         for field, values in zip(schema, columns, strict=True)
@@ -430,7 +391,7 @@ def write_parquet(tables: Iterable[Any]) -> Iterator[bytes]:
     rows = 0
     # Dictionary encoding only where values repeat: for the per-call unique columns Arrow would hash
     # every prompt and response and then fall back to plain pages anyway (~5-15% of writing).
-    repeated = [name for name in CALL_ROW_COLUMNS if name not in _UNIQUE_PER_CALL]
+    repeated = [name for name in FLAT_CALL_COLUMNS if name not in _UNIQUE_PER_CALL]
     with pq.ParquetWriter(
         pa.PythonFile(pipe, mode="w"), parquet_schema(), compression="zstd", use_dictionary=repeated
     ) as writer:
@@ -447,11 +408,11 @@ def write_parquet(tables: Iterable[Any]) -> Iterator[bytes]:
     yield pipe.take()
 
 
-def iter_parquet_rows(rows: Iterable[tuple[Any, ...]], include_prompts: bool = True) -> Iterator[bytes]:
+def iter_parquet_rows(rows: Iterable[FlatCall], include_prompts: bool = True) -> Iterator[bytes]:
     """Parquet (zstd, row groups of 20k calls) from flat call rows, streamed."""
 
     def tables() -> Iterator[Any]:
-        chunk: list[tuple[Any, ...]] = []
+        chunk: list[FlatCall] = []
         for row in rows:
             chunk.append(row)
             if len(chunk) >= PARQUET_ROW_GROUP:
@@ -497,8 +458,6 @@ def _counted(items: Iterable[T], limit: int | None, on_progress: Callable[[int],
 
 EXPORT_PAGE = 500
 """Trajectories per page of a paged export (one unit of work for a worker process)."""
-_PARALLEL_PAGES = 4
-"""Exports shorter than this many pages stay in-process: starting the workers costs ~0.3 s."""
 PAGED_FORMATS = ("json", "jsonl", "art", "parquet")
 
 
@@ -515,9 +474,9 @@ class _PageJob:
         parquet, as an Arrow table."""
         flt = TrajectoryFilter(trajectory_ids=ids)
         if self.fmt == "parquet":
-            rows: Iterable[tuple[Any, ...]] = store.iter_call_rows(flt)
+            rows: Iterable[FlatCall] = store.iter_call_rows(flt)
             if self.privacy is not None:
-                rows = (filter_call_row(self.privacy, r) for r in rows)
+                rows = (filter_flat_call(self.privacy, r) for r in rows)
             return parquet_table(rows, self.include_prompts)
         docs: Iterable[bytes]
         lines = self.fmt != "json"
@@ -574,7 +533,11 @@ def _paged(
     """Rendered pages in order: by forked worker processes when the export is long enough (or
     ``workers`` says so), else in this process with the next page read on a thread."""
     pages = _id_pages(store, flt, limit, page)
-    head = list(itertools.islice(pages, _PARALLEL_PAGES))
+    head: list[list[str]] = []
+    for ids in pages:  # as many pages as tell whether the export is long enough for workers
+        head.append(ids)
+        if sum(map(len, head)) >= worker_pool.PARALLEL_MIN:
+            break
     sizes: list[int] = []
 
     def sized(it: Iterable[list[str]]) -> Iterator[list[str]]:
@@ -583,16 +546,9 @@ def _paged(
             yield ids
 
     all_pages = sized(itertools.chain(head, pages))
-    if workers is None:
-        workers = worker_pool.default_workers() if len(head) == _PARALLEL_PAGES else 1
+    workers = worker_pool.workers_for(sum(map(len, head)), workers)
     if workers > 1:
-        url = store.url
-
-        def setup() -> tuple[Store, _PageJob]:
-            from trajforge.store import open_store
-
-            return open_store(url), job
-
+        setup = worker_pool.store_setup(store.url, job)
         results: Iterator[Any] = worker_pool.ordered_map(all_pages, _render_in_worker, setup, workers)
     else:
         results = prefetch((job.render(store, ids) for ids in all_pages), depth=2)
@@ -644,46 +600,6 @@ def stream(
     if privacy is not None:
         items = (filter_trajectory(privacy, t) for t in items)
     return make(_counted(items, limit, on_progress), include_prompts)
-
-
-def prefetch(items: Iterable[T], depth: int = 1024) -> Iterator[T]:
-    """Produce ``items`` on a background thread, up to ``depth`` ahead of the consumer.
-
-    The database does the heavy lifting of an export (assembling JSON, reading text) and releases
-    the GIL while it does, so reading the next page overlaps with encoding and sending this one: on
-    two cores, close to twice the throughput. Errors surface in the consumer; abandoning the
-    iterator (client gone) stops the producer.
-    """
-    q: queue.Queue[tuple[int, Any]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put((0, item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put((1, None))
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, re-raised there
-            q.put((2, exc))
-
-    thread = threading.Thread(target=produce, name="trajforge-export", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, value = q.get()
-            if kind == 1:
-                return
-            if kind == 2:
-                raise value
-            yield value
-    finally:
-        stop.set()
 
 
 def coalesce(chunks: Iterable[bytes], size: int = 256 * 1024) -> Iterator[bytes]:

@@ -50,8 +50,9 @@ from typing import TYPE_CHECKING, Any
 
 import phonenumbers
 
-from trajforge import settings
+from trajforge import jsonutil, settings
 from trajforge.errors import InvalidInput
+from trajforge.records import FlatCall, camel
 
 if TYPE_CHECKING:
     from trajforge.records import Trajectory
@@ -707,33 +708,74 @@ def for_store(store: Store) -> PrivacyFilter:
     return PrivacyFilter(store_salt(store))
 
 
+# --- the field policy -------------------------------------------------------------------------
+# Which fields of a trajectory are user content, for every path that filters one: exports of
+# records (filter_trajectory), exports of flat call rows (filter_flat_call) and dataset builds
+# (``datasets.curation``: an example is made of FLAT_CALL_CONTENT fields only, and filtered whole).
+# Ids, models, sources, statuses, purposes, numbers and times are ours, not user content.
+TRAJECTORY_CONTENT = ("agent_id", "scenario_id", "metadata")
+STEP_CONTENT = ("observation", "metadata")
+ACTION_CONTENT = ("action_type", "action_name", "parameters", "reasoning", "result", "error")
+CALL_CONTENT = (
+    "system_prompt",
+    "user_prompt",
+    "messages",
+    "response",
+    "reasoning",
+    "tool_calls",
+    "tools",
+    "action_type",
+)
+ACCESS_CONTENT = ("query", "data")
+SCORE_CONTENT = ("comment",)
+FLAT_CALL_CONTENT = tuple(
+    f for f in FlatCall._fields if f in TRAJECTORY_CONTENT or f in CALL_CONTENT or f == "step_action"
+)
+"""The fields of a flat call row that are user content (``step_action`` holds the action's wire
+JSON: its ACTION_CONTENT keys are)."""
+_FLAT_JSON = frozenset(("messages", "tool_calls", "tools"))
+_ACTION_KEYS = frozenset(camel(f) for f in ACTION_CONTENT)
+
+
+def _filter_fields(pf: PrivacyFilter, record: Any, names: tuple[str, ...]) -> None:
+    for name in names:
+        setattr(record, name, pf.value(getattr(record, name)))
+
+
 def filter_trajectory(pf: PrivacyFilter, t: Trajectory) -> Trajectory:
-    """Filter, in place, every user-content string of a trajectory: its agent id and metadata,
-    each step's observation and metadata, action parameters/result/reasoning/error, every LLM
-    call's prompts, messages, response, reasoning, tool calls and tools, every provider access's
-    query and data, and score comments. Ids, models and counters are left alone."""
-    t.agent_id = pf.text(t.agent_id)
-    t.metadata = pf.value(t.metadata)
+    """Filter, in place, every user-content field of a trajectory (the policy above): its agent
+    id, scenario id and metadata, each step's observation and metadata, its action's type, name,
+    parameters, reasoning, result and error, every LLM call's prompts, messages, response,
+    reasoning, tool calls, tools and action type, every provider access's query and data, and
+    score comments."""
+    _filter_fields(pf, t, TRAJECTORY_CONTENT)
     for step in t.steps:
-        step.observation = pf.value(step.observation)
-        step.metadata = pf.value(step.metadata)
-        a = step.action
-        if a is not None:
-            a.parameters = pf.value(a.parameters)
-            a.result = pf.value(a.result)
-            a.reasoning = pf.value(a.reasoning)
-            a.error = pf.value(a.error)
+        _filter_fields(pf, step, STEP_CONTENT)
+        if step.action is not None:
+            _filter_fields(pf, step.action, ACTION_CONTENT)
         for c in step.llm_calls:
-            c.system_prompt = pf.value(c.system_prompt)
-            c.user_prompt = pf.value(c.user_prompt)
-            c.messages = pf.value(c.messages)
-            c.response = pf.value(c.response)
-            c.reasoning = pf.value(c.reasoning)
-            c.tool_calls = pf.value(c.tool_calls)
-            c.tools = pf.value(c.tools)
+            _filter_fields(pf, c, CALL_CONTENT)
         for acc in step.provider_accesses:
-            acc.query = pf.value(acc.query)
-            acc.data = pf.value(acc.data)
+            _filter_fields(pf, acc, ACCESS_CONTENT)
     for score in t.scores:
-        score.comment = pf.value(score.comment)
+        _filter_fields(pf, score, SCORE_CONTENT)
     return t
+
+
+def filter_flat_call(pf: PrivacyFilter, row: FlatCall) -> FlatCall:
+    """A flat call row with its user-content fields filtered (the policy above); JSON-valued ones
+    are filtered as values and stay JSON text."""
+    changes: dict[str, Any] = {}
+    for name in FLAT_CALL_CONTENT:
+        value = getattr(row, name)
+        if value is None:
+            continue
+        if name in _FLAT_JSON:
+            value = jsonutil.dumps(pf.value(jsonutil.loads(value)))
+        elif name == "step_action":
+            action = jsonutil.loads(value)
+            value = jsonutil.dumps({k: pf.value(v) if k in _ACTION_KEYS else v for k, v in action.items()})
+        else:
+            value = pf.text(value)
+        changes[name] = value
+    return row._replace(**changes)

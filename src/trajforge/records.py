@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, Literal, NamedTuple, TypeVar, get_args
 
 from trajforge import limits
 from trajforge.limits import MAX_TIME_MS
@@ -177,6 +177,56 @@ class Trajectory:
     total_completion_tokens: int = 0
     created_at: int = field(default_factory=now_ms)
     updated_at: int = field(default_factory=now_ms)
+
+
+class FlatCall(NamedTuple):
+    """One LLM call as a flat row with its trajectory's and step's context: what bulk reads yield
+    (``store.iter_call_rows``), parquet exports write (one column per field, camelCase: see
+    :data:`FLAT_CALL_COLUMNS`) and dataset builds curate. A tuple for speed, read by name: a
+    reordering cannot shift one field into another. JSON-valued fields (``step_action``,
+    ``messages``, ``tool_calls``, ``tools``) hold JSON text."""
+
+    trajectory_id: str
+    agent_id: str
+    source: str
+    status: str
+    scenario_id: str | None
+    batch_id: str | None
+    trajectory_reward: float | None
+    step_id: str | None
+    step_number: int | None
+    step_reward: float | None
+    step_action: str | None
+    call_id: str
+    timestamp: int
+    model: str
+    system_prompt: str | None
+    user_prompt: str | None
+    messages: str | None
+    response: str | None
+    reasoning: str | None
+    tool_calls: str | None
+    tools: str | None
+    finish_reason: str | None
+    temperature: float | None
+    max_tokens: int | None
+    purpose: str | None
+    action_type: str | None
+    latency_ms: float | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+def task_of(action_type: str | None, purpose: str | None) -> str:
+    """A call's *task*: its action type when set, else its purpose (action, reasoning, …). Dataset
+    builds split and filter by it; the store counts completed trajectories per task with
+    :data:`TASK_SQL`, its twin."""
+    return action_type or purpose or "other"
+
+
+TASK_SQL = "COALESCE(NULLIF(action_type, ''), NULLIF(purpose, ''), 'other')"
+""":func:`task_of` as an SQL expression over ``llm_calls``' columns (empty counts as unset, as in
+Python)."""
 
 
 EventKind = Literal[
@@ -414,6 +464,9 @@ def camel(name: str) -> str:
         out = _CAMEL_CACHE[name] = _camel(name)
     return out
 
+
+FLAT_CALL_COLUMNS = tuple(camel(name) for name in FlatCall._fields)
+"""The wire (and parquet column) names of :class:`FlatCall`'s fields, in order."""
 
 _NESTED: dict[str, type] = {
     "llm_calls": LlmCall,

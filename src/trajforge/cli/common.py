@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import re
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -36,7 +37,8 @@ ARGUMENTS = {"file": "FILE", "id": "ID"}
 
 def flag_for(field: str) -> str:
     """The flag (or argument) a library error's field means on the command line."""
-    return (current_flags.get() or {}).get(field) or ARGUMENTS.get(field) or f"--{field.replace('_', '-')}"
+    derived = "--" + re.sub(r"(?<=[a-z0-9])([A-Z])", r"-\1", field).replace("_", "-").lower()
+    return (current_flags.get() or {}).get(field) or ARGUMENTS.get(field) or derived
 
 
 def fail(exc: TrajforgeError) -> typer.Exit:

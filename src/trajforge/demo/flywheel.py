@@ -287,18 +287,17 @@ def _capture(
 
 
 def _datasets(phases: _Phases, store: Store, plan: Plan, batch_id: str, result: Result) -> dict[str, str]:
-    flt = TrajectoryFilter(batch_id=batch_id)
     requests = {
         "sft": datasets.BuildRequest(
-            format="sft", reward_score="support_desk", min_reward=1.0, filter=flt, name="support-desk-sft",
+            format="sft", reward_score="support_desk", min_reward=1.0, batch_id=batch_id, name="support-desk-sft",
             eval_fraction=0.1, task=support.TASK,
         ),
         "preference": datasets.BuildRequest(
-            format="preference", reward_score="support_desk", filter=flt, name="support-desk-preference",
+            format="preference", reward_score="support_desk", batch_id=batch_id, name="support-desk-preference",
             eval_fraction=0.0, task=support.TASK,
         ),
         "prompt_completion": datasets.BuildRequest(
-            format="prompt_completion", reward_score="support_desk", min_reward=1.0, filter=flt,
+            format="prompt_completion", reward_score="support_desk", min_reward=1.0, batch_id=batch_id,
             name="support-desk-prompts", limit=plan.native_examples, eval_fraction=0.0, task=support.TASK,
         ),
     }  # fmt: skip

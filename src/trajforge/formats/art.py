@@ -14,17 +14,20 @@ ART's rules, from its source (openpipe-art 0.5):
   ``TrajectoryGroup(**{**row, "trajectories": [Trajectory(**t) for t in row["trajectories"]]})``.
   ``exceptions`` takes exception objects, so rows never carry it.
 - Messages are not validated by the model, but ART's tokenizer reads them as Chat Completions
-  messages (tool call arguments as JSON strings); dataset builds write them so.
+  messages (tool call arguments as JSON strings, each call with an id, the ``system`` role):
+  :func:`messages` renders a trajectory's examples so, for dataset builds and the ``art`` export
+  alike.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
 
-from trajforge.formats.openai import check_tools
+from trajforge.formats.examples import Example
+from trajforge.formats.openai import Conversation, IdEntry, check_messages, check_tools
 
 TRAJECTORY_KEYS = frozenset(
     (
@@ -120,3 +123,93 @@ def check_group(row: Any) -> str | None:
     return _check_dict(row.get("metrics", {}), "metrics", _number, "numbers or booleans") or _check_dict(
         row.get("metadata", {}), "metadata", _scalar, "scalars"
     )
+
+
+# --- rows --------------------------------------------------------------------------------------
+
+
+def _transcript(examples: Sequence[Example]) -> tuple[list[dict[str, Any]], list[IdEntry]]:
+    """One trajectory's calls as one conversation: a call whose prompt continues the conversation
+    so far adds only its new messages; the system message appears only when it changes. With the
+    ids recorded for each message."""
+    out: list[dict[str, Any]] = []
+    out_ids: list[IdEntry] = []
+    last_system: str | None = None
+    for ex in examples:
+        prompt = ex.prompt
+        prompt_ids, completion_ids = ex.split_ids()
+        if out and prompt[: len(out)] == out:
+            out.extend(prompt[len(out) :])
+            out_ids.extend(prompt_ids[len(out_ids) :])
+        else:
+            for m, i in zip(prompt, prompt_ids, strict=True):
+                if m["role"] == "system":
+                    if m["content"] == last_system:
+                        continue
+                    last_system = m["content"]
+                out.append(m)
+                out_ids.append(i)
+        out.append(ex.completion)
+        out_ids.append(completion_ids)
+    return out, out_ids
+
+
+def messages(examples: Sequence[Example]) -> list[dict[str, Any]]:
+    """One trajectory's examples (its calls, in order) as the Chat Completions messages ART's
+    tokenizer reads: the conversation once, the system message only when it changes, tool call
+    arguments as JSON strings and every tool message answering a call by its id."""
+    out, ids = _transcript(examples)
+    conv = Conversation(ids)
+    return [conv.add(m, i) for m, i in zip(out, ids, strict=True)]
+
+
+def to_group(task: str, scenario: str, trajectories: Sequence[Sequence[Example]]) -> dict[str, Any]:
+    """An ART ``TrajectoryGroup``: the scenario's trajectories, each with its messages (in Chat
+    Completions' shape, which ART's tokenizer reads) and reward. Only keys ART's models take:
+    what identifies the group goes in its metadata."""
+    group = []
+    for examples in trajectories:
+        first = examples[0]
+        tools = next((ex.tools for ex in examples if ex.tools), None)
+        found: dict[str, Any] = {"llm_calls": len(examples)}
+        meta: dict[str, Any] = {
+            "trajectory_id": first.trajectory_id,
+            "agent_id": first.agent_id,
+            "source": first.source,
+            "scenario_id": first.scenario_id,
+            "task": first.task,
+        }
+        if first.reward_from is not None:
+            # RULER's convention: the judged (or otherwise named) score is the reward; the
+            # trajectory's own reward stays as a metric (when it has one), the score's name goes
+            # in metadata (ART's metrics are numbers).
+            found["independent_reward"] = first.own_reward
+            meta["reward_score"] = first.reward_from
+        group.append(
+            {
+                "messages_and_choices": messages(examples),
+                "tools": tools or [],
+                "reward": first.reward if first.reward is not None else 0.0,
+                "metrics": metrics(found),
+                "metadata": meta,
+                "logs": [],
+            }
+        )
+    return {"trajectories": group, "metadata": {"scenario_id": scenario, "task": task}}
+
+
+def check_row(row: Any) -> str | None:
+    """Why a dataset's group row would not load in ART (:func:`check_group`) or its messages would
+    not read as Chat Completions messages (:func:`check_chat`), or None."""
+    problem = check_group(row)
+    for i, t in enumerate(row["trajectories"] if problem is None else ()):
+        problem = check_chat(t["messages_and_choices"], f"trajectories[{i}].messages_and_choices")
+        if problem:
+            break
+    return problem
+
+
+def check_chat(chat: Any, where: str = "messages") -> str | None:
+    """Why ``chat`` would not read as the Chat Completions messages ART's tokenizer takes, or
+    None. Every assistant turn is trained, and may be empty."""
+    return check_messages(chat, where, allow_empty=True)

@@ -1,7 +1,7 @@
 """OpenAI chat messages and fine-tuning rows: the converter from normalized messages, and the checks.
 
 Messages come in normalized, in TRL's shape (tool call arguments as JSON objects, no ids, as
-``datasets.Example`` holds them), with the ids recorded for them alongside; they leave in the
+``formats.examples.Example`` holds them), with the ids recorded for them alongside; they leave in the
 shape of Chat Completions and of OpenAI's fine-tuning files: arguments as JSON strings, every tool
 call with an ``id`` and every tool message with the ``tool_call_id`` of the call it answers.
 
@@ -18,9 +18,12 @@ conversations have them and the API accepts them; a trained turn must still say 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from trajforge.formats.examples import Example
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 _MESSAGE_KEYS = {
@@ -138,6 +141,40 @@ def _flat(ids: Iterable[IdEntry]) -> Iterator[str]:
             yield entry
         elif isinstance(entry, list):
             yield from (i for i in entry if isinstance(i, str))
+
+
+# --- rows --------------------------------------------------------------------------------------
+
+
+def to_sft(ex: Example) -> dict[str, Any]:
+    """OpenAI SFT: earlier assistant turns of the prompt are context (weight 0), the completion
+    trains (weight 1); tool call arguments become JSON strings, recorded call ids are kept."""
+    conv = Conversation(ex.ids)
+    add = conv.add
+    if ex.ids is None:
+        messages = [add(m, None, 0) for m in ex.prompt]
+        messages.append(add(ex.completion, None, 1))
+    else:
+        messages = [add(m, i, 0) for m, i in zip(ex.prompt, ex.ids, strict=False)]
+        messages.append(add(ex.completion, ex.ids[-1], 1))
+    row: dict[str, Any] = {"messages": messages}
+    if ex.tools:
+        row["tools"] = ex.tools
+    return row
+
+
+def to_dpo(chosen: Example, rejected: Example) -> dict[str, Any]:
+    """OpenAI DPO: the shared prompt as ``input``, each completion as an output."""
+    conv = Conversation(chosen.ids, rejected.ids)
+    prompt_ids, chosen_ids = chosen.split_ids()
+    return {
+        "input": {
+            "messages": [conv.add(m, i) for m, i in zip(chosen.prompt, prompt_ids, strict=True)],
+            "tools": chosen.tools or [],
+        },
+        "preferred_output": [conv.add(chosen.completion, chosen_ids)],
+        "non_preferred_output": [conv.add(rejected.completion, rejected.split_ids()[1])],
+    }
 
 
 # --- checks ------------------------------------------------------------------------------------

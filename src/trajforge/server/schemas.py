@@ -17,7 +17,6 @@ from trajforge.limits import (
     MIN_INT,
 )
 from trajforge.requests import TrajectoryId
-from trajforge.store.filter import TrajectoryFilter
 
 # JSON numbers only: lax pydantic would take `false` or "1" for a float.
 Number = Annotated[float, Strict()]
@@ -201,44 +200,6 @@ INGEST_BODY_SCHEMA: dict[str, Any] = {
         }
     },
 }
-
-
-class PrivacyBody(Wire):
-    extraPatterns: dict[str, str] = Field(
-        default_factory=dict, description="label → regular expression, redacted as <REDACTED:label>"
-    )
-    allow: list[str] = Field(default_factory=list, description="Literal strings never redacted")
-    dropOn: list[str] = Field(
-        default_factory=list, description="Categories that drop the whole trajectory (e.g. private_key)"
-    )
-
-
-class DatasetBuildRequest(TrajectoryFilter):
-    format: Literal["sft", "prompt_completion", "preference", "grpo", "openai", "openai_dpo", "art"] = "sft"
-    limit: Int = Field(default=1000, ge=1, le=10_000_000, description="Most trajectories to include")
-    minLlmCallsPerTrajectory: Int = Field(default=0, ge=0, le=MAX_INT)
-    rewardScore: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=200,
-        description="Score used as the reward (default: the trajectory's totalReward)",
-    )
-    requireScore: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=200,
-        description="Leave out trajectories without this score yet",
-    )
-    task: str | None = Field(
-        default=None, min_length=1, max_length=200, description="Only calls of this task"
-    )
-    evalFraction: Number = Field(default=0.1, ge=0, lt=1)
-    seed: Int = Field(default=0, ge=0, le=2**63 - 1)
-    dedup: StrictBool = True
-    preferenceMargin: Number = Field(default=0.1, ge=0, allow_inf_nan=False)
-    pairBy: Literal["prompt", "scenario"] = "prompt"
-    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
-    privacy: PrivacyBody = Field(default_factory=PrivacyBody)
 
 
 class DatasetSummary(BaseModel):

@@ -23,7 +23,6 @@ from trajforge.server.schemas import (
     AutoTrigger,
     BenchmarkQueued,
     BenchmarkRequest,
-    DatasetBuildRequest,
     DatasetList,
     DatasetResult,
     ImportOllamaRequest,
@@ -55,31 +54,9 @@ def _detail(ds: Any) -> dict[str, Any]:
     response_model=DatasetResult,
     summary="Build a private, versioned dataset snapshot from trajectories",
 )
-def build_dataset(request: Request, body: DatasetBuildRequest) -> dict[str, Any]:
+def build_dataset(request: Request, body: datasets.BuildRequest) -> dict[str, Any]:
     # A sync route: FastAPI runs it on a worker thread, so a long build never blocks the loop.
-    # minReward/maxReward bound the curated reward (a score or the total), not the filter.
-    flt = body.only_filter().model_copy(update={"min_reward": None, "max_reward": None})
-    req = datasets.BuildRequest(
-        format=body.format,
-        limit=body.limit,
-        min_llm_calls_per_trajectory=body.minLlmCallsPerTrajectory,
-        reward_score=body.rewardScore,
-        min_reward=body.min_reward,
-        max_reward=body.max_reward,
-        require_score=body.requireScore,
-        task=body.task,
-        eval_fraction=body.evalFraction,
-        seed=body.seed,
-        dedup=body.dedup,
-        preference_margin=body.preferenceMargin,
-        pair_by=body.pairBy,
-        name=body.name,
-        filter=flt,
-        privacy=datasets.PrivacyOptions(
-            extra_patterns=body.privacy.extraPatterns, allow=body.privacy.allow, drop_on=body.privacy.dropOn
-        ),
-    )
-    return {"dataset": _detail(datasets.build(_store(request), req))}
+    return {"dataset": _detail(datasets.build(_store(request), body))}
 
 
 @router.get("/datasets", response_model=DatasetList, summary="Dataset snapshots, newest first")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from trajforge.records import (
     Dataset,
+    FlatCall,
     Job,
     JobEvent,
     Model,
@@ -79,8 +80,8 @@ class Store(Protocol):
         assembled from rows without building records."""
         ...
 
-    def iter_call_rows(self, flt: TrajectoryFilter, chunk: int = 500) -> Iterator[tuple[Any, ...]]:
-        """One flat row per LLM call (``documents.CALL_ROW_COLUMNS``), for parquet and datasets."""
+    def iter_call_rows(self, flt: TrajectoryFilter, chunk: int = 500) -> Iterator[FlatCall]:
+        """One flat row per LLM call (``records.FlatCall``), for parquet and datasets."""
         ...
 
     def count(self, flt: TrajectoryFilter) -> int: ...

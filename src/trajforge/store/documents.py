@@ -14,48 +14,17 @@ memory constant: ``chunk`` trajectories at a time, plus the cache.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from trajforge.records import LlmCall, camel
+from trajforge.records import FlatCall, LlmCall, camel
 
 if TYPE_CHECKING:  # in annotations only; the SDK's write path never imports the filter
     from trajforge.store.filter import TrajectoryFilter
-
-CALL_ROW_COLUMNS = (
-    "trajectoryId",
-    "agentId",
-    "source",
-    "status",
-    "scenarioId",
-    "batchId",
-    "trajectoryReward",
-    "stepId",
-    "stepNumber",
-    "stepReward",
-    "stepAction",
-    "callId",
-    "timestamp",
-    "model",
-    "systemPrompt",
-    "userPrompt",
-    "messages",
-    "response",
-    "reasoning",
-    "toolCalls",
-    "tools",
-    "finishReason",
-    "temperature",
-    "maxTokens",
-    "purpose",
-    "actionType",
-    "latencyMs",
-    "promptTokens",
-    "completionTokens",
-)
 
 _CALL_SQL = (
     "SELECT c.trajectory_id, c.step_id, c.call_id, c.timestamp, c.model, c.model_version, c.system_text, "
@@ -77,20 +46,56 @@ _SCORE_SQL = (
     "SELECT score_id, trajectory_id, name, value, comment, source, created_at FROM scores "
     "WHERE trajectory_id IN ({marks}) ORDER BY created_at"
 )
-# Flat call rows: CALL_ROW_COLUMNS from the step on, with text ids where the texts go (swapped for
-# bodies in Python); the trajectory's columns come from the page's trajectory rows (joining them
-# here made PostgreSQL hash-join against a scan of the whole trajectories table for every page).
+_ROW_HEAD = {
+    "trajectory_id": "id",
+    "agent_id": "agent_id",
+    "source": "source",
+    "status": "status",
+    "scenario_id": "scenario_id",
+    "batch_id": "batch_id",
+    "trajectory_reward": "total_reward",
+}
+"""FlatCall's trajectory fields (its first ones) and the trajectories column each comes from: they are
+taken from the page's trajectory rows (joining them in _ROW_SQL made PostgreSQL hash-join against a
+scan of the whole trajectories table for every page)."""
+_ROW_EXPRS = {
+    "step_id": "c.step_id",
+    "step_number": "s.step_number",
+    "step_reward": "s.reward",
+    "step_action": "s.action",
+    "call_id": "c.call_id",
+    "timestamp": "c.timestamp",
+    "model": "c.model",
+    "system_prompt": "c.system_text",
+    "user_prompt": "c.user_text",
+    "messages": "c.messages_text",
+    "response": "c.response_text",
+    "reasoning": "c.reasoning_text",
+    "tool_calls": "c.tool_calls",
+    "tools": "c.tools_text",
+    "finish_reason": "c.finish_reason",
+    "temperature": "c.temperature",
+    "max_tokens": "c.max_tokens",
+    "purpose": "c.purpose",
+    "action_type": "c.action_type",
+    "latency_ms": "c.latency_ms",
+    "prompt_tokens": "c.prompt_tokens",
+    "completion_tokens": "c.completion_tokens",
+}
+"""FlatCall's other fields and the expression each is read with; ``*_text`` columns are text ids,
+swapped for their bodies in Python."""
+if tuple(_ROW_HEAD) + tuple(_ROW_EXPRS) != FlatCall._fields:  # a new or moved field needs a source
+    raise RuntimeError("store.documents: _ROW_HEAD and _ROW_EXPRS must name FlatCall's fields in order")
 _ROW_SQL = (
-    "SELECT c.trajectory_id, c.step_id, s.step_number, s.reward, s.action, c.call_id, c.timestamp, c.model, "
-    "c.system_text, c.user_text, c.messages_text, c.response_text, c.reasoning_text, c.tool_calls, "
-    "c.tools_text, c.finish_reason, c.temperature, c.max_tokens, c.purpose, c.action_type, c.latency_ms, "
-    "c.prompt_tokens, c.completion_tokens "
+    f"SELECT c.trajectory_id, {', '.join(_ROW_EXPRS.values())} "
     "FROM llm_calls c LEFT JOIN steps s ON s.trajectory_id = c.trajectory_id AND s.step_id = c.step_id "
     "WHERE c.trajectory_id IN ({marks})"
 )
-_ROW_HEAD = (0, 1, 2, 3, 7, 8, 12)
-"""Positions in a trajectory row (TRAJ_COLS) of CALL_ROW_COLUMNS' trajectory columns."""
-_ROW_TEXTS = (14, 15, 16, 17, 18, 20)  # positions of text ids in a call row
+_ROW_TEXTS = tuple(FlatCall._fields.index(f) for f, expr in _ROW_EXPRS.items() if expr.endswith("_text"))
+"""Positions in a FlatCall of the text ids read by _ROW_SQL."""
+_TID, _STEP_NO, _TS, _CID = map(
+    FlatCall._fields.index, ("trajectory_id", "step_number", "timestamp", "call_id")
+)
 _CALL_TEXTS = (6, 7, 8, 9, 10, 12)  # and in a _CALL_SQL row
 _CALL_KEYS = tuple(camel(f.name) for f in dataclasses.fields(LlmCall))
 """The wire keys of an LLM call (``to_wire``'s order); _CALL_SQL selects its columns from call_id
@@ -211,26 +216,46 @@ class DocumentReads:
             for doc in docs.values():
                 yield orjson.dumps(doc, option=option)
 
-    def iter_call_rows(self, flt: TrajectoryFilter, chunk: int = 500) -> Iterator[tuple[Any, ...]]:
-        """One flat row per LLM call (columns :data:`CALL_ROW_COLUMNS`), trajectories newest first,
-        calls in order. JSON-valued columns are JSON text."""
+    def iter_call_rows(self, flt: TrajectoryFilter, chunk: int = 500) -> Iterator[FlatCall]:
+        """One :class:`~trajforge.records.FlatCall` per LLM call, trajectories newest first, calls
+        in order. JSON-valued fields are JSON text."""
         texts = _Texts()
+        make = FlatCall._make
         for rows in self._pages(flt, chunk):  # type: ignore[attr-defined]
             order = {r[0]: i for i, r in enumerate(rows)}
-            heads = {r[0]: tuple(r[k] for k in _ROW_HEAD) for r in rows}
+            head = _head_positions()
+            heads = {r[0]: tuple(r[k] for k in head) for r in rows}
             with self._read_tx() as cur:  # type: ignore[attr-defined]
                 got = [
                     heads[r[0]] + r[1:]
                     for r in self._select_in(cur, _ROW_SQL, list(order))  # type: ignore[attr-defined]
                 ]
                 table = texts.page(self._fetch_texts(cur), [r[k] for r in got for k in _ROW_TEXTS])
-            got.sort(key=lambda r: (order[r[0]], r[8] if r[8] is not None else -1, r[12], r[11]))
+            # Plain tuples until the text bodies are in (one FlatCall per row, not two), read by
+            # positions taken from FlatCall's field names.
+            got.sort(
+                key=lambda r: (
+                    order[r[_TID]],
+                    r[_STEP_NO] if r[_STEP_NO] is not None else -1,
+                    r[_TS],
+                    r[_CID],
+                )
+            )
             for r in got:
                 out = list(r)
                 for k in _ROW_TEXTS:
                     if out[k] is not None:
                         out[k] = table[out[k]]
-                yield tuple(out)
+                yield make(out)
+
+
+@functools.cache
+def _head_positions() -> tuple[int, ...]:
+    """Where _ROW_HEAD's columns are in a page's trajectory rows (``sql.TRAJ_COLS``)."""
+    from trajforge.store.sql import TRAJ_COLS  # imported late: store.sql imports this module
+
+    columns = [c.strip() for c in TRAJ_COLS.split(",")]
+    return tuple(columns.index(c) for c in _ROW_HEAD.values())
 
 
 def _fragment(text: str | None) -> orjson.Fragment | None:

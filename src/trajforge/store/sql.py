@@ -58,6 +58,9 @@ CALL_COLS = (
 ACCESS_COLS = (
     "access_id, trajectory_id, step_id, timestamp, provider_id, provider_name, purpose, query, data_text"
 )
+_CALL_COL_NAMES = [c.strip() for c in CALL_COLS.split(",")]
+CALL_TEXT_SLOTS = (_CALL_COL_NAMES.index("system_text"), _CALL_COL_NAMES.index("tools_text") + 1)
+"""The span of CALL_COLS holding text ids (a write's values carry text hashes there until stored)."""
 STEP_COLS = "step_id, trajectory_id, step_number, timestamp, action, reward, done, observation, metadata"
 SCORE_COLS = "score_id, trajectory_id, name, value, comment, source, created_at"
 
@@ -558,7 +561,7 @@ class SqlStore(DocumentReads, TrainingRecords):
             cur,
             f"INSERT INTO llm_calls ({CALL_COLS}) VALUES ({_marks(25)}) "
             "ON CONFLICT (trajectory_id, call_id) DO NOTHING",
-            [mapped(values, 6, 12) for values, _, _, _ in new_calls],
+            [mapped(values, *CALL_TEXT_SLOTS) for values, _, _, _ in new_calls],
         )
         result.new_accesses = len(new_accesses)
         self._exmany(

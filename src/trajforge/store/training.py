@@ -11,7 +11,7 @@ from typing import Any
 
 from trajforge import jsonutil
 from trajforge.errors import Conflict
-from trajforge.records import Dataset, Job, JobEvent, Model
+from trajforge.records import TASK_SQL, Dataset, Job, JobEvent, Model
 
 _DATASET_COLS = "id, name, version, parent, format, path, trajectory_count, row_count, manifest, created_at"
 _JOB_COLS = (
@@ -84,8 +84,7 @@ class TrainingRecords:
         has LLM calls for; a call's task is its action type, else its purpose."""
         rows = self._select_in(  # type: ignore[attr-defined]
             cur,
-            "SELECT DISTINCT trajectory_id, COALESCE(NULLIF(action_type, ''), NULLIF(purpose, ''), 'other') "
-            "FROM llm_calls WHERE trajectory_id IN ({marks})",
+            f"SELECT DISTINCT trajectory_id, {TASK_SQL} FROM llm_calls WHERE trajectory_id IN ({{marks}})",
             trajectory_ids,
         )
         counts: dict[str, int] = {}

@@ -490,7 +490,7 @@ def run(
     if job.dataset_id:
         ds = datasets.get(store, job.dataset_id)
     else:
-        fmt = "preference" if job.request.get("format") == "preference" else "sft"
+        fmt = opts.format or "sft"
         report(0.01, "dataset", f"building an {fmt} dataset from the store")
         ds = datasets.build(
             store,

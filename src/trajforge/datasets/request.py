@@ -1,0 +1,155 @@
+"""What a dataset build is asked for: :class:`BuildRequest` (with its :class:`PrivacyOptions`),
+declared once — the library validates with it, the API takes it as its body, ``trajforge datasets
+build`` derives its options from it — and the formats it may name."""
+
+from __future__ import annotations
+
+import typing
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import Field, model_validator
+
+from trajforge.errors import InvalidInput
+from trajforge.limits import MAX_INT
+from trajforge.privacy import CATEGORIES
+from trajforge.requests import Flag, Request
+from trajforge.store.filter import TrajectoryFilter
+
+
+class PrivacyOptions(Request):
+    """What the privacy filter does beyond its defaults, for one build."""
+
+    extra_patterns: Annotated[
+        dict[str, str],
+        Field(description="label → regular expression, redacted as <REDACTED:label>"),
+        Flag("--privacy-pattern", metavar="LABEL=REGEX", help="Extra redaction LABEL=REGEX"),
+    ] = {}
+    allow: Annotated[list[str], Field(description="Literal strings never redacted"), Flag("--allow")] = []
+    drop_on: Annotated[
+        list[str],
+        Field(
+            description="Categories that drop the whole trajectory instead of redacting it (e.g. private_key)"
+        ),
+        Flag("--drop-on"),
+    ] = []
+
+    @model_validator(mode="after")
+    def _known_categories(self) -> Self:
+        unknown = [c for c in self.drop_on if c not in CATEGORIES and c not in self.extra_patterns]
+        if unknown:
+            raise InvalidInput(
+                f"privacy.dropOn names unknown categories {unknown}; known: {', '.join(CATEGORIES)}",
+                "privacy.dropOn",
+            )
+        return self
+
+
+class BuildRequest(TrajectoryFilter):
+    """What to build: which trajectories (the filter's fields), how to curate them, the format."""
+
+    format: Annotated[
+        Literal["sft", "prompt_completion", "preference", "grpo", "openai", "openai_dpo", "art"],
+        Field(description="sft, prompt_completion, preference, grpo, openai, openai_dpo or art"),
+        Flag("--format", "-f"),
+    ] = "sft"
+    limit: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=10_000_000,
+            description="Most trajectories to include (newest first, after every other condition)",
+        ),
+    ] = 1000
+    min_llm_calls_per_trajectory: Annotated[
+        int,
+        Field(ge=0, le=MAX_INT, description="Skip trajectories with fewer LLM calls"),
+        Flag("--min-llm-calls"),
+    ] = 0
+    reward_score: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            max_length=200,
+            description="Score used as the reward (default: the trajectory's totalReward)",
+        ),
+    ] = None
+    min_reward: Annotated[
+        float | None, Field(allow_inf_nan=False, description="Minimum reward (rewardScore's, or the total)")
+    ] = None
+    max_reward: Annotated[
+        float | None, Field(allow_inf_nan=False, description="Maximum reward (rewardScore's, or the total)")
+    ] = None
+    require_score: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            max_length=200,
+            description="Leave out trajectories without this score yet (a late outcome still to come)",
+        ),
+    ] = None
+    task: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            max_length=200,
+            description="Only calls of this task (action type or purpose); default every task, with a file per task too",
+        ),
+    ] = None
+    eval_fraction: Annotated[float, Field(ge=0, lt=1, description="Share of scenarios held out")] = 0.1
+    seed: Annotated[int, Field(ge=0, le=2**63 - 1, description="Seed of the train/eval split")] = 0
+    dedup: Annotated[bool, Field(description="Drop duplicate examples")] = True
+    preference_margin: Annotated[
+        float,
+        Field(ge=0, allow_inf_nan=False, description="Preference pairs: minimum reward difference"),
+        Flag("--margin"),
+    ] = 0.1
+    pair_by: Annotated[
+        Literal["prompt", "scenario"], Field(description="Preference pairs share a 'prompt' or a 'scenario'")
+    ] = "prompt"
+    name: Annotated[
+        str | None,
+        Field(
+            pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$",
+            description="Dataset name (1-80 letters, digits, _.-); builds with the same name are its versions 1, 2, … (default: the format)",
+        ),
+    ] = None
+    privacy: Annotated[PrivacyOptions, Field(description="Privacy filter options")] = Field(
+        default_factory=PrivacyOptions
+    )
+
+    @property
+    def filter(self) -> TrajectoryFilter:
+        """Which trajectories: the filter's fields. minReward/maxReward bound the curated reward
+        (a score or the total), so they are not part of it."""
+        return self.only_filter().model_copy(update={"min_reward": None, "max_reward": None})
+
+    def to_wire(self) -> dict[str, Any]:
+        """The request as the manifest records it."""
+        flt = self.filter
+        aliases = TrajectoryFilter.aliases()
+        return {
+            "format": self.format,
+            "limit": self.limit,
+            "minLlmCallsPerTrajectory": self.min_llm_calls_per_trajectory,
+            "rewardScore": self.reward_score,
+            "minReward": self.min_reward,
+            "maxReward": self.max_reward,
+            "requireScore": self.require_score,
+            "task": self.task,
+            "evalFraction": self.eval_fraction,
+            "seed": self.seed,
+            "dedup": self.dedup,
+            "preferenceMargin": self.preference_margin,
+            "pairBy": self.pair_by,
+            "name": self.name,
+            "filter": {aliases[k]: getattr(flt, k) for k in sorted(aliases) if getattr(flt, k) is not None},
+            "privacy": {
+                "extraPatterns": self.privacy.extra_patterns,
+                "allow": self.privacy.allow,
+                "dropOn": self.privacy.drop_on,
+            },
+        }
+
+
+FORMATS: tuple[str, ...] = typing.get_args(BuildRequest.model_fields["format"].annotation)
+PAIR_FORMATS = ("preference", "openai_dpo")
