@@ -18,7 +18,7 @@ from trajforge.records import (
     now_ms,
 )
 from trajforge.store import Store, TrajectoryFilter, open_store
-from trajforge.store.sql import bucket_value, latency_bucket
+from trajforge.store.stats import bucket_value, latency_bucket
 
 
 def put(store: Store, *trajectories):
