@@ -38,7 +38,7 @@ from trajforge.store.sqlbase import (
     chunked,
     placeholders,
 )
-from trajforge.store.stats import DAY_MS, add_to_rollup, rolled_totals, rollup_where, stats_report
+from trajforge.store.stats import DAY_MS, add_to_rollup, rolled_totals, stats_report
 from trajforge.store.training import TrainingRecords
 from trajforge.store.writes import AfterWrite, TrajectoryWrites
 
@@ -142,7 +142,7 @@ class SqlStore(DocumentReads, TrainingRecords, TrajectoryWrites, SqlBase):
             # hits (links, or on PostgreSQL texts' owners), without visiting the trajectories table.
             hits, sparams = self._search_ids(query.groups[0])
             return int(self._ex(cur, f"SELECT COUNT(DISTINCT h.id) FROM ({hits}) h", sparams).fetchone()[0])
-        rolled = rollup_where(flt)
+        rolled = _rollup_where(flt)
         if rolled is not None:
             sql = f"SELECT COALESCE(SUM(trajectories), 0) FROM traj_rollup{rolled[0]}"
             return int(self._ex(cur, sql, rolled[1]).fetchone()[0])
@@ -286,7 +286,7 @@ class SqlStore(DocumentReads, TrainingRecords, TrajectoryWrites, SqlBase):
     def stats(self, flt: TrajectoryFilter | None = None) -> dict[str, Any]:
         flt = flt or TrajectoryFilter()
         where, params = self._where(flt)
-        rolled = rollup_where(flt)
+        rolled = _rollup_where(flt)
         with self._read_tx() as cur:
             if rolled is not None:
                 # Sums and counts from the trajectory rollup (a few hundred rows); min and max reward
@@ -452,6 +452,18 @@ class SqlStore(DocumentReads, TrainingRecords, TrajectoryWrites, SqlBase):
 
 
 # --- row mapping -------------------------------------------------------------------------------------
+
+
+def _rollup_where(flt: TrajectoryFilter) -> tuple[str, list[Any]] | None:
+    """The condition on ``traj_rollup`` for a filter it can answer (none, source, status), else None."""
+    if TrajectoryFilter(source=flt.source, status=flt.status) != flt:
+        return None
+    clauses, params = [], []
+    for column, value in (("source", flt.source), ("status", flt.status)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
 def _trajectory(r: Sequence[Any]) -> Trajectory:

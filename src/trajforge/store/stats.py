@@ -14,8 +14,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from trajforge.store.base import TrajectoryFilter
-
 DAY_MS = 86_400_000
 LATENCY_BASE = 1.05  # histogram bucket ratio: percentiles are exact to within ~2.5%
 
@@ -71,18 +69,6 @@ def _percentiles(hist: dict[int, int]) -> dict[str, float | None]:
                 out[name] = round(bucket_value(bucket), 1)
                 break
     return out
-
-
-def rollup_where(flt: TrajectoryFilter) -> tuple[str, list[Any]] | None:
-    """The condition on ``traj_rollup`` for a filter it can answer (none, source, status), else None."""
-    if TrajectoryFilter(source=flt.source, status=flt.status) != flt:
-        return None
-    clauses, params = [], []
-    for column, value in (("source", flt.source), ("status", flt.status)):
-        if value is not None:
-            clauses.append(f"{column} = ?")
-            params.append(value)
-    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
 def rolled_totals(
