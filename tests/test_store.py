@@ -506,3 +506,25 @@ def test_database_assembled_documents_equal_the_record_path(store: Store) -> Non
     expected = list(export.call_rows(store.iter_trajectories(TrajectoryFilter())))
     assert [r[:10] + r[11:] for r in rows] == [r[:10] + r[11:] for r in expected]
     assert [orjson.loads(r[10]) for r in rows] == [orjson.loads(r[10]) for r in expected]  # action JSON
+
+
+def test_after_write_steps_run_at_the_end_of_the_write_in_its_transaction(store: Store) -> None:
+    """The steps listed in ``after_write`` (the auto-training counters) see what the write changed;
+    one that fails takes the whole write back with it."""
+    from trajforge.store.sql import SqlStore
+
+    assert isinstance(store, SqlStore)
+    seen: list[list[str]] = []
+    store.after_write.append(lambda cur, result, now: seen.append(list(result.completed)))
+    (t,) = put(store, make_trajectory())
+    assert seen == [[t.id]]
+
+    def fail(cur: object, result: object, now: int) -> None:
+        raise RuntimeError("a step failed")
+
+    store.after_write.append(fail)
+    later = make_trajectory()
+    with pytest.raises(RuntimeError, match="a step failed"):
+        put(store, later)
+    assert store.get_trajectory(later.id) is None
+    assert store.count(TrajectoryFilter()) == 1

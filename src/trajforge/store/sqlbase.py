@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from trajforge.store import search
 from trajforge.store.migrations import MIGRATIONS
+
+if TYPE_CHECKING:
+    from trajforge.store.base import TrajectoryFilter
 
 CHUNK = 500  # ids per IN (...) list: well under both databases' parameter limits
 
@@ -97,6 +100,10 @@ class SqlHelpers(Protocol):
 
     def _search_ids(self, terms: tuple[search.Term, ...]) -> tuple[str, list[Any]]:
         """A SELECT of the ids of the trajectories with a searchable text matching any of ``terms``."""
+        ...
+
+    def _pages(self, flt: TrajectoryFilter, chunk: int) -> Iterator[list[Any]]:
+        """Trajectory rows matching ``flt``, newest first, ``chunk`` per page (the reads implement it)."""
         ...
 
 
