@@ -55,6 +55,8 @@ class SqlStore(DocumentReads, TrainingRecords, TrajectoryWrites, SqlBase):
         # transaction (a count is never lost or doubled); the write path only runs the list.
         self.after_write: list[AfterWrite] = [self._count_completed]
 
+    # --- reads -----------------------------------------------------------------------------------
+
     def get_scores(self, trajectory_ids: Sequence[str]) -> dict[str, list[Score]]:
         with self._read_tx() as cur:
             rows = self._select_in(
@@ -66,8 +68,6 @@ class SqlStore(DocumentReads, TrainingRecords, TrajectoryWrites, SqlBase):
         for r in rows:
             out[r[1]].append(_score(r))
         return dict(out)
-
-    # --- reads -----------------------------------------------------------------------------------
 
     # How a search condition names the trajectory id in a page query. SQLite overrides it with
     # "+t.id": the unary plus stops it from driving the query through the id index, so it walks the
