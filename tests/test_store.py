@@ -18,7 +18,7 @@ from trajforge.records import (
     now_ms,
 )
 from trajforge.store import Store, TrajectoryFilter, open_store
-from trajforge.store.sql import bucket_value, latency_bucket
+from trajforge.store.stats import bucket_value, latency_bucket
 
 
 def put(store: Store, *trajectories):
@@ -521,3 +521,25 @@ def test_a_calls_task_is_the_same_in_python_and_in_sql() -> None:
     db.executemany("INSERT INTO llm_calls VALUES (?, ?, ?)", [(i, a, p) for i, (a, p) in enumerate(cases)])
     in_sql = [task for (task,) in db.execute(f"SELECT {TASK_SQL} FROM llm_calls ORDER BY n")]
     assert in_sql == [task_of(a, p) for a, p in cases]
+
+
+def test_after_write_steps_run_at_the_end_of_the_write_in_its_transaction(store: Store) -> None:
+    """The steps listed in ``after_write`` (the auto-training counters) see what the write changed;
+    one that fails takes the whole write back with it."""
+    from trajforge.store.sql import SqlStore
+
+    assert isinstance(store, SqlStore)
+    seen: list[list[str]] = []
+    store.after_write.append(lambda cur, result, now: seen.append(list(result.completed)))
+    (t,) = put(store, make_trajectory())
+    assert seen == [[t.id]]
+
+    def fail(cur: object, result: object, now: int) -> None:
+        raise RuntimeError("a step failed")
+
+    store.after_write.append(fail)
+    later = make_trajectory()
+    with pytest.raises(RuntimeError, match="a step failed"):
+        put(store, later)
+    assert store.get_trajectory(later.id) is None
+    assert store.count(TrajectoryFilter()) == 1

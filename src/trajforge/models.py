@@ -14,13 +14,13 @@ from typing import Any
 
 from trajforge.errors import InvalidInput, NotFound
 from trajforge.records import JobEvent, Model, now_ms
-from trajforge.store.base import Store
+from trajforge.store.base import TrainingStore
 
 CHECK_EVERY_S = 5.0
 MAX_PROVIDER_MODEL = 200
 
 
-def get(store: Store, model_id: str) -> Model:
+def get(store: TrainingStore, model_id: str) -> Model:
     model = store.get_model(model_id)
     if model is None:
         raise NotFound(f"no model {model_id!r}", "id")
@@ -50,7 +50,7 @@ def wire(model: Model, *, per_item: bool = True) -> dict[str, Any]:
     }
 
 
-def activate(store: Store, model_id: str, provider_model: str | None = None) -> Model:
+def activate(store: TrainingStore, model_id: str, provider_model: str | None = None) -> Model:
     """Make ``model_id`` the model the agent uses. ``provider_model`` is what the agent passes to
     its provider (``ollama/<name>``); it defaults to the model's Ollama name once imported."""
     model = get(store, model_id)

@@ -27,7 +27,7 @@ import httpx
 
 from trajforge.errors import InvalidInput, LMError, Unavailable
 from trajforge.records import JobEvent, Model
-from trajforge.store.base import Store
+from trajforge.store.base import TrainingStore
 
 DEFAULT_URL = "http://127.0.0.1:11434"
 ADAPTER_ARCHITECTURES = ("llama", "gemma2")
@@ -221,7 +221,7 @@ def default_base(model: Model) -> str | None:
 
 
 def import_model(
-    store: Store,
+    store: TrainingStore,
     model_id: str,
     model_name: str,
     base_model: str | None,

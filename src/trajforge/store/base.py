@@ -42,13 +42,11 @@ class WriteResult:
     new_accesses: int = 0
     scores: int = 0
     completed: list[str] = field(default_factory=list)
-    """Ids of trajectories that became ``completed`` in this write (for auto-training counters)."""
+    """Ids of trajectories that became ``completed`` in this write (what the auto-training counters count)."""
 
 
-class Store(Protocol):
-    """Where trajectories live. One implementation per database; one test suite runs on all."""
-
-    url: str
+class TrajectoryStore(Protocol):
+    """Trajectories and everything under them: writes, reads, counts, stats, deletes, scores."""
 
     def write(self, batch: WriteBatch) -> WriteResult:
         """Apply a batch in one transaction; re-sending the same ids never duplicates anything."""
@@ -98,13 +96,22 @@ class Store(Protocol):
 
     def get_scores(self, trajectory_ids: Sequence[str]) -> dict[str, list[Score]]: ...
 
+    def sweep_timeouts(self, older_than_ms: int) -> int:
+        """Mark ``active`` trajectories with no write for ``older_than_ms`` as ``timeout``."""
+        ...
+
+
+class SettingsStore(Protocol):
+    """Small named values kept with the data (the privacy salt, auto-training settings)."""
+
     def get_setting(self, key: str, default: Any = None) -> Any: ...
 
     def set_setting(self, key: str, value: Any) -> None: ...
 
-    def sweep_timeouts(self, older_than_ms: int) -> int:
-        """Mark ``active`` trajectories with no write for ``older_than_ms`` as ``timeout``."""
-        ...
+
+class TrainingStore(Protocol):
+    """The training loop's records: datasets, auto-training task counters, jobs, the event log and
+    models."""
 
     def add_dataset(self, ds: Dataset) -> None: ...
 
@@ -168,6 +175,15 @@ class Store(Protocol):
         ...
 
     def active_model(self) -> Model | None: ...
+
+
+class Store(TrajectoryStore, SettingsStore, TrainingStore, Protocol):
+    """Where trajectories live. One implementation per database; one test suite runs on all.
+
+    The whole of the store; a consumer that needs one concern only may ask for the narrower
+    :class:`TrajectoryStore`, :class:`SettingsStore` or :class:`TrainingStore`."""
+
+    url: str
 
     def migrations(self) -> list[str]:
         """Names of the migrations applied to this database, in order."""

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from trajforge.records import FlatCall, LlmCall, camel
+from trajforge.store.sqlbase import TRAJ_COLS, SqlHelpers
 
 if TYPE_CHECKING:  # in annotations only; the SDK's write path never imports the filter
     from trajforge.store.filter import TrajectoryFilter
@@ -130,11 +131,11 @@ class _Texts:
         return table
 
 
-class DocumentReads:
+class DocumentReads(SqlHelpers):
     """Mixed into the SQL store; uses its ``_pages``, ``_select_in`` and ``_read_tx``."""
 
     def _fetch_texts(self, cur: Any) -> Callable[[list[int]], list[Any]]:
-        return lambda ids: self._text_bodies(cur, ids)  # type: ignore[attr-defined]
+        return lambda ids: self._text_bodies(cur, ids)
 
     def iter_json_docs(
         self, flt: TrajectoryFilter, chunk: int = 500, *, newline: bool = False
@@ -144,13 +145,13 @@ class DocumentReads:
         option = orjson.OPT_APPEND_NEWLINE if newline else None
         texts = _Texts()
         fragment = orjson.Fragment
-        for rows in self._pages(flt, chunk):  # type: ignore[attr-defined]
-            with self._read_tx() as cur:  # type: ignore[attr-defined]
+        for rows in self._pages(flt, chunk):
+            with self._read_tx() as cur:
                 ids = [r[0] for r in rows]
-                steps = self._select_in(cur, _STEP_SQL, ids)  # type: ignore[attr-defined]
-                calls = self._select_in(cur, _CALL_SQL, ids)  # type: ignore[attr-defined]
-                accesses = self._select_in(cur, _ACCESS_SQL, ids)  # type: ignore[attr-defined]
-                scores = self._select_in(cur, _SCORE_SQL, ids)  # type: ignore[attr-defined]
+                steps = self._select_in(cur, _STEP_SQL, ids)
+                calls = self._select_in(cur, _CALL_SQL, ids)
+                accesses = self._select_in(cur, _ACCESS_SQL, ids)
+                scores = self._select_in(cur, _SCORE_SQL, ids)
                 refs = [r[k] for r in calls for k in _CALL_TEXTS]
                 refs.extend(r[8] for r in accesses)
                 table = texts.page(self._fetch_texts(cur), refs)
@@ -221,15 +222,12 @@ class DocumentReads:
         in order. JSON-valued fields are JSON text."""
         texts = _Texts()
         make = FlatCall._make
-        for rows in self._pages(flt, chunk):  # type: ignore[attr-defined]
+        for rows in self._pages(flt, chunk):
             order = {r[0]: i for i, r in enumerate(rows)}
             head = _head_positions()
             heads = {r[0]: tuple(r[k] for k in head) for r in rows}
-            with self._read_tx() as cur:  # type: ignore[attr-defined]
-                got = [
-                    heads[r[0]] + r[1:]
-                    for r in self._select_in(cur, _ROW_SQL, list(order))  # type: ignore[attr-defined]
-                ]
+            with self._read_tx() as cur:
+                got = [heads[r[0]] + r[1:] for r in self._select_in(cur, _ROW_SQL, list(order))]
                 table = texts.page(self._fetch_texts(cur), [r[k] for r in got for k in _ROW_TEXTS])
             # Plain tuples until the text bodies are in (one FlatCall per row, not two), read by
             # positions taken from FlatCall's field names.
@@ -251,8 +249,7 @@ class DocumentReads:
 
 @functools.cache
 def _head_positions() -> tuple[int, ...]:
-    """Where _ROW_HEAD's columns are in a page's trajectory rows (``sql.TRAJ_COLS``)."""
-    from trajforge.store.sql import TRAJ_COLS  # imported late: store.sql imports this module
+    """Where _ROW_HEAD's columns are in a page's trajectory rows (``sqlbase.TRAJ_COLS``)."""
 
     columns = [c.strip() for c in TRAJ_COLS.split(",")]
     return tuple(columns.index(c) for c in _ROW_HEAD.values())

@@ -61,6 +61,7 @@ class PostgresStore(SqlStore):
     dialect = "postgres"
 
     def __init__(self, url: str, *, pool_size: int = 8) -> None:
+        super().__init__()
         self.url = url
         conninfo, self.schema = split_url(url)
         self._closed = False

@@ -34,6 +34,7 @@ class SQLiteStore(SqlStore):
     page_search_id = "+t.id"
 
     def __init__(self, path: str | Path) -> None:
+        super().__init__()
         self.path = Path(path).expanduser()
         self.url = f"sqlite:///{self.path}"
         try:

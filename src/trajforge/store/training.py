@@ -12,6 +12,8 @@ from typing import Any
 from trajforge import jsonutil
 from trajforge.errors import Conflict
 from trajforge.records import TASK_SQL, Dataset, Job, JobEvent, Model
+from trajforge.store.base import WriteResult
+from trajforge.store.sqlbase import SqlHelpers
 
 _DATASET_COLS = "id, name, version, parent, format, path, trajectory_count, row_count, manifest, created_at"
 _JOB_COLS = (
@@ -69,8 +71,9 @@ _MODEL_UPDATABLE = frozenset(["merged_path", "metrics", "evaluation", "ollama_na
 _EVENT_COLS = "seq, kind, ts, message, job_id, dataset_id, model_id, progress, phase, data"
 
 
-class TrainingRecords:
-    """Uses the store's ``_ex``, ``_read_tx`` and ``_write_tx``."""
+class TrainingRecords(SqlHelpers):
+    """Datasets, jobs, events, models and task counters; mixed into
+    :class:`~trajforge.store.sql.SqlStore`."""
 
     # How a claim locks the row it takes: PostgreSQL lets concurrent runners skip each other's
     # rows; SQLite has one writer at a time (BEGIN IMMEDIATE), which is the lock.
@@ -78,11 +81,17 @@ class TrainingRecords:
 
     # --- auto-training counters ----------------------------------------------------------------
 
+    def _count_completed(self, cur: Any, result: WriteResult, now: int) -> None:
+        """A step run at the end of every write (``SqlStore.after_write``): count the
+        trajectories the write completed."""
+        if result.completed:
+            self._count_tasks(cur, result.completed, now)
+
     def _count_tasks(self, cur: Any, trajectory_ids: Sequence[str], now: int) -> None:
         """Add the trajectories that just completed to their tasks' counters (in the write's own
         transaction, so a count is never lost or doubled). A trajectory counts once per task it
         has LLM calls for; a call's task is its action type, else its purpose."""
-        rows = self._select_in(  # type: ignore[attr-defined]
+        rows = self._select_in(
             cur,
             f"SELECT DISTINCT trajectory_id, {TASK_SQL} FROM llm_calls WHERE trajectory_id IN ({{marks}})",
             trajectory_ids,
@@ -90,7 +99,7 @@ class TrainingRecords:
         counts: dict[str, int] = {}
         for _tid, task in rows:
             counts[task] = counts.get(task, 0) + 1
-        self._exmany(  # type: ignore[attr-defined]
+        self._exmany(
             cur,
             "INSERT INTO task_counters (task, completed, updated_at) VALUES (?,?,?) ON CONFLICT (task) "
             "DO UPDATE SET completed = task_counters.completed + excluded.completed, updated_at = excluded.updated_at",
@@ -98,15 +107,15 @@ class TrainingRecords:
         )
 
     def task_counters(self) -> list[dict[str, Any]]:
-        with self._read_tx() as cur:  # type: ignore[attr-defined]
-            rows = self._ex(cur, f"SELECT {_COUNTER_COLS} FROM task_counters ORDER BY task").fetchall()  # type: ignore[attr-defined]
+        with self._read_tx() as cur:
+            rows = self._ex(cur, f"SELECT {_COUNTER_COLS} FROM task_counters ORDER BY task").fetchall()
         return [dict(zip(_COUNTER_KEYS, r, strict=True)) for r in rows]
 
     def claim_task_trigger(self, task: str, job_id: str, now: int) -> bool:
         """Mark ``task`` as having a job on its way, unless one already is (several servers may
         check at once: exactly one wins)."""
-        with self._write_tx() as cur:  # type: ignore[attr-defined]
-            cur = self._ex(  # type: ignore[attr-defined]
+        with self._write_tx() as cur:
+            cur = self._ex(
                 cur,
                 "UPDATE task_counters SET pending_job_id = ?, count_at_trigger = completed, last_trigger_at = ? "
                 "WHERE task = ? AND pending_job_id IS NULL",
@@ -117,15 +126,15 @@ class TrainingRecords:
     def settle_task_trigger(self, task: str, job_id: str, ran: bool, now: int) -> None:
         """The task's job ended: when it ran, take the trajectories it was started for off the
         counter (later arrivals stay counted); either way the task is free for the next trigger."""
-        with self._write_tx() as cur:  # type: ignore[attr-defined]
+        with self._write_tx() as cur:
             if ran:
-                self._ex(  # type: ignore[attr-defined]
+                self._ex(
                     cur,
                     "UPDATE task_counters SET completed = completed - COALESCE(count_at_trigger, 0), "
                     "last_run_at = ?, last_job_id = ? WHERE task = ? AND pending_job_id = ?",
                     [now, job_id, task, job_id],
                 )
-            self._ex(  # type: ignore[attr-defined]
+            self._ex(
                 cur,
                 "UPDATE task_counters SET pending_job_id = NULL, count_at_trigger = NULL WHERE task = ? AND pending_job_id = ?",
                 [task, job_id],
@@ -134,12 +143,12 @@ class TrainingRecords:
     # --- jobs ----------------------------------------------------------------------------------
 
     def add_job(self, job: Job) -> None:
-        with self._write_tx() as cur:  # type: ignore[attr-defined]
-            self._ex(cur, f"INSERT INTO jobs ({_JOB_COLS}) VALUES ({','.join('?' * 19)})", _job_row(job))  # type: ignore[attr-defined]
+        with self._write_tx() as cur:
+            self._ex(cur, f"INSERT INTO jobs ({_JOB_COLS}) VALUES ({','.join('?' * 19)})", _job_row(job))
 
     def get_job(self, job_id: str) -> Job | None:
-        with self._read_tx() as cur:  # type: ignore[attr-defined]
-            row = self._ex(cur, f"SELECT {_JOB_COLS} FROM jobs WHERE id = ?", [job_id]).fetchone()  # type: ignore[attr-defined]
+        with self._read_tx() as cur:
+            row = self._ex(cur, f"SELECT {_JOB_COLS} FROM jobs WHERE id = ?", [job_id]).fetchone()
         return None if row is None else _job(row)
 
     def list_jobs(self, status: str | None = None, limit: int = 100, offset: int = 0) -> list[Job]:
@@ -150,13 +159,13 @@ class TrainingRecords:
             params.append(status)
         sql += " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
         params += [limit, offset]
-        with self._read_tx() as cur:  # type: ignore[attr-defined]
-            return [_job(r) for r in self._ex(cur, sql, params).fetchall()]  # type: ignore[attr-defined]
+        with self._read_tx() as cur:
+            return [_job(r) for r in self._ex(cur, sql, params).fetchall()]
 
     def claim_job(self, host: str, now: int) -> Job | None:
         """Take the oldest pending job (atomically: two runners never take the same one)."""
-        with self._write_tx() as cur:  # type: ignore[attr-defined]
-            row = self._ex(  # type: ignore[attr-defined]
+        with self._write_tx() as cur:
+            row = self._ex(
                 cur,
                 "UPDATE jobs SET status = 'running', started_at = ?, heartbeat_at = ?, host = ? "
                 "WHERE id = (SELECT id FROM jobs WHERE status = 'pending' ORDER BY created_at, id LIMIT 1"
@@ -169,14 +178,14 @@ class TrainingRecords:
         if not fields:
             return
         sets, values = _job_sets(fields)
-        with self._write_tx() as cur:  # type: ignore[attr-defined]
-            self._ex(cur, f"UPDATE jobs SET {sets} WHERE id = ?", [*values, job_id])  # type: ignore[attr-defined]
+        with self._write_tx() as cur:
+            self._ex(cur, f"UPDATE jobs SET {sets} WHERE id = ?", [*values, job_id])
 
     def finish_job(self, job_id: str, status: str, now: int, **fields: Any) -> bool:
         """Move a job that is still pending or running to a final status; False if it had ended."""
         sets, values = _job_sets({"status": status, "finished_at": now, **fields})
-        with self._write_tx() as cur:  # type: ignore[attr-defined]
-            cur = self._ex(  # type: ignore[attr-defined]
+        with self._write_tx() as cur:
+            cur = self._ex(
                 cur,
                 f"UPDATE jobs SET {sets} WHERE id = ? AND status IN ('pending', 'running')",
                 [*values, job_id],
@@ -185,8 +194,8 @@ class TrainingRecords:
 
     def add_dataset(self, ds: Dataset) -> None:
         """Record a built dataset; a Conflict when another build took its name and version first."""
-        with self._write_tx() as cur:  # type: ignore[attr-defined]
-            cur = self._ex(  # type: ignore[attr-defined]
+        with self._write_tx() as cur:
+            cur = self._ex(
                 cur,
                 f"INSERT INTO datasets ({_DATASET_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
                 "ON CONFLICT (name, version) DO NOTHING",
@@ -210,15 +219,13 @@ class TrainingRecords:
                 )
 
     def get_dataset(self, dataset_id: str) -> Dataset | None:
-        with self._read_tx() as cur:  # type: ignore[attr-defined]
-            row = self._ex(  # type: ignore[attr-defined]
-                cur, f"SELECT {_DATASET_COLS} FROM datasets WHERE id = ?", [dataset_id]
-            ).fetchone()
+        with self._read_tx() as cur:
+            row = self._ex(cur, f"SELECT {_DATASET_COLS} FROM datasets WHERE id = ?", [dataset_id]).fetchone()
         return None if row is None else _dataset(row)
 
     def list_datasets(self, limit: int = 100, offset: int = 0) -> list[Dataset]:
-        with self._read_tx() as cur:  # type: ignore[attr-defined]
-            rows = self._ex(  # type: ignore[attr-defined]
+        with self._read_tx() as cur:
+            rows = self._ex(
                 cur,
                 f"SELECT {_DATASET_COLS} FROM datasets ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
                 [limit, offset],
@@ -227,8 +234,8 @@ class TrainingRecords:
 
     def latest_dataset(self, name: str) -> Dataset | None:
         """The newest version of the dataset called ``name`` (the parent of the next build)."""
-        with self._read_tx() as cur:  # type: ignore[attr-defined]
-            row = self._ex(  # type: ignore[attr-defined]
+        with self._read_tx() as cur:
+            row = self._ex(
                 cur,
                 f"SELECT {_DATASET_COLS} FROM datasets WHERE name = ? ORDER BY version DESC LIMIT 1",
                 [name],
@@ -237,8 +244,8 @@ class TrainingRecords:
 
     def add_event(self, event: JobEvent) -> int:
         """Append an event; returns its sequence number (also set on ``event``)."""
-        with self._write_tx() as cur:  # type: ignore[attr-defined]
-            row = self._ex(  # type: ignore[attr-defined]
+        with self._write_tx() as cur:
+            row = self._ex(
                 cur,
                 "INSERT INTO events (kind, ts, message, job_id, dataset_id, model_id, progress, phase, data) "
                 "VALUES (?,?,?,?,?,?,?,?,?) RETURNING seq",
@@ -259,8 +266,8 @@ class TrainingRecords:
 
     def last_event_seq(self) -> int:
         """The newest event's sequence number (0 when there is none): where a live stream starts."""
-        with self._read_tx() as cur:  # type: ignore[attr-defined]
-            row = self._ex(cur, "SELECT MAX(seq) FROM events").fetchone()  # type: ignore[attr-defined]
+        with self._read_tx() as cur:
+            row = self._ex(cur, "SELECT MAX(seq) FROM events").fetchone()
         return int(row[0] or 0)
 
     def list_events(
@@ -282,8 +289,8 @@ class TrainingRecords:
             params.extend(kinds)
         sql += " ORDER BY seq LIMIT ?"
         params.append(limit)
-        with self._read_tx() as cur:  # type: ignore[attr-defined]
-            rows = self._ex(cur, sql, params).fetchall()  # type: ignore[attr-defined]
+        with self._read_tx() as cur:
+            rows = self._ex(cur, sql, params).fetchall()
         return [_event(r) for r in rows]
 
     # --- models ------------------------------------------------------------------------------
@@ -294,18 +301,18 @@ class TrainingRecords:
             jsonutil.dumps(v) if k in _MODEL_JSON and v is not None else v
             for k, v in zip(_MODEL_KEYS, values, strict=True)
         ]
-        with self._write_tx() as cur:  # type: ignore[attr-defined]
+        with self._write_tx() as cur:
             marks = ",".join("?" * len(_MODEL_KEYS))
-            self._ex(cur, f"INSERT INTO models ({_MODEL_COLS}) VALUES ({marks})", values)  # type: ignore[attr-defined]
+            self._ex(cur, f"INSERT INTO models ({_MODEL_COLS}) VALUES ({marks})", values)
 
     def get_model(self, model_id: str) -> Model | None:
-        with self._read_tx() as cur:  # type: ignore[attr-defined]
-            row = self._ex(cur, f"SELECT {_MODEL_COLS} FROM models WHERE id = ?", [model_id]).fetchone()  # type: ignore[attr-defined]
+        with self._read_tx() as cur:
+            row = self._ex(cur, f"SELECT {_MODEL_COLS} FROM models WHERE id = ?", [model_id]).fetchone()
         return None if row is None else _model(row)
 
     def list_models(self, limit: int = 100, offset: int = 0) -> list[Model]:
-        with self._read_tx() as cur:  # type: ignore[attr-defined]
-            rows = self._ex(  # type: ignore[attr-defined]
+        with self._read_tx() as cur:
+            rows = self._ex(
                 cur,
                 f"SELECT {_MODEL_COLS} FROM models ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
                 [limit, offset],
@@ -319,8 +326,8 @@ class TrainingRecords:
         if not fields:
             return
         values = [jsonutil.dumps(v) if k in _MODEL_JSON and v is not None else v for k, v in fields.items()]
-        with self._write_tx() as cur:  # type: ignore[attr-defined]
-            self._ex(  # type: ignore[attr-defined]
+        with self._write_tx() as cur:
+            self._ex(
                 cur,
                 f"UPDATE models SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?",
                 [*values, model_id],
@@ -329,20 +336,20 @@ class TrainingRecords:
     def activate_model(self, model_id: str, provider_model: str, now: int) -> bool:
         """Make ``model_id`` the one active model (one transaction: never two active, never none
         in between). False when there is no such model."""
-        with self._write_tx() as cur:  # type: ignore[attr-defined]
-            hit = self._ex(  # type: ignore[attr-defined]
+        with self._write_tx() as cur:
+            hit = self._ex(
                 cur,
                 "UPDATE models SET active = TRUE, provider_model = ?, activated_at = ? WHERE id = ?",
                 [provider_model, now, model_id],
             ).rowcount
             if not hit:
                 return False
-            self._ex(cur, "UPDATE models SET active = FALSE WHERE active AND id <> ?", [model_id])  # type: ignore[attr-defined]
+            self._ex(cur, "UPDATE models SET active = FALSE WHERE active AND id <> ?", [model_id])
         return True
 
     def active_model(self) -> Model | None:
-        with self._read_tx() as cur:  # type: ignore[attr-defined]
-            row = self._ex(cur, f"SELECT {_MODEL_COLS} FROM models WHERE active LIMIT 1").fetchone()  # type: ignore[attr-defined]
+        with self._read_tx() as cur:
+            row = self._ex(cur, f"SELECT {_MODEL_COLS} FROM models WHERE active LIMIT 1").fetchone()
         return None if row is None else _model(row)
 
 
