@@ -115,3 +115,19 @@ def test_export_import_delete_config(tmp_path: Path) -> None:
 def test_serve_refuses_public_bind_without_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     r = run("serve", "--host", "0.0.0.0", "--db", str(tmp_path / "s.db"))
     assert r.exit_code == 2 and "TRAJFORGE_API_TOKEN" in r.output
+
+
+def test_python_dash_m_sees_every_command(tmp_path: Path) -> None:
+    """``python -m trajforge.cli`` runs with every command registered (an entry point defined above
+    the models commands once ran before they existed)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "trajforge.cli", "models", "list", "--db", str(tmp_path / "m.db")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "0 models" in r.stdout

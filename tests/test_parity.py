@@ -19,6 +19,8 @@ PAIRS = [
     (("post", "/api/trajectories/export"), ("trajectories", "export")),
     (("post", "/api/training/datasets/build"), ("datasets", "build")),
     (("post", "/api/training/jobs"), ("jobs", "start")),
+    (("post", "/api/training/models/{model_id}/benchmark"), ("models", "benchmark")),
+    (("post", "/api/training/models/{model_id}/import-ollama"), ("models", "import-ollama")),
 ]
 
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
 
 from trajforge import datasets, lm, models
 from trajforge.errors import InvalidInput, NotFound
@@ -34,11 +36,44 @@ from trajforge.optimize.common import (
     resolve_metric,
 )
 from trajforge.records import Model, now_ms
+from trajforge.requests import Flag, Request
 from trajforge.store.base import Store
 
 Report = Callable[[float, str, str], None]
 SUITES: dict[str, Callable[[], list[TaskExample]]] = {}
 MAX_ITEMS = 2000
+
+
+class BenchmarkRequest(Request):
+    """A base-vs-trained benchmark of a registered model: which held-out items, how to score."""
+
+    dataset_id: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            max_length=200,
+            description="Held-out items (default: the model's dataset's eval split)",
+        ),
+        Flag("--dataset"),
+    ] = None
+    suite: Annotated[
+        str | None, Field(min_length=1, max_length=200, description="A registered item suite")
+    ] = None
+    task: Annotated[str | None, Field(min_length=1, max_length=200, description="Only this task's items")] = (
+        None
+    )
+    limit: Annotated[int | None, Field(ge=1, le=MAX_ITEMS, description="At most this many items")] = None
+    metric: Annotated[
+        Literal["action_match", "token_f1"] | None,
+        Field(description="action_match or token_f1 (default: action_match for JSON actions)"),
+    ] = None
+    max_tokens: Annotated[int | None, Field(ge=1, le=4096, description="Tokens per answer")] = None
+    stop: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=20)]] | None,
+        Field(max_length=4, description="Strings that end a reply (e.g. a JSON answer's closing braces)"),
+    ] = None
+
+
 OUTPUT_CHARS = 600
 """Outputs kept per item in the stored result (enough to see why an item failed)."""
 

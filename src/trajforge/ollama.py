@@ -21,12 +21,14 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
+from pydantic import Field
 
 from trajforge.errors import InvalidInput, LMError, Unavailable
 from trajforge.records import JobEvent, Model
+from trajforge.requests import Flag, Request
 from trajforge.store.base import TrainingStore
 
 DEFAULT_URL = "http://127.0.0.1:11434"
@@ -218,6 +220,31 @@ def check_base(info: dict[str, Any], config: dict[str, Any], base_model: str) ->
 def default_base(model: Model) -> str | None:
     """The Ollama name of the base ``model`` was trained on, when the registry knows one."""
     return OLLAMA_BASES.get(model.base_model)
+
+
+class ImportRequest(Request):
+    """Import a registered model into a local Ollama."""
+
+    model_name: Annotated[
+        str, Field(min_length=1, max_length=200, description="Name of the new Ollama model"), Flag("--name")
+    ]
+    base_model: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            max_length=200,
+            description="The Ollama model the adapter was trained on (default: the Ollama name of the "
+            "model's base when known, e.g. smollm2:135m for bundled:smollm2-135m)",
+        ),
+        Flag("--base"),
+    ] = None
+    ollama_url: Annotated[
+        str | None,
+        Field(min_length=1, max_length=500, description="Loopback only (default http://127.0.0.1:11434)"),
+    ] = None
+    system: Annotated[
+        str | None, Field(max_length=100_000, description="System prompt baked into the model")
+    ] = None
 
 
 def import_model(

@@ -9,7 +9,10 @@ import typer
 from rich.table import Table
 
 from trajforge.cli.common import DbOption, console, err, progress_bar, store_at
+from trajforge.cli.options import request_options
 from trajforge.errors import TrajforgeError
+from trajforge.evaluate import BenchmarkRequest
+from trajforge.ollama import ImportRequest
 from trajforge.records import iso_ms
 
 app = typer.Typer(
@@ -62,33 +65,16 @@ def models_show(
 
 
 @app.command("benchmark")
+@request_options(BenchmarkRequest, "req")
 def models_benchmark(
+    req: BenchmarkRequest,
     model_id: Annotated[str, typer.Argument(metavar="ID", help="Model id")],
-    dataset: Annotated[
-        str | None, typer.Option("--dataset", help="Held-out items (default: the model's eval split)")
-    ] = None,
-    suite: Annotated[str | None, typer.Option("--suite", help="A registered item suite")] = None,
-    task: Annotated[str | None, typer.Option("--task", help="Only this task's items")] = None,
-    limit: Annotated[
-        int | None, typer.Option("--limit", min=1, max=2000, help="At most this many items")
-    ] = None,
-    metric: Annotated[str | None, typer.Option("--metric", help="action_match or token_f1")] = None,
     db: DbOption = None,
 ) -> None:
     """Run base and trained on the same held-out items here, and store the result on the model."""
     from trajforge import evaluate
 
-    request = {
-        k: v
-        for k, v in {
-            "datasetId": dataset,
-            "suite": suite,
-            "task": task,
-            "limit": limit,
-            "metric": metric,
-        }.items()
-        if v is not None
-    }
+    request = req.given()
     with store_at(db) as store, progress_bar() as progress:
         bar = progress.add_task(model_id, total=1.0)
 
@@ -111,20 +97,10 @@ def models_benchmark(
 
 
 @app.command("import-ollama")
+@request_options(ImportRequest, "req")
 def models_import_ollama(
+    req: ImportRequest,
     model_id: Annotated[str, typer.Argument(metavar="ID", help="Model id")],
-    model_name: Annotated[str, typer.Option("--name", help="Name of the new Ollama model")],
-    base_model: Annotated[
-        str | None,
-        typer.Option(
-            "--base",
-            help="The Ollama model the adapter was trained on (default: from the registry when it "
-            "knows the base, e.g. smollm2:135m for bundled:smollm2-135m)",
-        ),
-    ] = None,
-    ollama_url: Annotated[
-        str | None, typer.Option("--ollama-url", help="Loopback only (default http://127.0.0.1:11434)")
-    ] = None,
     db: DbOption = None,
 ) -> None:
     """Upload the adapter to a local Ollama and create a model from it."""
@@ -132,7 +108,13 @@ def models_import_ollama(
 
     with store_at(db) as store:
         result = ollama.import_model(
-            store, model_id, model_name, base_model, ollama_url, report=lambda p, m: console.print(f"  {m}")
+            store,
+            model_id,
+            req.model_name,
+            req.base_model,
+            req.ollama_url,
+            system=req.system,
+            report=lambda p, m: console.print(f"  {m}"),
         )
     if result.get("baseModelDefaulted"):
         console.print(f"  --base defaulted to {result['baseModel']} (the registry's base of {model_id})")

@@ -291,50 +291,9 @@ class ActiveModel(BaseModel):
     providerModel: str | None
 
 
-class BenchmarkRequest(Wire):
-    datasetId: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=200,
-        description="Held-out items (default: the model's dataset's eval split)",
-    )
-    suite: str | None = Field(
-        default=None, min_length=1, max_length=200, description="A registered item suite"
-    )
-    task: str | None = Field(default=None, min_length=1, max_length=200)
-    limit: Int | None = Field(default=None, ge=1, le=2000)
-    metric: Literal["action_match", "token_f1"] | None = None
-    maxTokens: Int | None = Field(default=None, ge=1, le=4096)
-    stop: list[Annotated[str, Field(min_length=1, max_length=20)]] | None = Field(
-        default=None,
-        max_length=4,
-        description="Strings that end a reply (e.g. a JSON answer's closing braces)",
-    )
-
-
 class BenchmarkQueued(BaseModel):
     job: JobOut
     model: ModelOut
-
-
-class ImportOllamaRequest(Wire):
-    modelName: str = Field(min_length=1, max_length=200)
-    baseModel: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=200,
-        description="The Ollama model the adapter was trained on (default: the Ollama name of the "
-        "model's base when known, e.g. smollm2:135m for bundled:smollm2-135m)",
-    )
-    ollamaUrl: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=500,
-        description="Loopback only (default http://127.0.0.1:11434)",
-    )
-    system: str | None = Field(
-        default=None, max_length=100_000, description="System prompt baked into the model"
-    )
 
 
 class ImportOllamaResult(BaseModel):

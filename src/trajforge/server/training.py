@@ -11,8 +11,9 @@ from fastapi import APIRouter, Body, Path, Query, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from trajforge import datasets, jobs, jsonutil, models
+from trajforge import datasets, jobs, jsonutil, models, ollama
 from trajforge.errors import InvalidInput
+from trajforge.evaluate import BenchmarkRequest
 from trajforge.jobs.request import JobRequest
 from trajforge.limits import MAX_OFFSET, MAX_SEQ
 from trajforge.records import JOB_STATUSES, JobEvent, to_wire
@@ -22,10 +23,8 @@ from trajforge.server.schemas import (
     ActiveModel,
     AutoTrigger,
     BenchmarkQueued,
-    BenchmarkRequest,
     DatasetList,
     DatasetResult,
-    ImportOllamaRequest,
     ImportOllamaResult,
     JobList,
     JobResult,
@@ -312,7 +311,7 @@ def benchmark_model(
     request: Request, model_id: ModelId, body: Annotated[BenchmarkRequest | None, Body()] = None
 ) -> dict[str, Any]:
     store = _store(request)
-    job = jobs.submit_benchmark(store, model_id, body.model_dump(exclude_none=True) if body else {})
+    job = jobs.submit_benchmark(store, model_id, body.given() if body else {})
     return {"job": jobs.wire(job), "model": models.wire(models.get(store, model_id), per_item=False)}
 
 
@@ -321,12 +320,10 @@ def benchmark_model(
     response_model=ImportOllamaResult,
     summary="Import the model into a local (loopback) Ollama",
 )
-def import_ollama(request: Request, model_id: ModelId, body: ImportOllamaRequest) -> dict[str, Any]:
-    from trajforge import ollama
-
+def import_ollama(request: Request, model_id: ModelId, body: ollama.ImportRequest) -> dict[str, Any]:
     store = _store(request)
     result = ollama.import_model(
-        store, model_id, body.modelName, body.baseModel, body.ollamaUrl, system=body.system
+        store, model_id, body.model_name, body.base_model, body.ollama_url, system=body.system
     )
     return {**result, "model": models.wire(models.get(store, model_id), per_item=False)}
 
