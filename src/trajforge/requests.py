@@ -33,10 +33,9 @@ TrajectoryId = Annotated[str, Field(max_length=MAX_ID_CHARS)]
 class Flag:
     """How a field appears on the command line, when the derived ``--kebab-name`` is not enough:
     ``names`` (the first is the one errors name; the derived name is always accepted too),
-    ``help`` that replaces the description there, ``metavar``, a CLI ``default``; ``cli=False``
-    leaves a field out of the CLI on purpose, with a ``reason`` (the parity test reads it)."""
+    ``help`` that replaces the description there, ``metavar``, and a CLI ``default``."""
 
-    __slots__ = ("cli", "default", "help", "metavar", "names", "reason")
+    __slots__ = ("default", "help", "metavar", "names")
 
     def __init__(
         self,
@@ -44,16 +43,12 @@ class Flag:
         help: str | None = None,
         metavar: str | None = None,
         default: Any = None,
-        cli: bool = True,
-        reason: str | None = None,
     ) -> None:
         self.names = names
         self.help = help
         self.metavar = metavar
         self.default = default
         """A default on the command line where the API has none (or another)."""
-        self.cli = cli
-        self.reason = reason
 
 
 def flag_of(model: type[BaseModel], name: str) -> Flag | None:

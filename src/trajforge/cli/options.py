@@ -14,7 +14,7 @@ import functools
 import inspect
 import types
 import typing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar, cast
 
@@ -94,8 +94,6 @@ def specs(
         if name in exclude:
             continue
         flag = flag_of(model, name) or Flag()
-        if not flag.cli:
-            continue
         wire = _wire + (field.alias or name)
         base = _base(field.annotation)
         if isinstance(base, type) and issubclass(base, BaseModel):
@@ -239,8 +237,3 @@ def request_options(
         return cast(F, command)
 
     return decorate
-
-
-def request_fields(command: Callable[..., Any]) -> Iterator[Spec]:
-    """The request options a command was given (for the parity test)."""
-    yield from getattr(command, "__request_specs__", [])
