@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import re
+import sys
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -25,6 +26,10 @@ DbOption = Annotated[
         "--db", help="Store URL or SQLite path (default: $TRAJFORGE_DATABASE_URL or the state dir)."
     ),
 ]
+DatasetId = Annotated[str, typer.Argument(metavar="ID", help="Dataset id")]
+JobId = Annotated[str, typer.Argument(metavar="ID", help="Job id")]
+ModelId = Annotated[str, typer.Argument(metavar="ID", help="Model id")]
+
 # Flags of the command running now, by wire field path: errors the library raises while it runs
 # (``InvalidInput(..., "privacy.dropOn")``) name this command's flag (see trajforge.cli.options).
 current_flags: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
@@ -33,6 +38,13 @@ current_flags: contextvars.ContextVar[dict[str, str] | None] = contextvars.Conte
 # Names the library gives things that are not request fields (those map to the flags derived from
 # their declaration, see trajforge.cli.options).
 ARGUMENTS = {"file": "FILE", "id": "ID"}
+
+
+def print_json(value: object) -> None:
+    """One JSON document on stdout (the ``show`` commands), for ``jq`` and friends."""
+    from trajforge import jsonutil
+
+    sys.stdout.write(jsonutil.dumps(value) + "\n")
 
 
 def flag_for(field: str) -> str:

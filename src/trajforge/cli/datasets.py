@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from trajforge.cli.common import DbOption, console, err, progress_bar, store_at
+from trajforge.cli.common import DatasetId, DbOption, console, err, print_json, progress_bar, store_at
 from trajforge.cli.options import request_options
 from trajforge.datasets.request import BuildRequest
 from trajforge.records import iso_ms
@@ -67,16 +66,16 @@ def datasets_list(
 
 @app.command("show")
 def datasets_show(
-    dataset_id: Annotated[str, typer.Argument(metavar="ID", help="Dataset id")],
+    dataset_id: DatasetId,
     db: DbOption = None,
     manifest: Annotated[bool, typer.Option("--manifest", help="Print the whole manifest as JSON")] = False,
 ) -> None:
     """Show one dataset snapshot (its manifest with --manifest)."""
-    from trajforge import datasets, jsonutil
+    from trajforge import datasets
 
     with store_at(db) as store:
         ds = datasets.get(store, dataset_id)
     if manifest:
-        sys.stdout.write(jsonutil.dumps(ds.manifest) + "\n")
+        print_json(ds.manifest)
     else:
         _print_dataset(ds)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from trajforge import settings
-from trajforge.cli.common import DbOption, console, err, progress_bar, store_at
+from trajforge.cli.common import DbOption, JobId, console, err, print_json, progress_bar, store_at
 from trajforge.cli.options import request_options
 from trajforge.jobs import request as job_request
 from trajforge.jobs.request import JobOptions
@@ -110,20 +109,16 @@ def jobs_list(
 
 
 @app.command("show")
-def jobs_show(
-    job_id: Annotated[str, typer.Argument(metavar="ID", help="Job id")], db: DbOption = None
-) -> None:
+def jobs_show(job_id: JobId, db: DbOption = None) -> None:
     """Show one job as JSON."""
-    from trajforge import jobs, jsonutil
+    from trajforge import jobs
 
     with store_at(db) as store:
-        sys.stdout.write(jsonutil.dumps(jobs.wire(jobs.get(store, job_id))) + "\n")
+        print_json(jobs.wire(jobs.get(store, job_id)))
 
 
 @app.command("cancel")
-def jobs_cancel(
-    job_id: Annotated[str, typer.Argument(metavar="ID", help="Job id")], db: DbOption = None
-) -> None:
+def jobs_cancel(job_id: JobId, db: DbOption = None) -> None:
     """Cancel a pending job, or ask the runner of a running one to stop it."""
     from trajforge import jobs
 
@@ -134,7 +129,7 @@ def jobs_cancel(
 
 @app.command("logs")
 def jobs_logs(
-    job_id: Annotated[str, typer.Argument(metavar="ID", help="Job id")],
+    job_id: JobId,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep following until the job ends")] = False,
     db: DbOption = None,
 ) -> None:

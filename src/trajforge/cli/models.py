@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from trajforge.cli.common import DbOption, console, err, progress_bar, store_at
+from trajforge.cli.common import DbOption, ModelId, console, err, print_json, progress_bar, store_at
 from trajforge.cli.options import request_options
 from trajforge.errors import TrajforgeError
 from trajforge.evaluate import BenchmarkRequest
@@ -54,21 +53,19 @@ def models_list(
 
 
 @app.command("show")
-def models_show(
-    model_id: Annotated[str, typer.Argument(metavar="ID", help="Model id")], db: DbOption = None
-) -> None:
+def models_show(model_id: ModelId, db: DbOption = None) -> None:
     """Show one model (lineage, metrics, benchmark) as JSON."""
-    from trajforge import jsonutil, models
+    from trajforge import models
 
     with store_at(db) as store:
-        sys.stdout.write(jsonutil.dumps(models.wire(models.get(store, model_id))) + "\n")
+        print_json(models.wire(models.get(store, model_id)))
 
 
 @app.command("benchmark")
 @request_options(BenchmarkRequest, "req")
 def models_benchmark(
     req: BenchmarkRequest,
-    model_id: Annotated[str, typer.Argument(metavar="ID", help="Model id")],
+    model_id: ModelId,
     db: DbOption = None,
 ) -> None:
     """Run base and trained on the same held-out items here, and store the result on the model."""
@@ -100,7 +97,7 @@ def models_benchmark(
 @request_options(ImportRequest, "req")
 def models_import_ollama(
     req: ImportRequest,
-    model_id: Annotated[str, typer.Argument(metavar="ID", help="Model id")],
+    model_id: ModelId,
     db: DbOption = None,
 ) -> None:
     """Upload the adapter to a local Ollama and create a model from it."""
@@ -125,7 +122,7 @@ def models_import_ollama(
 
 @app.command("activate")
 def models_activate(
-    model_id: Annotated[str, typer.Argument(metavar="ID", help="Model id")],
+    model_id: ModelId,
     provider_model: Annotated[
         str | None,
         typer.Option("--provider-model", help="e.g. ollama/my-agent (default: ollama/<its Ollama name>)"),

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from trajforge.cli.common import console, fail
+from trajforge.cli.common import console, fail, print_json
 from trajforge.errors import TrajforgeError
 
 app = typer.Typer(help="Optimized prompt artifacts per task.", no_args_is_help=True)
@@ -36,7 +35,6 @@ def prompts_show(
     ] = None,
 ) -> None:
     """Print a task's prompt artifact as JSON."""
-    from trajforge import jsonutil
     from trajforge.errors import NotFound
     from trajforge.optimize import artifacts
 
@@ -47,7 +45,7 @@ def prompts_show(
     except TrajforgeError as exc:
         fail(exc)
         return
-    sys.stdout.write(jsonutil.dumps(art.to_wire()) + "\n")
+    print_json(art.to_wire())
 
 
 @app.command("rollback")
