@@ -62,7 +62,7 @@ def child(kind: str, model: str, steps: int, batch: int, max_length: int, lr: fl
             batch_size=batch,
             max_length=max_length,
             learning_rate=lr,
-            layers=8 if kind == "ours-top8" else None,
+            lora_layers=8 if kind == "ours-top8" else None,
         )
         t0 = time.perf_counter()
         trainer, result, _progress = lora.fit(

@@ -103,7 +103,7 @@ def test_training_args_do_not_inherit_trl_defaults(tmp_path: Path) -> None:
     assert args.bf16 is lora.native_bf16("cpu")  # auto: bf16 only where the CPU computes it natively
     assert lora.training_args(lora.LoraOptions(precision="fp32"), "sft", tmp_path, "cpu").bf16 is False
     assert lora.training_args(lora.LoraOptions(precision="bf16"), "sft", tmp_path, "cpu").bf16 is True
-    top = lora.training_args(lora.LoraOptions(layers=8), "sft", tmp_path, "cpu")
+    top = lora.training_args(lora.LoraOptions(lora_layers=8), "sft", tmp_path, "cpu")
     assert top.activation_checkpointing is False  # backprop stops at the top layers: little to save
     assert args.max_length == 200 and args.learning_rate == 5e-4 and args.completion_only_loss is True
     assert args.packing is True  # padding-free best-fit packing

@@ -44,7 +44,7 @@ class LoraOptions(Request):
 
     backend: Annotated[
         Literal["cpu", "cuda", "mlx"], Field(description="Where to train: cpu, cuda or mlx (LoRA)")
-    ]
+    ] = "cpu"
     dataset_id: Annotated[
         str | None,
         Field(min_length=1, max_length=200, description="Dataset id (default: build one first)"),
