@@ -154,7 +154,9 @@ onSubmit("#build-form", async (form) => {
 
 onSubmit("#job-form", async (form) => {
   const body = formBody(form);
+  // Each kind of job takes its own options (the API refuses the other kind's).
   if (body.backend !== "native") { delete body.optimizer; delete body.metric; delete body.baseUrl; }
+  else { delete body.batchSize; delete body.learningRate; }
   const resp = await api("POST", "/api/training/jobs", body);
   const job = (await resp.json()).job;
   flash("Queued " + job.id);
