@@ -762,20 +762,29 @@ def filter_trajectory(pf: PrivacyFilter, t: Trajectory) -> Trajectory:
     return t
 
 
+_TEXT, _JSON, _ACTION = 0, 1, 2
+_FLAT_PLAN = tuple(
+    (i, _JSON if f in _FLAT_JSON else _ACTION if f == "step_action" else _TEXT)
+    for i, f in enumerate(FlatCall._fields)
+    if f in FLAT_CALL_CONTENT
+)
+"""(position, how to filter it) of each user-content field of a flat call row: an export filters
+millions of rows, so by position, planned once from the field names."""
+
+
 def filter_flat_call(pf: PrivacyFilter, row: FlatCall) -> FlatCall:
     """A flat call row with its user-content fields filtered (the policy above); JSON-valued ones
     are filtered as values and stay JSON text."""
-    changes: dict[str, Any] = {}
-    for name in FLAT_CALL_CONTENT:
-        value = getattr(row, name)
+    out = list(row)
+    for i, how in _FLAT_PLAN:
+        value = out[i]
         if value is None:
             continue
-        if name in _FLAT_JSON:
-            value = jsonutil.dumps(pf.value(jsonutil.loads(value)))
-        elif name == "step_action":
-            action = jsonutil.loads(value)
-            value = jsonutil.dumps({k: pf.value(v) if k in _ACTION_KEYS else v for k, v in action.items()})
+        if how == _TEXT:
+            out[i] = pf.text(value)
+        elif how == _JSON:
+            out[i] = jsonutil.dumps(pf.value(jsonutil.loads(value)))
         else:
-            value = pf.text(value)
-        changes[name] = value
-    return row._replace(**changes)
+            action = jsonutil.loads(value)
+            out[i] = jsonutil.dumps({k: pf.value(v) if k in _ACTION_KEYS else v for k, v in action.items()})
+    return FlatCall._make(out)
