@@ -775,7 +775,7 @@ millions of rows, so by position, planned once from the field names."""
 def filter_flat_call(pf: PrivacyFilter, row: FlatCall) -> FlatCall:
     """A flat call row with its user-content fields filtered (the policy above); JSON-valued ones
     are filtered as values and stay JSON text."""
-    out = list(row)
+    out: list[Any] = list(row)
     for i, how in _FLAT_PLAN:
         value = out[i]
         if value is None:
