@@ -23,7 +23,7 @@ def test_every_name_a_kind_gives_resolves() -> None:
         for backend in kind.backends:
             assert callable(kind.body(backend)), (kind.name, backend)
         if kind.options is not None:
-            assert callable(kinds.load(kind.options).from_request), kind.name
+            assert callable(kinds.load(kind.options).from_stored), kind.name
         if kind.check is not None:
             assert callable(kinds.load(kind.check)), kind.name
         reads = kind.reads()

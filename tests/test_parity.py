@@ -107,3 +107,53 @@ def test_job_request_is_the_kinds_options() -> None:
     for kind in kinds.REQUESTED:
         for backend in kind.backends:
             assert isinstance(job_request.parse({"backend": backend}), job_request.OPTIONS[kind.name])
+
+
+def test_the_manifest_records_every_field_of_a_build() -> None:
+    from trajforge.datasets.request import BuildRequest
+    from trajforge.store.filter import TrajectoryFilter
+
+    narrowing = dict(
+        source="chat", status="completed", agent_id="a", start_date=1, end_date=2, search="x",
+        scenario_id="s", batch_id="b", is_training_data=True, trajectory_ids=["t"],
+    )  # fmt: skip
+    manifest = BuildRequest(**narrowing, min_reward=0.0, max_reward=1.0).manifest_request()
+    fields = BuildRequest.aliases()
+    reward_bounds = {"minReward", "maxReward"}
+    filter_only = set(TrajectoryFilter.aliases().values()) - reward_bounds
+    assert set(manifest) == (set(fields.values()) - filter_only - {"privacy"}) | {"filter", "privacy"}
+    assert set(manifest["filter"]) == filter_only
+    assert set(manifest["privacy"]) == {"extraPatterns", "allow", "dropOn"}
+
+
+def test_the_api_takes_wire_names_only_and_no_module_metric(tmp_path: Path) -> None:
+    """The declarations validate by camelCase wire names (Python callers' snake_case names are
+    mapped by the constructor, never accepted from HTTP), and an HTTP request cannot name a
+    module:function metric, which would run code on the server; the CLI can."""
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from trajforge.store import open_store
+
+    db = str(tmp_path / "w.db")
+    store = open_store(db)
+    try:
+        with TestClient(create_app(store, run_jobs=False), base_url="http://127.0.0.1") as c:
+            r = c.get("/api/trajectories", params={"scenario_id": "s"})
+            assert r.status_code == 422 and r.json()["error"]["field"] == "scenario_id"
+            r = c.post("/api/trajectories/export", json={"format": "json", "scenario_id": "s"})
+            assert r.status_code == 422 and r.json()["error"]["field"] == "scenario_id"
+            r = c.post("/api/training/jobs", json={"metric": "tests.reward_fns:starts_right"})
+            assert r.status_code == 422 and r.json()["error"]["field"] == "metric", r.text
+            assert store.list_jobs() == []
+    finally:
+        store.close()
+    args = ["jobs", "start", "--metric", "tests.reward_fns:starts_right", "--no-wait", "--db", db]
+    r = CliRunner().invoke(cli_app, args)
+    assert r.exit_code == 0, r.output
+    store = open_store(db)
+    try:
+        (job,) = store.list_jobs()
+        assert job.request["metric"] == "tests.reward_fns:starts_right"
+    finally:
+        store.close()

@@ -167,7 +167,7 @@ def test_option_validation_names_the_field() -> None:
         ({"precision": 16}, "precision"),
     ):
         with pytest.raises(InvalidInput) as err:
-            lora.LoraOptions.from_request(body)
+            lora.LoraOptions.from_stored(body)
         assert err.value.field == field, body
     with pytest.raises(InvalidInput):
         lora.resolve_base("local:/nonexistent/folder")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import Field
 
@@ -28,6 +28,7 @@ from trajforge.errors import InvalidInput, NotFound
 from trajforge.optimize.common import (
     Candidate,
     Metric,
+    MetricName,
     TaskExample,
     action_match,
     load_examples,
@@ -64,8 +65,11 @@ class BenchmarkRequest(Request):
     )
     limit: Annotated[int | None, Field(ge=1, le=MAX_ITEMS, description="At most this many items")] = None
     metric: Annotated[
-        Literal["action_match", "token_f1"] | None,
-        Field(description="action_match or token_f1 (default: action_match for JSON actions)"),
+        MetricName | None,
+        Field(
+            description="action_match or token_f1 (default: action_match for JSON actions); from the "
+            "CLI also module:function(output, expected)"
+        ),
     ] = None
     max_tokens: Annotated[int | None, Field(ge=1, le=4096, description="Tokens per answer")] = None
     stop: Annotated[

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic._internal._model_construction import ModelMetaclass
 from pydantic.alias_generators import to_camel
 
 from trajforge.errors import InvalidInput
@@ -73,29 +74,50 @@ def invalid(exc: ValidationError) -> InvalidInput:
     return InvalidInput(f"{loc}: {message}{shown}" if loc else message, loc or None)
 
 
-class Request(BaseModel):
-    """Base of every request declaration."""
+TRUSTED = {"trusted": True}
+"""Validation context of a request from the command line or Python (not from HTTP): a field may
+accept more there (a metric named ``module:function`` runs the caller's own code)."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        populate_by_name=True,
-        alias_generator=to_camel,
-        strict=True,
-        validate_assignment=False,
-    )
 
-    def __init__(self, /, **data: Any) -> None:
-        # Library callers get the same InvalidInput the CLI and the API name fields with.
+class _Constructor(ModelMetaclass):
+    """``Request(...)`` from Python: field names are mapped to the wire names requests validate by,
+    and a bad value raises :class:`InvalidInput` (the CLI and the API name fields the same way).
+    Only calls of the class come here: FastAPI and ``model_validate`` validate wire names alone."""
+
+    def __call__(cls, *args: Any, **data: Any) -> Any:
+        fields = cls.model_fields  # type: ignore[attr-defined]
         try:
-            super().__init__(**data)
+            return super().__call__(
+                *args, **{(fields[k].alias or k) if k in fields else k: v for k, v in data.items()}
+            )
         except ValidationError as exc:
             raise invalid(exc) from None
 
+
+class Request(BaseModel, metaclass=_Constructor):
+    """Base of every request declaration.
+
+    Validators raise :class:`~trajforge.errors.InvalidInput` (not ``ValueError``) on purpose: it
+    passes through pydantic untouched, so the first error is what the caller sees, naming the
+    wire field, from the library, the CLI and the API alike (the app turns it into a 422 or 400).
+    """
+
+    # Wire names only when validating: an HTTP body or query with ``min_reward`` is refused, as it
+    # always was. (Python callers use field names; the constructor maps them.)
+    model_config = ConfigDict(
+        extra="forbid",
+        validate_by_alias=True,
+        validate_by_name=False,
+        alias_generator=to_camel,
+        strict=True,
+    )
+
     @classmethod
-    def parse(cls, data: Mapping[str, Any]) -> Self:
-        """From a wire mapping (camelCase keys), e.g. a stored job request."""
+    def parse(cls, data: Mapping[str, Any], *, trusted: bool = True) -> Self:
+        """From a wire mapping (camelCase keys): the CLI's options, a stored request. ``trusted``:
+        it comes from this machine's user, not from HTTP."""
         try:
-            return cls.model_validate(data)
+            return cls.model_validate(data, context=TRUSTED if trusted else None)
         except ValidationError as exc:
             raise invalid(exc) from None
 

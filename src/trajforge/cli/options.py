@@ -152,10 +152,11 @@ def _given(all_specs: list[Spec], values: dict[str, Any]) -> dict[str, Any]:
             continue
         if s.kind == "dict":
             value = _pairs(value, s)
+        *outer, name = s.wire.split(".")  # wire names: requests validate by them
         node = data
-        for part in s.path[:-1]:
+        for part in outer:
             node = node.setdefault(part, {})
-        node[s.path[-1]] = value
+        node[name] = value
     return data
 
 
@@ -169,10 +170,10 @@ def merged_specs(models: Sequence[type[Request]], exclude: tuple[str, ...] = ())
             if seen is None:
                 merged[spec.wire] = spec
                 continue
-            if seen.kind != spec.kind:
-                raise TypeError(
-                    f"{spec.wire} is a {seen.kind} in one request kind and a {spec.kind} in another"
-                )
+            for what in ("kind", "flags", "metavar", "default"):
+                if getattr(seen, what) != getattr(spec, what):
+                    # One option serves both kinds: they must agree on everything but the help.
+                    raise TypeError(f"{spec.wire}: the request kinds differ in their option's {what}")
             if spec.help and spec.help not in seen.help:
                 merged[spec.wire] = dataclasses.replace(seen, help=f"{seen.help} | {spec.help}")
     return list(merged.values())

@@ -167,7 +167,7 @@ def _manifest(
         "format": req.format,
         "createdAt": iso_ms(created),
         "createdAtMs": created,
-        "request": req.to_wire(),
+        "request": req.manifest_request(),
         "store": {"backend": getattr(store, "dialect", type(store).__name__)},
         "counts": {
             "trajectories": len(ids),

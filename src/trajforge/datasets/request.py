@@ -123,31 +123,16 @@ class BuildRequest(TrajectoryFilter):
         (a score or the total), so they are not part of it."""
         return self.only_filter().model_copy(update={"min_reward": None, "max_reward": None})
 
-    def to_wire(self) -> dict[str, Any]:
-        """The request as the manifest records it."""
+    def manifest_request(self) -> dict[str, Any]:
+        """The request as the manifest records it: the build's own fields (in declaration order,
+        unset ones as null), then ``filter`` (the fields that narrow, by name) and ``privacy``."""
         flt = self.filter
-        aliases = TrajectoryFilter.aliases()
+        fields = type(self).model_fields
+        own = [name for name in BuildRequest.__annotations__ if name != "privacy"]
         return {
-            "format": self.format,
-            "limit": self.limit,
-            "minLlmCallsPerTrajectory": self.min_llm_calls_per_trajectory,
-            "rewardScore": self.reward_score,
-            "minReward": self.min_reward,
-            "maxReward": self.max_reward,
-            "requireScore": self.require_score,
-            "task": self.task,
-            "evalFraction": self.eval_fraction,
-            "seed": self.seed,
-            "dedup": self.dedup,
-            "preferenceMargin": self.preference_margin,
-            "pairBy": self.pair_by,
-            "name": self.name,
-            "filter": {aliases[k]: getattr(flt, k) for k in sorted(aliases) if getattr(flt, k) is not None},
-            "privacy": {
-                "extraPatterns": self.privacy.extra_patterns,
-                "allow": self.privacy.allow,
-                "dropOn": self.privacy.drop_on,
-            },
+            **{fields[name].alias or name: getattr(self, name) for name in own},
+            "filter": {fields[name].alias or name: getattr(flt, name) for name in sorted(flt.narrowed_by())},
+            "privacy": self.privacy.model_dump(by_alias=True),
         }
 
 

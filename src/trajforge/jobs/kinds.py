@@ -44,7 +44,7 @@ class Kind:
     """Backend → ``module:function`` (a :data:`Body`) that does the work of a job on it: the keys
     are the backends this kind serves."""
     options: str | None = None
-    """``module:Class`` whose ``from_request(request)`` reads the request's options, refusing bad
+    """``module:Class`` whose ``from_stored(request)`` reads the request's options, refusing bad
     ones; called at submit so they fail there, not minutes later in the job."""
     check: str | None = None
     """``module:function(request) -> request``: what the options type does not check, and the
@@ -70,7 +70,7 @@ class Kind:
         """``request`` as it is queued; bad options raise :class:`InvalidInput` (or
         :class:`~trajforge.errors.Unavailable`) naming the field."""
         if self.options is not None:
-            load(self.options).from_request(request)
+            load(self.options).from_stored(request)
         if self.check is not None:
             checked: dict[str, Any] = load(self.check)(request)
             return checked

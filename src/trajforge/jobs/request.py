@@ -15,7 +15,7 @@ from pydantic import Discriminator, Tag, TypeAdapter, ValidationError
 
 from trajforge.jobs import kinds
 from trajforge.optimize.native import NativeOptions
-from trajforge.requests import invalid
+from trajforge.requests import TRUSTED, invalid
 from trajforge.train.lora import LoraOptions
 
 JobOptions = NativeOptions | LoraOptions
@@ -38,9 +38,10 @@ _ADAPTER: TypeAdapter[JobOptions] = TypeAdapter(JobRequest)
 
 
 def parse(request: Mapping[str, Any]) -> JobOptions:
-    """The options of a job request (camelCase or snake_case keys); a bad one raises
-    :class:`~trajforge.errors.InvalidInput` naming the field."""
+    """The options of a job request from this machine's user (the CLI, Python; camelCase keys);
+    a bad one raises :class:`~trajforge.errors.InvalidInput` naming the field. (The API validates
+    its body itself, untrusted.)"""
     try:
-        return _ADAPTER.validate_python(dict(request))
+        return _ADAPTER.validate_python(dict(request), context=TRUSTED)
     except ValidationError as exc:
         raise invalid(exc) from None

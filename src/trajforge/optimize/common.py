@@ -15,9 +15,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
+from pydantic import AfterValidator, Field, ValidationInfo
 
 from trajforge.errors import InvalidInput
 from trajforge.lm import LM
@@ -203,6 +204,28 @@ def resolve_metric(spec: str) -> tuple[str, Metric]:
         return min(1.0, max(0.0, value)) if value == value else 0.0
 
     return attr, bounded
+
+
+def _check_metric(value: str | None, info: ValidationInfo) -> str | None:
+    # A module:function metric runs code importable where the job runs: only its own user may
+    # name one (the CLI, Python), never an HTTP request.
+    if value is None or value in METRICS:
+        return value
+    if not (info.context or {}).get("trusted"):
+        raise InvalidInput(
+            f"metric must be {' or '.join(METRICS)} (module:function only from the command line or Python)",
+            "metric",
+        )
+    resolve_metric(value)
+    return value
+
+
+MetricName = Annotated[
+    str,
+    Field(min_length=1, max_length=200, json_schema_extra={"enum": ["action_match", "token_f1"]}),
+    AfterValidator(_check_metric),
+]
+"""A request's task metric: action_match or token_f1; from the CLI or Python also module:function."""
 
 
 def metric_for(examples: Iterable[TaskExample]) -> tuple[str, Metric]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,6 +19,7 @@ from trajforge.optimize import artifacts, bootstrap_fewshot, instruction_search,
 from trajforge.optimize.common import (
     Candidate,
     CountingLM,
+    MetricName,
     OptimizeResult,
     TaskExample,
     evaluate,
@@ -96,8 +97,11 @@ class NativeOptions(Request):
     ] = 1000
     seed: Annotated[int, Field(ge=0, le=2**31, description="Seed")] = 0
     metric: Annotated[
-        Literal["action_match", "token_f1"] | None,
-        Field(description="Task metric: action_match or token_f1 (default: action_match for JSON actions)"),
+        MetricName | None,
+        Field(
+            description="Task metric: action_match or token_f1 (default: action_match for JSON actions); "
+            "from the CLI also module:function(output, expected)"
+        ),
     ] = None
     max_demos: Annotated[
         int | None,
@@ -109,16 +113,11 @@ class NativeOptions(Request):
         ),
     ] = None
 
-    @classmethod
-    def from_request(cls, r: Mapping[str, Any]) -> NativeOptions:
-        """From a stored job request (camelCase, maybe with provenance keys)."""
-        return cls.from_stored(r)
-
 
 def check_request(request: dict[str, Any]) -> dict[str, Any]:
     """A native job's request as it is queued: its optimizer named (the default spelled out, so
     the stored request says what ran). :class:`NativeOptions` has checked the rest."""
-    return {**request, "optimizer": check_optimizer(request.get("optimizer"))}
+    return {**request, "optimizer": NativeOptions.from_stored(request).optimizer}
 
 
 def run(
@@ -130,7 +129,7 @@ def run(
 ) -> dict[str, Any]:
     """Optimize every task of the job's dataset (building one first when none is given). A cancel
     interrupts it at once (SIGTERM in the job process), so ``should_stop`` is not polled."""
-    opts = NativeOptions.from_request(job.request)
+    opts = NativeOptions.from_stored(job.request)
     if job.dataset_id:
         ds = datasets.get(store, job.dataset_id)
     else:

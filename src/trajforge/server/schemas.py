@@ -20,7 +20,6 @@ from trajforge.requests import TrajectoryId
 
 # JSON numbers only: lax pydantic would take `false` or "1" for a float.
 Number = Annotated[float, Strict()]
-Int = Annotated[int, Strict()]
 
 
 class Wire(BaseModel):

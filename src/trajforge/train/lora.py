@@ -19,7 +19,7 @@ import json
 import os
 import resource
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -116,11 +116,6 @@ class LoraOptions(Request):
     """No dropout: a run of a few hundred steps does not need it, and on a CPU it costs a copy of
     every adapted layer's input."""
     target_modules: ClassVar[tuple[str, ...]] = ("q_proj", "k_proj", "v_proj", "o_proj")
-
-    @classmethod
-    def from_request(cls, r: Mapping[str, Any]) -> LoraOptions:
-        """From a stored job request (camelCase, maybe with provenance keys)."""
-        return cls.from_stored(r)
 
     def summary(self) -> dict[str, Any]:
         """What the run used, for the model's metrics (wire names, defaults included)."""
@@ -486,7 +481,7 @@ def run(
     from trajforge import datasets
 
     device = job.backend
-    opts = LoraOptions.from_request(job.request)
+    opts = LoraOptions.from_stored(job.request)
     if job.dataset_id:
         ds = datasets.get(store, job.dataset_id)
     else:

@@ -62,7 +62,7 @@ def run(
     from trajforge import datasets
     from trajforge.train.lora import resolve_base
 
-    opts = LoraOptions.from_request(job.request)
+    opts = LoraOptions.from_stored(job.request)
     ds = datasets.get(store, job.dataset_id) if job.dataset_id else None
     if ds is None:
         ds = datasets.build(store, datasets.BuildRequest(format="sft", task=opts.task))
