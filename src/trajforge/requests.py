@@ -63,9 +63,9 @@ def flag_of(model: type[BaseModel], name: str) -> Flag | None:
 def invalid(exc: ValidationError) -> InvalidInput:
     """The first error of a validation, as an :class:`InvalidInput` naming the wire field."""
     first = exc.errors(include_url=False)[0]
-    # Wire names (a field given by its Python name is reported by it); a union's member tags
-    # (capitalised, e.g. ``Lora``) and list indexes are not fields.
-    loc = ".".join(to_camel(p) for p in first.get("loc", ()) if isinstance(p, str) and not p[:1].isupper())
+    # Requests validate by wire names, so a location is one (or the unknown key as given); a
+    # union's member tags (capitalised, e.g. ``Lora``) and list indexes are not fields.
+    loc = ".".join(p for p in first.get("loc", ()) if isinstance(p, str) and not p[:1].isupper())
     got = first.get("input")
     message = first.get("msg", "invalid value")
     if first.get("type") == "extra_forbidden":
