@@ -1,5 +1,7 @@
-"""Pydantic models of the HTTP API's bodies (camelCase on the wire). Validation happens here, at the
-edge; inside, the routes hand typed records to the library."""
+"""Pydantic models of the HTTP API's responses, and of the bodies that exist only over HTTP
+(ingest, scores, delete, logging, activation). Requests the CLI and the library share are declared
+once beside their noun (:mod:`trajforge.requests`: the filter, exports, dataset builds, jobs,
+benchmarks, Ollama imports) and taken from there."""
 
 from __future__ import annotations
 
