@@ -47,8 +47,8 @@ class Kind:
     """``module:Class`` whose ``from_stored(request)`` reads the request's options, refusing bad
     ones; called at submit so they fail there, not minutes later in the job."""
     check: str | None = None
-    """``module:function(request) -> request``: what the options type does not check, and the
-    request as it is queued."""
+    """``module:function(request, options) -> request``: the request as it is queued, given its
+    validated options (e.g. a default spelled out, so the stored request says what ran)."""
     formats: str | None = None
     """``module:NAME`` of the tuple of dataset formats its jobs read."""
     cooperative: bool = False
@@ -66,15 +66,21 @@ class Kind:
         body: Body = load(self.runs[backend])
         return body
 
-    def checked(self, request: dict[str, Any]) -> dict[str, Any]:
+    def queued(self, options: Any) -> dict[str, Any]:
+        """The request as it is queued, from its validated options: what was given, the backend,
+        and what ``check`` spells out."""
+        request = {**options.given(), "backend": options.backend}
+        if self.check is not None:
+            queued: dict[str, Any] = load(self.check)(request, options)
+            return queued
+        return request
+
+    def checked(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """``request`` as it is queued; bad options raise :class:`InvalidInput` (or
         :class:`~trajforge.errors.Unavailable`) naming the field."""
-        if self.options is not None:
-            load(self.options).from_stored(request)
-        if self.check is not None:
-            checked: dict[str, Any] = load(self.check)(request)
-            return checked
-        return request
+        if self.options is None:
+            return dict(request)
+        return self.queued(load(self.options).from_stored(request))
 
     def reads(self) -> tuple[str, ...] | None:
         """The dataset formats its jobs read (None: this kind does not check)."""

@@ -29,7 +29,7 @@ def submit(store: Store, request: Mapping[str, Any] | JobOptions) -> Job:
         raise Unavailable(
             f"the {backend} backend is not available on this machine: {status['reason']}", "backend"
         )
-    request = kind.checked({**options.given(), "backend": backend})
+    request = kind.queued(options)  # validated already: no second parse
     from trajforge.train import backends as train_backends
 
     # A model the job could not load fails here (offline checks), not minutes later in the job.

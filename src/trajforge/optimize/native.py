@@ -114,10 +114,10 @@ class NativeOptions(Request):
     ] = None
 
 
-def check_request(request: dict[str, Any]) -> dict[str, Any]:
+def check_request(request: dict[str, Any], options: NativeOptions) -> dict[str, Any]:
     """A native job's request as it is queued: its optimizer named (the default spelled out, so
     the stored request says what ran). :class:`NativeOptions` has checked the rest."""
-    return {**request, "optimizer": NativeOptions.from_stored(request).optimizer}
+    return {**request, "optimizer": options.optimizer}
 
 
 def run(
