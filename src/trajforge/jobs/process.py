@@ -127,24 +127,16 @@ def execute(store: Store, job: Job, home: Path | None = None, runner_pid: int | 
         _DONE.set()
         log.exception("job %s failed", job.id)
         message = f"{type(exc).__name__}: {exc}"
-        if store.finish_job(job.id, "failed", now_ms(), error=message):
-            store.add_event(JobEvent("job_failed", message, job_id=job.id))
+        store.finish_job(job.id, "failed", now_ms(), error=message)
         return 1
     finally:
         _cooperative = False
-    model_id = (output or {}).get("modelId") if isinstance(output, dict) else None
-    if store.finish_job(job.id, "completed", now_ms(), output=output, progress=1.0, phase="done"):
-        store.add_event(
-            JobEvent(
-                "job_completed", "completed", job_id=job.id, model_id=model_id, progress=1.0, data=output
-            )
-        )
+    store.finish_job(job.id, "completed", now_ms(), output=output, progress=1.0, phase="done")
     return 0
 
 
 def _cancelled(store: Store, job: Job) -> int:
-    if store.finish_job(job.id, "cancelled", now_ms(), error="cancelled"):
-        store.add_event(JobEvent("job_cancelled", "cancelled", job_id=job.id))
+    store.finish_job(job.id, "cancelled", now_ms(), error="cancelled")
     return 130
 
 

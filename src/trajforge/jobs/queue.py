@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from trajforge.errors import Conflict, InvalidInput, NotFound, Unavailable
 from trajforge.jobs import kinds
-from trajforge.records import JOB_FINISHED, JOB_STATUSES, Job, JobEvent, now_ms
+from trajforge.records import JOB_FINISHED, JOB_STATUSES, Job, now_ms
 from trajforge.store.base import Store
 
 if TYPE_CHECKING:
@@ -79,11 +79,8 @@ def cancel(store: Store, job_id: str) -> Job:
     job = get(store, job_id)
     if job.status in JOB_FINISHED:
         raise Conflict(f"job {job_id} has already ended ({job.status})", "id")
-    if job.status == "pending" and store.finish_job(
-        job_id, "cancelled", now_ms(), error="cancelled before it started"
-    ):
-        store.add_event(JobEvent("job_cancelled", "cancelled before it started", job_id=job_id))
-    else:
+    pending = job.status == "pending"
+    if not (pending and store.finish_job(job_id, "cancelled", now_ms(), error="cancelled before it started")):
         store.update_job(job_id, cancel_requested=True)
     return get(store, job_id)
 

@@ -177,14 +177,10 @@ class JobRunner:
     def _end(self, job: Job, error: str) -> bool:
         """End a job whose process is gone: ``cancelled`` when a cancel was asked for, else
         ``failed``. False when it had already ended."""
+        status = "failed"
         if job.cancel_requested:
-            status, kind, error = "cancelled", "job_cancelled", f"cancelled ({error.split(': ', 1)[-1]})"
-        else:
-            status, kind = "failed", "job_failed"
-        if not self._store.finish_job(job.id, status, now_ms(), error=error):
-            return False
-        self._store.add_event(JobEvent(kind, error, job_id=job.id))
-        return True
+            status, error = "cancelled", f"cancelled ({error.split(': ', 1)[-1]})"
+        return self._store.finish_job(job.id, status, now_ms(), error=error)
 
     def run_once(self) -> None:
         """One pass: reap finished processes, act on cancels, heartbeat, supervise, claim new jobs."""
@@ -258,10 +254,9 @@ class JobRunner:
             )
         except OSError as exc:
             fh.close()
-            if self._store.finish_job(
+            self._store.finish_job(
                 job.id, "failed", now_ms(), error=f"could not start the job process: {exc}"
-            ):
-                self._store.add_event(JobEvent("job_failed", f"could not start: {exc}", job_id=job.id))
+            )
             return
         self._store.update_job(job.id, pid=proc.pid, log_path=str(log_path))
         self._running[job.id] = _Running(job.id, proc.pid, proc, fh)
@@ -298,6 +293,4 @@ class JobRunner:
         if status is None:
             status = "cancelled" if job.cancel_requested else "failed"
             error = "cancelled" if job.cancel_requested else f"the job process exited with code {code}"
-        if self._store.finish_job(r.job_id, status, now_ms(), error=error):
-            kind = "job_cancelled" if status == "cancelled" else "job_failed"
-            self._store.add_event(JobEvent(kind, error or status, job_id=r.job_id))
+        self._store.finish_job(r.job_id, status, now_ms(), error=error)

@@ -141,8 +141,11 @@ class TrainingStore(Protocol):
 
     def update_job(self, job_id: str, **fields: Any) -> None: ...
 
-    def finish_job(self, job_id: str, status: str, now: int, **fields: Any) -> bool:
-        """End a pending or running job; False when it had already ended."""
+    def finish_job(
+        self, job_id: str, status: str, now: int, *, message: str | None = None, **fields: Any
+    ) -> bool:
+        """End a pending or running job and append its ``job_<status>`` event (message: ``message``,
+        else the error, else the status) in one transaction; False when it had already ended."""
         ...
 
     def add_event(self, event: JobEvent) -> int:

@@ -181,8 +181,13 @@ class TrainingRecords(SqlHelpers):
         with self._write_tx() as cur:
             self._ex(cur, f"UPDATE jobs SET {sets} WHERE id = ?", [*values, job_id])
 
-    def finish_job(self, job_id: str, status: str, now: int, **fields: Any) -> bool:
-        """Move a job that is still pending or running to a final status; False if it had ended."""
+    def finish_job(
+        self, job_id: str, status: str, now: int, *, message: str | None = None, **fields: Any
+    ) -> bool:
+        """Move a job that is still pending or running to a final status and append its ending
+        event (``job_<status>``) in the same transaction: a reader who sees the job ended sees the
+        event too, and a crash between the two cannot leave one without the other. False (and no
+        event) if it had already ended."""
         sets, values = _job_sets({"status": status, "finished_at": now, **fields})
         with self._write_tx() as cur:
             cur = self._ex(
@@ -190,7 +195,21 @@ class TrainingRecords(SqlHelpers):
                 f"UPDATE jobs SET {sets} WHERE id = ? AND status IN ('pending', 'running')",
                 [*values, job_id],
             )
-            return bool(cur.rowcount)
+            if not cur.rowcount:
+                return False
+            output = fields.get("output")
+            model_id = output.get("modelId") if isinstance(output, dict) else None
+            event = JobEvent(
+                f"job_{status}",
+                message or fields.get("error") or status,
+                ts=now,
+                job_id=job_id,
+                model_id=model_id if isinstance(model_id, str) else None,
+                progress=fields.get("progress"),
+                data=output if isinstance(output, dict) else None,
+            )
+            self._insert_event(cur, event)
+            return True
 
     def add_dataset(self, ds: Dataset) -> None:
         """Record a built dataset; a Conflict when another build took its name and version first."""
@@ -245,22 +264,25 @@ class TrainingRecords(SqlHelpers):
     def add_event(self, event: JobEvent) -> int:
         """Append an event; returns its sequence number (also set on ``event``)."""
         with self._write_tx() as cur:
-            row = self._ex(
-                cur,
-                "INSERT INTO events (kind, ts, message, job_id, dataset_id, model_id, progress, phase, data) "
-                "VALUES (?,?,?,?,?,?,?,?,?) RETURNING seq",
-                [
-                    event.kind,
-                    event.ts,
-                    event.message,
-                    event.job_id,
-                    event.dataset_id,
-                    event.model_id,
-                    event.progress,
-                    event.phase,
-                    None if event.data is None else jsonutil.dumps(event.data),
-                ],
-            ).fetchone()
+            return self._insert_event(cur, event)
+
+    def _insert_event(self, cur: Any, event: JobEvent) -> int:
+        row = self._ex(
+            cur,
+            "INSERT INTO events (kind, ts, message, job_id, dataset_id, model_id, progress, phase, data) "
+            "VALUES (?,?,?,?,?,?,?,?,?) RETURNING seq",
+            [
+                event.kind,
+                event.ts,
+                event.message,
+                event.job_id,
+                event.dataset_id,
+                event.model_id,
+                event.progress,
+                event.phase,
+                None if event.data is None else jsonutil.dumps(event.data),
+            ],
+        ).fetchone()
         event.seq = int(row[0])
         return event.seq
 
