@@ -390,6 +390,12 @@ class WriteBatch:
     calls: list[CallRow] = field(default_factory=list)
     accesses: list[AccessRow] = field(default_factory=list)
     scores: list[Score] = field(default_factory=list)
+    assemble: bool = False
+    """Assemble mode (OTLP ingest only): the parts of one trajectory arrive in many writes and out
+    of order, so the write also renumbers the touched trajectories' steps by time (``timestamp``,
+    then step id), merges trajectory metadata into the stored one instead of replacing it, keeps
+    the earliest start time, and fills a stored call's still-empty fields from a later write of
+    the same call (never overwriting). Off for every other writer: their path is unchanged."""
 
     def __len__(self) -> int:
         return (

@@ -100,6 +100,11 @@ class TrajectoryStore(Protocol):
         """Mark ``active`` trajectories with no write for ``older_than_ms`` as ``timeout``."""
         ...
 
+    def assign_traces(self, wanted: dict[str, str]) -> dict[str, str]:
+        """The trajectory each OpenTelemetry trace's spans go to (``{trace id: trajectory id}``):
+        the stored one, else the one proposed in ``wanted``, stored for the trace's later spans."""
+        ...
+
 
 class SettingsStore(Protocol):
     """Small named values kept with the data (the privacy salt, auto-training settings)."""

@@ -524,3 +524,19 @@ MIGRATIONS += (
         ),
     ),
 )
+
+MIGRATIONS += (
+    Migration(
+        "0010_otel_traces",
+        common=(
+            # Which trajectory the spans of an OpenTelemetry trace go to: they arrive in many
+            # requests and out of order, and only some carry the conversation id that names the
+            # trajectory; the first decision for a trace is kept, so later spans join it.
+            """CREATE TABLE otel_traces (
+                trace_id TEXT PRIMARY KEY,
+                trajectory_id TEXT NOT NULL,
+                created_at {BIGINT} NOT NULL
+            )""",
+        ),
+    ),
+)

@@ -33,6 +33,7 @@ from trajforge.store.sqlbase import (
     SCORE_COLS,
     STEP_COLS,
     SqlHelpers,
+    chunked,
     placeholders,
 )
 from trajforge.store.stats import add_to_rollup
@@ -70,6 +71,8 @@ class _Prepared:
     accesses: dict[tuple[str, str], tuple[tuple[Any, ...], list[tuple[int, str, bool]], str]]
     scores: list[Score]
     first_seen: dict[str, int]
+    assemble: bool = False
+    """The batch's :attr:`~trajforge.records.WriteBatch.assemble` mode."""
 
 
 _IDENTITY = frozenset({"id", "trajectory_id", "step_id"})
@@ -150,6 +153,9 @@ class TrajectoryWrites(SqlHelpers):
 
         for h in headers.values():
             seen(h.id, h.start_time)
+            if batch.assemble:
+                # The earliest time wins, not the latest write: see _assemble_headers.
+                h.start_time = None
         for s in steps.values():
             seen(s.trajectory_id, s.timestamp)
         calls: dict[tuple[str, str], Any] = {}
@@ -214,7 +220,7 @@ class TrajectoryWrites(SqlHelpers):
             accesses[(arow.trajectory_id, a.access_id)] = (values, texts, arow.trajectory_id)
         for sc in batch.scores:
             seen(sc.trajectory_id, sc.created_at)
-        return _Prepared(headers, steps, calls, accesses, list(batch.scores), first_seen)
+        return _Prepared(headers, steps, calls, accesses, list(batch.scores), first_seen, batch.assemble)
 
     def write(self, batch: WriteBatch) -> WriteResult:
         if not len(batch):
@@ -234,9 +240,15 @@ class TrajectoryWrites(SqlHelpers):
         """
         w = _Write(now=now_ms(), ids=sorted(p.first_seen))
         old_status = self._insert_trajectories(cur, p, w)
+        if p.assemble:
+            self._assemble_headers(cur, p, old_status)
         self._update_headers(cur, p, w, old_status)
         self._write_steps(cur, p, w)
+        if p.assemble:
+            self._renumber_steps(cur, [tid for tid, d in sorted(w.deltas.items()) if d[0]])
         new_calls, new_accesses = self._new_calls_and_accesses(cur, p, w)
+        if p.assemble:
+            self._fill_calls(cur, p, w)
         ids_by_hash = self._store_texts(cur, w.texts, w.users())
         self._insert_calls_and_accesses(cur, new_calls, new_accesses, ids_by_hash, w.result)
         self._link_texts(cur, w.links, ids_by_hash)
@@ -547,6 +559,62 @@ class TrajectoryWrites(SqlHelpers):
                 for s in sorted(scores, key=lambda s: (s.trajectory_id, s.name, s.source))
             ],
         )
+
+    # --- assemble mode (OTLP ingest) -------------------------------------------------------------
+
+    def _assemble_headers(self, cur: Any, p: _Prepared, old_status: dict[str, str]) -> None:
+        """For trajectories already stored: merge the headers' metadata into the stored metadata
+        (a later request's resource attributes add to, not replace, an earlier one's), and move
+        the start time back when this write holds an earlier span."""
+        merge = sorted(tid for tid in old_status if (h := p.headers.get(tid)) is not None and h.metadata)
+        rows = self._select_in(cur, "SELECT id, metadata FROM trajectories WHERE id IN ({marks})", merge)
+        for tid, stored in rows:
+            old = jsonutil.loads(stored) if stored else {}
+            h = p.headers[tid]
+            if isinstance(old, dict) and h.metadata is not None:
+                h.metadata = {**old, **h.metadata}
+        earlier = [
+            (p.first_seen[tid], p.first_seen[tid], tid, p.first_seen[tid]) for tid in sorted(old_status)
+        ]
+        self._exmany(
+            cur,
+            "UPDATE trajectories SET start_time = ?, duration_ms = end_time - ? WHERE id = ? AND start_time > ?",
+            earlier,
+        )
+
+    def _renumber_steps(self, cur: Any, tids: list[str]) -> None:
+        """Number the steps of these trajectories 0, 1, … by (timestamp, step id): a span that
+        arrives after a later one still takes its place. Only numbers that change are written."""
+        for part in chunked(tids):
+            self._ex(
+                cur,
+                f"""UPDATE steps SET step_number = r.n FROM (
+                    SELECT trajectory_id AS t, step_id AS s,
+                           ROW_NUMBER() OVER (PARTITION BY trajectory_id ORDER BY timestamp, step_id) - 1 AS n
+                    FROM steps WHERE trajectory_id IN ({placeholders(len(part))})) AS r
+                WHERE steps.trajectory_id = r.t AND steps.step_id = r.s AND steps.step_number <> r.n""",
+                list(part),
+            )
+
+    def _fill_calls(self, cur: Any, p: _Prepared, w: _Write) -> None:
+        """Placeholder until the fill of stored calls lands: assemble mode writes calls whole."""
+
+    def assign_traces(self, wanted: dict[str, str]) -> dict[str, str]:
+        """The trajectory of each trace: the stored one, else the one proposed in ``wanted``
+        (stored now, so every later span of the trace joins it). ``{trace id: trajectory id}``."""
+        if not wanted:
+            return {}
+        keys = sorted(wanted)
+        now = now_ms()
+        with self._write_tx() as cur:
+            self._exmany(
+                cur,
+                "INSERT INTO otel_traces (trace_id, trajectory_id, created_at) VALUES (?,?,?) "
+                "ON CONFLICT (trace_id) DO NOTHING",
+                [(k, wanted[k], now) for k in keys],
+            )
+            sql = "SELECT trace_id, trajectory_id FROM otel_traces WHERE trace_id IN ({marks})"
+            return {r[0]: r[1] for r in self._select_in(cur, sql, keys)}
 
     def add_scores(self, scores: Sequence[Score]) -> None:
         if scores:

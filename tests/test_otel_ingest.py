@@ -1,0 +1,529 @@
+"""OTLP/HTTP ingest end to end: the real OpenTelemetry SDK and its OTLP/HTTP exporter against a
+real ``trajforge serve``, hand-written OTLP/JSON bodies, and the store's assembly of spans that
+arrive split and out of order (both backends)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry.exporter.otlp.proto.http import Compression
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from tests.helpers import free_port, start_server
+from trajforge import datasets
+from trajforge.datasets import BuildRequest
+from trajforge.otel import decode
+from trajforge.otel.assemble import assemble_spans, write
+from trajforge.store import Store, TrajectoryFilter, open_store
+
+T0 = 1_760_000_000_000_000_000  # ns: explicit span times, so the order never depends on the clock
+MS = 1_000_000
+
+
+def _messages(role: str, text: str) -> str:
+    return json.dumps([{"role": role, "parts": [{"type": "text", "content": text}]}])
+
+
+def emit_agent_trace(
+    provider: TracerProvider, *, conversation: str | None = "conv-refund-1", base: int = T0, tag: str = ""
+) -> None:
+    """An agent → chat → tool → chat trace with current GenAI semconv attributes."""
+    tracer = provider.get_tracer("test.agent")
+    agent = tracer.start_span("invoke_agent support", start_time=base)
+    agent.set_attributes(
+        {
+            "gen_ai.operation.name": "invoke_agent",
+            "gen_ai.agent.name": "support-bot",
+            "gen_ai.agent.id": "agent-42",
+            **({"gen_ai.conversation.id": conversation} if conversation else {}),
+        }
+    )
+    from opentelemetry import trace as api
+
+    ctx = api.set_span_in_context(agent)
+    chat1 = tracer.start_span("chat gpt-4o-mini", context=ctx, start_time=base + 1 * MS)
+    chat1.set_attributes(
+        {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": "gpt-4o-mini",
+            "gen_ai.usage.input_tokens": 31,
+            "gen_ai.usage.output_tokens": 7,
+            "gen_ai.input.messages": _messages("user", f"Refund order A-1042 please {tag}"),
+            "gen_ai.output.messages": json.dumps(
+                [
+                    {
+                        "role": "assistant",
+                        "parts": [
+                            {"type": "text", "content": "Looking up the order."},
+                            {
+                                "type": "tool_call",
+                                "id": "call_1",
+                                "name": "lookup_order",
+                                "arguments": {"orderId": "A-1042"},
+                            },
+                        ],
+                        "finish_reason": "tool_calls",
+                    }
+                ]
+            ),
+            "app.custom.flag": "kept-in-metadata",
+        }
+    )
+    chat1.end(end_time=base + 20 * MS)
+    tool = tracer.start_span("execute_tool lookup_order", context=ctx, start_time=base + 21 * MS)
+    tool.set_attributes(
+        {
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": "lookup_order",
+            "gen_ai.tool.call.id": "call_1",
+            "gen_ai.tool.call.arguments": json.dumps({"orderId": "A-1042"}),
+            "gen_ai.tool.call.result": json.dumps({"status": "shipped", "total": 42.5}),
+        }
+    )
+    tool.end(end_time=base + 25 * MS)
+    chat2 = tracer.start_span("chat gpt-4o-mini", context=ctx, start_time=base + 26 * MS)
+    chat2.set_attributes(
+        {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": "gpt-4o-mini",
+            "gen_ai.usage.input_tokens": 60,
+            "gen_ai.usage.output_tokens": 12,
+            "gen_ai.input.messages": _messages("user", f"Refund order A-1042 please {tag}"),
+            "gen_ai.output.messages": json.dumps(
+                [{"role": "assistant", "parts": [{"type": "text", "content": "Refund issued for A-1042."}]}]
+            ),
+        }
+    )
+    chat2.end(end_time=base + 40 * MS)
+    agent.end(end_time=base + 41 * MS)
+
+
+def _provider(exporter: SpanExporter, batch: bool = True) -> TracerProvider:
+    provider = TracerProvider(resource=Resource.create({"service.name": "refund-agent"}))
+    provider.add_span_processor(BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter))
+    return provider
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    port = free_port()
+    db = tmp_path / "otel.db"
+    proc = start_server(port, db, tmp_path / "serve.log")
+    yield f"http://127.0.0.1:{port}", db
+    proc.terminate()
+    proc.wait(30)
+
+
+def _steps(t: Any) -> list[tuple[int, str | None, int]]:
+    return [(s.step_number, s.action.action_type if s.action else None, len(s.llm_calls)) for s in t.steps]
+
+
+@pytest.mark.parametrize("compression", [Compression.NoCompression, Compression.Gzip])
+def test_sdk_exporter_into_a_real_server(server: tuple[str, Path], compression: Compression) -> None:
+    url, db = server
+    exporter = OTLPSpanExporter(endpoint=f"{url}/v1/traces", compression=compression)
+    provider = _provider(exporter)
+    memory = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    emit_agent_trace(provider)
+    assert provider.force_flush(30_000)
+    provider.shutdown()
+
+    listed = httpx.get(f"{url}/api/trajectories").json()
+    assert [t["id"] for t in listed["trajectories"]] == ["conv-refund-1"]
+    item = listed["trajectories"][0]
+    assert (item["source"], item["status"], item["agentId"]) == ("otel", "completed", "support-bot")
+    assert (item["llmCallCount"], item["totalPromptTokens"], item["totalCompletionTokens"]) == (2, 91, 19)
+    assert item["durationMs"] == 41
+    detail = httpx.get(f"{url}/api/trajectories/conv-refund-1").json()["trajectory"]
+    steps = detail["steps"]
+    assert [s["stepNumber"] for s in steps] == [0, 1, 2]
+    assert [len(s["llmCalls"]) for s in steps] == [1, 0, 1]
+    assert steps[1]["action"]["actionType"] == "lookup_order"
+    assert steps[1]["action"]["result"] == {"status": "shipped", "total": 42.5}
+    assert steps[0]["metadata"]["otel"]["attributes"]["app.custom.flag"] == "kept-in-metadata"
+    if steps[0]["llmCalls"][0]["toolCalls"]:  # the tool answers the call that asked for it
+        assert steps[1]["action"]["llmCallId"] == steps[0]["llmCalls"][0]["callId"]
+    assert detail["metadata"]["resource"]["service.name"] == "refund-agent"
+    assert detail["metadata"]["agentName"] == "support-bot"
+    found = httpx.get(f"{url}/api/trajectories", params={"search": "Refund issued"}).json()
+    assert [t["id"] for t in found["trajectories"]] == ["conv-refund-1"]
+
+    # The same spans sent again change nothing.
+    store = open_store(str(db))
+    try:
+        before = _counts(store)
+        again = OTLPSpanExporter(endpoint=f"{url}/v1/traces", compression=compression)
+        assert again.export(memory.get_finished_spans()) == SpanExportResult.SUCCESS
+        assert _counts(store) == before
+    finally:
+        store.close()
+
+
+def _counts(store: Store) -> tuple[int, int, int, int]:
+    ts = list(store.iter_trajectories(TrajectoryFilter()))
+    return (
+        len(ts),
+        sum(len(t.steps) for t in ts),
+        sum(len(s.llm_calls) for t in ts for s in t.steps),
+        sum(t.llm_call_count for t in ts),
+    )
+
+
+def test_token_beyond_loopback_and_otel_exporter_headers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = free_port()
+    env = {**os.environ, "TRAJFORGE_API_TOKEN": "s3cret-token"}
+    proc = start_server(port, tmp_path / "t.db", tmp_path / "serve.log", env=env)
+    try:
+        url = f"http://127.0.0.1:{port}/v1/traces"
+        body = _json_body([_json_span("ab" * 16, "cd" * 8, None, "chat", 1, 2)])
+        r = httpx.post(url, content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 401
+        r = httpx.post(
+            url, content=body, headers={"Content-Type": "application/json", "Authorization": "Bearer wrong"}
+        )
+        assert r.status_code == 401
+        # The exporter reads its headers from the environment (URL-encoded, as the spec says).
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "Authorization=Bearer%20s3cret-token")
+        exporter = OTLPSpanExporter(endpoint=url)
+        memory = InMemorySpanExporter()
+        provider = _provider(memory, batch=False)
+        emit_agent_trace(provider)
+        assert exporter.export(memory.get_finished_spans()) == SpanExportResult.SUCCESS
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "Authorization=Bearer%20wrong")
+        assert OTLPSpanExporter(endpoint=url).export(memory.get_finished_spans()) == SpanExportResult.FAILURE
+        listed = httpx.get(
+            f"http://127.0.0.1:{port}/api/trajectories", headers={"Authorization": "Bearer s3cret-token"}
+        ).json()
+        assert listed["total"] == 1
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+# --- hand-written OTLP/JSON -----------------------------------------------------------------------
+
+
+def _attr(key: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, bool):
+        return {"key": key, "value": {"boolValue": value}}
+    if isinstance(value, int):
+        return {"key": key, "value": {"intValue": str(value)}}  # int64 as a string, as OTLP/JSON allows
+    return {"key": key, "value": {"stringValue": value}}
+
+
+def _json_span(
+    trace: str, span: str, parent: str | None, op: str, start_ms: int, end_ms: int, **attrs: Any
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "traceId": trace,
+        "spanId": span,
+        "name": attrs.pop("name", f"{op} thing"),
+        "kind": "SPAN_KIND_CLIENT",  # enums by name ...
+        "startTimeUnixNano": str(T0 + start_ms * MS),
+        "endTimeUnixNano": str(T0 + end_ms * MS),
+        "attributes": [_attr("gen_ai.operation.name", op)] + [_attr(k, v) for k, v in attrs.items()],
+        "status": {"code": 1},  # ... or by number
+    }
+    if parent:
+        out["parentSpanId"] = parent
+    return out
+
+
+def _json_body(spans: list[dict[str, Any]]) -> bytes:
+    return json.dumps(
+        {
+            "resourceSpans": [
+                {
+                    "resource": {"attributes": [_attr("service.name", "json-agent")]},
+                    "scopeSpans": [{"scope": {"name": "hand"}, "spans": spans}],
+                }
+            ]
+        }
+    ).encode()
+
+
+TRACE = "5b8efff798038103d269b633813fc60c"
+ROOT, CHAT1, TOOL, CHAT2 = "eee19b7ec3c1b174", "eee19b7ec3c1b173", "eee19b7ec3c1b172", "eee19b7ec3c1b171"
+
+
+def _trace_spans(trace: str = TRACE) -> dict[str, dict[str, Any]]:
+    return {
+        "root": _json_span(trace, ROOT, None, "invoke_agent", 0, 50, **{"gen_ai.agent.name": "json-bot"}),
+        "chat1": _json_span(
+            trace,
+            CHAT1,
+            ROOT,
+            "chat",
+            1,
+            10,
+            **{
+                "gen_ai.request.model": "m-json",
+                "gen_ai.usage.input_tokens": 10,
+                "gen_ai.usage.output_tokens": 5,
+                "gen_ai.input.messages": _messages("user", "what is the weather"),
+                "gen_ai.output.messages": _messages("assistant", "calling the weather tool"),
+                "gen_ai.conversation.id": "conv-json",
+            },
+        ),
+        "tool": _json_span(
+            trace,
+            TOOL,
+            ROOT,
+            "execute_tool",
+            11,
+            12,
+            **{"gen_ai.tool.name": "weather", "gen_ai.tool.call.id": "c1"},
+        ),
+        "chat2": _json_span(
+            trace,
+            CHAT2,
+            ROOT,
+            "chat",
+            13,
+            20,
+            **{
+                "gen_ai.request.model": "m-json",
+                "gen_ai.usage.input_tokens": 20,
+                "gen_ai.usage.output_tokens": 6,
+                "gen_ai.output.messages": _messages("assistant", "sunny and warm"),
+            },
+        ),
+    }
+
+
+@pytest.fixture
+def client(store: Store) -> Iterator[httpx.Client]:
+    from fastapi.testclient import TestClient
+
+    from trajforge.server.app import create_app
+
+    with TestClient(create_app(store), base_url="http://127.0.0.1") as c:
+        yield c
+
+
+def _post(client: Any, body: bytes, ctype: str = "application/json", **headers: str) -> Any:
+    return client.post("/v1/traces", content=body, headers={"Content-Type": ctype, **headers})
+
+
+def test_json_split_out_of_order_resent(client: Any, store: Store) -> None:
+    spans = _trace_spans()
+    # Only the first chat carries the conversation id; the last chat and the tool come first.
+    for part in (["chat2", "tool"], ["root"], ["chat1"]):
+        r = _post(client, _json_body([spans[k] for k in part]))
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"].startswith("application/json")
+    t = store.get_trajectory(TRACE)
+    assert t is not None  # the trace decided its trajectory before the conversation id came
+    assert [s.step_id for s in t.steps] == [CHAT1, TOOL, CHAT2]
+    assert [s.step_number for s in t.steps] == [0, 1, 2]
+    assert (t.status, t.agent_id, t.source) == ("completed", "json-bot", "otel")
+    assert (t.llm_call_count, t.total_prompt_tokens, t.total_completion_tokens) == (2, 30, 11)
+    assert t.start_time == T0 // MS and t.end_time == T0 // MS + 50
+    before = _counts(store)
+    r = _post(client, _json_body(list(spans.values())))
+    assert r.status_code == 200 and _counts(store) == before == (1, 3, 2, 2)
+
+
+def test_conversation_groups_traces(client: Any, store: Store) -> None:
+    for i, trace in enumerate(["a1" * 16, "b2" * 16]):
+        spans = _trace_spans(trace)
+        for s in spans.values():
+            s["spanId"] = f"{i + 1:02x}" + s["spanId"][2:]
+            if "parentSpanId" in s:
+                s["parentSpanId"] = f"{i + 1:02x}" + s["parentSpanId"][2:]
+            s["startTimeUnixNano"] = str(int(s["startTimeUnixNano"]) + i * 1000 * MS)
+            s["endTimeUnixNano"] = str(int(s["endTimeUnixNano"]) + i * 1000 * MS)
+        assert _post(client, _json_body(list(spans.values()))).status_code == 200
+    t = store.get_trajectory("conv-json")
+    assert t is not None and len(t.steps) == 6 and [s.step_number for s in t.steps] == list(range(6))
+    assert store.count(TrajectoryFilter()) == 1
+
+
+def test_partial_rejection(client: Any, store: Store) -> None:
+    spans = _trace_spans()
+    bad = [
+        {**spans["chat1"], "spanId": "0000000000000000"},
+        {**spans["chat1"], "traceId": "zz" * 16, "spanId": "1111111111111111"},
+        {**spans["chat1"], "spanId": "2222222222222222", "endTimeUnixNano": str(T0 - 1)},
+        {**spans["chat1"], "spanId": "3333333333333333", "startTimeUnixNano": "0"},
+        {**spans["chat1"], "spanId": "4444444444444444", "endTimeUnixNano": str(2**63)},
+    ]
+    r = _post(client, _json_body([*bad, spans["chat1"], spans["chat2"]]))
+    assert r.status_code == 200
+    partial = r.json()["partialSuccess"]
+    assert int(partial["rejectedSpans"]) == 5
+    assert "spanId" in partial["errorMessage"] and "ends before it starts" in partial["errorMessage"]
+    t = store.get_trajectory("conv-json")
+    assert t is not None and [s.step_id for s in t.steps] == [CHAT1, CHAT2]
+    # The same in protobuf: the response is protobuf too.
+    req = ExportTraceServiceRequest()
+    from google.protobuf import json_format
+
+    body = json.loads(_json_body([bad[0], spans["tool"]]))
+    decode._hex_ids_to_base64(
+        body, ("resourceSpans", "scopeSpans", "spans"), ("traceId", "spanId", "parentSpanId")
+    )
+    json_format.ParseDict(body, req)
+    r = _post(client, req.SerializeToString(), "application/x-protobuf")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/x-protobuf"
+    resp = ExportTraceServiceResponse.FromString(r.content)
+    assert resp.partial_success.rejected_spans == 1
+
+
+def test_bad_bodies(client: Any, store: Store) -> None:
+    r = _post(client, b"\xff\x00garbage", "application/x-protobuf")
+    assert r.status_code == 400
+    assert b"not a valid ExportTraceServiceRequest" in r.content
+    r = _post(client, b"{not json")
+    assert r.status_code == 400 and "not valid JSON" in r.json()["message"]
+    r = _post(client, b'{"resourceSpans": "nope"}')
+    assert r.status_code == 400 and r.json()["message"]
+    r = _post(client, b"{}", "text/plain")
+    assert r.status_code == 415
+    r = _post(client, b"not gzip", "application/json", **{"Content-Encoding": "gzip"})
+    assert r.status_code == 400 and "gzip" in r.json()["message"]
+    limit = client.app.state.max_ingest_bytes
+    bomb = gzip.compress(b"\x00" * (limit + 1024))
+    r = _post(client, bomb, "application/x-protobuf", **{"Content-Encoding": "gzip"})
+    assert r.status_code == 413
+    assert store.count(TrajectoryFilter()) == 0
+
+
+def test_hostile_names_are_data(client: Any, store: Store) -> None:
+    evil = "'; DROP TABLE trajectories; -- <script>alert(1)</script> {{7*7}} \u202e"
+    span = _json_span(
+        TRACE,
+        CHAT1,
+        None,
+        "chat",
+        0,
+        5,
+        name=evil,
+        **{
+            "gen_ai.request.model": "m",
+            evil: evil,
+            "gen_ai.output.messages": _messages("assistant", "zebracorn answer"),
+        },
+    )
+    assert _post(client, _json_body([span])).status_code == 200
+    t = store.get_trajectory(TRACE)
+    assert t is not None
+    meta = t.steps[0].metadata
+    assert meta is not None and meta["otel"]["name"] == evil and meta["otel"]["attributes"][evil] == evil
+    assert store.list_trajectories(TrajectoryFilter(search="zebracorn")).total == 1
+    r = client.get(f"/trajectories/{TRACE}")
+    assert r.status_code == 200 and "<script>alert(1)</script>" not in r.text
+
+
+def test_assembled_trajectory_builds_an_sft_dataset(client: Any, store: Store, tmp_path: Path) -> None:
+    spans = _trace_spans()
+    assert _post(client, _json_body(list(spans.values()))).status_code == 200
+    ds = datasets.build(store, BuildRequest(format="sft", eval_fraction=0.0), root=tmp_path / "ds")
+    assert ds.row_count >= 1
+
+
+def test_refused_records_do_not_stop_the_rest(store: Store) -> None:
+    """Spans the mapping turns into values the store cannot hold are rejected alone."""
+    body = _json_body(
+        [
+            _json_span("c3" * 16, CHAT1, None, "chat", 0, 5, **{"gen_ai.request.model": "m" * 5000}),
+            _json_span(TRACE, CHAT2, None, "chat", 0, 5, **{"gen_ai.request.model": "fine"}),
+        ]
+    )
+    decoded = decode.decode_traces(body, decode.JSON)
+    batch = assemble_spans(decoded.spans, store, decoded)
+    write(store, batch, decoded, lambda b: len(b.steps))
+    assert decoded.rejected == 1 and "model" in decoded.error_message
+    assert store.count(TrajectoryFilter()) == 1
+
+
+# --- kill -9 while an exporter sends ----------------------------------------------------------------
+
+
+class _Counting(SpanExporter):
+    """The real OTLP exporter, counting the spans it was told were stored."""
+
+    def __init__(self, inner: OTLPSpanExporter) -> None:
+        self.inner = inner
+        self.ok: set[str] = set()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        result = self.inner.export(spans)
+        if result == SpanExportResult.SUCCESS:
+            self.ok.update(format(s.context.span_id, "016x") for s in spans if s.name.startswith("chat"))
+        return result
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+
+def test_kill_9_while_exporting(tmp_path: Path) -> None:
+    port = free_port()
+    db = tmp_path / "kill.db"
+    proc = start_server(port, db, tmp_path / "serve.log")
+    memory = InMemorySpanExporter()
+    provider = _provider(memory, batch=False)
+    for i in range(200):
+        emit_agent_trace(provider, conversation=f"conv-{i}", base=T0 + i * 100 * MS, tag=f"#{i}")
+    spans = list(memory.get_finished_spans())
+    sender = _Counting(OTLPSpanExporter(endpoint=f"http://127.0.0.1:{port}/v1/traces", timeout=60))
+    sent = threading.Event()
+
+    def send() -> None:
+        for k in range(0, len(spans), 20):
+            sender.export(spans[k : k + 20])
+        sent.set()
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    while len(sender.ok) < 40:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc = start_server(port, db, tmp_path / "serve.log")
+    try:
+        thread.join(120)
+        assert sent.is_set()
+        store = open_store(str(db))
+        try:
+            stored = {
+                c.call_id
+                for t in store.iter_trajectories(TrajectoryFilter())
+                for s in t.steps
+                for c in s.llm_calls
+            }
+            counted = sum(t.llm_call_count for t in store.iter_trajectories(TrajectoryFilter()))
+        finally:
+            store.close()
+        assert sender.ok <= stored  # nothing the exporter was told was stored is lost
+        assert counted == len(stored)  # nothing counted twice
+        assert len(sender.ok) == 400  # the exporter's retries got every batch through the restart
+    finally:
+        proc.terminate()
+        proc.wait(30)
