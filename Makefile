@@ -55,6 +55,7 @@ test: lint $(CHROMIUM)
 bench: $(VENV)/.dev-installed
 	$(PY) benchmarks/import_time.py
 	$(PY) benchmarks/ingest.py
+	$(PY) benchmarks/otlp.py
 	$(PY) benchmarks/query.py
 	$(PY) benchmarks/dataset_build.py
 	$(PY) benchmarks/train.py
