@@ -37,6 +37,7 @@ from trajforge import datasets
 from trajforge.datasets import BuildRequest
 from trajforge.otel import decode
 from trajforge.otel.assemble import assemble_spans, write
+from trajforge.records import CallRow, LlmCall, TrajectoryHeader, WriteBatch
 from trajforge.store import Store, TrajectoryFilter, open_store
 
 T0 = 1_760_000_000_000_000_000  # ns: explicit span times, so the order never depends on the clock
@@ -527,3 +528,65 @@ def test_kill_9_while_exporting(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+# --- a call's parts in either order (assemble mode of the write) -------------------------------------
+
+
+def _part(tid: str, **fields: Any) -> WriteBatch:
+    call = LlmCall(call_id="span-1", timestamp=1_760_000_000_000, **fields)
+    return WriteBatch(
+        trajectories=[TrajectoryHeader(id=tid, source="otel")],
+        calls=[CallRow(tid, "span-1", call)],
+        assemble=True,
+    )
+
+
+SPAN_PART = {"model": "m-span", "latency_ms": 900.0, "prompt_tokens": 40, "completion_tokens": 9}
+LOG_PART = {
+    "model": "m-log",
+    "prompt_tokens": 999,
+    "messages": [{"role": "user", "content": "where is my parcel"}],
+    "response": "Your quokkaparcel arrives Tuesday.",
+}
+
+
+@pytest.mark.parametrize("order", ["span_first", "log_first"])
+def test_later_write_fills_empty_fields_only(store: Store, tmp_path: Path, order: str) -> None:
+    first, second = (SPAN_PART, LOG_PART) if order == "span_first" else (LOG_PART, SPAN_PART)
+    store.write(_part("t-fill", **first))
+    result = store.write(_part("t-fill", **second))
+    assert result.new_calls == 0
+    store.write(_part("t-fill", **second))  # re-sent: nothing moves
+    t = store.get_trajectory("t-fill")
+    assert t is not None
+    (call,) = [c for s in t.steps for c in s.llm_calls]
+    expected = {**second, **first}  # the first write's values stay; the second only fills
+    assert (call.model, call.prompt_tokens, call.response) == (
+        expected["model"],
+        expected["prompt_tokens"],
+        "Your quokkaparcel arrives Tuesday.",
+    )
+    assert call.latency_ms == 900.0 and call.completion_tokens == 9 and call.messages == LOG_PART["messages"]
+    assert (t.llm_call_count, t.total_prompt_tokens, t.total_completion_tokens) == (
+        1,
+        expected["prompt_tokens"],
+        9,
+    )
+    assert store.list_trajectories(TrajectoryFilter(search="quokkaparcel")).total == 1
+    # The counters and the rollup equal those of the merged call written once.
+    reference = open_store(str(tmp_path / "reference.db"))
+    try:
+        reference.write(_part("t-fill", **expected))
+        got, want = store.stats(), reference.stats()
+        for key in (
+            "totalLlmCalls",
+            "totalPromptTokens",
+            "totalCompletionTokens",
+            "byModel",
+            "latencyMs",
+            "perDay",
+        ):
+            assert got[key] == want[key], key
+    finally:
+        reference.close()

@@ -283,6 +283,7 @@ def test_http_ingest_of_two_trajectories_sharing_a_call_id(store: Store) -> None
 # --- the migration: stores built before it read back the same --------------------------------------
 
 _SCOPED = ("steps", "llm_calls", "provider_accesses", "scores")
+_SCOPING = "0009_trajectory_scoped_ids"
 
 
 def _to_old_schema(store: Store) -> None:
@@ -304,7 +305,7 @@ def _to_old_schema(store: Store) -> None:
                 store._ex(cur, stmt)  # type: ignore[attr-defined]
             store._ex(cur, f"INSERT INTO {table} SELECT * FROM old_{table}")  # type: ignore[attr-defined]
             store._ex(cur, f"DROP TABLE old_{table}")  # type: ignore[attr-defined]
-        store._ex(cur, "DELETE FROM schema_migrations WHERE name = ?", [MIGRATIONS[-1].name])  # type: ignore[attr-defined]
+        store._ex(cur, "DELETE FROM schema_migrations WHERE name = ?", [_SCOPING])  # type: ignore[attr-defined]
 
 
 def _snapshot(store: Store) -> tuple[Any, ...]:
@@ -322,7 +323,7 @@ def _snapshot(store: Store) -> tuple[Any, ...]:
 def test_the_scoping_migration_keeps_every_row_of_an_existing_store(store: Store, store_url: str) -> None:
     from tests.helpers import make_trajectory
 
-    assert MIGRATIONS[-1].name == "0009_trajectory_scoped_ids"
+    assert _SCOPING in [m.name for m in MIGRATIONS]
     ts = [make_trajectory(n_steps=3, prompt=f"refund number{i}") for i in range(4)]
     for t in ts:
         store.write(WriteBatch.from_trajectory(t))
@@ -334,7 +335,7 @@ def test_the_scoping_migration_keeps_every_row_of_an_existing_store(store: Store
     store.close()
     again = open_store(store_url)
     try:
-        assert again.migrations()[-1] == "0009_trajectory_scoped_ids"
+        assert _SCOPING in again.migrations()
         assert _snapshot(again) == before
         # The migrated store takes reused ids, and the old rows are still found by their ids.
         again.write(batch_from_wire({"trajectories": [eliza(0), eliza(1)]}))

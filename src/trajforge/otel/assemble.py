@@ -251,7 +251,8 @@ def assemble_logs(events: list[LogEvent], store: Store, decoded: Decoded) -> Wri
         tid = home[event.trace_id]
         call = m.call
         call.call_id = event.span_id
-        step = StepHeader(trajectory_id=tid, step_id=event.span_id, timestamp=call.timestamp)
+        # No step header: the span's write brings the step (its time and metadata); until then
+        # the call shows under a step of its own id.
         row = CallRow(tid, event.span_id, call)
         try:
             check_record(row, f"log of span {event.span_id}")
@@ -261,7 +262,6 @@ def assemble_logs(events: list[LogEvent], store: Store, decoded: Decoded) -> Wri
         if tid not in seen:
             seen.add(tid)
             batch.trajectories.append(TrajectoryHeader(id=tid, source=SOURCE))
-        batch.steps.append(step)
         batch.calls.append(row)
     return batch
 

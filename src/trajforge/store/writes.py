@@ -38,6 +38,14 @@ from trajforge.store.sqlbase import (
 )
 from trajforge.store.stats import add_to_rollup
 
+_CALL_COL_NAMES = [c.strip() for c in CALL_COLS.split(",")]
+_FILL_COLS = tuple(
+    c for c in _CALL_COL_NAMES if c not in ("call_id", "trajectory_id", "step_id", "timestamp", "purpose")
+)
+"""The columns of a stored call that a later write in assemble mode may fill when empty."""
+_FILL_INDEX = tuple(_CALL_COL_NAMES.index(c) for c in _FILL_COLS)
+_FILL_TEXTS = frozenset(i for i, c in enumerate(_FILL_COLS) if c.endswith("_text"))
+
 AfterWrite = Callable[[Any, WriteResult, int], None]
 """A step run at the end of every write, in its transaction: ``(cursor, what the write changed, now)``."""
 
@@ -247,10 +255,10 @@ class TrajectoryWrites(SqlHelpers):
         if p.assemble:
             self._renumber_steps(cur, [tid for tid, d in sorted(w.deltas.items()) if d[0]])
         new_calls, new_accesses = self._new_calls_and_accesses(cur, p, w)
-        if p.assemble:
-            self._fill_calls(cur, p, w)
+        fills = self._plan_fills(cur, p, w, new_calls) if p.assemble else []
         ids_by_hash = self._store_texts(cur, w.texts, w.users())
         self._insert_calls_and_accesses(cur, new_calls, new_accesses, ids_by_hash, w.result)
+        self._apply_fills(cur, fills, ids_by_hash)
         self._link_texts(cur, w.links, ids_by_hash)
         self._count_rows(cur, w)
         self._add_call_rollup(cur, w.rollup)
@@ -596,8 +604,86 @@ class TrajectoryWrites(SqlHelpers):
                 list(part),
             )
 
-    def _fill_calls(self, cur: Any, p: _Prepared, w: _Write) -> None:
-        """Placeholder until the fill of stored calls lands: assemble mode writes calls whole."""
+    def _plan_fills(self, cur: Any, p: _Prepared, w: _Write, new_calls: list[Any]) -> list[tuple[Any, ...]]:
+        """For calls already stored: the values of this write that fill their still-empty columns
+        (a span's call and the log event with its content arrive in either order). Never
+        overwrites; the texts filled in are noted for storing and search, the token counters and
+        the rollup move by exactly the difference. Returns the UPDATE rows (text hashes in the text
+        slots, swapped for ids by :meth:`_apply_fills`)."""
+        fresh = {(tid, call.call_id) for _, _, tid, call in new_calls}
+        keys = [k for k in sorted(p.calls) if k not in fresh]
+        if not keys:
+            return []
+        cols = ", ".join(_FILL_COLS)
+        sql = f"SELECT trajectory_id, call_id, timestamp, {cols} FROM llm_calls WHERE (trajectory_id, call_id) IN ({{pairs}})"
+        if getattr(self, "dialect", "") == "postgres":
+            sql += " ORDER BY trajectory_id, call_id FOR UPDATE"  # a concurrent fill waits: exact counters
+        rows = []
+        for r in self._select_pairs(cur, sql, keys):
+            key, ts, stored = (r[0], r[1]), r[2], r[3:]
+            values, texts, tid, _ = p.calls[key]
+            new = [values[i] for i in _FILL_INDEX]
+            filled = [
+                n if (old is None or (name == "model" and old == "")) and n not in (None, "") else None
+                for name, old, n in zip(_FILL_COLS, stored, new, strict=True)
+            ]
+            if all(v is None for v in filled):
+                continue
+            hashes = {filled[i] for i in _FILL_TEXTS if filled[i] is not None}
+            w.use(tid, [t for t in texts if t[0] in hashes])
+            merged = [o if f is None else f for o, f in zip(stored, filled, strict=True)]
+            old_row = dict(zip(_FILL_COLS, stored, strict=True))
+            new_row = dict(zip(_FILL_COLS, merged, strict=True))
+            d = w.deltas[tid]
+            d[3] += (new_row["prompt_tokens"] or 0) - (old_row["prompt_tokens"] or 0)
+            d[4] += (new_row["completion_tokens"] or 0) - (old_row["completion_tokens"] or 0)
+            if any(
+                old_row[c] != new_row[c]
+                for c in ("model", "latency_ms", "prompt_tokens", "completion_tokens")
+            ):
+                # Move the call from its old rollup bucket to its new one: calls and sums stay exact.
+                gone: dict[tuple[int, str, int], list[float]] = {}
+                add_to_rollup(
+                    gone,
+                    ts,
+                    old_row["model"],
+                    old_row["latency_ms"],
+                    old_row["prompt_tokens"],
+                    old_row["completion_tokens"],
+                )
+                for k, v in gone.items():
+                    acc = w.rollup.setdefault(k, [0, 0, 0, 0.0])
+                    for i in range(4):
+                        acc[i] -= v[i]
+                add_to_rollup(
+                    w.rollup,
+                    ts,
+                    new_row["model"],
+                    new_row["latency_ms"],
+                    new_row["prompt_tokens"],
+                    new_row["completion_tokens"],
+                )
+            rows.append((*filled, *key))
+        return rows
+
+    def _apply_fills(self, cur: Any, rows: list[tuple[Any, ...]], ids_by_hash: dict[int, int]) -> None:
+        """Write the planned fills (``COALESCE``: a column filled meanwhile keeps its value)."""
+        if not rows:
+            return
+        sets = ", ".join(
+            "model = CASE WHEN model = '' THEN COALESCE(?, model) ELSE model END"
+            if c == "model"
+            else f"{c} = COALESCE({c}, ?)"
+            for c in _FILL_COLS
+        )
+        self._exmany(
+            cur,
+            f"UPDATE llm_calls SET {sets} WHERE trajectory_id = ? AND call_id = ?",
+            [
+                tuple(ids_by_hash[v] if i in _FILL_TEXTS and v is not None else v for i, v in enumerate(row))
+                for row in rows
+            ],
+        )
 
     def assign_traces(self, wanted: dict[str, str]) -> dict[str, str]:
         """The trajectory of each trace: the stored one, else the one proposed in ``wanted``
