@@ -1,0 +1,162 @@
+"""The assemble mode of the write path (:attr:`trajforge.records.WriteBatch.assemble`), used by
+OTLP ingest only: the parts of one trajectory (spans, and the log events carrying a call's content)
+arrive in many writes and out of order. Each step here runs inside the write's transaction, called
+by :meth:`~trajforge.store.writes.TrajectoryWrites._apply` when the batch asks for it; other
+writers never reach them. Also the trace → trajectory table OTLP assembly decides with.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from trajforge import jsonutil
+from trajforge.records import now_ms
+from trajforge.store.sqlbase import CALL_COLS, SqlHelpers, chunked, placeholders
+from trajforge.store.stats import add_to_rollup
+
+if TYPE_CHECKING:
+    from trajforge.store.writes import _Prepared, _Write
+
+_CALL_COL_NAMES = [c.strip() for c in CALL_COLS.split(",")]
+_FILL_COLS = tuple(
+    c for c in _CALL_COL_NAMES if c not in ("call_id", "trajectory_id", "step_id", "timestamp", "purpose")
+)
+"""The columns of a stored call that a later write in assemble mode may fill when empty."""
+_FILL_INDEX = tuple(_CALL_COL_NAMES.index(c) for c in _FILL_COLS)
+_FILL_TEXTS = frozenset(i for i, c in enumerate(_FILL_COLS) if c.endswith("_text"))
+
+
+class AssemblyWrites(SqlHelpers):
+    """Assemble-mode steps and the trace table; mixed into the write path."""
+
+    def _assemble_headers(self, cur: Any, p: _Prepared, old_status: dict[str, str]) -> None:
+        """For trajectories already stored: merge the headers' metadata into the stored metadata
+        (a later request's resource attributes add to, not replace, an earlier one's), and move
+        the start time back when this write holds an earlier span."""
+        merge = sorted(tid for tid in old_status if (h := p.headers.get(tid)) is not None and h.metadata)
+        rows = self._select_in(cur, "SELECT id, metadata FROM trajectories WHERE id IN ({marks})", merge)
+        for tid, stored in rows:
+            old = jsonutil.loads(stored) if stored else {}
+            h = p.headers[tid]
+            if isinstance(old, dict) and h.metadata is not None:
+                h.metadata = {**old, **h.metadata}
+        earlier = [
+            (p.first_seen[tid], p.first_seen[tid], tid, p.first_seen[tid]) for tid in sorted(old_status)
+        ]
+        self._exmany(
+            cur,
+            "UPDATE trajectories SET start_time = ?, duration_ms = end_time - ? WHERE id = ? AND start_time > ?",
+            earlier,
+        )
+
+    def _renumber_steps(self, cur: Any, tids: list[str]) -> None:
+        """Number the steps of these trajectories 0, 1, … by (timestamp, step id): a span that
+        arrives after a later one still takes its place. Only numbers that change are written."""
+        for part in chunked(tids):
+            self._ex(
+                cur,
+                f"""UPDATE steps SET step_number = r.n FROM (
+                    SELECT trajectory_id AS t, step_id AS s,
+                           ROW_NUMBER() OVER (PARTITION BY trajectory_id ORDER BY timestamp, step_id) - 1 AS n
+                    FROM steps WHERE trajectory_id IN ({placeholders(len(part))})) AS r
+                WHERE steps.trajectory_id = r.t AND steps.step_id = r.s AND steps.step_number <> r.n""",
+                list(part),
+            )
+
+    def _plan_fills(self, cur: Any, p: _Prepared, w: _Write, new_calls: list[Any]) -> list[tuple[Any, ...]]:
+        """For calls already stored: the values of this write that fill their still-empty columns
+        (a span's call and the log event with its content arrive in either order). Never
+        overwrites; the texts filled in are noted for storing and search, the token counters and
+        the rollup move by exactly the difference. Returns the UPDATE rows (text hashes in the text
+        slots, swapped for ids by :meth:`_apply_fills`)."""
+        fresh = {(tid, call.call_id) for _, _, tid, call in new_calls}
+        keys = [k for k in sorted(p.calls) if k not in fresh]
+        if not keys:
+            return []
+        cols = ", ".join(_FILL_COLS)
+        sql = f"SELECT trajectory_id, call_id, timestamp, {cols} FROM llm_calls WHERE (trajectory_id, call_id) IN ({{pairs}})"
+        if getattr(self, "dialect", "") == "postgres":
+            sql += " ORDER BY trajectory_id, call_id FOR UPDATE"  # a concurrent fill waits: exact counters
+        rows = []
+        for r in self._select_pairs(cur, sql, keys):
+            key, ts, stored = (r[0], r[1]), r[2], r[3:]
+            values, texts, tid, _ = p.calls[key]
+            new = [values[i] for i in _FILL_INDEX]
+            filled = [
+                n if (old is None or (name == "model" and old == "")) and n not in (None, "") else None
+                for name, old, n in zip(_FILL_COLS, stored, new, strict=True)
+            ]
+            if all(v is None for v in filled):
+                continue
+            hashes = {filled[i] for i in _FILL_TEXTS if filled[i] is not None}
+            w.use(tid, [t for t in texts if t[0] in hashes])
+            merged = [o if f is None else f for o, f in zip(stored, filled, strict=True)]
+            old_row = dict(zip(_FILL_COLS, stored, strict=True))
+            new_row = dict(zip(_FILL_COLS, merged, strict=True))
+            d = w.deltas[tid]
+            d[3] += (new_row["prompt_tokens"] or 0) - (old_row["prompt_tokens"] or 0)
+            d[4] += (new_row["completion_tokens"] or 0) - (old_row["completion_tokens"] or 0)
+            if any(
+                old_row[c] != new_row[c]
+                for c in ("model", "latency_ms", "prompt_tokens", "completion_tokens")
+            ):
+                # Move the call from its old rollup bucket to its new one: calls and sums stay exact.
+                gone: dict[tuple[int, str, int], list[float]] = {}
+                add_to_rollup(
+                    gone,
+                    ts,
+                    old_row["model"],
+                    old_row["latency_ms"],
+                    old_row["prompt_tokens"],
+                    old_row["completion_tokens"],
+                )
+                for k, v in gone.items():
+                    acc = w.rollup.setdefault(k, [0, 0, 0, 0.0])
+                    for i in range(4):
+                        acc[i] -= v[i]
+                add_to_rollup(
+                    w.rollup,
+                    ts,
+                    new_row["model"],
+                    new_row["latency_ms"],
+                    new_row["prompt_tokens"],
+                    new_row["completion_tokens"],
+                )
+            rows.append((*filled, *key))
+        return rows
+
+    def _apply_fills(self, cur: Any, rows: list[tuple[Any, ...]], ids_by_hash: dict[int, int]) -> None:
+        """Write the planned fills (``COALESCE``: a column filled meanwhile keeps its value)."""
+        if not rows:
+            return
+        sets = ", ".join(
+            "model = CASE WHEN model = '' THEN COALESCE(?, model) ELSE model END"
+            if c == "model"
+            else f"{c} = COALESCE({c}, ?)"
+            for c in _FILL_COLS
+        )
+        self._exmany(
+            cur,
+            f"UPDATE llm_calls SET {sets} WHERE trajectory_id = ? AND call_id = ?",
+            [
+                tuple(ids_by_hash[v] if i in _FILL_TEXTS and v is not None else v for i, v in enumerate(row))
+                for row in rows
+            ],
+        )
+
+    def assign_traces(self, wanted: dict[str, str]) -> dict[str, str]:
+        """The trajectory of each trace: the stored one, else the one proposed in ``wanted``
+        (stored now, so every later span of the trace joins it). ``{trace id: trajectory id}``."""
+        if not wanted:
+            return {}
+        keys = sorted(wanted)
+        now = now_ms()
+        with self._write_tx() as cur:
+            self._exmany(
+                cur,
+                "INSERT INTO otel_traces (trace_id, trajectory_id, created_at) VALUES (?,?,?) "
+                "ON CONFLICT (trace_id) DO NOTHING",
+                [(k, wanted[k], now) for k in keys],
+            )
+            sql = "SELECT trace_id, trajectory_id FROM otel_traces WHERE trace_id IN ({marks})"
+            return {r[0]: r[1] for r in self._select_in(cur, sql, keys)}
