@@ -590,3 +590,46 @@ def test_later_write_fills_empty_fields_only(store: Store, tmp_path: Path, order
             assert got[key] == want[key], key
     finally:
         reference.close()
+
+
+def test_root_error_and_failed_tool(client: Any, store: Store) -> None:
+    spans = _trace_spans()
+    spans["root"]["status"] = {"code": "STATUS_CODE_ERROR", "message": "agent crashed"}
+    spans["tool"]["status"] = {"code": 2, "message": "weather service down"}
+    assert _post(client, _json_body(list(spans.values()))).status_code == 200
+    t = store.get_trajectory("conv-json")
+    assert t is not None and t.status == "error"
+    tool = t.steps[1]
+    assert tool.action is not None and tool.action.success is False
+    assert tool.action.error == "weather service down"
+    assert tool.metadata is not None and tool.metadata["otel"]["error"] == "weather service down"
+
+
+def test_logs_route(client: Any, store: Store) -> None:
+    body = {
+        "resourceLogs": [
+            {
+                "resource": {"attributes": [_attr("service.name", "json-agent")]},
+                "scopeLogs": [
+                    {
+                        "scope": {"name": "hand"},
+                        "logRecords": [
+                            {
+                                "timeUnixNano": str(T0),
+                                "eventName": "gen_ai.client.inference.operation.details",
+                                "traceId": TRACE,
+                                "spanId": CHAT1,
+                                "attributes": [_attr("gen_ai.output.messages", _messages("assistant", "hi"))],
+                            },
+                            {"timeUnixNano": str(T0), "traceId": "abc", "body": {"stringValue": "bad ids"}},
+                        ],
+                    }
+                ],
+            }
+        ]
+    }
+    r = client.post("/v1/logs", content=json.dumps(body), headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert int(r.json()["partialSuccess"]["rejectedLogRecords"]) == 1
+    r = client.post("/v1/logs", content=b"\x01\x02", headers={"Content-Type": "application/x-protobuf"})
+    assert r.status_code == 400 and b"ExportLogsServiceRequest" in r.content

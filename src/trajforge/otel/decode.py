@@ -148,7 +148,7 @@ def _parse(
 def _hex_ids_to_base64(data: Any, path: tuple[str, ...], id_fields: tuple[str, ...]) -> None:
     """OTLP/JSON writes ids as hex; the proto3 JSON mapping of ``bytes`` is base64. Walk to the
     records along ``path`` (lists of objects, camelCase or snake_case keys) and convert in place.
-    An id that is not hex is left alone: the span is then rejected for its id, not the body."""
+    An id that is not hex is rejected with its record (for its length), not the whole body."""
     level = [data]
     for key in path:
         nxt: list[Any] = []
@@ -166,7 +166,7 @@ def _hex_ids_to_base64(data: Any, path: tuple[str, ...], id_fields: tuple[str, .
                     try:
                         rec[name] = base64.b64encode(bytes.fromhex(value)).decode()
                     except ValueError:
-                        rec[name] = ""  # not hex: an invalid id, rejected with its span
+                        rec[name] = _NOT_HEX  # rejected with its record, by length
         for link in rec.get("links") or ():
             if isinstance(link, dict):
                 for name in ("traceId", "spanId", "trace_id", "span_id"):
@@ -174,7 +174,11 @@ def _hex_ids_to_base64(data: Any, path: tuple[str, ...], id_fields: tuple[str, .
                         try:
                             link[name] = base64.b64encode(bytes.fromhex(link[name])).decode()
                         except ValueError:
-                            link[name] = ""
+                            link[name] = _NOT_HEX
+
+
+_NOT_HEX = base64.b64encode(b"\xff").decode()
+"""What an id that is not hex becomes: one byte, which no id length allows."""
 
 
 def _snake(key: str) -> str:
