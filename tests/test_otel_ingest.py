@@ -339,8 +339,10 @@ def test_json_split_out_of_order_resent(client: Any, store: Store) -> None:
         r = _post(client, _json_body([spans[k] for k in part]))
         assert r.status_code == 200, r.text
         assert r.headers["content-type"].startswith("application/json")
-    t = store.get_trajectory(TRACE)
-    assert t is not None  # the trace decided its trajectory before the conversation id came
+    # The trace went to a trajectory of its own until the conversation id came; then it moved.
+    assert store.get_trajectory(TRACE) is None
+    t = store.get_trajectory("conv-json")
+    assert t is not None
     assert [s.step_id for s in t.steps] == [CHAT1, TOOL, CHAT2]
     assert [s.step_number for s in t.steps] == [0, 1, 2]
     assert (t.status, t.agent_id, t.source) == ("completed", "json-bot", "otel")
@@ -364,6 +366,44 @@ def test_conversation_groups_traces(client: Any, store: Store) -> None:
     t = store.get_trajectory("conv-json")
     assert t is not None and len(t.steps) == 6 and [s.step_number for s in t.steps] == list(range(6))
     assert store.count(TrajectoryFilter()) == 1
+
+
+def test_trace_joins_its_conversation_later(client: Any, store: Store) -> None:
+    """A second trace of the conversation whose first spans carry no conversation id: its own
+    trajectory first, then merged into the conversation's with exact counters and search."""
+    first = _trace_spans()
+    assert _post(client, _json_body(list(first.values()))).status_code == 200
+    second = _trace_spans("d4" * 16)
+    for s in second.values():
+        s["spanId"] = "99" + s["spanId"][2:]
+        if "parentSpanId" in s:
+            s["parentSpanId"] = "99" + s["parentSpanId"][2:]
+        s["startTimeUnixNano"] = str(int(s["startTimeUnixNano"]) + 1000 * MS)
+        s["endTimeUnixNano"] = str(int(s["endTimeUnixNano"]) + 1000 * MS)
+    second["chat2"]["attributes"].append(
+        _attr("gen_ai.output.messages", _messages("assistant", "xylophonic"))
+    )
+    assert _post(client, _json_body([second["chat2"], second["tool"], second["root"]])).status_code == 200
+    assert store.count(TrajectoryFilter()) == 2
+    assert _post(client, _json_body([second["chat1"]])).status_code == 200
+    assert store.count(TrajectoryFilter()) == 1
+    t = store.get_trajectory("conv-json")
+    assert t is not None and [s.step_number for s in t.steps] == list(range(6))
+    assert (t.step_count, t.llm_call_count, t.total_prompt_tokens, t.total_completion_tokens) == (
+        6,
+        4,
+        60,
+        22,
+    )
+    assert t.start_time == T0 // MS and t.end_time == T0 // MS + 1050 and t.duration_ms == 1050
+    assert [x.id for x in store.list_trajectories(TrajectoryFilter(search="xylophonic")).items] == [
+        "conv-json"
+    ]
+    stats = store.stats()
+    assert (stats["totalTrajectories"], stats["totalLlmCalls"], stats["totalPromptTokens"]) == (1, 4, 60)
+    before = _counts(store)
+    assert _post(client, _json_body(list(second.values()))).status_code == 200
+    assert _counts(store) == before
 
 
 def test_partial_rejection(client: Any, store: Store) -> None:

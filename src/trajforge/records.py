@@ -396,6 +396,10 @@ class WriteBatch:
     then step id), merges trajectory metadata into the stored one instead of replacing it, keeps
     the earliest start time, and fills a stored call's still-empty fields from a later write of
     the same call (never overwriting). Off for every other writer: their path is unchanged."""
+    traces: dict[str, str] = field(default_factory=dict)
+    """Assemble mode: the trace → trajectory decisions the batch was built on. The write checks
+    them in its transaction and raises ``TracesMoved`` when one changed meanwhile (a trace joined
+    its conversation): the caller assembles the spans again."""
 
     def __len__(self) -> int:
         return (

@@ -43,6 +43,7 @@ from trajforge.records import (
     WireError,
     WriteBatch,
 )
+from trajforge.store.assembly import TracesMoved
 from trajforge.store.base import Store, WriteResult
 from trajforge.validation import check_record
 
@@ -119,7 +120,7 @@ def assemble_spans(spans: list[Span], store: Store, decoded: Decoded) -> WriteBa
         wanted.setdefault(span.trace_id, span.trace_id)
     home = store.assign_traces(wanted)
 
-    batch = WriteBatch(assemble=True)
+    batch = WriteBatch(assemble=True, traces=home)
     headers: dict[str, TrajectoryHeader] = {}
     tool_links: dict[tuple[str, str], str] = {}  # (trajectory, tool call id) -> call id
 
@@ -244,7 +245,7 @@ def assemble_logs(events: list[LogEvent], store: Store, decoded: Decoded) -> Wri
         assert event.trace_id is not None
         wanted.setdefault(event.trace_id, conversation_trajectory(str(conv)) if conv else event.trace_id)
     home = store.assign_traces(wanted)
-    batch = WriteBatch(assemble=True)
+    batch = WriteBatch(assemble=True, traces=home)
     seen: set[str] = set()
     for event, m in found:
         assert event.trace_id is not None and event.span_id is not None and m.call is not None
@@ -271,7 +272,8 @@ def write(
 ) -> WriteResult:
     """Write ``batch`` in one transaction; when the store refuses it, write each trajectory apart
     (still in assemble mode) and reject the records of those refused on their own. An outage
-    (:class:`TransientError`) propagates: the caller answers 503 and the exporter retries."""
+    (:class:`TransientError`) propagates: the caller answers 503 and the exporter retries; so does
+    :class:`TracesMoved` (assemble again: see :func:`ingest`)."""
 
     def one(b: WriteBatch) -> WriteResult:
         with _unavailable_is_transient():
@@ -279,16 +281,16 @@ def write(
 
     try:
         return one(batch)
-    except TransientError:
+    except (TransientError, TracesMoved):
         raise
     except Exception:  # noqa: BLE001 - some trajectory of the batch is refused: find which
         pass
     total = WriteResult()
     for tid, part in by_trajectory(batch).items():
-        part.assemble = True
+        part.assemble, part.traces = True, batch.traces
         try:
             r = one(part)
-        except TransientError:
+        except (TransientError, TracesMoved):
             raise
         except Exception as exc:  # noqa: BLE001
             for _ in range(count(part)):
@@ -305,3 +307,25 @@ def write(
 def spans_in(batch: WriteBatch) -> int:
     """How many spans a batch's records stand for (one step each)."""
     return len(batch.steps)
+
+
+ATTEMPTS = 5
+"""Assemblies of one request at most, when its traces keep joining conversations meanwhile."""
+
+
+def ingest(store: Store, decoded: Decoded, kind: str) -> None:
+    """Assemble and write what ``decoded`` holds (``kind``: ``traces`` or ``logs``). A batch whose
+    traces moved to their conversation while it was built is assembled again from the spans."""
+    rejected, reasons = decoded.rejected, len(decoded.reasons)
+    for _ in range(ATTEMPTS):
+        if kind == "traces":
+            batch = assemble_spans(decoded.spans, store, decoded)
+        else:
+            batch = assemble_logs(decoded.logs, store, decoded)
+        try:
+            if len(batch):
+                write(store, batch, decoded, spans_in)
+            return
+        except TracesMoved:
+            decoded.rejected, decoded.reasons[:] = rejected, decoded.reasons[:reasons]
+    raise TransientError(f"the traces of this request kept moving after {ATTEMPTS} assemblies")

@@ -105,14 +105,8 @@ def ingest(store: Store, raw: bytes, encoding: str, kind: str) -> bytes:
     loop: decoding 512 spans and their write take tens of milliseconds."""
     from trajforge.otel import assemble, decode
 
-    if kind == "traces":
-        decoded = decode.decode_traces(raw, encoding)
-        batch = assemble.assemble_spans(decoded.spans, store, decoded)
-    else:
-        decoded = decode.decode_logs(raw, encoding)
-        batch = assemble.assemble_logs(decoded.logs, store, decoded)
-    if len(batch):
-        assemble.write(store, batch, decoded, assemble.spans_in)
+    decoded = decode.decode_traces(raw, encoding) if kind == "traces" else decode.decode_logs(raw, encoding)
+    assemble.ingest(store, decoded, kind)
     make = decode.trace_response if kind == "traces" else decode.logs_response
     return make(decoded.rejected, decoded.error_message, encoding)
 

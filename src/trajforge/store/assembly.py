@@ -26,6 +26,11 @@ _FILL_INDEX = tuple(_CALL_COL_NAMES.index(c) for c in _FILL_COLS)
 _FILL_TEXTS = frozenset(i for i, c in enumerate(_FILL_COLS) if c.endswith("_text"))
 
 
+class TracesMoved(Exception):
+    """A trace's trajectory changed between the assembly of a batch and its write (the trace joined
+    its conversation): assemble the spans again."""
+
+
 class AssemblyWrites(SqlHelpers):
     """Assemble-mode steps and the trace table; mixed into the write path."""
 
@@ -144,9 +149,25 @@ class AssemblyWrites(SqlHelpers):
             ],
         )
 
+    def _locking(self, sql: str, mode: str) -> str:
+        # PostgreSQL: a trace's row is locked while a batch built on it is written (FOR SHARE) or
+        # while it moves (FOR UPDATE), so the two never cross. SQLite has one writer at a time.
+        return f"{sql} FOR {mode}" if getattr(self, "dialect", "") == "postgres" else sql
+
+    def _check_traces(self, cur: Any, traces: dict[str, str]) -> None:
+        sql = self._locking(
+            "SELECT trace_id, trajectory_id FROM otel_traces WHERE trace_id IN ({marks})", "SHARE"
+        )
+        for trace, tid in self._select_in(cur, sql, sorted(traces)):
+            if traces[trace] != tid:
+                raise TracesMoved(f"trace {trace} now goes to trajectory {tid!r}")
+
     def assign_traces(self, wanted: dict[str, str]) -> dict[str, str]:
         """The trajectory of each trace: the stored one, else the one proposed in ``wanted``
-        (stored now, so every later span of the trace joins it). ``{trace id: trajectory id}``."""
+        (stored now, so every later span of the trace joins it). ``{trace id: trajectory id}``.
+
+        A trace stored under its own id (its first spans had no conversation id) whose spans now
+        name a conversation joins it: its trajectory's rows move into the conversation's."""
         if not wanted:
             return {}
         keys = sorted(wanted)
@@ -158,5 +179,86 @@ class AssemblyWrites(SqlHelpers):
                 "ON CONFLICT (trace_id) DO NOTHING",
                 [(k, wanted[k], now) for k in keys],
             )
-            sql = "SELECT trace_id, trajectory_id FROM otel_traces WHERE trace_id IN ({marks})"
-            return {r[0]: r[1] for r in self._select_in(cur, sql, keys)}
+            sql = self._locking(
+                "SELECT trace_id, trajectory_id FROM otel_traces WHERE trace_id IN ({marks})", "UPDATE"
+            )
+            stored = {r[0]: r[1] for r in self._select_in(cur, sql, keys)}
+            for trace in keys:
+                if stored[trace] == trace and wanted[trace] != trace:
+                    self._move_trajectory(cur, trace, wanted[trace], now)
+                    self._ex(
+                        cur,
+                        "UPDATE otel_traces SET trajectory_id = ? WHERE trace_id = ?",
+                        [wanted[trace], trace],
+                    )
+                    stored[trace] = wanted[trace]
+            return stored
+
+    def _move_trajectory(self, cur: Any, old: str, new: str, now: int) -> None:
+        """Move everything of trajectory ``old`` into ``new`` (renamed when ``new`` does not exist,
+        else merged: counters added, times widened, metadata merged, ``old`` deleted)."""
+        src = self._ex(
+            cur,
+            "SELECT step_count, llm_call_count, provider_access_count, total_prompt_tokens, "
+            "total_completion_tokens, start_time, end_time, status, agent_id, metadata FROM trajectories WHERE id = ?",
+            [old],
+        ).fetchone()
+        if src is None:
+            return
+        dst = self._ex(cur, "SELECT status, metadata FROM trajectories WHERE id = ?", [new]).fetchone()
+        # A score of the same name and source on both: the conversation's stays.
+        self._ex(
+            cur,
+            "DELETE FROM scores WHERE trajectory_id = ? AND EXISTS (SELECT 1 FROM scores s2 WHERE "
+            "s2.trajectory_id = ? AND s2.name = scores.name AND s2.source = scores.source)",
+            [old, new],
+        )
+        for table in ("steps", "llm_calls", "provider_accesses", "scores"):
+            self._ex(cur, f"UPDATE {table} SET trajectory_id = ? WHERE trajectory_id = ?", [new, old])
+        self._ex(
+            cur,
+            "UPDATE texts SET owner = ? WHERE owner = ? AND id IN "
+            "(SELECT text_id FROM trajectory_texts WHERE trajectory_id = ?)",
+            [new, old, old],
+        )
+        self._ex(
+            cur,
+            "INSERT INTO trajectory_texts (text_id, trajectory_id, fts) SELECT text_id, ?, fts "
+            "FROM trajectory_texts WHERE trajectory_id = ? "
+            "ON CONFLICT (text_id, trajectory_id) DO UPDATE SET fts = trajectory_texts.fts OR excluded.fts",
+            [new, old],
+        )
+        self._ex(cur, "DELETE FROM trajectory_texts WHERE trajectory_id = ?", [old])
+        if dst is None:
+            self._ex(cur, "UPDATE trajectories SET id = ?, updated_at = ? WHERE id = ?", [new, now, old])
+        else:
+            steps, calls, accesses, ptok, ctok, start, end, status, agent, meta = src
+            old_meta = jsonutil.loads(meta) if meta else {}
+            new_meta = jsonutil.loads(dst[1]) if dst[1] else {}
+            merged = (
+                {**old_meta, **new_meta}
+                if isinstance(old_meta, dict) and isinstance(new_meta, dict)
+                else new_meta
+            )
+            self._ex(
+                cur,
+                """UPDATE trajectories SET step_count = step_count + ?, llm_call_count = llm_call_count + ?,
+                   provider_access_count = provider_access_count + ?,
+                   total_prompt_tokens = total_prompt_tokens + ?,
+                   total_completion_tokens = total_completion_tokens + ?,
+                   start_time = CASE WHEN start_time > ? THEN ? ELSE start_time END,
+                   end_time = CASE WHEN end_time IS NULL OR end_time < ? THEN COALESCE(?, end_time) ELSE end_time END,
+                   agent_id = CASE WHEN agent_id = '' THEN ? ELSE agent_id END,
+                   status = ?, metadata = ?, updated_at = ? WHERE id = ?""",
+                [
+                    steps, calls, accesses, ptok, ctok, start, start, end, end, agent,
+                    status if dst[0] == "active" else dst[0], jsonutil.dumps(merged), now, new,
+                ],
+            )  # fmt: skip
+            self._ex(
+                cur,
+                "UPDATE trajectories SET duration_ms = end_time - start_time WHERE id = ? AND end_time IS NOT NULL",
+                [new],
+            )
+            self._ex(cur, "DELETE FROM trajectories WHERE id = ?", [old])
+        self._renumber_steps(cur, [new])

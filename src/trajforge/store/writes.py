@@ -72,6 +72,7 @@ class _Prepared:
     first_seen: dict[str, int]
     assemble: bool = False
     """The batch's :attr:`~trajforge.records.WriteBatch.assemble` mode."""
+    traces: dict[str, str] = field(default_factory=dict)
 
 
 _IDENTITY = frozenset({"id", "trajectory_id", "step_id"})
@@ -219,7 +220,9 @@ class TrajectoryWrites(AssemblyWrites):
             accesses[(arow.trajectory_id, a.access_id)] = (values, texts, arow.trajectory_id)
         for sc in batch.scores:
             seen(sc.trajectory_id, sc.created_at)
-        return _Prepared(headers, steps, calls, accesses, list(batch.scores), first_seen, batch.assemble)
+        return _Prepared(
+            headers, steps, calls, accesses, list(batch.scores), first_seen, batch.assemble, batch.traces
+        )
 
     def write(self, batch: WriteBatch) -> WriteResult:
         if not len(batch):
@@ -238,6 +241,8 @@ class TrajectoryWrites(AssemblyWrites):
         transaction.
         """
         w = _Write(now=now_ms(), ids=sorted(p.first_seen))
+        if p.traces:
+            self._check_traces(cur, p.traces)
         old_status = self._insert_trajectories(cur, p, w)
         if p.assemble:
             self._assemble_headers(cur, p, old_status)
