@@ -456,6 +456,14 @@ def test_bad_bodies(client: Any, store: Store) -> None:
     assert store.count(TrajectoryFilter()) == 0
 
 
+def test_tokenless_server_answers_loopback_names_only(client: Any, store: Store) -> None:
+    body = _json_body(list(_trace_spans().values()))
+    r = _post(client, body, Host="rebind.evil.example")
+    assert r.status_code == 421
+    assert store.count(TrajectoryFilter()) == 0
+    assert _post(client, body, Host="localhost:4318").status_code == 200
+
+
 def test_hostile_names_are_data(client: Any, store: Store) -> None:
     evil = "'; DROP TABLE trajectories; -- <script>alert(1)</script> {{7*7}} \u202e"
     span = _json_span(
@@ -543,7 +551,7 @@ def test_kill_9_while_exporting(tmp_path: Path) -> None:
 
     thread = threading.Thread(target=send)
     thread.start()
-    while len(sender.ok) < 40:
+    while len(sender.ok) < 40 and thread.is_alive():
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
