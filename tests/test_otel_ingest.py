@@ -681,3 +681,17 @@ def test_logs_route(client: Any, store: Store) -> None:
     assert int(r.json()["partialSuccess"]["rejectedLogRecords"]) == 1
     r = client.post("/v1/logs", content=b"\x01\x02", headers={"Content-Type": "application/x-protobuf"})
     assert r.status_code == 400 and b"ExportLogsServiceRequest" in r.content
+
+
+def test_non_genai_traces_are_not_trajectories(client: Any, store: Store) -> None:
+    http = _json_span("e5" * 16, "1234567890abcdef", None, "http", 0, 5, name="GET /health")
+    assert _post(client, _json_body([http])).status_code == 200
+    assert store.count(TrajectoryFilter()) == 0
+    # A GenAI trace's non-GenAI root, coming after its children, still ends the trajectory.
+    spans = _trace_spans()
+    spans["root"] = _json_span(TRACE, ROOT, None, "http", 0, 50, name="POST /chat")
+    assert _post(client, _json_body([spans["chat1"], spans["chat2"]])).status_code == 200
+    assert store.get_trajectory("conv-json").status == "active"  # type: ignore[union-attr]
+    assert _post(client, _json_body([spans["root"]])).status_code == 200
+    t = store.get_trajectory("conv-json")
+    assert t is not None and (t.status, t.end_time) == ("completed", T0 // MS + 50)

@@ -15,6 +15,9 @@ Rules (issue 18):
 * an agent span names the trajectory's agent; the root span (no parent) ends the trajectory:
   ``completed``, or ``error`` when its status is ERROR. A trajectory whose root never comes is
   ended by the store's timeout sweep;
+* a trace is a trajectory only once it has a GenAI span (LLM, tool, access, agent): a program that
+  exports all its spans does not fill the store with its HTTP traces. Other spans of a known
+  trace end it (its root) or are left out;
 * attributes the mapping did not use go to the step's metadata (the span's) or the trajectory's
   (resource and agent attributes), bounded: a value over the limits is replaced by a note saying so.
 """
@@ -116,9 +119,13 @@ def assemble_spans(spans: list[Span], store: Store, decoded: Decoded) -> WriteBa
         conv = m.conversation_id or m.session_id
         if conv:
             wanted.setdefault(span.trace_id, conversation_trajectory(str(conv)))
-    for span, _ in mapped:
-        wanted.setdefault(span.trace_id, span.trace_id)
-    home = store.assign_traces(wanted)
+    for span, m in mapped:
+        if m.kind != "other":
+            wanted.setdefault(span.trace_id, span.trace_id)
+    # A trace with no GenAI span in this request (an HTTP root, a framework's chain) is not a
+    # trajectory of its own: its spans only end or annotate one that its GenAI spans made.
+    others = sorted({span.trace_id for span, _ in mapped} - wanted.keys())
+    home = store.assign_traces(wanted, others)
 
     batch = WriteBatch(assemble=True, traces=home)
     headers: dict[str, TrajectoryHeader] = {}
@@ -135,7 +142,9 @@ def assemble_spans(spans: list[Span], store: Store, decoded: Decoded) -> WriteBa
 
     pending_tools: list[tuple[str, StepHeader, str]] = []
     for span, m in mapped:
-        tid = home[span.trace_id]
+        tid = home.get(span.trace_id)
+        if tid is None:
+            continue  # only non-GenAI spans so far: nothing to assemble them into
         step = _step_of(span, m, tid, decoded, tool_links, pending_tools, batch)
         if step is None and m.kind in ("llm", "tool", "access"):
             continue  # rejected: it does not touch its trajectory either

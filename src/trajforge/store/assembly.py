@@ -7,6 +7,7 @@ writers never reach them. Also the trace → trajectory table OTLP assembly deci
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from trajforge import jsonutil
@@ -162,13 +163,14 @@ class AssemblyWrites(SqlHelpers):
             if traces[trace] != tid:
                 raise TracesMoved(f"trace {trace} now goes to trajectory {tid!r}")
 
-    def assign_traces(self, wanted: dict[str, str]) -> dict[str, str]:
+    def assign_traces(self, wanted: dict[str, str], lookup: Sequence[str] = ()) -> dict[str, str]:
         """The trajectory of each trace: the stored one, else the one proposed in ``wanted``
         (stored now, so every later span of the trace joins it). ``{trace id: trajectory id}``.
 
         A trace stored under its own id (its first spans had no conversation id) whose spans now
-        name a conversation joins it: its trajectory's rows move into the conversation's."""
-        if not wanted:
+        name a conversation joins it: its trajectory's rows move into the conversation's.
+        Traces in ``lookup`` are only looked up (present in the answer when stored)."""
+        if not wanted and not lookup:
             return {}
         keys = sorted(wanted)
         now = now_ms()
@@ -182,7 +184,7 @@ class AssemblyWrites(SqlHelpers):
             sql = self._locking(
                 "SELECT trace_id, trajectory_id FROM otel_traces WHERE trace_id IN ({marks})", "UPDATE"
             )
-            stored = {r[0]: r[1] for r in self._select_in(cur, sql, keys)}
+            stored = {r[0]: r[1] for r in self._select_in(cur, sql, sorted({*keys, *lookup}))}
             for trace in keys:
                 if stored[trace] == trace and wanted[trace] != trace:
                     self._move_trajectory(cur, trace, wanted[trace], now)

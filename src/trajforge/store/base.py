@@ -100,9 +100,10 @@ class TrajectoryStore(Protocol):
         """Mark ``active`` trajectories with no write for ``older_than_ms`` as ``timeout``."""
         ...
 
-    def assign_traces(self, wanted: dict[str, str]) -> dict[str, str]:
+    def assign_traces(self, wanted: dict[str, str], lookup: Sequence[str] = ()) -> dict[str, str]:
         """The trajectory each OpenTelemetry trace's spans go to (``{trace id: trajectory id}``):
-        the stored one, else the one proposed in ``wanted``, stored for the trace's later spans."""
+        the stored one, else the one proposed in ``wanted``, stored for the trace's later spans.
+        Traces in ``lookup`` are only looked up (present in the answer when stored)."""
         ...
 
 
