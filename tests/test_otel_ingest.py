@@ -37,7 +37,7 @@ from trajforge import datasets
 from trajforge.datasets import BuildRequest
 from trajforge.otel import decode
 from trajforge.otel.assemble import assemble_spans, write
-from trajforge.records import CallRow, LlmCall, TrajectoryHeader, WriteBatch
+from trajforge.records import ActionResult, CallRow, LlmCall, StepHeader, TrajectoryHeader, WriteBatch
 from trajforge.store import Store, TrajectoryFilter, open_store
 
 T0 = 1_760_000_000_000_000_000  # ns: explicit span times, so the order never depends on the clock
@@ -695,3 +695,37 @@ def test_non_genai_traces_are_not_trajectories(client: Any, store: Store) -> Non
     assert _post(client, _json_body([spans["root"]])).status_code == 200
     t = store.get_trajectory("conv-json")
     assert t is not None and (t.status, t.end_time) == ("completed", T0 // MS + 50)
+
+
+@pytest.mark.parametrize("order", ["call_first", "tool_first"])
+def test_tool_links_to_its_call_across_requests(store: Store, order: str) -> None:
+    tc = "call_9%_x"  # LIKE's wildcards in the id are data
+    call = LlmCall(
+        call_id="c-span",
+        timestamp=1_760_000_000_000,
+        model="m",
+        tool_calls=[{"id": tc, "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+    )
+    asking = WriteBatch(calls=[CallRow("t-link", "c-span", call)], assemble=True)
+    decoy = StepHeader(
+        "t-link",
+        "t-decoy",
+        timestamp=1_760_000_000_001,
+        action=ActionResult(action_type="f"),
+        metadata={"otel": {"toolCallId": "call_9a_x"}},
+    )
+    tool = StepHeader(
+        "t-link",
+        "t-span",
+        timestamp=1_760_000_000_002,
+        action=ActionResult(action_type="f", result={"ok": True}),
+        metadata={"otel": {"toolCallId": tc}},
+    )
+    answering = WriteBatch(steps=[decoy, tool], assemble=True)
+    for batch in (asking, answering) if order == "call_first" else (answering, asking):
+        store.write(batch)
+    t = store.get_trajectory("t-link")
+    assert t is not None
+    actions = {s.step_id: s.action for s in t.steps if s.action is not None}
+    assert actions["t-span"].llm_call_id == "c-span"
+    assert actions["t-decoy"].llm_call_id is None

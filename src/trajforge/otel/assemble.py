@@ -10,8 +10,8 @@ Rules (issue 18):
 * one step per LLM, tool or provider-access span. Its step, call and access ids are the span id,
   so a re-sent span changes nothing; the store numbers the steps by start time (assemble mode of
   :class:`~trajforge.records.WriteBatch`) whatever order they arrive in;
-* a tool span's action points to the LLM call whose ``tool_calls`` hold its tool call id, when that
-  call is in the same request;
+* a tool span's action points to the LLM call whose ``tool_calls`` hold its tool call id (in the
+  same request here; across requests, in either order, the store links them);
 * an agent span names the trajectory's agent; the root span (no parent) ends the trajectory:
   ``completed``, or ``error`` when its status is ERROR. A trajectory whose root never comes is
   ended by the store's timeout sweep;
@@ -46,7 +46,7 @@ from trajforge.records import (
     WireError,
     WriteBatch,
 )
-from trajforge.store.assembly import TracesMoved
+from trajforge.store.assembly import TracesMoved, tool_call_ids
 from trajforge.store.base import Store, WriteResult
 from trajforge.validation import check_record
 
@@ -85,17 +85,6 @@ def bounded(values: dict[str, Any], budget: int = MAX_META_CHARS) -> dict[str, A
 
 def _ms(ns: int) -> int:
     return ns // 1_000_000
-
-
-def _tool_call_ids(tool_calls: Any) -> list[str]:
-    ids = []
-    for tc in tool_calls or ():
-        if isinstance(tc, dict):
-            for key in ("id", "call_id", "toolCallId", "tool_call_id"):
-                if isinstance(tc.get(key), str):
-                    ids.append(tc[key])
-                    break
-    return ids
 
 
 def _map(span: Span, decoded: Decoded) -> Mapped | None:
@@ -194,6 +183,8 @@ def _step_of(
         otel["events"] = bounded(
             {f"{i}:{e.name}": {"timeNs": e.time_ns, **e.attributes} for i, e in enumerate(span.events)}
         )
+    if m.tool_call_id:
+        otel["toolCallId"] = str(m.tool_call_id)  # the store links the call that asked, if later
     if m.error:
         otel["error"] = m.error
     if m.content_absent:
@@ -209,7 +200,7 @@ def _step_of(
         if m.error and call.finish_reason is None:
             call.finish_reason = "error"
         rows.append(CallRow(tid, span.span_id, call))
-        links = _tool_call_ids(call.tool_calls)
+        links = tool_call_ids(call.tool_calls)
     elif m.kind == "tool" and m.action is not None:
         step.action = m.action
     elif m.kind == "access" and m.access is not None:

@@ -27,6 +27,29 @@ _FILL_INDEX = tuple(_CALL_COL_NAMES.index(c) for c in _FILL_COLS)
 _FILL_TEXTS = frozenset(i for i, c in enumerate(_FILL_COLS) if c.endswith("_text"))
 
 
+def tool_call_ids(tool_calls: Any) -> list[str]:
+    """The ids of an LLM call's tool calls (OpenAI's ``id``, or the other spellings emitters use)."""
+    ids = []
+    for tc in tool_calls if isinstance(tool_calls, list) else ():
+        if isinstance(tc, dict):
+            for key in ("id", "call_id", "toolCallId", "tool_call_id"):
+                if isinstance(tc.get(key), str):
+                    ids.append(tc[key])
+                    break
+    return ids
+
+
+def _like(text: str) -> str:
+    """``text`` as a LIKE pattern that matches it anywhere, literally (ESCAPE '\\')."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _tool_call_id(metadata: Any) -> str | None:
+    otel = metadata.get("otel") if isinstance(metadata, dict) else None
+    value = otel.get("toolCallId") if isinstance(otel, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
 class TracesMoved(Exception):
     """A trace's trajectory changed between the assembly of a batch and its write (the trace joined
     its conversation): assemble the spans again."""
@@ -68,6 +91,44 @@ class AssemblyWrites(SqlHelpers):
                 WHERE steps.trajectory_id = r.t AND steps.step_id = r.s AND steps.step_number <> r.n""",
                 list(part),
             )
+
+    def _link_tool_steps(self, cur: Any, p: _Prepared) -> None:
+        """Point this write's unlinked tool actions to the stored LLM call that asked for them (the
+        call came in an earlier request). Runs before the steps are written."""
+        for (tid, _), s in sorted(p.steps.items()):
+            tc_id = _tool_call_id(s.metadata)
+            if s.action is None or s.action.llm_call_id is not None or tc_id is None:
+                continue
+            rows = self._ex(
+                cur,
+                "SELECT call_id, tool_calls FROM llm_calls WHERE trajectory_id = ? AND tool_calls LIKE ? ESCAPE '\\'",
+                [tid, _like(jsonutil.dumps(tc_id))],
+            ).fetchall()
+            for call_id, tool_calls in sorted(rows):
+                if tc_id in tool_call_ids(jsonutil.loads(tool_calls)):
+                    s.action.llm_call_id = call_id
+                    break
+
+    def _link_stored_tools(self, cur: Any, p: _Prepared, new_calls: list[Any]) -> None:
+        """Point stored tool actions still unlinked to this write's new LLM calls that asked for
+        them (the tool's span came first). Runs after the steps are written."""
+        for _, _, tid, call in new_calls:
+            for tc_id in tool_call_ids(call.tool_calls):
+                rows = self._ex(
+                    cur,
+                    "SELECT step_id, action, metadata FROM steps WHERE trajectory_id = ? AND action IS NOT NULL "
+                    "AND metadata LIKE ? ESCAPE '\\'",
+                    [tid, _like(jsonutil.dumps({"toolCallId": tc_id})[1:-1])],
+                ).fetchall()
+                for step_id, action, metadata in sorted(rows):
+                    act = jsonutil.loads(action)
+                    if _tool_call_id(jsonutil.loads(metadata)) == tc_id and not act.get("llmCallId"):
+                        act["llmCallId"] = call.call_id
+                        self._ex(
+                            cur,
+                            "UPDATE steps SET action = ? WHERE trajectory_id = ? AND step_id = ?",
+                            [jsonutil.dumps(act), tid, step_id],
+                        )
 
     def _plan_fills(self, cur: Any, p: _Prepared, w: _Write, new_calls: list[Any]) -> list[tuple[Any, ...]]:
         """For calls already stored: the values of this write that fill their still-empty columns

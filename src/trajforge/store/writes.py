@@ -247,6 +247,8 @@ class TrajectoryWrites(AssemblyWrites):
         if p.assemble:
             self._assemble_headers(cur, p, old_status)
         self._update_headers(cur, p, w, old_status)
+        if p.assemble:
+            self._link_tool_steps(cur, p)
         self._write_steps(cur, p, w)
         if p.assemble:
             self._renumber_steps(cur, [tid for tid, d in sorted(w.deltas.items()) if d[0]])
@@ -255,6 +257,8 @@ class TrajectoryWrites(AssemblyWrites):
         ids_by_hash = self._store_texts(cur, w.texts, w.users())
         self._insert_calls_and_accesses(cur, new_calls, new_accesses, ids_by_hash, w.result)
         self._apply_fills(cur, fills, ids_by_hash)
+        if p.assemble:
+            self._link_stored_tools(cur, p, new_calls)
         self._link_texts(cur, w.links, ids_by_hash)
         self._count_rows(cur, w)
         self._add_call_rollup(cur, w.rollup)
