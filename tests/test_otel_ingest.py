@@ -354,7 +354,8 @@ def test_json_split_out_of_order_resent(client: Any, store: Store) -> None:
 
 
 def test_conversation_groups_traces(client: Any, store: Store) -> None:
-    for i, trace in enumerate(["a1" * 16, "b2" * 16]):
+    # The later turn first: the trajectory still starts with the first and ends with the last.
+    for i, trace in reversed(list(enumerate(["a1" * 16, "b2" * 16]))):
         spans = _trace_spans(trace)
         for s in spans.values():
             s["spanId"] = f"{i + 1:02x}" + s["spanId"][2:]
@@ -366,6 +367,7 @@ def test_conversation_groups_traces(client: Any, store: Store) -> None:
     t = store.get_trajectory("conv-json")
     assert t is not None and len(t.steps) == 6 and [s.step_number for s in t.steps] == list(range(6))
     assert store.count(TrajectoryFilter()) == 1
+    assert (t.start_time, t.end_time, t.duration_ms) == (T0 // MS, T0 // MS + 1050, 1050)
 
 
 def test_trace_joins_its_conversation_later(client: Any, store: Store) -> None:

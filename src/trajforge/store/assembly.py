@@ -60,15 +60,22 @@ class AssemblyWrites(SqlHelpers):
 
     def _assemble_headers(self, cur: Any, p: _Prepared, old_status: dict[str, str]) -> None:
         """For trajectories already stored: merge the headers' metadata into the stored metadata
-        (a later request's resource attributes add to, not replace, an earlier one's), and move
-        the start time back when this write holds an earlier span."""
-        merge = sorted(tid for tid in old_status if (h := p.headers.get(tid)) is not None and h.metadata)
-        rows = self._select_in(cur, "SELECT id, metadata FROM trajectories WHERE id IN ({marks})", merge)
-        for tid, stored in rows:
-            old = jsonutil.loads(stored) if stored else {}
+        (a later request's resource attributes add to, not replace, an earlier one's), keep the
+        latest end (the roots of a conversation's traces may come in any order), and move the
+        start time back when this write holds an earlier span."""
+        touched = sorted(
+            tid
+            for tid in old_status
+            if (h := p.headers.get(tid)) is not None and (h.metadata or h.end_time is not None)
+        )
+        sql = "SELECT id, metadata, end_time FROM trajectories WHERE id IN ({marks})"
+        for tid, stored, end in self._select_in(cur, sql, touched):
             h = p.headers[tid]
-            if isinstance(old, dict) and h.metadata is not None:
+            old = jsonutil.loads(stored) if stored else {}
+            if isinstance(old, dict) and h.metadata:
                 h.metadata = {**old, **h.metadata}
+            if h.end_time is not None and end is not None and end > h.end_time:
+                h.end_time = None
         earlier = [
             (p.first_seen[tid], p.first_seen[tid], tid, p.first_seen[tid]) for tid in sorted(old_status)
         ]
