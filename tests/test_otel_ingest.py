@@ -731,3 +731,11 @@ def test_tool_links_to_its_call_across_requests(store: Store, order: str) -> Non
     actions = {s.step_id: s.action for s in t.steps if s.action is not None}
     assert actions["t-span"].llm_call_id == "c-span"
     assert actions["t-decoy"].llm_call_id is None
+
+
+def test_store_down_is_503_and_the_exporter_retries(client: Any, store: Store) -> None:
+    body = _json_body(list(_trace_spans().values()))
+    store.close()
+    r = _post(client, body)
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert "unavailable" in r.json()["message"]

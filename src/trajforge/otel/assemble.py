@@ -114,7 +114,8 @@ def assemble_spans(spans: list[Span], store: Store, decoded: Decoded) -> WriteBa
     # A trace with no GenAI span in this request (an HTTP root, a framework's chain) is not a
     # trajectory of its own: its spans only end or annotate one that its GenAI spans made.
     others = sorted({span.trace_id for span, _ in mapped} - wanted.keys())
-    home = store.assign_traces(wanted, others)
+    with _unavailable_is_transient():  # a locked or unreachable store: 503, the exporter retries
+        home = store.assign_traces(wanted, others)
 
     batch = WriteBatch(assemble=True, traces=home)
     headers: dict[str, TrajectoryHeader] = {}
@@ -244,7 +245,8 @@ def assemble_logs(events: list[LogEvent], store: Store, decoded: Decoded) -> Wri
         conv = m.conversation_id or m.session_id
         assert event.trace_id is not None
         wanted.setdefault(event.trace_id, conversation_trajectory(str(conv)) if conv else event.trace_id)
-    home = store.assign_traces(wanted)
+    with _unavailable_is_transient():
+        home = store.assign_traces(wanted)
     batch = WriteBatch(assemble=True, traces=home)
     seen: set[str] = set()
     for event, m in found:
