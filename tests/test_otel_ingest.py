@@ -467,7 +467,7 @@ def test_tokenless_server_answers_loopback_names_only(client: Any, store: Store)
 
 
 def test_hostile_names_are_data(client: Any, store: Store) -> None:
-    evil = "'; DROP TABLE trajectories; -- <script>alert(1)</script> {{7*7}} \u202e"
+    evil = "'; DROP TABLE trajectories; -- <script>alert(1)</script> {{7*7}} \u202e \x00"
     span = _json_span(
         TRACE,
         CHAT1,
