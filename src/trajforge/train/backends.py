@@ -131,7 +131,7 @@ def _problem(backend: str, spec: str, base_url: str | None) -> str | None:
         if not (base_url or os.environ.get(settings.LM_BASE_URL)):
             return f"{spec!r} would be a served model, but no baseUrl is given and {settings.LM_BASE_URL} is not set"
         return None
-    if Path(spec).is_dir():
+    if _is_dir(Path(spec)):
         return _folder_problem(spec, Path(spec))
     if not _HUB_ID.fullmatch(spec) or "--" in spec or ".." in spec:
         return f"{spec!r} is not a bundled:, local: or Hugging Face model"
@@ -140,8 +140,17 @@ def _problem(backend: str, spec: str, base_url: str | None) -> str | None:
     return None
 
 
+def _is_dir(path: Path) -> bool:
+    """``path.is_dir()`` for a path a user typed: a name too long for the file system or with a
+    NUL byte is not a folder here (rather than an OSError/ValueError escaping as a 500)."""
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def _folder_problem(spec: str, path: Path) -> str | None:
-    if not path.is_dir():
+    if not _is_dir(path):
         return f"{spec}: {path} is not a folder"
     if not (path / "config.json").is_file():
         return f"{spec}: {path} is not a transformers model folder (no config.json)"
