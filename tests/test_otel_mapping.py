@@ -21,10 +21,11 @@ from hypothesis import strategies as st
 import trajforge
 from tests import otel_emit
 from tests.fakes.openai_server import FakeOpenAI, fake_openai
+from trajforge.datasets.curation import NO_CONTENT
 from trajforge.otel.mapping import CONTENT_ABSENT_TAG, convention_of, map_log, map_span, merge_call
 from trajforge.otel.spans import STATUS_ERROR, LogEvent, Mapped, Span, SpanEvent
-from trajforge.records import LlmCall
-from trajforge.store import TrajectoryFilter, open_store
+from trajforge.records import LlmCall, Step, Trajectory, WriteBatch
+from trajforge.store import Store, TrajectoryFilter, open_store
 
 ANSWER = f"echo: {otel_emit.QUESTION}"
 ARGS = json.dumps({"q": otel_emit.QUESTION})
@@ -195,6 +196,46 @@ def test_content_capture_off_maps_as_absent(fake: FakeOpenAI) -> None:
     assert m.call.messages is None and m.call.response is None
     assert m.call.tags == [CONTENT_ABSENT_TAG]
     assert (m.call.prompt_tokens, m.call.completion_tokens, m.call.model) == (11, 7, otel_emit.MODEL)
+
+
+def test_dataset_build_says_why_content_less_calls_make_no_rows(
+    fake: FakeOpenAI, store: Store, tmp_path: Path
+) -> None:
+    """Calls mapped from a real emitter with content capture off keep their tag through the store,
+    and the build reports them (count, warning naming the setting, drop reason) instead of silently
+    producing fewer rows; calls with content build into ``sft`` rows as usual."""
+    from trajforge import datasets
+    from trajforge.datasets import BuildRequest
+
+    blind = otel_emit.emit(
+        "openai-v2",
+        "chat",
+        fake.base_url,
+        env={"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "NO_CONTENT"},
+    )
+    seen, _ = emitted("openai-v2", "tools", fake.base_url)
+    trajectories = {}
+    for name, spans in (("blind", otel_emit.spans_of(blind)), ("seen", seen)):
+        calls = [m.call for m in llm_calls(spans) if m.call is not None]
+        t = Trajectory(
+            agent_id=f"otel-{name}", source="otel", status="completed", steps=[Step(llm_calls=calls)]
+        )
+        t.end_time = t.start_time + 1
+        store.write(WriteBatch.from_trajectory(t))
+        trajectories[name] = t.id
+    stored = store.get_trajectory(trajectories["blind"])
+    assert stored is not None and stored.steps[0].llm_calls[0].tags == [CONTENT_ABSENT_TAG]
+
+    ds = datasets.build(store, BuildRequest(format="sft"), root=tmp_path / "ds")
+    m = ds.manifest
+    assert m["counts"]["callsWithoutContent"] == 1
+    assert m["counts"]["rows"]["train"] + m["counts"]["rows"]["eval"] == 2
+    assert any(
+        "1 LLM calls had no message content" in w
+        and "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT" in w
+        for w in m["warnings"]
+    )
+    assert m["privacy"]["droppedByReason"] == {NO_CONTENT: 1}
 
 
 def test_emit_gives_an_otlp_trace_body(fake: FakeOpenAI) -> None:
