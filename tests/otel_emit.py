@@ -23,7 +23,10 @@ from typing import Any
 from trajforge.otel.spans import LogEvent, Span, SpanEvent
 
 INSTRUMENTATIONS = ("openai-v2", "openinference", "openllmetry")
-SCENARIOS = ("chat", "stream", "tools", "async")
+EVENT_MODES = ("openllmetry-events",)
+"""OpenLLMetry with ``use_attributes=False``: content as per-message log events, not on the span."""
+SCENARIOS = ("chat", "stream", "tools", "async", "responses")
+"""``responses``: the Responses API (``client.responses.create``), which openai-v2 does not trace."""
 
 MODEL = "gpt-test"
 SYSTEM = "You are terse."
@@ -47,6 +50,7 @@ ENV: dict[str, dict[str, str]] = {
     },
     "openinference": {},
     "openllmetry": {"TRACELOOP_TRACE_CONTENT": "true"},
+    "openllmetry-events": {"TRACELOOP_TRACE_CONTENT": "true"},
 }
 
 
@@ -56,7 +60,7 @@ def emit_both(
     """Run ``scenario`` under ``instrumentation`` in a fresh interpreter; the serialized OTLP trace
     and log export requests it produced. ``env`` overrides the instrumentation's variables (e.g.
     content capture off)."""
-    if instrumentation not in INSTRUMENTATIONS or scenario not in SCENARIOS:
+    if instrumentation not in INSTRUMENTATIONS + EVENT_MODES or scenario not in SCENARIOS:
         raise ValueError(f"unknown instrumentation/scenario: {instrumentation}/{scenario}")
     child_env = {
         k: v
@@ -203,7 +207,9 @@ def _instrument(name: str, tracer_provider: Any, logger_provider: Any) -> None:
     else:
         from opentelemetry.instrumentation.openai import OpenAIInstrumentor as LL
 
-        LL().instrument(tracer_provider=tracer_provider, logger_provider=logger_provider)
+        LL(use_attributes=name != "openllmetry-events").instrument(
+            tracer_provider=tracer_provider, logger_provider=logger_provider
+        )
 
 
 def _run(scenario: str, base_url: str) -> None:
@@ -226,6 +232,8 @@ def _run(scenario: str, base_url: str) -> None:
         client.chat.completions.create(
             model=MODEL, messages=messages, temperature=0.5, max_tokens=50, top_p=0.9
         )
+    elif scenario == "responses":
+        client.responses.create(model=MODEL, instructions=SYSTEM, input=QUESTION, temperature=0.5)
     elif scenario == "stream":
         stream = client.chat.completions.create(
             model=MODEL, messages=messages, stream=True, stream_options={"include_usage": True}

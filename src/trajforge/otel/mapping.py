@@ -586,7 +586,8 @@ def _map_log(event: LogEvent) -> Mapped | None:
         message = message if isinstance(message, dict) else {}
         content = message.get("content")
         call.response = content if isinstance(content, str) else None
-        calls = message.get("tool_calls")
+        # openai-v2 (before the latest conventions) nests them in the message, OpenLLMetry not
+        calls = message.get("tool_calls", body.get("tool_calls"))
         if isinstance(calls, list):
             call.tool_calls = [_event_call(c) for c in calls if isinstance(c, dict)] or None
         call.finish_reason = v.finish_reason(body.get("finish_reason"))
