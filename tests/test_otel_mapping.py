@@ -22,7 +22,7 @@ import trajforge
 from tests import otel_emit
 from tests.fakes.openai_server import FakeOpenAI, fake_openai
 from trajforge.datasets.curation import NO_CONTENT
-from trajforge.otel.mapping import CONTENT_ABSENT_TAG, convention_of, map_log, map_span, merge_call
+from trajforge.otel.mapping import CONTENT_ABSENT_TAG, apply_logs, convention_of, map_log, map_span
 from trajforge.otel.spans import STATUS_ERROR, LogEvent, Mapped, Span, SpanEvent
 from trajforge.records import LlmCall, Step, Trajectory, WriteBatch
 from trajforge.store import Store, TrajectoryFilter, open_store
@@ -199,6 +199,8 @@ def test_openai_v2_log_events_carry_the_same_call(fake: FakeOpenAI) -> None:
         assert span_call is not None
         for name in ("model", "messages", "response", "tool_calls", "finish_reason", "prompt_tokens"):
             assert getattr(logged.call, name) == getattr(span_call, name), name
+        # content on both the span and its event (SPAN_AND_EVENT) is not doubled
+        assert apply_logs(span_call, [event]) == span_call
 
 
 @pytest.mark.parametrize("scenario", ["chat", "tools"])
@@ -213,11 +215,11 @@ def test_openllmetry_per_message_events_rebuild_the_call(scenario: str, fake: Fa
         if m.kind != "llm" or m.call is None:
             continue
         assert m.content_absent
-        for event in (e for e in logs if e.span_id == s.span_id):
-            part = map_log(event)
-            assert part is not None and part.call is not None, event.event_name
-            merge_call(m.call, part.call)
-        calls.append(m.call)
+        mine = [e for e in logs if e.span_id == s.span_id]
+        assert all(map_log(e) is not None for e in mine), [e.event_name for e in mine]
+        call = apply_logs(m.call, mine)
+        assert apply_logs(m.call, mine) == call  # pure: rebuilding changes nothing
+        calls.append(call)
     expected = EXPECTED[scenario]
     assert len(calls) == len(expected)
     for call, want in zip(calls, expected, strict=True):
@@ -741,10 +743,7 @@ def test_log_events_details_and_per_message() -> None:
             },
         ),
     ]
-    for event in events:
-        part = map_log(event)
-        assert part is not None and part.call is not None
-        merge_call(target, part.call)
+    target = apply_logs(target, events)
     assert target.messages == [{"role": "system", "content": "sys"}, {"role": "user", "content": "q"}]
     assert (target.system_prompt, target.user_prompt, target.finish_reason) == ("sys", "q", "tool_calls")
     assert target.tool_calls == [

@@ -159,8 +159,8 @@ def _manifest(
         warnings.append(
             f"{sel.calls_without_content} LLM calls had no message content and cannot become rows: the "
             "OpenTelemetry emitter's content capture was off (set "
-            "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT, or TRACELOOP_TRACE_CONTENT=true for "
-            "OpenLLMetry, in the agent's environment)"
+            "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=SPAN_ONLY, true on older versions, or "
+            "TRACELOOP_TRACE_CONTENT=true for OpenLLMetry, in the agent's environment)"
         )
     created = now_ms()
     privacy = report.to_wire()

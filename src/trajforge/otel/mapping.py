@@ -18,7 +18,9 @@ SDK-captured call alike. ``docs/otel-mapping.md`` is the table in prose, for the
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from trajforge.otel import values as v
@@ -55,35 +57,49 @@ def map_span(span: Span) -> Mapped:
 
 
 def map_log(event: LogEvent) -> Mapped | None:
-    """A GenAI log event's content for the call of its span (``event.span_id``), or None for an
-    event we do not use. ``gen_ai.client.inference.operation.details`` carries the same content
-    attributes as a span; the older per-message events give one message each (``call.messages``
-    holds it; merge with :func:`merge_call` in time order) or, for ``gen_ai.choice``, the response.
-    """
+    """A GenAI log event's share of the call of its span (``event.span_id``), or None for an event
+    we do not use. ``gen_ai.client.inference.operation.details`` carries the same content
+    attributes as a span; the older per-message events give one message each (``call.messages``)
+    or, for ``gen_ai.choice``, the response. :func:`apply_logs` puts them together."""
     try:
         return _map_log(event)
     except Exception:  # noqa: BLE001 - an event we cannot read is one we do not use
         return None
 
 
-def merge_call(into: LlmCall, part: LlmCall) -> None:
-    """Fill ``into``'s unset fields from ``part`` (a log event's share of the same call); messages
-    are appended, so per-message events added in time order rebuild the conversation."""
-    for name in LlmCall.__slots__:
-        if name in ("call_id", "timestamp", "purpose"):
+def apply_logs(call: LlmCall, events: Sequence[LogEvent]) -> LlmCall:
+    """``call`` (mapped from a span) completed by the log events of the same span, as a new call.
+
+    A pure function of its inputs, so the assembler can rebuild a call whenever more of its events
+    arrive and a re-sent batch changes nothing, provided it passes each log record once, in the
+    order emitted (per-message events often carry no timestamp). Fields the span already has win;
+    the messages of per-message events are used only when the span and the details events carry
+    none, in the order given."""
+    out = dataclasses.replace(call, messages=list(call.messages) if call.messages else None)
+    per_message: list[dict[str, Any]] = []
+    for event in events:
+        part = map_log(event)
+        if part is None or part.call is None:
             continue
-        mine, theirs = getattr(into, name), getattr(part, name)
-        if name == "messages" and mine and theirs:
-            into.messages = [*mine, *theirs]
-        elif name == "tags" and theirs:
-            into.tags = [t for t in (mine or []) if t != CONTENT_ABSENT_TAG] + [
-                t for t in theirs if t not in (mine or []) and t != CONTENT_ABSENT_TAG
-            ] or None
-        elif mine in (None, "") and theirs not in (None, ""):
-            setattr(into, name, theirs)
-    if into.messages or into.response is not None or into.tool_calls:
-        into.tags = [t for t in into.tags or [] if t != CONTENT_ABSENT_TAG] or None
-        into.system_prompt, into.user_prompt = v.prompts(into.messages or [])
+        if event.event_name in MESSAGE_EVENTS:
+            per_message.extend(part.call.messages or [])
+            continue
+        _fill(out, part.call)
+    if out.messages is None and per_message:
+        out.messages = per_message
+    if out.messages or out.response is not None or out.tool_calls:
+        out.tags = [t for t in out.tags or [] if t != CONTENT_ABSENT_TAG] or None
+        if out.messages:
+            out.system_prompt, out.user_prompt = v.prompts(out.messages)
+    return out
+
+
+def _fill(into: LlmCall, part: LlmCall) -> None:
+    for name in LlmCall.__slots__:
+        if name in ("call_id", "timestamp", "purpose", "latency_ms", "tags"):
+            continue
+        if getattr(into, name) in (None, "") and getattr(part, name) not in (None, ""):
+            setattr(into, name, getattr(part, name))
 
 
 # --- dispatch ------------------------------------------------------------------------------------
