@@ -488,6 +488,33 @@ def test_errors_from_status_error_type_and_exception_events() -> None:
     assert by_event.error == "ValueError: bad"
 
 
+def test_several_choices_and_span_events_are_kept() -> None:
+    outputs = [
+        {"role": "assistant", "parts": [{"type": "text", "content": "one"}]},
+        {"role": "assistant", "parts": [{"type": "text", "content": "two"}]},
+    ]
+    exc = SpanEvent("exception", 7, {"exception.type": "E", "exception.stacktrace": "tb"})
+    chunks = [SpanEvent("gen_ai.content.completion.chunk", i, {}) for i in range(3)]
+    m = map_span(
+        span(
+            {"gen_ai.operation.name": "chat", "gen_ai.output.messages": outputs},
+            status_code=STATUS_ERROR,
+            events=[exc, *chunks],
+        )
+    )
+    assert m.call is not None and m.call.response == "one"
+    assert m.metadata["gen_ai.output.messages"] == outputs  # the other choice is not lost
+    assert m.error == "E"
+    assert m.metadata["otel.events"] == [
+        {
+            "name": "exception",
+            "timeNs": 7,
+            "attributes": {"exception.type": "E", "exception.stacktrace": "tb"},
+        },
+        {"counts": {"gen_ai.content.completion.chunk": 3}},
+    ]
+
+
 def test_content_absent_when_capture_is_off() -> None:
     m = map_span(
         span({"gen_ai.operation.name": "chat", "gen_ai.request.model": "m", "gen_ai.usage.input_tokens": 3})
@@ -671,6 +698,15 @@ def test_convention_detection() -> None:
     assert convention_of(OPENLLMETRY_LEGACY) == "openllmetry"
     assert convention_of(OPENINFERENCE_LLM) == "openinference"
     assert convention_of({"http.method": "GET"}) == ""
+    # OpenLLMetry's current spans under the Traceloop SDK: the current form, with context keys
+    traceloop = {
+        **GEN_AI_CHAT,
+        "traceloop.workflow.name": "wf",
+        "traceloop.association.properties.session_id": "s",
+    }
+    m = map_span(span(traceloop))
+    assert (m.convention, m.kind, m.session_id) == ("gen_ai", "llm", "s")
+    assert m.metadata["traceloop.workflow.name"] == "wf"
     assert map_span(span({"http.method": "GET"})).metadata == {"http.method": "GET"}
 
 

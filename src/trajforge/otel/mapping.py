@@ -110,7 +110,15 @@ def convention_of(attrs: dict[str, Any]) -> str:
         k.startswith(("llm.input_messages.", "llm.output_messages.")) for k in attrs
     ):
         return "openinference"
-    if "llm.request.type" in attrs or any(k.startswith("traceloop.") or _LEGACY.match(k) for k in attrs):
+    if "llm.request.type" in attrs or any(_LEGACY.match(k) for k in attrs):
+        return "openllmetry"
+    if (
+        "gen_ai.operation.name" in attrs
+        or "gen_ai.input.messages" in attrs
+        or "gen_ai.output.messages" in attrs
+    ):
+        return "gen_ai"  # the current form, also from OpenLLMetry (with traceloop.* context keys)
+    if any(k.startswith("traceloop.") for k in attrs):
         return "openllmetry"
     if any(k.startswith("gen_ai.") for k in attrs):
         return "gen_ai"
@@ -125,7 +133,7 @@ def _map_span(span: Span) -> Mapped:
     mapped = table(span, bag) if table else Mapped("other")
     mapped.convention = convention
     _common(span, bag, mapped)
-    events = _events(span, mapped)
+    events = _events(span)
     mapped.metadata = bag.rest()
     if events:
         mapped.metadata["otel.events"] = events
@@ -167,7 +175,7 @@ def _exception(span: Span) -> str | None:
     return None
 
 
-def _events(span: Span, mapped: Mapped) -> list[dict[str, Any]]:
+def _events(span: Span) -> list[dict[str, Any]]:
     """Span events that carry data, kept in the metadata; attribute-less marker events (one per
     streamed chunk in OpenLLMetry) are counted by name instead of listed."""
     kept: list[dict[str, Any]] = []
@@ -175,7 +183,7 @@ def _events(span: Span, mapped: Mapped) -> list[dict[str, Any]]:
     for event in span.events:
         if not isinstance(event.attributes, dict) or not event.attributes:
             counts[str(event.name)] = counts.get(str(event.name), 0) + 1
-        elif not (event.name == "exception" and mapped.error):
+        else:  # exception events too: their stack trace is more than the error line says
             kept.append({"name": event.name, "timeNs": event.time_ns, "attributes": event.attributes})
     if counts:
         kept.append({"counts": counts})
@@ -277,6 +285,8 @@ def gen_ai_content(bag: Bag, call: LlmCall) -> bool:
     output: list[dict[str, Any]] = []
     reasoning = None
     if isinstance(outputs, list) and outputs:
+        if len(outputs) > 1:  # n > 1 choices: the call holds the first, the metadata keeps them all
+            bag.used.discard("gen_ai.output.messages")
         output, reasoning = v.semconv_message(outputs[0])
         first = outputs[0]
         if not call.finish_reason and isinstance(first, dict):
