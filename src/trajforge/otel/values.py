@@ -9,9 +9,10 @@ in the record's metadata under its original key (nothing sent is dropped, nothin
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
-import re
+from collections.abc import Iterator
 from typing import Any
 
 from trajforge.limits import MAX_ABS_REAL, MAX_INT, MAX_NAME_CHARS, MAX_TEXT_CHARS, MIN_INT
@@ -83,10 +84,33 @@ class Bag:
     (``llm.input_messages.0.message.role``) are read like nested records.
     """
 
-    def __init__(self, attrs: dict[str, Any], prefix: str = "", used: set[str] | None = None) -> None:
+    def __init__(
+        self,
+        attrs: dict[str, Any],
+        prefix: str = "",
+        used: set[str] | None = None,
+        keys: list[str] | None = None,
+    ) -> None:
         self.attrs = attrs
         self.prefix = prefix
         self.used: set[str] = set() if used is None else used
+        # The keys in order, shared by all views: a prefix's keys are one contiguous run, found by
+        # bisection, so reading a long flattened conversation stays linear in its size.
+        self._keys = keys if keys is not None else []
+        self._sorted = keys is not None
+
+    def _sort(self) -> None:
+        if not self._sorted:
+            self._keys[:] = sorted(k for k in self.attrs if isinstance(k, str))
+            self._sorted = True
+
+    def _run(self, full: str) -> Iterator[str]:
+        """The keys that start with ``full``, in order."""
+        self._sort()
+        i = bisect.bisect_left(self._keys, full)
+        while i < len(self._keys) and self._keys[i].startswith(full):
+            yield self._keys[i]
+            i += 1
 
     def __contains__(self, key: str) -> bool:
         return self.prefix + key in self.attrs
@@ -140,22 +164,21 @@ class Bag:
         return None
 
     def view(self, prefix: str) -> Bag:
-        return Bag(self.attrs, self.prefix + prefix, self.used)
+        self._sort()  # once, before the views share the keys
+        return Bag(self.attrs, self.prefix + prefix, self.used, self._keys)
 
     def indexed(self, prefix: str) -> list[Bag]:
         """The views ``prefix.0.``, ``prefix.1.``, … present in the attributes, in index order."""
-        full = re.escape(self.prefix + prefix) + r"\.(\d{1,6})\."
-        pattern = re.compile(full)
+        full = self.prefix + prefix + "."
         seen: set[int] = set()
-        for key in self.attrs:
-            match = pattern.match(key)
-            if match and int(match.group(1)) <= MAX_INDEX:
-                seen.add(int(match.group(1)))
+        for key in self._run(full):
+            index, dot, _ = key[len(full) :].partition(".")
+            if dot and index.isdigit() and len(index) <= 6 and int(index) <= MAX_INDEX:
+                seen.add(int(index))
         return [self.view(f"{prefix}.{i}.") for i in sorted(seen)]
 
     def has_prefix(self, prefix: str) -> bool:
-        full = self.prefix + prefix
-        return any(key.startswith(full) for key in self.attrs)
+        return next(self._run(self.prefix + prefix), None) is not None
 
     def rest(self) -> dict[str, Any]:
         """Every attribute not consumed, by its original key."""
