@@ -134,6 +134,9 @@ EXPECTED: dict[str, list[dict[str, Any]]] = {
     "stream": [{"messages": PROMPT, "response": ANSWER, "finish_reason": "stop"}],
     "async": [{"messages": PROMPT, "response": ANSWER, "finish_reason": "stop", "temperature": 0.5}],
     "responses": [{"messages": PROMPT, "response": ANSWER, "finish_reason": "stop", "temperature": 0.5}],
+    "stream_tools": [
+        {"messages": PROMPT, "response": None, "tool_calls": [TOOL_CALL], "finish_reason": "tool_calls"}
+    ],
     "tools": [
         {"messages": PROMPT, "response": None, "tool_calls": [TOOL_CALL], "finish_reason": "tool_calls"},
         {"messages": FOLLOW_UP, "response": ANSWER, "tool_calls": None, "finish_reason": "stop"},
@@ -163,7 +166,7 @@ def test_real_instrumentation_maps_to_what_the_fake_served(
         assert call.latency_ms is not None and call.latency_ms > 0
         assert call.timestamp in {s.start_ns // 1_000_000 for s in spans}  # ms from the span's start
         assert call.tags is None
-    if scenario == "tools" and "tools" not in not_emitted(instrumentation, scenario):
+    if scenario in ("tools", "stream_tools") and "tools" not in not_emitted(instrumentation, scenario):
         assert mapped[0].call is not None and mapped[0].call.tools == [otel_emit.TOOL]
 
 

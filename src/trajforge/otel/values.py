@@ -272,6 +272,8 @@ def semconv_message(message: Any) -> tuple[list[dict[str, Any]], str | None]:
     if texts or content or calls or not results:
         # text only: a plain string, as OpenAI clients send it; else the content parts
         body: Any = ("".join(texts) if texts else None) if len(content) == len(texts) else content
+        if body == "" and calls:  # an empty text part beside tool calls: OpenAI says null
+            body = None
         msg: dict[str, Any] = {"role": role, "content": body}
         if calls:
             msg["tool_calls"] = calls
