@@ -25,7 +25,7 @@ from trajforge.otel.spans import LogEvent, Span, SpanEvent
 INSTRUMENTATIONS = ("openai-v2", "openinference", "openllmetry")
 EVENT_MODES = ("openllmetry-events",)
 """OpenLLMetry with ``use_attributes=False``: content as per-message log events, not on the span."""
-SCENARIOS = ("chat", "stream", "tools", "stream_tools", "async", "responses")
+SCENARIOS = ("chat", "stream", "tools", "stream_tools", "async", "responses", "completion")
 """``responses``: the Responses API (``client.responses.create``), which openai-v2 does not trace."""
 
 MODEL = "gpt-test"
@@ -234,6 +234,8 @@ def _run(scenario: str, base_url: str) -> None:
         )
     elif scenario == "responses":
         client.responses.create(model=MODEL, instructions=SYSTEM, input=QUESTION, temperature=0.5)
+    elif scenario == "completion":
+        client.completions.create(model=MODEL, prompt=QUESTION, max_tokens=20)
     elif scenario == "stream_tools":
         for _ in client.chat.completions.create(
             model=MODEL, messages=messages, tools=[TOOL], stream=True, stream_options={"include_usage": True}

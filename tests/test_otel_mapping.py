@@ -44,7 +44,7 @@ NOT_EMITTED: dict[tuple[str, str], set[str]] = {
     ("openai-v2", "*"): {"tools"},  # no gen_ai.tool.definitions from the chat wrapper
     ("openinference", "responses"): {"finish_reason"},  # no llm.finish_reason for Responses
 }
-UNTRACED = {("openai-v2", "responses")}  # openai-v2 instruments Chat Completions only
+UNTRACED = {("openai-v2", "responses"), ("openai-v2", "completion")}  # openai-v2: Chat Completions only
 CASES = [
     pytest.param(i, s, id=f"{i}-{s}")
     for i in otel_emit.INSTRUMENTATIONS
@@ -79,7 +79,8 @@ COMPARED = (
 )
 
 
-TOKENS = {"responses": (13, 5)}  # what the fake's Responses route reports (chat: 11/7)
+TOKENS = {"responses": (13, 5), "completion": (9, 4)}  # what the fake reports (chat: 11/7)
+NO_SYSTEM = {"completion"}  # scenarios without a system message
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +135,14 @@ EXPECTED: dict[str, list[dict[str, Any]]] = {
     "stream": [{"messages": PROMPT, "response": ANSWER, "finish_reason": "stop"}],
     "async": [{"messages": PROMPT, "response": ANSWER, "finish_reason": "stop", "temperature": 0.5}],
     "responses": [{"messages": PROMPT, "response": ANSWER, "finish_reason": "stop", "temperature": 0.5}],
+    "completion": [
+        {
+            "messages": [{"role": "user", "content": otel_emit.QUESTION}],
+            "response": ANSWER,
+            "finish_reason": "stop",
+            "max_tokens": 20,
+        }
+    ],
     "stream_tools": [
         {"messages": PROMPT, "response": None, "tool_calls": [TOOL_CALL], "finish_reason": "tool_calls"}
     ],
@@ -159,7 +168,8 @@ def test_real_instrumentation_maps_to_what_the_fake_served(
         assert call is not None
         assert call.model == otel_emit.MODEL and call.model_version == otel_emit.MODEL
         assert (call.prompt_tokens, call.completion_tokens) == TOKENS.get(scenario, (11, 7))
-        assert call.system_prompt == otel_emit.SYSTEM and call.user_prompt == otel_emit.QUESTION
+        assert call.user_prompt == otel_emit.QUESTION
+        assert call.system_prompt == (None if scenario in NO_SYSTEM else otel_emit.SYSTEM)
         for name, value in want.items():
             if name not in not_emitted(instrumentation, scenario):
                 assert getattr(call, name) == value, name

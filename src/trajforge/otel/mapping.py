@@ -520,6 +520,8 @@ def _oi_llm(span: Span, bag: Bag) -> Mapped:
     if outs:
         first, reasoning = _oi_message(outs[0])
         output = [first]
+    if messages is None and not output:
+        messages, output = _oi_completion(bag)
     tools = [t.take_json("tool.json_schema") for t in bag.indexed("llm.tools")]
     if tools:
         call.tools = [t for t in tools if t is not None]
@@ -536,6 +538,21 @@ def _oi_llm(span: Span, bag: Bag) -> Mapped:
             bag.use("output.value")
             bag.use("output.mime_type")
     return Mapped("llm", call=call, content_absent=not present)
+
+
+def _oi_completion(bag: Bag) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]]]:
+    """A (legacy) completions call: ``llm.prompts.N.prompt.text`` (or a list ``llm.prompts``) and
+    ``llm.choices.0.completion.text``, as the SDK records one: a user message of the prompts
+    joined by newlines, and the first choice's text."""
+    prompts = [p.take_text("prompt.text") for p in bag.indexed("llm.prompts")]
+    texts = [p for p in prompts if p is not None]
+    listed = bag.get("llm.prompts")
+    if not texts and isinstance(listed, list) and listed and all(isinstance(p, str) for p in listed):
+        texts = bag.take("llm.prompts")
+    messages = [{"role": "user", "content": "\n".join(texts)}] if texts else None
+    choices = bag.indexed("llm.choices")
+    text = choices[0].take_text("completion.text") if choices else None
+    return messages, [{"role": "assistant", "content": text}] if text is not None else []
 
 
 def _oi_documents(bag: Bag) -> list[dict[str, Any]]:
