@@ -25,7 +25,8 @@ from trajforge.otel.spans import LogEvent, Span, SpanEvent
 INSTRUMENTATIONS = ("openai-v2", "openinference", "openllmetry")
 EVENT_MODES = ("openllmetry-events",)
 """OpenLLMetry with ``use_attributes=False``: content as per-message log events, not on the span."""
-SCENARIOS = ("chat", "stream", "tools", "stream_tools", "async", "responses", "completion")
+SCENARIOS = ("chat", "stream", "tools", "stream_tools", "async", "responses", "completion", "error")
+"""``error``: a chat call whose server refuses the connection (the call fails, the agent goes on)."""
 """``responses``: the Responses API (``client.responses.create``), which openai-v2 does not trace."""
 
 MODEL = "gpt-test"
@@ -226,6 +227,18 @@ def _run(scenario: str, base_url: str) -> None:
             )
 
         asyncio.run(go())
+        return
+    if scenario == "error":
+        import socket
+
+        with socket.socket() as closed:  # a port nobody listens on
+            closed.bind(("127.0.0.1", 0))
+            port = closed.getsockname()[1]
+        refused = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="test-key", max_retries=0)
+        try:
+            refused.chat.completions.create(model=MODEL, messages=messages)
+        except openai.APIConnectionError:
+            pass
         return
     client = openai.OpenAI(base_url=base_url, api_key="test-key")
     if scenario == "chat":

@@ -45,11 +45,12 @@ NOT_EMITTED: dict[tuple[str, str], set[str]] = {
     ("openinference", "responses"): {"finish_reason"},  # no llm.finish_reason for Responses
 }
 UNTRACED = {("openai-v2", "responses"), ("openai-v2", "completion")}  # openai-v2: Chat Completions only
+FAILING = ("error",)  # scenarios whose call fails: tested on their own
 CASES = [
     pytest.param(i, s, id=f"{i}-{s}")
     for i in otel_emit.INSTRUMENTATIONS
     for s in otel_emit.SCENARIOS
-    if (i, s) not in UNTRACED
+    if (i, s) not in UNTRACED and s not in FAILING
 ]
 
 
@@ -196,6 +197,21 @@ def test_real_instrumentation_call_equals_the_sdk_capture_of_it(
             if name in not_emitted(instrumentation, scenario):
                 continue
             assert getattr(o, name) == getattr(s, name), (name, getattr(o, name), getattr(s, name))
+
+
+@pytest.mark.parametrize("instrumentation", otel_emit.INSTRUMENTATIONS)
+def test_real_instrumentation_failed_call_is_an_error_call(
+    instrumentation: str, fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    """A call whose server refused the connection: the span's error becomes the call's, recorded as
+    the SDK records a failed call (finish reason ``error``, tag ``error:<exception class>``)."""
+    spans, _ = emitted(instrumentation, "error", fake.base_url)
+    (m,) = llm_calls(spans)
+    assert m.error and "Connection error" in m.error
+    (sdk,) = sdk_calls("error", fake.base_url, tmp_path)
+    assert m.call is not None and sdk.tags == ["error:APIConnectionError"]
+    for name in (*COMPARED, "tags"):
+        assert getattr(m.call, name) == getattr(sdk, name), name
 
 
 def test_openai_v2_log_events_carry_the_same_call(fake: FakeOpenAI) -> None:

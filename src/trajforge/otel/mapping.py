@@ -158,12 +158,28 @@ def _common(span: Span, bag: Bag, mapped: Mapped) -> None:
         bag.use("error.type")
     if mapped.error:
         if mapped.call is not None:
+            # The SDK capture's tag: the exception class's bare name (``error:APIConnectionError``)
+            kind = _bare_type(error_type or _exception_type(span))
             mapped.call.finish_reason = mapped.call.finish_reason or "error"
-            tag = f"error:{error_type or 'span'}"
-            mapped.call.tags = [*(mapped.call.tags or []), tag]
+            mapped.call.tags = [*(mapped.call.tags or []), f"error:{kind or 'span'}"]
         if mapped.action is not None:
             mapped.action.success = False
             mapped.action.error = mapped.error
+
+
+def _exception_type(span: Span) -> str | None:
+    for event in span.events:
+        if event.name == "exception" and isinstance(event.attributes, dict):
+            return v.as_name(event.attributes.get("exception.type"))
+    return None
+
+
+def _bare_type(name: str | None) -> str | None:
+    """``openai.APIConnectionError`` or ``<class 'openai.APIConnectionError'>`` → the class name."""
+    if not name:
+        return None
+    name = name.removeprefix("<class '").removesuffix("'>")
+    return name.rsplit(".", 1)[-1] or None
 
 
 def _exception(span: Span) -> str | None:
