@@ -27,6 +27,10 @@ EVENT_MODES = ("openllmetry-events",)
 """OpenLLMetry with ``use_attributes=False``: content as per-message log events, not on the span."""
 SCENARIOS = ("chat", "stream", "tools", "stream_tools", "async", "responses", "completion", "error")
 """``error``: a chat call whose server refuses the connection (the call fails, the agent goes on)."""
+AGENT_SCENARIO = "agent"
+"""The ``tools`` round trip inside an ``invoke_agent`` span, the tool run in an ``execute_tool``
+span (opentelemetry-util-genai's own handler, as agent frameworks emit them); openai-v2 only."""
+AGENT, CONVERSATION = "weather-bot", "conv-42"
 """``responses``: the Responses API (``client.responses.create``), which openai-v2 does not trace."""
 
 MODEL = "gpt-test"
@@ -61,7 +65,7 @@ def emit_both(
     """Run ``scenario`` under ``instrumentation`` in a fresh interpreter; the serialized OTLP trace
     and log export requests it produced. ``env`` overrides the instrumentation's variables (e.g.
     content capture off)."""
-    if instrumentation not in INSTRUMENTATIONS + EVENT_MODES or scenario not in SCENARIOS:
+    if instrumentation not in INSTRUMENTATIONS + EVENT_MODES or scenario not in (*SCENARIOS, AGENT_SCENARIO):
         raise ValueError(f"unknown instrumentation/scenario: {instrumentation}/{scenario}")
     child_env = {
         k: v
@@ -213,6 +217,28 @@ def _instrument(name: str, tracer_provider: Any, logger_provider: Any) -> None:
         )
 
 
+def _agent(base_url: str, tracer_provider: Any, logger_provider: Any) -> None:
+    import openai
+    from opentelemetry.util.genai.handler import TelemetryHandler
+
+    handler = TelemetryHandler(tracer_provider=tracer_provider, logger_provider=logger_provider)
+    client = openai.OpenAI(base_url=base_url, api_key="test-key")
+    messages: list[Any] = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}]
+    with handler.invoke_local_agent(agent_name=AGENT, request_model=MODEL, conversation_id=CONVERSATION):
+        first = client.chat.completions.create(model=MODEL, messages=messages, tools=[TOOL])
+        call = first.choices[0].message.tool_calls[0]
+        with handler.tool(call.function.name, tool_type="function") as tool:
+            tool.tool_call_id = call.id
+            tool.arguments = json.loads(call.function.arguments)
+            tool.tool_result = TOOL_RESULT
+        follow = [
+            *messages,
+            {"role": "assistant", "content": None, "tool_calls": [call.model_dump(exclude_none=True)]},
+            {"role": "tool", "tool_call_id": call.id, "content": TOOL_RESULT},
+        ]
+        client.chat.completions.create(model=MODEL, messages=follow)
+
+
 def _run(scenario: str, base_url: str) -> None:
     import openai
 
@@ -299,7 +325,10 @@ def _child(instrumentation: str, scenario: str, base_url: str) -> None:
     logger_provider = LoggerProvider(resource=resource)
     logger_provider.add_log_record_processor(SimpleLogRecordProcessor(logs))
     _instrument(instrumentation, tracer_provider, logger_provider)
-    _run(scenario, base_url)
+    if scenario == AGENT_SCENARIO:
+        _agent(base_url, tracer_provider, logger_provider)
+    else:
+        _run(scenario, base_url)
     tracer_provider.force_flush()
     logger_provider.force_flush()
     traces = encode_spans(spans.get_finished_spans()).SerializeToString()

@@ -214,6 +214,33 @@ def test_real_instrumentation_failed_call_is_an_error_call(
         assert getattr(m.call, name) == getattr(sdk, name), name
 
 
+def test_real_agent_tool_and_chat_spans(fake: FakeOpenAI) -> None:
+    """An agent run as util-genai emits it (``invoke_agent`` around the chat calls and an
+    ``execute_tool`` span): the agent names the trajectory, the tool span is the action with the
+    call id that links it to the call that asked, and the agent and chat spans carry the conversation."""
+    spans, _ = emitted("openai-v2", otel_emit.AGENT_SCENARIO, fake.base_url)
+    mapped = [(s, map_span(s)) for s in spans]
+    kinds = [m.kind for _, m in mapped]
+    assert sorted(kinds) == ["agent", "llm", "llm", "tool"]
+    root = next(s for s, m in mapped if m.kind == "agent")
+    assert all(s.parent_span_id == root.span_id for s, m in mapped if m.kind != "agent")
+    # util-genai puts the conversation on agent and chat spans (the tool span joins by its trace)
+    assert {m.conversation_id for _, m in mapped if m.kind != "tool"} == {otel_emit.CONVERSATION}
+    agent = next(m for _, m in mapped if m.kind == "agent")
+    assert (agent.agent_name, agent.convention) == (otel_emit.AGENT, "gen_ai")
+    tool = next(m for _, m in mapped if m.kind == "tool")
+    assert tool.action is not None and tool.tool_call_id == "call_1"
+    assert (tool.action.action_name, tool.action.parameters, tool.action.result) == (
+        "get_weather",
+        {"q": otel_emit.QUESTION},
+        otel_emit.TOOL_RESULT,
+    )
+    assert tool.action.success and tool.error is None
+    calls = [m.call for _, m in mapped if m.kind == "llm"]
+    assert calls[0] is not None and calls[0].tool_calls == [TOOL_CALL]
+    assert calls[1] is not None and calls[1].messages == FOLLOW_UP and calls[1].response == ANSWER
+
+
 def test_openai_v2_log_events_carry_the_same_call(fake: FakeOpenAI) -> None:
     """``gen_ai.client.inference.operation.details`` log records map to the call of their span."""
     spans, logs = emitted("openai-v2", "tools", fake.base_url)
