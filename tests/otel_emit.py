@@ -59,14 +59,16 @@ ENV: dict[str, dict[str, str]] = {
 }
 
 
-def emit_both(
-    instrumentation: str, scenario: str, base_url: str, env: dict[str, str] | None = None
-) -> tuple[bytes, bytes]:
-    """Run ``scenario`` under ``instrumentation`` in a fresh interpreter; the serialized OTLP trace
-    and log export requests it produced. ``env`` overrides the instrumentation's variables (e.g.
-    content capture off)."""
-    if instrumentation not in INSTRUMENTATIONS + EVENT_MODES or scenario not in (*SCENARIOS, AGENT_SCENARIO):
-        raise ValueError(f"unknown instrumentation/scenario: {instrumentation}/{scenario}")
+def emit_many(
+    instrumentation: str, scenarios: tuple[str, ...], base_url: str, env: dict[str, str] | None = None
+) -> dict[str, tuple[bytes, bytes]]:
+    """Run ``scenarios`` one after the other under ``instrumentation`` in one fresh interpreter;
+    per scenario, the serialized OTLP trace and log export requests it produced (each scenario's
+    own: the exporters are emptied in between). ``env`` overrides the instrumentation's variables
+    (e.g. content capture off)."""
+    known = (*SCENARIOS, AGENT_SCENARIO)
+    if instrumentation not in INSTRUMENTATIONS + EVENT_MODES or not set(scenarios) <= set(known):
+        raise ValueError(f"unknown instrumentation/scenario: {instrumentation}/{scenarios}")
     child_env = {
         k: v
         for k, v in os.environ.items()
@@ -76,16 +78,26 @@ def emit_both(
     child_env.update(env or {})
     child_env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     done = subprocess.run(
-        [sys.executable, "-m", "tests.otel_emit", instrumentation, scenario, base_url],
+        [sys.executable, "-m", "tests.otel_emit", instrumentation, ",".join(scenarios), base_url],
         env=child_env,
         capture_output=True,
-        timeout=120,
+        timeout=300,
         check=False,
     )
     if done.returncode != 0:
-        raise RuntimeError(f"emitter {instrumentation}/{scenario} failed:\n{done.stderr.decode()[-4000:]}")
+        raise RuntimeError(f"emitter {instrumentation}/{scenarios} failed:\n{done.stderr.decode()[-4000:]}")
     out = json.loads(done.stdout.decode().strip().splitlines()[-1])
-    return base64.b64decode(out["traces"]), base64.b64decode(out["logs"])
+    return {
+        name: (base64.b64decode(bodies["traces"]), base64.b64decode(bodies["logs"]))
+        for name, bodies in out.items()
+    }
+
+
+def emit_both(
+    instrumentation: str, scenario: str, base_url: str, env: dict[str, str] | None = None
+) -> tuple[bytes, bytes]:
+    """The serialized OTLP trace and log export requests of ``scenario`` under ``instrumentation``."""
+    return emit_many(instrumentation, (scenario,), base_url, env)[scenario]
 
 
 def emit(instrumentation: str, scenario: str, base_url: str, env: dict[str, str] | None = None) -> bytes:
@@ -307,7 +319,7 @@ def _run(scenario: str, base_url: str) -> None:
         client.chat.completions.create(model=MODEL, messages=follow)
 
 
-def _child(instrumentation: str, scenario: str, base_url: str) -> None:
+def _child(instrumentation: str, scenarios: str, base_url: str) -> None:
     from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
     from opentelemetry.sdk._logs import LoggerProvider
@@ -325,15 +337,22 @@ def _child(instrumentation: str, scenario: str, base_url: str) -> None:
     logger_provider = LoggerProvider(resource=resource)
     logger_provider.add_log_record_processor(SimpleLogRecordProcessor(logs))
     _instrument(instrumentation, tracer_provider, logger_provider)
-    if scenario == AGENT_SCENARIO:
-        _agent(base_url, tracer_provider, logger_provider)
-    else:
-        _run(scenario, base_url)
-    tracer_provider.force_flush()
-    logger_provider.force_flush()
-    traces = encode_spans(spans.get_finished_spans()).SerializeToString()
-    records = encode_logs(logs.get_finished_logs()).SerializeToString()
-    out = {"traces": base64.b64encode(traces).decode(), "logs": base64.b64encode(records).decode()}
+    out = {}
+    for scenario in scenarios.split(","):
+        if scenario == AGENT_SCENARIO:
+            _agent(base_url, tracer_provider, logger_provider)
+        else:
+            _run(scenario, base_url)
+        tracer_provider.force_flush()
+        logger_provider.force_flush()
+        traces = encode_spans(spans.get_finished_spans()).SerializeToString()
+        records = encode_logs(logs.get_finished_logs()).SerializeToString()
+        spans.clear()
+        logs.clear()
+        out[scenario] = {
+            "traces": base64.b64encode(traces).decode(),
+            "logs": base64.b64encode(records).decode(),
+        }
     sys.stdout.write("\n" + json.dumps(out) + "\n")
 
 

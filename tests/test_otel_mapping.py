@@ -94,10 +94,21 @@ _emitted: dict[tuple[str, str], tuple[bytes, bytes]] = {}
 
 
 def emitted(instrumentation: str, scenario: str, base_url: str) -> tuple[list[Span], list[LogEvent]]:
-    key = (instrumentation, scenario)
-    if key not in _emitted:
-        _emitted[key] = otel_emit.emit_both(instrumentation, scenario, base_url)
-    traces, logs = _emitted[key]
+    """The spans and log events of ``scenario``; an instrumentation's first use runs all its
+    scenarios in one subprocess (one interpreter start each, not one per scenario)."""
+    if (instrumentation, scenario) not in _emitted:
+        wanted = [
+            s
+            for s in (*otel_emit.SCENARIOS, otel_emit.AGENT_SCENARIO)
+            if (instrumentation, s) not in UNTRACED
+        ]
+        if instrumentation != "openai-v2":
+            wanted = [s for s in wanted if s != otel_emit.AGENT_SCENARIO]
+        if scenario not in wanted:
+            wanted = [scenario]
+        for name, bodies in otel_emit.emit_many(instrumentation, tuple(wanted), base_url).items():
+            _emitted[(instrumentation, name)] = bodies
+    traces, logs = _emitted[(instrumentation, scenario)]
     return otel_emit.spans_of(traces), otel_emit.logs_of(logs)
 
 
