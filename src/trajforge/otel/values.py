@@ -39,8 +39,11 @@ def as_int(value: Any) -> int | None:
         return None
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         value = int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value) < 20:
-        value = int(value)
+    if isinstance(value, str) and len(value) < 20:
+        try:
+            value = int(value)
+        except ValueError:  # not a number, or digits int() does not read ("²")
+            return None
     return value if isinstance(value, int) and MIN_INT <= value <= MAX_INT else None
 
 
@@ -49,7 +52,7 @@ def as_float(value: Any) -> float | None:
         return None
     if isinstance(value, str):
         try:
-            value = float(value)
+            value = float(value) if len(value) < 64 else None
         except ValueError:
             return None
     if isinstance(value, int | float) and math.isfinite(value) and abs(value) <= MAX_ABS_REAL:
