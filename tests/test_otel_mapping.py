@@ -654,6 +654,23 @@ def test_openllmetry_legacy_table() -> None:
     }
 
 
+def test_openllmetry_legacy_completion() -> None:
+    m = map_span(
+        span(
+            {
+                "llm.request.type": "completion",
+                "gen_ai.request.model": "davinci",
+                "gen_ai.prompt.0.user": "Say hi",
+                "gen_ai.completion.0.content": "hi",
+                "gen_ai.completion.0.finish_reason": "stop",
+            }
+        )
+    )
+    assert m.call is not None and m.call.messages == [{"role": "user", "content": "Say hi"}]
+    assert (m.call.user_prompt, m.call.response, m.call.finish_reason) == ("Say hi", "hi", "stop")
+    assert m.metadata == {}
+
+
 def test_openllmetry_tool_and_agent_spans() -> None:
     tool = map_span(
         span(

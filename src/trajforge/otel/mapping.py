@@ -106,6 +106,8 @@ def _fill(into: LlmCall, part: LlmCall) -> None:
 
 
 def convention_of(attrs: dict[str, Any]) -> str:
+    """Which convention a span's attributes use (``""``: none we know)."""
+    attrs = {k: None for k in attrs if isinstance(k, str)}
     if "openinference.span.kind" in attrs or any(
         k.startswith(("llm.input_messages.", "llm.output_messages.")) for k in attrs
     ):
@@ -371,6 +373,8 @@ def _indexed_calls(bag: Bag) -> list[dict[str, Any]]:
 def _legacy_message(m: Bag, default_role: str) -> dict[str, Any]:
     role = m.take_name("role") or default_role
     content = m.get("content")
+    if content is None and isinstance(m.get("user"), str):  # completions: gen_ai.prompt.0.user
+        role, content = "user", m.take("user")
     parsed = v.parse_json(content)
     if isinstance(parsed, list) and all(isinstance(p, dict) and "type" in p for p in parsed):
         content = parsed  # multimodal content parts, sent as a JSON string
@@ -392,7 +396,7 @@ def _legacy_message(m: Bag, default_role: str) -> dict[str, Any]:
 def _openllmetry(span: Span, bag: Bag) -> Mapped:
     kind = v.as_name(bag.get("traceloop.span.kind"))
     request_type = v.as_name(bag.get("llm.request.type"))
-    legacy = any(_LEGACY.match(k) for k in bag.attrs)
+    legacy = any(isinstance(k, str) and _LEGACY.match(k) for k in bag.attrs)
     if request_type in ("chat", "completion") or (request_type is None and legacy):
         bag.use("llm.request.type")
         call = _call(span)
