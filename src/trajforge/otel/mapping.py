@@ -57,10 +57,16 @@ def map_span(span: Span) -> Mapped:
 
 
 def map_log(event: LogEvent) -> Mapped | None:
-    """A GenAI log event's share of the call of its span (``event.span_id``), or None for an event
-    we do not use. ``gen_ai.client.inference.operation.details`` carries the same content
-    attributes as a span; the older per-message events give one message each (``call.messages``)
-    or, for ``gen_ai.choice``, the response. :func:`apply_logs` puts them together."""
+    """What a GenAI log event says on its own about the call of its span (``event.span_id``):
+    ``gen_ai.client.inference.operation.details`` carries the same content attributes as a span.
+    None for any other event, including the older per-message events (``gen_ai.user.message`` …,
+    ``gen_ai.choice``): one message alone is a broken conversation, so those only count all
+    together, through :func:`apply_logs`."""
+    part = _safe_log(event)
+    return part if part is not None and event.event_name == DETAILS_EVENT else None
+
+
+def _safe_log(event: LogEvent) -> Mapped | None:
     try:
         return _map_log(event)
     except Exception:  # noqa: BLE001 - an event we cannot read is one we do not use
@@ -74,11 +80,11 @@ def apply_logs(call: LlmCall, events: Sequence[LogEvent]) -> LlmCall:
     arrive and a re-sent batch changes nothing, provided it passes each log record once, in the
     order emitted (per-message events often carry no timestamp). Fields the span already has win;
     the messages of per-message events are used only when the span and the details events carry
-    none, in the order given."""
+    none, in the order given (``gen_ai.choice`` gives the response)."""
     out = dataclasses.replace(call, messages=list(call.messages) if call.messages else None)
     per_message: list[dict[str, Any]] = []
     for event in events:
-        part = map_log(event)
+        part = _safe_log(event)
         if part is None or part.call is None:
             continue
         if event.event_name in MESSAGE_EVENTS:
