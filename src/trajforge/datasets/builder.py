@@ -155,6 +155,13 @@ def _manifest(
         )
     if not train_rows:
         warnings.append("the training split is empty: no trajectory matched, or every one was dropped")
+    if sel.calls_without_content:
+        warnings.append(
+            f"{sel.calls_without_content} LLM calls had no message content and cannot become rows: the "
+            "OpenTelemetry emitter's content capture was off (set "
+            "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=SPAN_ONLY, true on older versions, or "
+            "TRACELOOP_TRACE_CONTENT=true for OpenLLMetry, in the agent's environment)"
+        )
     created = now_ms()
     privacy = report.to_wire()
     privacy["duplicatesSkipped"] = sel.duplicates
@@ -172,6 +179,7 @@ def _manifest(
         "counts": {
             "trajectories": len(ids),
             "rows": {"train": train_rows, "eval": files.rows.get("eval.jsonl", 0)},
+            "callsWithoutContent": sel.calls_without_content,
             "tasks": {
                 task: {
                     **counts,

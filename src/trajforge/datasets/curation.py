@@ -36,6 +36,18 @@ class Selection:
         default_factory=lambda: defaultdict(lambda: {"train": 0, "eval": 0})
     )
     duplicates: int = 0
+    calls_without_content: int = 0
+    """Calls skipped because nothing of their conversation was stored (see :func:`no_content`)."""
+
+
+NO_CONTENT = "no message content captured (content capture was off in the OpenTelemetry emitter)"
+"""The drop reason of a trajectory whose every call arrived without content."""
+
+
+def no_content(row: FlatCall) -> bool:
+    """A call with neither prompt nor completion stored: what an OpenTelemetry emitter sends when its
+    content capture is off (such calls also carry the ``otel:content-absent`` tag)."""
+    return not (row.messages or row.system_prompt or row.user_prompt or row.response or row.tool_calls)
 
 
 @dataclass(slots=True)
@@ -50,6 +62,7 @@ class Outcome:
     strings_changed: int = 0
     lines: list[Line] | None = None
     """Per example, when converted where it was curated (in a worker)."""
+    calls_without_content: int = 0
 
 
 def _groups(rows: Iterator[FlatCall]) -> Iterator[list[FlatCall]]:
@@ -149,16 +162,22 @@ def _curate(
                 yield Outcome(tid, "fewer LLM calls than minLlmCallsPerTrajectory")
                 continue
             examples = []
+            absent = considered = 0
             for row in rows:
                 if req.task is not None and task_of(row.action_type, row.purpose) != req.task:
                     continue
+                considered += 1
                 ex = example_from_row(row, reward)
                 if ex is not None:
                     ex.own_reward, ex.reward_from = own, req.reward_score
                     examples.append(ex)
+                elif no_content(row):
+                    absent += 1
             if not examples:
                 why = "no LLM call with a completion" + (f" for task {req.task!r}" if req.task else "")
-                yield Outcome(tid, why)
+                yield Outcome(
+                    tid, NO_CONTENT if absent and absent == considered else why, calls_without_content=absent
+                )
                 continue
             before, changed = dict(counts), pf.report.strings_changed
             found: set[str] = set()
@@ -166,7 +185,12 @@ def _curate(
                 if drop_on:
                     found |= pf.categories_in([ex.prompt, ex.completion, ex.tools, ex.agent_id, ex.ids])
                 _filter_example(pf, ex)
-            out = Outcome(tid, examples=examples, strings_changed=pf.report.strings_changed - changed)
+            out = Outcome(
+                tid,
+                examples=examples,
+                strings_changed=pf.report.strings_changed - changed,
+                calls_without_content=absent,
+            )
             if out.strings_changed:
                 out.redactions = {k: n - before.get(k, 0) for k, n in counts.items() if n != before.get(k, 0)}
             hit = sorted(found & drop_on)
@@ -184,6 +208,7 @@ def accept(
 ) -> Iterator[Outcome]:
     """Account for each outcome in the build's report and stop at ``limit`` included trajectories."""
     for out in outcomes:
+        sel.calls_without_content += out.calls_without_content
         if out.strings_changed:
             report.strings_changed += out.strings_changed
             report.trajectories_with_redactions += 1
@@ -209,7 +234,7 @@ def local_outcomes(store: Store, req: BuildRequest, pf: PrivacyFilter) -> Iterat
 # --- parallel curation: worker processes for big builds of per-example formats ---------------------
 
 _PAGE = 200
-_Meta = tuple[str, str | None, dict[str, int], int, list[tuple[str, str, int, bytes]]]
+_Meta = tuple[str, str | None, dict[str, int], int, list[tuple[str, str, int, bytes]], int]
 
 
 def _worker_page(ids: list[str]) -> tuple[list[_Meta], bytes]:
@@ -226,18 +251,34 @@ def _worker_page(ids: list[str]) -> tuple[list[_Meta], bytes]:
             task, group, text, key = line(req.format, ex, check=len(lines) % CHECK_EVERY == 0)
             lines.append(text)
             placed.append((task, group, len(text), key))
-        metas.append((out.trajectory_id, out.drop, out.redactions, out.strings_changed, placed))
+        metas.append(
+            (
+                out.trajectory_id,
+                out.drop,
+                out.redactions,
+                out.strings_changed,
+                placed,
+                out.calls_without_content,
+            )
+        )
     return metas, b"".join(lines)
 
 
 def _unpack(metas: list[_Meta], blob: bytes) -> Iterator[Outcome]:
     pos = 0
-    for tid, drop, redactions, changed, placed in metas:
+    for tid, drop, redactions, changed, placed, absent in metas:
         lines = []
         for task, group, n, key in placed:
             lines.append((task, group, blob[pos : pos + n], key))
             pos += n
-        yield Outcome(tid, drop, redactions=redactions, strings_changed=changed, lines=lines)
+        yield Outcome(
+            tid,
+            drop,
+            redactions=redactions,
+            strings_changed=changed,
+            lines=lines,
+            calls_without_content=absent,
+        )
 
 
 def parallel_outcomes(store: Store, req: BuildRequest, pf: PrivacyFilter, n: int) -> Iterator[Outcome]:
