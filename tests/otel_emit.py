@@ -8,7 +8,7 @@ whole process, and the ``OTEL_*``/``TRACELOOP_*`` variables are read when they a
 
 ``emit(instrumentation, scenario, base_url)`` returns the trace body (POST it to ``/v1/traces``);
 ``emit_both`` returns the trace and log bodies. ``spans_of``/``logs_of`` turn those bodies into our
-``Span``/``LogEvent`` records (a minimal converter, for the mapping tests).
+``Span``/``LogEvent`` records through the server's own decoder.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import subprocess
 import sys
 from typing import Any
 
-from trajforge.otel.spans import LogEvent, Span, SpanEvent
+from trajforge.otel.decode import PROTOBUF, decode_logs, decode_traces
+from trajforge.otel.spans import LogEvent, Span
 
 INSTRUMENTATIONS = ("openai-v2", "openinference", "openllmetry")
 EVENT_MODES = ("openllmetry-events",)
@@ -105,115 +106,28 @@ def emit(instrumentation: str, scenario: str, base_url: str, env: dict[str, str]
     return emit_both(instrumentation, scenario, base_url, env)[0]
 
 
-# --- the converter (protobuf → our records) --------------------------------------------------------
-
-
-def _value(v: Any) -> Any:
-    kind = v.WhichOneof("value")
-    if kind is None:
-        return None
-    if kind == "array_value":
-        return [_value(x) for x in v.array_value.values]
-    if kind == "kvlist_value":
-        return {kv.key: _value(kv.value) for kv in v.kvlist_value.values}
-    return getattr(v, kind)
-
-
-def _attrs(kvs: Any) -> dict[str, Any]:
-    return {kv.key: _value(kv.value) for kv in kvs}
+# --- into our records: through the server's own decoder ---------------------------------------------
 
 
 def spans_of(body: bytes) -> list[Span]:
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
-    request = ExportTraceServiceRequest.FromString(body)
-    spans = []
-    for rs in request.resource_spans:
-        resource = _attrs(rs.resource.attributes)
-        for ss in rs.scope_spans:
-            for s in ss.spans:
-                spans.append(
-                    Span(
-                        trace_id=s.trace_id.hex(),
-                        span_id=s.span_id.hex(),
-                        parent_span_id=s.parent_span_id.hex() or None,
-                        name=s.name,
-                        start_ns=s.start_time_unix_nano,
-                        end_ns=s.end_time_unix_nano,
-                        kind=s.kind,
-                        status_code=s.status.code,
-                        status_message=s.status.message,
-                        attributes=_attrs(s.attributes),
-                        events=[SpanEvent(e.name, e.time_unix_nano, _attrs(e.attributes)) for e in s.events],
-                        resource=resource,
-                        scope=ss.scope.name,
-                    )
-                )
-    return sorted(spans, key=lambda s: s.start_ns)
+    """The spans of a serialized trace export request, as ``/v1/traces`` decodes them, by start."""
+    decoded = decode_traces(body, PROTOBUF)
+    assert not decoded.rejected, decoded.error_message
+    return sorted(decoded.spans, key=lambda s: s.start_ns)
 
 
 def logs_of(body: bytes) -> list[LogEvent]:
-    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-
-    request = ExportLogsServiceRequest.FromString(body)
-    events = []
-    for rl in request.resource_logs:
-        resource = _attrs(rl.resource.attributes)
-        for sl in rl.scope_logs:
-            for r in sl.log_records:
-                events.append(
-                    LogEvent(
-                        event_name=r.event_name,
-                        time_ns=r.time_unix_nano,
-                        trace_id=r.trace_id.hex() or None,
-                        span_id=r.span_id.hex() or None,
-                        attributes=_attrs(r.attributes),
-                        body=_value(r.body) if r.HasField("body") else None,
-                        resource=resource,
-                        scope=sl.scope.name,
-                    )
-                )
-    return events
+    """The log records of a serialized logs export request, as ``/v1/logs`` decodes them."""
+    decoded = decode_logs(body, PROTOBUF)
+    assert not decoded.rejected, decoded.error_message
+    return decoded.logs
 
 
 # --- the child process ----------------------------------------------------------------------------
 
 
-def _shim_util_genai() -> None:
-    """opentelemetry-instrumentation-openai-v2 2.4b0 was written against an older
-    opentelemetry-util-genai than the 1.3b0 its open dependency range (``>=0.4b0.dev``) resolves
-    to: 1.3b0 renamed ``genai.instruments`` to ``_instruments`` and the handler's
-    ``start_inference``/``stop_llm``/``fail_llm`` to ``inference()`` + ``invocation.stop()``/
-    ``fail()``. Bridge the names only (the spans, attributes and events are still built by the real
-    util-genai code); a no-op once the two are installed at matching versions."""
-    import importlib.util
-    import types
-
-    from opentelemetry.util.genai.handler import TelemetryHandler
-
-    if not hasattr(TelemetryHandler, "start_inference"):
-        TelemetryHandler.start_inference = lambda self, *a, **k: self.inference(*a, **k)  # type: ignore[attr-defined]
-        TelemetryHandler.stop_llm = lambda self, invocation: invocation.stop()  # type: ignore[attr-defined]
-        TelemetryHandler.fail_llm = lambda self, invocation, error: invocation.fail(error)  # type: ignore[attr-defined]
-    if importlib.util.find_spec("opentelemetry.util.genai.instruments") is not None:
-        return
-    from opentelemetry.util.genai import _instruments
-
-    def create_duration_histogram(meter: Any) -> Any:
-        return _instruments._Instruments(meter).operation_duration
-
-    def create_token_histogram(meter: Any) -> Any:
-        return _instruments._Instruments(meter).token_usage
-
-    module = types.ModuleType("opentelemetry.util.genai.instruments")
-    module.create_duration_histogram = create_duration_histogram  # type: ignore[attr-defined]
-    module.create_token_histogram = create_token_histogram  # type: ignore[attr-defined]
-    sys.modules[module.__name__] = module
-
-
 def _instrument(name: str, tracer_provider: Any, logger_provider: Any) -> None:
     if name == "openai-v2":
-        _shim_util_genai()
         from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor as V2
 
         V2().instrument(tracer_provider=tracer_provider, logger_provider=logger_provider)
@@ -236,7 +150,8 @@ def _agent(base_url: str, tracer_provider: Any, logger_provider: Any) -> None:
     handler = TelemetryHandler(tracer_provider=tracer_provider, logger_provider=logger_provider)
     client = openai.OpenAI(base_url=base_url, api_key="test-key")
     messages: list[Any] = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}]
-    with handler.invoke_local_agent(agent_name=AGENT, request_model=MODEL, conversation_id=CONVERSATION):
+    with handler.invoke_local_agent(agent_name=AGENT, request_model=MODEL) as agent:
+        agent.conversation_id = CONVERSATION  # set on the span when the invocation ends
         first = client.chat.completions.create(model=MODEL, messages=messages, tools=[TOOL])
         call = first.choices[0].message.tool_calls[0]
         with handler.tool(call.function.name, tool_type="function") as tool:

@@ -248,3 +248,29 @@ def test_import_ollama_defaults_the_base_from_the_registry(
         assert r.status_code == 422 and r.json()["error"]["field"] == "baseModel", r.text
         assert '"baseModel"' in r.json()["error"]["message"] and "agent3" not in server.created
     assert models.get(store, other.id).ollama_name is None
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"backend": [None, None]}, "backend"),  # not a string: once an unhashable 500
+        ({"backend": "cpu", "model": "0" * 600}, "model"),  # too long a name for a path: once a 500
+        ({"backend": "cpu", "model": "dir\x00name"}, "model"),
+    ],
+)
+def test_job_requests_of_the_wrong_shape_are_4xx_naming_the_field(
+    client: TestClient, change: dict[str, Any], field: str
+) -> None:
+    """Cases schemathesis once drew that answered 500, kept here explicitly."""
+    r = client.post("/api/training/jobs", json={"datasetId": "d", **change})
+    assert 400 <= r.status_code < 500 and r.json()["error"]["field"] == field, r.text
+
+
+def test_job_log_errors_are_json_and_documented_so(client: TestClient) -> None:
+    r = client.get("/api/training/jobs/nope/log")
+    assert r.status_code == 404 and r.headers["content-type"].startswith("application/json")
+    r = client.get("/api/training/jobs/nope/log?tail=0")
+    assert r.status_code == 422 and r.json()["error"]["field"] == "tail"
+    doc = client.get("/openapi.json").json()["paths"]["/api/training/jobs/{job_id}/log"]["get"]["responses"]
+    assert "text/plain" in doc["200"]["content"]
+    assert {"application/json"} == set(doc["404"]["content"]) == set(doc["422"]["content"])

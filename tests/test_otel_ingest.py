@@ -33,6 +33,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.helpers import free_port, start_server
+from tests.test_faults import refuse_agent
 from trajforge import datasets
 from trajforge.datasets import BuildRequest
 from trajforge.otel import decode
@@ -499,19 +500,22 @@ def test_assembled_trajectory_builds_an_sft_dataset(client: Any, store: Store, t
     assert ds.row_count >= 1
 
 
-def test_refused_records_do_not_stop_the_rest(store: Store) -> None:
-    """Spans the mapping turns into values the store cannot hold are rejected alone."""
+def test_refused_records_do_not_stop_the_rest(store_url: str, store: Store) -> None:
+    """A trajectory the database itself refuses (here a constraint on its agent) is rejected
+    alone, its spans counted in ``rejectedSpans``; the rest of the request is stored."""
+    refuse_agent(store_url, "poison")
     body = _json_body(
         [
-            _json_span("c3" * 16, CHAT1, None, "chat", 0, 5, **{"gen_ai.request.model": "m" * 5000}),
+            _json_span("c3" * 16, "a1" * 8, None, "invoke_agent", 0, 9, **{"gen_ai.agent.name": "poison"}),
+            _json_span("c3" * 16, CHAT1, "a1" * 8, "chat", 1, 5, **{"gen_ai.request.model": "m"}),
             _json_span(TRACE, CHAT2, None, "chat", 0, 5, **{"gen_ai.request.model": "fine"}),
         ]
     )
     decoded = decode.decode_traces(body, decode.JSON)
     batch = assemble_spans(decoded.spans, store, decoded)
     write(store, batch, decoded, lambda b: len(b.steps))
-    assert decoded.rejected == 1 and "model" in decoded.error_message
-    assert store.count(TrajectoryFilter()) == 1
+    assert decoded.rejected == 1 and "refused" in decoded.error_message
+    assert [t.id for t in store.list_trajectories(TrajectoryFilter()).items] == [TRACE]
 
 
 # --- kill -9 while an exporter sends ----------------------------------------------------------------

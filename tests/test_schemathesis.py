@@ -4,6 +4,7 @@ the real ASGI app and checks no 5xx, documented status codes, and response schem
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -31,6 +32,11 @@ TOKEN = "schemathesis-token"
 # cross-field rules (startDate <= endDate, minReward <= maxReward) are checked semantically and
 # answered 400/422 with the field; JSON Schema cannot express them.
 SEMANTIC = [positive_data_acceptance]
+# The same examples on every run unless TRAJFORGE_FUZZ=random: CI then answers for the code, not for
+# the draw (a random draw found real 500s here, each fixed and kept as an explicit test elsewhere,
+# and once a schemathesis false positive: ``?trajectoryIds=false`` is a one-id list in a query
+# string, not the boolean it generated). Run with TRAJFORGE_FUZZ=random to explore new examples.
+DERANDOMIZE = os.environ.get("TRAJFORGE_FUZZ") != "random"
 app = create_app(_store, token=TOKEN)
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 
@@ -53,13 +59,13 @@ open_schema = schemathesis.openapi.from_asgi("/openapi.json", open_app)
 
 
 @schema.parametrize()
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=40, deadline=None, derandomize=DERANDOMIZE, suppress_health_check=list(HealthCheck))
 def test_api_conforms_to_its_schema(case: schemathesis.Case) -> None:
     # With a token set, schemathesis also checks that wrong or missing tokens are refused.
     case.call_and_validate(excluded_checks=SEMANTIC)
 
 
 @open_schema.parametrize()
-@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=15, deadline=None, derandomize=DERANDOMIZE, suppress_health_check=list(HealthCheck))
 def test_open_api_without_token_conforms(case: schemathesis.Case) -> None:
     case.call_and_validate(excluded_checks=SEMANTIC)

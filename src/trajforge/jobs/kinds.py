@@ -125,7 +125,9 @@ DEFAULT_BACKEND = NATIVE.backends[0]
 def for_backend(backend: str) -> Kind:
     """The kind of job a request for ``backend`` runs."""
     for kind in REQUESTED:
-        if backend in kind.runs:
+        # A body may hold anything here (the discriminator sees it before validation): a list
+        # is not a backend, and must not reach ``in`` on a set as an unhashable value.
+        if isinstance(backend, str) and backend in kind.runs:
             return kind
     raise InvalidInput(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}", "backend")
 

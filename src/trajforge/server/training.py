@@ -341,8 +341,10 @@ def activate_model(
 @router.get(
     "/jobs/{job_id}/log",
     summary="The end of a job's log (plain text)",
-    response_class=PlainTextResponse,
-    responses={200: {"content": {"text/plain": {}}}},
+    # Not response_class=PlainTextResponse: that would document the JSON errors (404, 422) as
+    # text/plain too. The 200 is declared text/plain here and returned as such.
+    response_model=None,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
 def job_log(
     request: Request,
