@@ -1,5 +1,10 @@
 """A small OpenAI-compatible server on loopback, for tests: Chat Completions, Responses and
-(legacy) Completions, plain and streamed (Server-Sent Events), with deterministic answers chosen by ``answer``.
+(legacy) Completions, plain and streamed (Server-Sent Events), with deterministic answers chosen by ``answer``;
+Embeddings and the model list too.
+
+Knobs for the capture proxy's tests: ``fail`` (a status, an error body and extra headers) makes
+every model call answer with that error; ``stream_delay_s`` pauses between streamed events;
+``headers`` keeps each request's headers.
 
 It speaks the real wire protocol, so the real ``openai`` client (and any HTTP client) is tested
 against it exactly as against a hosted API.
@@ -37,6 +42,9 @@ class FakeOpenAI:
     def __init__(self, answer: Answer = echo_answer) -> None:
         self.answer = answer
         self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.fail: tuple[int, Any, dict[str, str]] | None = None
+        self.stream_delay_s = 0.0
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.port = self._server.server_address[1]
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
@@ -64,8 +72,11 @@ class FakeOpenAI:
                     payload = event if isinstance(event, str) else json.dumps(event)
                     self.wfile.write(f"data: {payload}\n\n".encode())
                     self.wfile.flush()
+                    if fake.stream_delay_s:
+                        time.sleep(fake.stream_delay_s)
 
             def do_GET(self) -> None:
+                fake.headers.append({k.lower(): v for k, v in self.headers.items()})
                 if self.path.rstrip("/").endswith("/models"):
                     self._json(200, {"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
                 else:
@@ -75,7 +86,30 @@ class FakeOpenAI:
                 length = int(self.headers.get("Content-Length") or 0)
                 request = json.loads(self.rfile.read(length) or b"{}")
                 fake.requests.append({"path": self.path, **request})
-                if self.path.endswith("/chat/completions"):
+                fake.headers.append({k.lower(): v for k, v in self.headers.items()})
+                if fake.fail is not None:
+                    status, body, extra = fake.fail
+                    data = json.dumps(body).encode()
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for name, value in extra.items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
+                if self.path.endswith("/embeddings"):
+                    vectors = request.get("input")
+                    inputs = vectors if isinstance(vectors, list) else [vectors]
+                    data = [
+                        {"object": "embedding", "index": i, "embedding": [0.25, -0.5, float(len(str(text)))]}
+                        for i, text in enumerate(inputs)
+                    ]
+                    usage = {"prompt_tokens": 3, "total_tokens": 3}
+                    self._json(
+                        200, {"object": "list", "data": data, "model": request.get("model"), "usage": usage}
+                    )
+                elif self.path.endswith("/chat/completions"):
                     self._chat(request)
                 elif self.path.endswith("/v1/completions"):
                     self._completions(request)
