@@ -439,3 +439,93 @@ def test_proxy_on_trajforge_serve_with_a_token(tmp_path: Path, fake: FakeOpenAI)
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
     no_secret_in(tmp_path)
+
+
+def test_upstream_connections_are_reused_and_an_idle_close_is_survived(tmp_path: Path) -> None:
+    with FakeOpenAI(keep_alive=True, idle_timeout_s=0.5) as fake:
+        proxy = start_proxy(tmp_path, fake.base_url)
+        try:
+            client = proxy.client()
+
+            def ask(text: str) -> str | None:
+                return (
+                    client.chat.completions.create(model="m", messages=[{"role": "user", "content": text}])
+                    .choices[0]
+                    .message.content
+                )
+
+            assert [ask(f"k{i}") for i in range(3)] == ["echo: k0", "echo: k1", "echo: k2"]
+            assert fake.connections == 1  # one kept-alive upstream connection for the three
+            until("the fake to close the idle connection", lambda: fake.closed_connections >= 1)
+            # The pooled connection is dead now: the call goes out again on a new one, once.
+            assert ask("after idle") == "echo: after idle"
+            assert (
+                fake.connections == 2
+                and [r["messages"][0]["content"] for r in fake.requests][-1] == "after idle"
+            )
+            assert len(fake.requests) == 4
+            streamed = client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "kept stream"}], stream=True
+            )
+            assert (
+                "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+                == "echo: kept stream"
+            )
+            assert ask("after stream") == "echo: after stream"
+            calls = [calls_of(t)[0] for t in stored(proxy.db, 6)]
+            assert [c.response for c in calls] == [
+                "echo: k0",
+                "echo: k1",
+                "echo: k2",
+                "echo: after idle",
+                "echo: kept stream",
+                "echo: after stream",
+            ]
+        finally:
+            proxy.stop()
+
+
+def test_explicit_steps_helicone_sessions_and_the_body_limit(proxy: Proxy, fake: FakeOpenAI) -> None:
+    session = proxy.client(**{"Helicone-Session-Id": "helicone-7", "X-Trajforge-Source": "eliza"})
+    for step, text in ((0, "plan"), (0, "plan again"), (1, "act")):
+        session.chat.completions.create(
+            model="m",
+            messages=[{"role": "user", "content": text}],
+            extra_headers={"X-Trajforge-Step": str(step)},
+        )
+    huge = httpx.post(
+        f"{proxy.base_url}/chat/completions",
+        content=b"x" * (32 * 1024 * 1024 + 1),
+        headers={"Content-Type": "application/json"},
+    )
+    assert huge.status_code == 413 and "limit" in huge.json()["error"]["message"]
+    assert len(fake.requests) == 3  # the oversized body never went upstream
+    (t,) = stored(proxy.db, 1, done=False)
+    assert (t.id, t.source, t.status) == ("helicone-7", "eliza", "active")
+    steps = sorted(t.steps, key=lambda s: s.step_number)
+    assert [[c.user_prompt for c in s.llm_calls] for s in steps] == [["plan", "plan again"], ["act"]]
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        ([], "--upstream"),
+        (["--upstream", "ftp://example.com/v1"], "--upstream"),
+        (["--upstream", "http://user:key@127.0.0.1:1/v1"], "credentials"),
+        (["--upstream", "http://127.0.0.1:1/v1", "--host", "0.0.0.0"], "TRAJFORGE_API_TOKEN"),
+    ],
+)
+def test_the_command_refuses_a_bad_setup_naming_it(tmp_path: Path, args: list[str], said: str) -> None:
+    from typer.testing import CliRunner
+
+    from trajforge.cli import app
+
+    env = {
+        "COLUMNS": "250",
+        "TRAJFORGE_HOME": str(tmp_path),
+        "TRAJFORGE_PROXY_UPSTREAM": "",
+        "TRAJFORGE_API_TOKEN": "",
+    }
+    result = CliRunner().invoke(app, ["proxy", "--db", str(tmp_path / "x.db"), *args], env=env)
+    assert result.exit_code == 2 and said in result.output, result.output
+    assert "key@" not in result.output

@@ -4,7 +4,8 @@ Embeddings and the model list too.
 
 Knobs for the capture proxy's tests: ``fail`` (a status, an error body and extra headers) makes
 every model call answer with that error; ``stream_delay_s`` pauses between streamed events;
-``headers`` keeps each request's headers.
+``headers`` keeps each request's headers; ``keep_alive=True`` speaks HTTP/1.1 with persistent
+connections (closed by the fake after ``idle_timeout_s`` idle), counted in ``connections``.
 
 It speaks the real wire protocol, so the real ``openai`` client (and any HTTP client) is tested
 against it exactly as against a hosted API.
@@ -39,8 +40,14 @@ def echo_answer(messages: list[dict[str, Any]], request: dict[str, Any]) -> str 
 
 
 class FakeOpenAI:
-    def __init__(self, answer: Answer = echo_answer) -> None:
+    def __init__(
+        self, answer: Answer = echo_answer, *, keep_alive: bool = False, idle_timeout_s: float | None = None
+    ) -> None:
         self.answer = answer
+        self.keep_alive = keep_alive
+        self.idle_timeout_s = idle_timeout_s
+        self.connections = 0
+        self.closed_connections = 0
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.fail: tuple[int, Any, dict[str, str]] | None = None
@@ -53,6 +60,17 @@ class FakeOpenAI:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if fake.keep_alive else "HTTP/1.0"
+            timeout = fake.idle_timeout_s  # an idle persistent connection is closed after it
+
+            def setup(self) -> None:
+                fake.connections += 1
+                super().setup()
+
+            def finish(self) -> None:
+                super().finish()
+                fake.closed_connections += 1
+
             def log_message(self, *args: Any) -> None:
                 pass
 
@@ -67,6 +85,9 @@ class FakeOpenAI:
             def _sse(self, events: Iterator[Any]) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
+                if fake.keep_alive:  # no length and no chunking here: the end of the body is the close
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
                 self.end_headers()
                 for event in events:
                     payload = event if isinstance(event, str) else json.dumps(event)

@@ -178,7 +178,11 @@ class Exchange:
             return call
         if self.cut:
             return _incomplete(call, self.started, "incomplete")
-        finish(call, orjson.loads(data), self.started)
+        try:
+            result = orjson.loads(data)
+        except orjson.JSONDecodeError:  # a 200 that is not JSON: the request is still worth keeping
+            return _incomplete(call, self.started, "unreadable_response")
+        finish(call, result, self.started)
         return call
 
 
