@@ -1,7 +1,7 @@
 """The capture proxy's added latency: the same calls to a loopback upstream, direct and through
 ``trajforge proxy`` (recording into SQLite), in alternating A/B rounds.
 
-    python benchmarks/proxy.py [--rounds 7] [--clients 50] [--requests 1000] [--think-ms 20]
+    python benchmarks/proxy.py [--rounds 7] [--clients 50] [--requests 1000] [--think-ms 100]
 
 Upstream: a tiny ASGI app on uvicorn (httptools, uvloop) in its own process, answering a canned
 chat completion at once (non-streamed) or as 10 server-sent events 2 ms apart (streamed): the
@@ -268,7 +268,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--requests", type=int, default=1000, help="non-streamed calls per phase")
     parser.add_argument("--streams", type=int, default=50, help="streamed calls per TTFB phase")
-    parser.add_argument("--think-ms", type=float, default=20.0, help="mean pause of a client between calls")
+    parser.add_argument("--think-ms", type=float, default=100.0, help="mean pause of a client between calls")
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_upstream:

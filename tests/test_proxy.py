@@ -323,6 +323,8 @@ def test_upstream_errors_pass_through_unchanged_and_are_recorded(
         assert (c502.user_prompt, c502.tags) == ("anyone?", ["error:APIConnectionError", "http_status:502"])
     finally:
         gone.stop()
+    proxy.stop()
+    no_secret_in(tmp_path)
 
 
 def test_a_client_that_leaves_mid_stream_is_recorded_incomplete(proxy: Proxy, fake: FakeOpenAI) -> None:
@@ -408,6 +410,18 @@ def test_a_hostile_header_is_refused_naming_it(
     error = r.json()["error"]
     assert error["param"] == header and header in error["message"]
     assert fake.requests == []  # refused before anything went upstream
+
+
+def test_a_tokenless_proxy_answers_only_loopback_host_names(proxy: Proxy, fake: FakeOpenAI) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    rebound = httpx.post(
+        f"{proxy.base_url}/chat/completions", json=body, headers={"Host": "rebind.evil.example"}
+    )
+    assert rebound.status_code == 421 and fake.requests == []  # a DNS-rebinding page gets nothing
+    assert (
+        httpx.post(f"{proxy.base_url}/chat/completions", json=body, headers={"Host": "localhost"}).status_code
+        == 200
+    )
 
 
 def test_proxy_on_trajforge_serve_with_a_token(tmp_path: Path, fake: FakeOpenAI) -> None:
@@ -529,3 +543,48 @@ def test_the_command_refuses_a_bad_setup_naming_it(tmp_path: Path, args: list[st
     result = CliRunner().invoke(app, ["proxy", "--db", str(tmp_path / "x.db"), *args], env=env)
     assert result.exit_code == 2 and said in result.output, result.output
     assert "key@" not in result.output
+
+
+def test_the_sdk_instrumentation_and_the_proxy_make_the_same_record(
+    proxy: Proxy, fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    """One conversion behind both ways in: the same calls, made once through the proxy and once
+    with the instrumented client straight to the fake, are stored as the same calls."""
+    import trajforge
+
+    def make_calls(client: openai.OpenAI) -> None:
+        messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "same call"}]
+        client.chat.completions.create(model="m", messages=messages, temperature=0.2)
+        client.chat.completions.create(model="m", messages=messages, tools=TOOLS)
+        for _chunk in client.chat.completions.create(
+            model="m", messages=messages, stream=True, stream_options={"include_usage": True}
+        ):
+            pass
+        client.responses.create(model="m", input="same response", instructions="Be kind.")
+        client.completions.create(model="m", prompt="same completion", max_tokens=5)
+
+    make_calls(proxy.client())
+    url = str(tmp_path / "sdk.db")
+    rec = trajforge.Recorder(url, spool_dir=tmp_path / "sdk-spool")
+    undo = trajforge.instrument_openai(rec)
+    try:
+        make_calls(openai.OpenAI(base_url=fake.base_url, api_key=SECRET, max_retries=0))
+    finally:
+        undo()
+        rec.close()
+
+    def comparable(db: Path) -> list[dict[str, Any]]:
+        from dataclasses import asdict
+
+        skip = {"call_id", "timestamp", "latency_ms"}
+        return [{k: v for k, v in asdict(calls_of(t)[0]).items() if k not in skip} for t in stored(db, 5)]
+
+    via_proxy, via_sdk = comparable(proxy.db), comparable(Path(url))
+    assert via_proxy == via_sdk
+    assert [c["response"] for c in via_proxy] == [
+        "echo: same call",
+        None,
+        "echo: same call",
+        "echo: same response",
+        "echo: same completion",
+    ]
