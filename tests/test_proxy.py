@@ -588,3 +588,43 @@ def test_the_sdk_instrumentation_and_the_proxy_make_the_same_record(
         "echo: same response",
         "echo: same completion",
     ]
+
+
+def test_an_https_upstream(tmp_path: Path) -> None:
+    """Hosted APIs are HTTPS: the proxy verifies the upstream's certificate against the system's
+    trust store (here one holding the test's own certificate, through SSL_CERT_FILE)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    with FakeOpenAI(tls=(str(cert), str(key)), keep_alive=True) as fake:
+        os.environ["SSL_CERT_FILE"] = str(cert)
+        try:
+            proxy = start_proxy(tmp_path, fake.base_url)
+        finally:
+            del os.environ["SSL_CERT_FILE"]
+        try:
+            client = proxy.client()
+            for text in ("over tls", "and again"):
+                answer = client.chat.completions.create(
+                    model="m", messages=[{"role": "user", "content": text}]
+                )
+                assert answer.choices[0].message.content == f"echo: {text}"
+            assert fake.connections == 1
+            assert [calls_of(t)[0].response for t in stored(proxy.db, 2)] == [
+                "echo: over tls",
+                "echo: and again",
+            ]
+        finally:
+            proxy.stop()
+    # Without the certificate trusted, the proxy refuses the upstream: a 502, never plain text.
+    with FakeOpenAI(tls=(str(cert), str(key))) as fake:
+        proxy = start_proxy(tmp_path, fake.base_url, name="untrusted")
+        try:
+            r = httpx.post(f"{proxy.base_url}/chat/completions", json={"model": "m", "messages": []})
+            assert r.status_code == 502 and fake.requests == []
+        finally:
+            proxy.stop()

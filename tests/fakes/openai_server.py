@@ -5,7 +5,8 @@ Embeddings and the model list too.
 Knobs for the capture proxy's tests: ``fail`` (a status, an error body and extra headers) makes
 every model call answer with that error; ``stream_delay_s`` pauses between streamed events;
 ``headers`` keeps each request's headers; ``keep_alive=True`` speaks HTTP/1.1 with persistent
-connections (closed by the fake after ``idle_timeout_s`` idle), counted in ``connections``.
+connections (closed by the fake after ``idle_timeout_s`` idle), counted in ``connections``;
+``tls=(certfile, keyfile)`` serves HTTPS.
 
 It speaks the real wire protocol, so the real ``openai`` client (and any HTTP client) is tested
 against it exactly as against a hosted API.
@@ -41,7 +42,12 @@ def echo_answer(messages: list[dict[str, Any]], request: dict[str, Any]) -> str 
 
 class FakeOpenAI:
     def __init__(
-        self, answer: Answer = echo_answer, *, keep_alive: bool = False, idle_timeout_s: float | None = None
+        self,
+        answer: Answer = echo_answer,
+        *,
+        keep_alive: bool = False,
+        idle_timeout_s: float | None = None,
+        tls: tuple[str, str] | None = None,
     ) -> None:
         self.answer = answer
         self.keep_alive = keep_alive
@@ -55,6 +61,13 @@ class FakeOpenAI:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.port = self._server.server_address[1]
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        if tls is not None:
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            self.base_url = f"https://localhost:{self.port}/v1"
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self

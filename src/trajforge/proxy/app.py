@@ -103,7 +103,7 @@ class ProxyApp:
     ) -> None:
         self.upstream = check_upstream(upstream)
         url = httpx.URL(self.upstream)
-        self._scheme, self._host = url.scheme, url.host
+        self._scheme, self._host = url.scheme, url.raw_host.decode("ascii")  # IDNA-encoded
         self._port = url.port or (443 if url.scheme == "https" else 80)
         self._base_path = url.raw_path.decode("ascii").rstrip("/")
         self.writer = writer

@@ -237,7 +237,8 @@ class UpstreamPool:
         self.host, self.port = host, port
         self.ssl: ssl.SSLContext | None = ssl.create_default_context() if scheme == "https" else None
         default = 443 if scheme == "https" else 80
-        self.host_header = (host if port == default else f"{host}:{port}").encode("idna")
+        name = f"[{host}]" if ":" in host else host  # an IPv6 address is bracketed in Host
+        self.host_header = (name if port == default else f"{name}:{port}").encode("ascii")
         self.max_idle = max_idle
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
