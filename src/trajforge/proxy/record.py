@@ -279,12 +279,16 @@ class Grouper:
         return number
 
 
+# Both writers spool a record at once when their queue is full (``put_timeout_s=0``): waiting for
+# room, as an agent's thread does, would stall the event loop and every call relayed on it.
+
+
 def store_writer(store: Store) -> BackgroundWriter:
     """The writer of a proxy mounted on ``trajforge serve``: into the server's own store."""
     from trajforge import settings
     from trajforge.capture.transport import StoreSink
 
-    return BackgroundWriter(StoreSink(store, owns_store=False), settings.home() / "spool")
+    return BackgroundWriter(StoreSink(store, owns_store=False), settings.home() / "spool", put_timeout_s=0.0)
 
 
 def proxy_writer(target: str | None, spool_dir: str | None = None) -> BackgroundWriter:
@@ -297,4 +301,6 @@ def proxy_writer(target: str | None, spool_dir: str | None = None) -> Background
     from trajforge.capture.recorder import _make_sink
 
     sink = _make_sink(target, None)
-    return BackgroundWriter(sink, Path(spool_dir) if spool_dir else settings.home() / "spool")
+    return BackgroundWriter(
+        sink, Path(spool_dir) if spool_dir else settings.home() / "spool", put_timeout_s=0.0
+    )
