@@ -628,3 +628,48 @@ def test_an_https_upstream(tmp_path: Path) -> None:
             assert r.status_code == 502 and fake.requests == []
         finally:
             proxy.stop()
+
+
+def test_an_upstream_that_breaks_mid_stream_breaks_the_client_stream_too(tmp_path: Path) -> None:
+    """A cut must not look like an end: the client's stream breaks as the upstream's did (never a
+    clean, short answer), and the record keeps what arrived, marked incomplete."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    event = {
+        "choices": [{"index": 0, "delta": {"content": "half an "}}],
+        "model": "m",
+        "object": "chat.completion.chunk",
+    }
+    payload = f"data: {json.dumps(event)}\n\n".encode()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                + f"{len(payload):x}\r\n".encode()
+                + payload
+                + b"\r\n"
+                + b'40\r\ndata: {"cho'
+            )  # then the connection drops in the middle of a chunk
+
+    threading.Thread(target=serve, daemon=True).start()
+    proxy = start_proxy(tmp_path, f"http://127.0.0.1:{listener.getsockname()[1]}/v1")
+    try:
+        got = []
+        with pytest.raises((openai.APIError, httpx.HTTPError)):
+            for chunk in proxy.client().chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "go"}], stream=True
+            ):
+                got.append(chunk.choices[0].delta.content)
+        assert got == ["half an "]
+        ((call,),) = [calls_of(t) for t in stored(proxy.db, 1)]
+        assert (call.response, call.finish_reason, call.tags) == ("half an ", "incomplete", ["incomplete"])
+    finally:
+        proxy.stop()
+        listener.close()

@@ -277,11 +277,12 @@ class ProxyApp:
                 held = chunk
                 if ex is not None:
                     ex.keep(chunk, self.max_record)
-        except UpstreamError:
+        except UpstreamError as exc:
             if ex is not None:
                 ex.cut = True
                 self._record(ex)
-            raise  # the server drops the connection: the client sees a broken body, not a short one
+            _broken(exc)
+            return  # unfinished: the server closes the connection, the client sees a broken body
         finally:
             response.close()
         await send({"type": "http.response.body", "body": held or b""})
@@ -331,7 +332,8 @@ class ProxyApp:
         if ex is not None:
             self._record(ex)
         if failed is not None:
-            raise failed  # the server drops the connection: the client sees the stream broken
+            _broken(failed)
+            return  # unfinished: the server closes the connection, the client sees the stream broken
         if not state["gone"]:
             await send({"type": "http.response.body", "body": b""})
 
@@ -349,6 +351,10 @@ class ProxyApp:
             return
         for item in items:
             writer.submit(item)
+
+
+def _broken(exc: BaseException) -> None:
+    log.warning("trajforge proxy: %s; the client's connection is closed unfinished too", exc)
 
 
 def check_upstream(url: str) -> str:
