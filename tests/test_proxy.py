@@ -385,31 +385,40 @@ def test_calls_succeed_while_the_store_is_down_and_are_stored_once_it_is_back(
     no_secret_in(tmp_path)
 
 
-@pytest.mark.parametrize(
-    ("header", "value"),
-    [
-        ("X-Trajforge-Trajectory", "t" * 201),
-        ("X-Trajforge-Trajectory", "tab\there"),
-        ("Helicone-Session-Id", "h" * 500),
-        ("X-Trajforge-Agent", "caf\xe9"),
-        ("X-Trajforge-Source", "s" * 201),
-        ("X-Trajforge-Step", "-1"),
-        ("X-Trajforge-Step", "99999999999"),
-        ("X-Trajforge-End", "maybe"),
-    ],
-)
-def test_a_hostile_header_is_refused_naming_it(
-    proxy: Proxy, fake: FakeOpenAI, header: str, value: str
-) -> None:
-    r = httpx.post(
-        f"{proxy.base_url}/chat/completions",
-        json={"model": "m", "messages": [{"role": "user", "content": "x"}]},
-        headers={header: value.encode("latin-1")},  # type: ignore[dict-item]
-    )
-    assert r.status_code == 400, r.text
-    error = r.json()["error"]
-    assert error["param"] == header and header in error["message"]
+HOSTILE = [
+    ("X-Trajforge-Trajectory", "t" * 201),
+    ("X-Trajforge-Trajectory", "tab\there"),
+    ("Helicone-Session-Id", "h" * 500),
+    ("X-Trajforge-Agent", "caf\xe9"),
+    ("X-Trajforge-Source", "s" * 201),
+    ("X-Trajforge-Scenario", "two\x80bytes"),
+    ("X-Trajforge-Step", "-1"),
+    ("X-Trajforge-Step", "99999999999"),
+    ("X-Trajforge-Step", "\u0661"),  # a digit to str.isdigit, not a step number
+    ("X-Trajforge-End", "maybe"),
+]
+
+
+def test_a_hostile_header_is_refused_naming_it(proxy: Proxy, fake: FakeOpenAI) -> None:
+    for header, value in HOSTILE:
+        r = httpx.post(
+            f"{proxy.base_url}/chat/completions",
+            json={"model": "m", "messages": [{"role": "user", "content": "x"}]},
+            headers={header: value.encode("utf-8" if ord(max(value)) > 255 else "latin-1")},  # type: ignore[dict-item]
+        )
+        assert r.status_code == 400, (header, r.text)
+        error = r.json()["error"]
+        assert error["param"] == header and header in error["message"], (header, error)
     assert fake.requests == []  # refused before anything went upstream
+    assert stored_count(proxy.db) == 0
+
+
+def stored_count(db: Path) -> int:
+    store = open_store(str(db))
+    try:
+        return store.count(TrajectoryFilter())
+    finally:
+        store.close()
 
 
 def test_a_tokenless_proxy_answers_only_loopback_host_names(proxy: Proxy, fake: FakeOpenAI) -> None:
