@@ -221,6 +221,9 @@ def test_async_responses_completions_embeddings_and_models(proxy: Proxy, fake: F
         legacy = await client.completions.create(model="c-1", prompt="complete me", max_tokens=9)
         vectors = await client.embeddings.create(model="e-1", input=["a", "bb"])
         models = [m.id async for m in client.models.list()]
+        with pytest.raises(openai.NotFoundError) as missing:  # the fake knows no model by id
+            await client.models.retrieve("fake-model")
+        assert missing.value.body == {"message": "not found"}  # its 404, relayed
         await client.close()
         return plain.output_text, streamed, legacy.choices[0].text, len(vectors.data), models
 

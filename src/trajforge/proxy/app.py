@@ -159,6 +159,8 @@ class ProxyApp:
         method: str = scope["method"]
         rest = path[4:] if path.startswith("/v1/") else None
         kind = ROUTES.get((method, rest or ""), "?")
+        if kind == "?" and method == "GET" and rest is not None and rest.startswith("models/"):
+            kind = None  # one model's description (``client.models.retrieve``): relayed only
         if rest is None or kind == "?":
             if rest is not None and any(r == rest for _, r in ROUTES):
                 await _send_error(send, 405, f"{method} is not allowed on {path}", "method_not_allowed")
