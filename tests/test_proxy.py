@@ -414,6 +414,10 @@ def test_a_hostile_header_is_refused_naming_it(proxy: Proxy, fake: FakeOpenAI) -
         assert error["param"] == header and header in error["message"], (header, error)
     assert fake.requests == []  # refused before anything went upstream
     assert stored_count(proxy.db) == 0
+    # A model id that would leave the models path upstream, or break the request line, is not relayed.
+    for path in ("models/%2e%2e/%2e%2e/admin", "models/a%20b", "models/x/%2e%2e/y"):
+        assert httpx.get(f"{proxy.base_url}/{path}").status_code == 404
+    assert fake.headers == []
 
 
 def stored_count(db: Path) -> int:

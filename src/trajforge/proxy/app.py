@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import re
 from typing import Any
 
 import httpx
@@ -53,6 +54,11 @@ _HOP = frozenset(
 _NOT_FORWARDED = _HOP | {b"host", b"content-length", b"accept-encoding"}
 # The server in front of the client adds its own Date and Server: two of each would confuse it.
 _NOT_RETURNED = _HOP | {b"date", b"server"}
+
+
+_MODEL_PATH = re.compile(r"models/(?!\.{1,2}(?:/|$))[\w.:@+=-]+(?:/(?!\.{1,2}(?:/|$))[\w.:@+=-]+)*", re.ASCII)
+"""``models/<id>``; ids such as ``ft:gpt-4o:org::x1`` or ``meta-llama/Llama-3-8B``. Nothing that
+could leave the models path upstream (``..``) or break the request line (blanks, decoded ``%xx``)."""
 
 
 def error_body(status: int, message: str, code: str, param: str | None = None) -> bytes:
@@ -159,7 +165,7 @@ class ProxyApp:
         method: str = scope["method"]
         rest = path[4:] if path.startswith("/v1/") else None
         kind = ROUTES.get((method, rest or ""), "?")
-        if kind == "?" and method == "GET" and rest is not None and rest.startswith("models/"):
+        if kind == "?" and method == "GET" and rest is not None and _MODEL_PATH.fullmatch(rest):
             kind = None  # one model's description (``client.models.retrieve``): relayed only
         if rest is None or kind == "?":
             if rest is not None and any(r == rest for _, r in ROUTES):
