@@ -255,17 +255,20 @@ class ProxyApp:
         except UpstreamError as exc:
             await self._unreachable(send, ex, 502, f"{exc} ({public_url(self.upstream)})")
             return
-        # The body is relayed as its framing decoded it: the same bytes, so the same length.
-        headers = [(k, v) for k, v in response.headers if k not in _NOT_RETURNED]
-        if ex is not None:
-            ex.status = response.status
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        if (response.header(b"content-type") or b"").startswith(b"text/event-stream"):
+        try:
+            # The body is relayed as its framing decoded it: the same bytes, so the same length.
+            headers = [(k, v) for k, v in response.headers if k not in _NOT_RETURNED]
             if ex is not None:
-                ex.streamed = True
-            await self._relay_stream(receive, send, response, ex)
-        else:
-            await self._relay_body(send, response, ex)
+                ex.status = response.status
+            await send({"type": "http.response.start", "status": response.status, "headers": headers})
+            if (response.header(b"content-type") or b"").startswith(b"text/event-stream"):
+                if ex is not None:
+                    ex.streamed = True
+                await self._relay_stream(receive, send, response, ex)
+            else:
+                await self._relay_body(send, response, ex)
+        finally:
+            response.close()  # whatever happened, the connection's pool slot is given back
 
     async def _unreachable(self, send: Send, ex: Exchange | None, status: int, message: str) -> None:
         await _send_error(send, status, message, "upstream_unreachable")

@@ -277,8 +277,8 @@ class UpstreamPool:
         request = b"".join(lines) + body
         await self._slots.acquire()
         try:
-            for _ in range(2):
-                conn = self._take()
+            for attempt in range(2):
+                conn = self._take() if attempt == 0 else None  # the retry: a new connection
                 if conn is None:
                     conn = await self._connect()
                 conn.start(request)
