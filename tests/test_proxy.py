@@ -87,16 +87,17 @@ def proxy(tmp_path: Path, fake: FakeOpenAI) -> Iterator[Proxy]:
     p.stop()
 
 
-def stored(db: Path, n: int, *, done: bool = True) -> list[Trajectory]:
+def stored(db: Path, n: int, *, done: bool = True, n_calls: int | None = None) -> list[Trajectory]:
     """The ``n`` trajectories of the store at ``db``, oldest first, once they are all there (and
-    finished, with ``done``)."""
+    finished, with ``done``) with ``n_calls`` calls (default: at least one each)."""
     store = open_store(str(db))
     try:
 
         def check() -> list[Trajectory] | None:
             got = list(store.iter_trajectories(TrajectoryFilter()))
             calls = sum(len(s.llm_calls) for t in got for s in t.steps)
-            if len(got) == n and calls >= n and (not done or all(t.status != "active" for t in got)):
+            enough = calls == n_calls if n_calls is not None else calls >= n
+            if len(got) == n and enough and (not done or all(t.status != "active" for t in got)):
                 return sorted(got, key=lambda t: t.start_time)
             return None
 
@@ -376,7 +377,7 @@ def test_calls_succeed_while_the_store_is_down_and_are_stored_once_it_is_back(
         spool = proxy.home / "spool"
         until("the records to be spooled", lambda: any(p.stat().st_size for p in spool.rglob("*.jsonl")))
         shutil.rmtree(db)  # the store is back
-        grouped, solo = sorted(stored(db, 2, done=False), key=lambda t: t.id != "down-1")
+        grouped, solo = sorted(stored(db, 2, done=False, n_calls=6), key=lambda t: t.id != "down-1")
         assert grouped.id == "down-1" and [c.user_prompt for c in calls_of(grouped)] == [
             f"q{i}" for i in range(5)
         ]
@@ -530,7 +531,7 @@ def test_explicit_steps_helicone_sessions_and_the_body_limit(proxy: Proxy, fake:
     )
     assert huge.status_code == 413 and "limit" in huge.json()["error"]["message"]
     assert len(fake.requests) == 3  # the oversized body never went upstream
-    (t,) = stored(proxy.db, 1, done=False)
+    (t,) = stored(proxy.db, 1, done=False, n_calls=3)
     assert (t.id, t.source, t.status) == ("helicone-7", "eliza", "active")
     steps = sorted(t.steps, key=lambda s: s.step_number)
     assert [[c.user_prompt for c in s.llm_calls] for s in steps] == [["plan", "plan again"], ["act"]]
@@ -689,3 +690,50 @@ def test_an_upstream_that_breaks_mid_stream_breaks_the_client_stream_too(tmp_pat
     finally:
         proxy.stop()
         listener.close()
+
+
+def test_fifty_concurrent_clients_each_get_their_own_answers_and_all_are_recorded(tmp_path: Path) -> None:
+    """Pooled upstream connections never mix two calls up, and nothing is lost or doubled."""
+    with FakeOpenAI(keep_alive=True) as fake:
+        proxy = start_proxy(tmp_path, fake.base_url)
+        try:
+
+            async def agent(i: int) -> list[tuple[str, str | None]]:
+                client = openai.AsyncOpenAI(base_url=proxy.base_url, api_key=SECRET, max_retries=0)
+                got = []
+                for j in range(4):
+                    text = f"agent {i} call {j}"
+                    if j == 2:
+                        stream = await client.chat.completions.create(
+                            model="m", messages=[{"role": "user", "content": text}], stream=True
+                        )
+                        answer = "".join(
+                            [c.choices[0].delta.content or "" async for c in stream if c.choices]
+                        )
+                    else:
+                        done = await client.chat.completions.create(
+                            model="m",
+                            messages=[{"role": "user", "content": text}],
+                            extra_headers={"X-Trajforge-Trajectory": f"agent-{i}"},
+                        )
+                        answer = done.choices[0].message.content or ""
+                    got.append((text, answer))
+                await client.close()
+                return got
+
+            async def all_agents() -> list[list[tuple[str, str | None]]]:
+                return await asyncio.gather(*(agent(i) for i in range(50)))
+
+            results = asyncio.run(all_agents())
+            assert all(answer == f"echo: {text}" for pairs in results for text, answer in pairs)
+            # 50 grouped trajectories of 3 calls each, and the 50 streamed calls each alone
+            trajectories = stored(proxy.db, 100, done=False, n_calls=200)
+            calls = [c for t in trajectories for c in calls_of(t)]
+            assert len(calls) == 200 and len({c.call_id for c in calls}) == 200
+            assert all(c.response == f"echo: {c.user_prompt}" for c in calls)
+            grouped = {
+                t.id: [c.user_prompt for c in calls_of(t)] for t in trajectories if t.id.startswith("agent-")
+            }
+            assert grouped == {f"agent-{i}": [f"agent {i} call {j}" for j in (0, 1, 3)] for i in range(50)}
+        finally:
+            proxy.stop()
