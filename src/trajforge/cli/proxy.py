@@ -36,7 +36,7 @@ def proxy(
     -Scenario, -Step, -End: true) request headers; without them each call is a trajectory."""
     import uvicorn
 
-    from trajforge.proxy import ProxyApp, proxy_writer, public_url
+    from trajforge.proxy import ProxyApp, check_upstream, proxy_writer, public_url
     from trajforge.server.app import _Guard, is_loopback
 
     target = upstream or settings.proxy_upstream()
@@ -53,7 +53,8 @@ def proxy(
         )
         raise typer.Exit(2)
     try:
-        app = ProxyApp(target, proxy_writer(db), token=token)
+        url = check_upstream(target)  # before the writer's thread starts
+        app = ProxyApp(url, proxy_writer(db), token=token)
     except TrajforgeError as exc:
         fail(exc)
         return

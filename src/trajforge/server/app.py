@@ -213,11 +213,10 @@ def create_app(
     api_token = token if token is not None else settings.api_token()
     capture_proxy = None
     if proxy_upstream is not None:
-        from trajforge.proxy import ProxyApp, store_writer
+        from trajforge.proxy import ProxyApp, check_upstream, store_writer
 
-        capture_proxy = ProxyApp(
-            proxy_upstream, store_writer(the_store), token=api_token, max_body=max_ingest_bytes
-        )
+        url = check_upstream(proxy_upstream)  # before the writer's thread starts
+        capture_proxy = ProxyApp(url, store_writer(the_store), token=api_token, max_body=max_ingest_bytes)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
