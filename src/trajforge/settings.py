@@ -60,6 +60,11 @@ JOB_HEARTBEAT_TIMEOUT_S = "TRAJFORGE_JOB_HEARTBEAT_TIMEOUT_S"
 """Seconds without a heartbeat after which a runner fails a running job ``interrupted`` (its process
 or its host is gone). Jobs heartbeat several times within it. Default 60."""
 
+PROXY_UPSTREAM = "TRAJFORGE_PROXY_UPSTREAM"
+"""An OpenAI base URL (e.g. ``http://127.0.0.1:11434/v1``): ``trajforge serve`` then also serves
+the capture proxy under ``/proxy/v1/...`` (``trajforge proxy`` takes it as its default
+``--upstream``)."""
+
 TRUTHY = {"1", "true", "yes", "on"}
 
 
@@ -82,6 +87,10 @@ def database_url() -> str:
 
 def api_token() -> str | None:
     return os.environ.get(API_TOKEN) or None
+
+
+def proxy_upstream() -> str | None:
+    return os.environ.get(PROXY_UPSTREAM, "").strip() or None
 
 
 def allowed_hosts() -> list[str]:

@@ -1,5 +1,12 @@
 """A small OpenAI-compatible server on loopback, for tests: Chat Completions, Responses and
-(legacy) Completions, plain and streamed (Server-Sent Events), with deterministic answers chosen by ``answer``.
+(legacy) Completions, plain and streamed (Server-Sent Events), with deterministic answers chosen by ``answer``;
+Embeddings and the model list too.
+
+Knobs for the capture proxy's tests: ``fail`` (a status, an error body and extra headers) makes
+every model call answer with that error; ``stream_delay_s`` pauses between streamed events;
+``headers`` keeps each request's headers; ``keep_alive=True`` speaks HTTP/1.1 with persistent
+connections (closed by the fake after ``idle_timeout_s`` idle), counted in ``connections``;
+``tls=(certfile, keyfile)`` serves HTTPS.
 
 It speaks the real wire protocol, so the real ``openai`` client (and any HTTP client) is tested
 against it exactly as against a hosted API.
@@ -34,17 +41,49 @@ def echo_answer(messages: list[dict[str, Any]], request: dict[str, Any]) -> str 
 
 
 class FakeOpenAI:
-    def __init__(self, answer: Answer = echo_answer) -> None:
+    def __init__(
+        self,
+        answer: Answer = echo_answer,
+        *,
+        keep_alive: bool = False,
+        idle_timeout_s: float | None = None,
+        tls: tuple[str, str] | None = None,
+    ) -> None:
         self.answer = answer
+        self.keep_alive = keep_alive
+        self.idle_timeout_s = idle_timeout_s
+        self.connections = 0
+        self.closed_connections = 0
         self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.fail: tuple[int, Any, dict[str, str]] | None = None
+        self.stream_delay_s = 0.0
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.port = self._server.server_address[1]
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        if tls is not None:
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            self.base_url = f"https://localhost:{self.port}/v1"
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if fake.keep_alive else "HTTP/1.0"
+            timeout = fake.idle_timeout_s  # an idle persistent connection is closed after it
+
+            def setup(self) -> None:
+                fake.connections += 1
+                super().setup()
+
+            def finish(self) -> None:
+                super().finish()
+                fake.closed_connections += 1
+
             def log_message(self, *args: Any) -> None:
                 pass
 
@@ -59,13 +98,19 @@ class FakeOpenAI:
             def _sse(self, events: Iterator[Any]) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
+                if fake.keep_alive:  # no length and no chunking here: the end of the body is the close
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
                 self.end_headers()
                 for event in events:
                     payload = event if isinstance(event, str) else json.dumps(event)
                     self.wfile.write(f"data: {payload}\n\n".encode())
                     self.wfile.flush()
+                    if fake.stream_delay_s:
+                        time.sleep(fake.stream_delay_s)
 
             def do_GET(self) -> None:
+                fake.headers.append({k.lower(): v for k, v in self.headers.items()})
                 if self.path.rstrip("/").endswith("/models"):
                     self._json(200, {"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
                 else:
@@ -75,7 +120,30 @@ class FakeOpenAI:
                 length = int(self.headers.get("Content-Length") or 0)
                 request = json.loads(self.rfile.read(length) or b"{}")
                 fake.requests.append({"path": self.path, **request})
-                if self.path.endswith("/chat/completions"):
+                fake.headers.append({k.lower(): v for k, v in self.headers.items()})
+                if fake.fail is not None:
+                    status, body, extra = fake.fail
+                    data = json.dumps(body).encode()
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for name, value in extra.items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
+                if self.path.endswith("/embeddings"):
+                    vectors = request.get("input")
+                    inputs = vectors if isinstance(vectors, list) else [vectors]
+                    data = [
+                        {"object": "embedding", "index": i, "embedding": [0.25, -0.5, float(len(str(text)))]}
+                        for i, text in enumerate(inputs)
+                    ]
+                    usage = {"prompt_tokens": 3, "total_tokens": 3}
+                    self._json(
+                        200, {"object": "list", "data": data, "model": request.get("model"), "usage": usage}
+                    )
+                elif self.path.endswith("/chat/completions"):
                     self._chat(request)
                 elif self.path.endswith("/v1/completions"):
                     self._completions(request)

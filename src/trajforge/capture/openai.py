@@ -6,6 +6,11 @@ and (legacy) Completions, sync and async, streamed and not, through ``create``, 
 per process; ``NOT_RECORDED`` says why each other public method is left alone. A call inside
 ``with rec.trajectory()`` lands in the current step (one is opened if needed); a call outside any
 trajectory gets a trajectory of its own (source ``api``) so nothing is dropped.
+
+The conversions (``chat_request``/``chat_result``/``ChatAccumulator`` and their Responses and
+Completions siblings, gathered in ``CONVERSIONS``) read plain wire dicts as well as the SDK's
+objects: the capture proxy (:mod:`trajforge.proxy`) turns the JSON it relays into the same
+``LlmCall`` with them, so a call recorded either way is the same record.
 """
 
 from __future__ import annotations
@@ -23,6 +28,13 @@ from trajforge.records import LlmCall
 log = logging.getLogger("trajforge.capture")
 
 _state: dict[str, Any] = {"recorder": None, "originals": []}
+
+
+def _get(obj: Any, key: str) -> Any:
+    """``obj[key]`` of a wire dict, or the attribute of the SDK's object: one converter reads both."""
+    if isinstance(obj, dict):
+        return obj.get(key)
+    return getattr(obj, key, None)
 
 
 def _plain(value: Any) -> Any:
@@ -83,8 +95,8 @@ def _record(call: LlmCall) -> None:
 # --- Chat Completions ----------------------------------------------------------------------------
 
 
-def _chat_request(kwargs: dict[str, Any]) -> LlmCall:
-    messages = _plain(list(kwargs.get("messages") or []))
+def chat_request(kwargs: dict[str, Any]) -> LlmCall:
+    messages = _dicts(kwargs.get("messages"))
     system, user = _prompts(messages)
     max_tokens = kwargs.get("max_completion_tokens", kwargs.get("max_tokens"))
     return LlmCall(
@@ -92,77 +104,116 @@ def _chat_request(kwargs: dict[str, Any]) -> LlmCall:
         system_prompt=system,
         user_prompt=user,
         messages=messages,
-        tools=_plain(kwargs.get("tools")) if kwargs.get("tools") else None,
+        tools=_tools(kwargs.get("tools")),
         temperature=_num(kwargs.get("temperature")),
-        max_tokens=max_tokens if isinstance(max_tokens, int) else None,
+        max_tokens=_int_or_none(max_tokens),
         top_p=_num(kwargs.get("top_p")),
         purpose="response",
     )
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    """The dicts of a list of messages or tools (a request's JSON is untrusted: anything else in
+    it is not a message)."""
+    if value is None or isinstance(value, str | bytes | dict):
+        return []
+    try:
+        items = list(value)
+    except TypeError:
+        return []
+    return [m for m in _plain(items) if isinstance(m, dict)]
+
+
+def _tools(value: Any) -> list[dict[str, Any]] | None:
+    return _dicts(value) or None
 
 
 def _num(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def _chat_result(call: LlmCall, result: Any, started: float) -> None:
+def chat_result(call: LlmCall, result: Any, started: float) -> None:
+    """Complete ``call`` from a chat completion (the wire JSON or the SDK's object)."""
     call.latency_ms = (time.perf_counter() - started) * 1000
-    choice = result.choices[0] if getattr(result, "choices", None) else None
+    choices = _get(result, "choices")
+    choice = choices[0] if choices else None
     if choice is not None:
-        message = choice.message
-        call.response = message.content
-        call.reasoning = getattr(message, "reasoning_content", None) or getattr(message, "reasoning", None)
-        if message.tool_calls:
-            call.tool_calls = _plain(message.tool_calls)
-        call.finish_reason = choice.finish_reason
-    _usage(call, getattr(result, "usage", None))
-    call.model_version = getattr(result, "model", None)
+        message = _get(choice, "message")
+        if message is not None:
+            call.response = _str_or_none(_get(message, "content"))
+            call.reasoning = _str_or_none(_get(message, "reasoning_content") or _get(message, "reasoning"))
+            if _get(message, "tool_calls"):
+                call.tool_calls = _plain(_get(message, "tool_calls"))
+        call.finish_reason = _str_or_none(_get(choice, "finish_reason"))
+    _usage(call, _get(result, "usage"))
+    call.model_version = _str_or_none(_get(result, "model"))
+
+
+def _str_or_none(value: Any) -> str | None:
+    """Wire JSON is untrusted: a field that should be text but is not is left out."""
+    return value if isinstance(value, str) else None
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _usage(call: LlmCall, usage: Any) -> None:
     if usage is None:
         return
-    call.prompt_tokens = getattr(usage, "prompt_tokens", None) or getattr(usage, "input_tokens", None)
-    call.completion_tokens = getattr(usage, "completion_tokens", None) or getattr(
-        usage, "output_tokens", None
-    )
-    details = getattr(usage, "prompt_tokens_details", None) or getattr(usage, "input_tokens_details", None)
-    cached = getattr(details, "cached_tokens", None) if details is not None else None
+    call.prompt_tokens = _int_or_none(_get(usage, "prompt_tokens") or _get(usage, "input_tokens"))
+    call.completion_tokens = _int_or_none(_get(usage, "completion_tokens") or _get(usage, "output_tokens"))
+    details = _get(usage, "prompt_tokens_details") or _get(usage, "input_tokens_details")
+    cached = _int_or_none(_get(details, "cached_tokens")) if details is not None else None
     if cached:
         call.cache_read_input_tokens = cached
 
 
-class _ChatAccumulator:
-    """Rebuilds the response of a streamed chat completion from its chunks."""
+Done = Callable[[LlmCall], None]
 
-    def __init__(self, call: LlmCall, started: float) -> None:
+
+class ChatAccumulator:
+    """Rebuilds the response of a streamed chat completion from its chunks (wire dicts or the
+    SDK's objects) and hands the finished call to ``on_done`` (default: the instrumentation's
+    recorder)."""
+
+    def __init__(self, call: LlmCall, started: float, on_done: Done | None = None) -> None:
         self.call = call
         self.started = started
+        self.on_done = on_done
         self.text: list[str] = []
         self.tools: dict[int, dict[str, Any]] = {}
         self.recorded = False
 
     def add(self, chunk: Any) -> None:
-        if getattr(chunk, "model", None):
-            self.call.model_version = chunk.model
-        _usage(self.call, getattr(chunk, "usage", None))
-        for choice in getattr(chunk, "choices", None) or []:
-            delta = choice.delta
+        model = _get(chunk, "model")
+        if model and isinstance(model, str):
+            self.call.model_version = model
+        _usage(self.call, _get(chunk, "usage"))
+        for choice in _get(chunk, "choices") or []:
+            delta = _get(choice, "delta")
             if delta is not None:
-                if delta.content:
-                    self.text.append(delta.content)
-                for tc in delta.tool_calls or []:
+                content = _get(delta, "content")
+                if content and isinstance(content, str):
+                    self.text.append(content)
+                for tc in _get(delta, "tool_calls") or []:
+                    index = _get(tc, "index")
                     slot = self.tools.setdefault(
-                        tc.index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+                        index if isinstance(index, int) else 0,
+                        {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
                     )
-                    if tc.id:
-                        slot["id"] = tc.id
-                    if tc.function is not None:
-                        slot["function"]["name"] += tc.function.name or ""
-                        slot["function"]["arguments"] += tc.function.arguments or ""
-            if choice.finish_reason:
-                self.call.finish_reason = choice.finish_reason
+                    if _get(tc, "id"):
+                        slot["id"] = _get(tc, "id")
+                    function = _get(tc, "function")
+                    if function is not None:
+                        slot["function"]["name"] += _str_or_none(_get(function, "name")) or ""
+                        slot["function"]["arguments"] += _str_or_none(_get(function, "arguments")) or ""
+            finish = _get(choice, "finish_reason")
+            if finish and isinstance(finish, str):
+                self.call.finish_reason = finish
 
-    def finish(self) -> None:
+    def finish(self, cut: bool = False) -> None:
+        """The stream ended (``cut``: before its end, e.g. the client went away)."""
         if self.recorded:
             return
         self.recorded = True
@@ -170,7 +221,15 @@ class _ChatAccumulator:
         self.call.response = "".join(self.text) if self.text else None
         if self.tools:
             self.call.tool_calls = [self.tools[i] for i in sorted(self.tools)]
-        _record(self.call)
+        if cut:
+            _mark_cut(self.call)
+        (self.on_done or _record)(self.call)
+
+
+def _mark_cut(call: LlmCall) -> None:
+    """A stream cut short keeps what arrived, marked so a dataset can leave it out."""
+    call.finish_reason = "incomplete"
+    call.tags = [*(call.tags or []), "incomplete"]
 
 
 class _StreamProxy:
@@ -231,14 +290,14 @@ class _AsyncStreamProxy(_StreamProxy):
 # --- Responses -----------------------------------------------------------------------------------
 
 
-def _responses_request(kwargs: dict[str, Any]) -> LlmCall:
+def responses_request(kwargs: dict[str, Any]) -> LlmCall:
     raw_input = kwargs.get("input")
     if isinstance(raw_input, str):
         messages: list[dict[str, Any]] = [{"role": "user", "content": raw_input}]
     else:
-        messages = [m for m in _plain(list(raw_input or [])) if isinstance(m, dict)]
+        messages = _dicts(raw_input)
     instructions = kwargs.get("instructions")
-    if instructions:
+    if instructions and isinstance(instructions, str):
         messages = [{"role": "system", "content": instructions}, *messages]
     system, user = _prompts(messages)
     return LlmCall(
@@ -246,77 +305,82 @@ def _responses_request(kwargs: dict[str, Any]) -> LlmCall:
         system_prompt=system,
         user_prompt=user,
         messages=messages,
-        tools=_plain(kwargs.get("tools")) if kwargs.get("tools") else None,
+        tools=_tools(kwargs.get("tools")),
         temperature=_num(kwargs.get("temperature")),
-        max_tokens=kwargs.get("max_output_tokens")
-        if isinstance(kwargs.get("max_output_tokens"), int)
-        else None,
+        max_tokens=_int_or_none(kwargs.get("max_output_tokens")),
         top_p=_num(kwargs.get("top_p")),
         purpose="response",
     )
 
 
-def _responses_result(call: LlmCall, response: Any, started: float) -> None:
+def responses_result(call: LlmCall, response: Any, started: float) -> None:
     call.latency_ms = (time.perf_counter() - started) * 1000
-    call.model_version = getattr(response, "model", None)
-    texts, tools, reasoning = [], [], []
-    for item in getattr(response, "output", None) or []:
-        kind = getattr(item, "type", None)
+    call.model_version = _str_or_none(_get(response, "model"))
+    texts: list[str] = []
+    tools: list[dict[str, Any]] = []
+    reasoning: list[str] = []
+    for item in _get(response, "output") or []:
+        kind = _get(item, "type")
         if kind == "message":
-            for part in item.content or []:
-                if getattr(part, "type", None) == "output_text":
-                    texts.append(part.text)
+            for part in _get(item, "content") or []:
+                if _get(part, "type") == "output_text":
+                    texts.append(_str_or_none(_get(part, "text")) or "")
         elif kind == "function_call":
             tools.append(
                 {
-                    "id": getattr(item, "call_id", None),
+                    "id": _get(item, "call_id"),
                     "type": "function",
-                    "function": {"name": item.name, "arguments": item.arguments},
+                    "function": {"name": _get(item, "name"), "arguments": _get(item, "arguments")},
                 }
             )
         elif kind == "reasoning":
-            for part in getattr(item, "summary", None) or []:
-                reasoning.append(getattr(part, "text", ""))
+            for part in _get(item, "summary") or []:
+                reasoning.append(_str_or_none(_get(part, "text")) or "")
     call.response = "".join(texts) if texts else None
     call.tool_calls = tools or None
     call.reasoning = "\n".join(reasoning) if reasoning else None
-    status = getattr(response, "status", None)
+    status = _str_or_none(_get(response, "status"))
     call.finish_reason = "tool_calls" if tools else ("stop" if status == "completed" else status)
-    _usage(call, getattr(response, "usage", None))
+    _usage(call, _get(response, "usage"))
 
 
-class _ResponsesAccumulator:
-    def __init__(self, call: LlmCall, started: float) -> None:
+class ResponsesAccumulator:
+    def __init__(self, call: LlmCall, started: float, on_done: Done | None = None) -> None:
         self.call = call
         self.started = started
+        self.on_done = on_done
         self.final: Any = None
         self.text: list[str] = []
         self.recorded = False
 
     def add(self, event: Any) -> None:
-        kind = getattr(event, "type", "")
+        kind = _get(event, "type")
         if kind == "response.output_text.delta":
-            self.text.append(event.delta)
+            delta = _get(event, "delta")
+            if isinstance(delta, str):
+                self.text.append(delta)
         elif kind in ("response.completed", "response.incomplete", "response.failed"):
-            self.final = event.response
+            self.final = _get(event, "response")
 
-    def finish(self) -> None:
+    def finish(self, cut: bool = False) -> None:
         if self.recorded:
             return
         self.recorded = True
         if self.final is not None:
-            _responses_result(self.call, self.final, self.started)
+            responses_result(self.call, self.final, self.started)
         else:  # the stream was cut short: keep what arrived
             self.call.latency_ms = (time.perf_counter() - self.started) * 1000
             self.call.response = "".join(self.text) or None
             self.call.finish_reason = "incomplete"
-        _record(self.call)
+            if cut:
+                _mark_cut(self.call)
+        (self.on_done or _record)(self.call)
 
 
 # --- (legacy) Completions ------------------------------------------------------------------------
 
 
-def _completion_request(kwargs: dict[str, Any]) -> LlmCall:
+def completion_request(kwargs: dict[str, Any]) -> LlmCall:
     prompt = kwargs.get("prompt")
     if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
         prompt = "\n".join(prompt)
@@ -327,32 +391,46 @@ def _completion_request(kwargs: dict[str, Any]) -> LlmCall:
         user_prompt=text,
         messages=[{"role": "user", "content": text}] if text is not None else None,
         temperature=_num(kwargs.get("temperature")),
-        max_tokens=max_tokens if isinstance(max_tokens, int) else None,
+        max_tokens=_int_or_none(max_tokens),
         top_p=_num(kwargs.get("top_p")),
         purpose="response",
     )
 
 
-def _completion_result(call: LlmCall, result: Any, started: float) -> None:
+def completion_result(call: LlmCall, result: Any, started: float) -> None:
     call.latency_ms = (time.perf_counter() - started) * 1000
-    choice = result.choices[0] if getattr(result, "choices", None) else None
+    choices = _get(result, "choices")
+    choice = choices[0] if choices else None
     if choice is not None:
-        call.response = choice.text
-        call.finish_reason = choice.finish_reason
-    _usage(call, getattr(result, "usage", None))
-    call.model_version = getattr(result, "model", None)
+        call.response = _str_or_none(_get(choice, "text"))
+        call.finish_reason = _str_or_none(_get(choice, "finish_reason"))
+    _usage(call, _get(result, "usage"))
+    call.model_version = _str_or_none(_get(result, "model"))
 
 
-class _CompletionAccumulator(_ChatAccumulator):
+class CompletionAccumulator(ChatAccumulator):
     def add(self, chunk: Any) -> None:
-        if getattr(chunk, "model", None):
-            self.call.model_version = chunk.model
-        _usage(self.call, getattr(chunk, "usage", None))
-        for choice in getattr(chunk, "choices", None) or []:
-            if choice.index == 0 and choice.text:
-                self.text.append(choice.text)
-            if choice.finish_reason:
-                self.call.finish_reason = choice.finish_reason
+        model = _get(chunk, "model")
+        if model and isinstance(model, str):
+            self.call.model_version = model
+        _usage(self.call, _get(chunk, "usage"))
+        for choice in _get(chunk, "choices") or []:
+            text = _get(choice, "text")
+            if _get(choice, "index") == 0 and text and isinstance(text, str):
+                self.text.append(text)
+            finish = _get(choice, "finish_reason")
+            if finish and isinstance(finish, str):
+                self.call.finish_reason = finish
+
+
+CONVERSIONS: dict[
+    str, tuple[Callable[[dict[str, Any]], LlmCall], Callable[[LlmCall, Any, float], None], type]
+] = {
+    "chat": (chat_request, chat_result, ChatAccumulator),
+    "responses": (responses_request, responses_result, ResponsesAccumulator),
+    "completions": (completion_request, completion_result, CompletionAccumulator),
+}
+"""Per API: the request → ``LlmCall``, the result → its response fields, the stream accumulator."""
 
 
 # --- patching ------------------------------------------------------------------------------------
@@ -587,9 +665,7 @@ def instrument_openai(recorder: Recorder) -> Callable[[], None]:
     from openai.resources.chat.completions import AsyncCompletions, Completions
     from openai.resources.responses import AsyncResponses, Responses
 
-    chat = (_chat_request, _chat_result, _ChatAccumulator)
-    responses = (_responses_request, _responses_result, _ResponsesAccumulator)
-    text = (_completion_request, _completion_result, _CompletionAccumulator)
+    chat, responses, text = CONVERSIONS["chat"], CONVERSIONS["responses"], CONVERSIONS["completions"]
     _state["recorder"] = recorder
     if not _state["originals"]:
         targets = (

@@ -28,6 +28,14 @@ def serve(
             f"repeatable; adds to {settings.ALLOWED_HOSTS}). Loopback names are always answered.",
         ),
     ] = None,
+    upstream: Annotated[
+        str | None,
+        typer.Option(
+            "--upstream",
+            help="Also serve the OpenAI capture proxy under /proxy/v1, relaying to this OpenAI base URL "
+            f"(default: ${settings.PROXY_UPSTREAM})",
+        ),
+    ] = None,
 ) -> None:
     """Run the HTTP API over the store (refuses a non-loopback address without TRAJFORGE_API_TOKEN)."""
     import uvicorn
@@ -49,7 +57,10 @@ def serve(
             raise typer.Exit(2)
     try:
         application = create_app(
-            db, run_jobs=run_jobs, allowed_hosts=[*settings.allowed_hosts(), *(allow_host or [])]
+            db,
+            run_jobs=run_jobs,
+            allowed_hosts=[*settings.allowed_hosts(), *(allow_host or [])],
+            proxy_upstream=upstream or settings.proxy_upstream(),
         )
     except TrajforgeError as exc:
         fail(exc)

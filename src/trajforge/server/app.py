@@ -194,6 +194,7 @@ def create_app(
     max_ingest_bytes: int = 32 * 1024 * 1024,
     run_jobs: bool = False,
     allowed_hosts: Sequence[str] | None = None,
+    proxy_upstream: str | None = None,
 ) -> FastAPI:
     """Build the app over ``store`` (a Store, a URL, or the configured default).
 
@@ -203,10 +204,19 @@ def create_app(
 
     Without a token, only requests whose ``Host`` is a loopback name or one of ``allowed_hosts``
     (default ``$TRAJFORGE_ALLOWED_HOSTS``) are answered: see :func:`host_allowed`.
+
+    ``proxy_upstream`` (an OpenAI base URL) also serves the capture proxy under ``/proxy/v1/...``,
+    recording into this store (:mod:`trajforge.proxy`).
     """
     owns_store = store is None or isinstance(store, str)
     the_store: Store = open_store(store) if store is None or isinstance(store, str) else store
     api_token = token if token is not None else settings.api_token()
+    capture_proxy = None
+    if proxy_upstream is not None:
+        from trajforge.proxy import ProxyApp, check_upstream, store_writer
+
+        url = check_upstream(proxy_upstream)  # before the writer's thread starts
+        capture_proxy = ProxyApp(url, store_writer(the_store), token=api_token, max_body=max_ingest_bytes)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -232,6 +242,8 @@ def create_app(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            if capture_proxy is not None:
+                await capture_proxy.aclose()
             if owns_store:
                 the_store.close()
 
@@ -309,4 +321,6 @@ def create_app(
     app.include_router(otel.router, dependencies=guard)
     app.include_router(dashboard.router)
     app.mount("/static", StaticFiles(directory=str(dashboard.HERE / "static")), name="static")
+    if capture_proxy is not None:
+        app.mount("/proxy", capture_proxy)
     return app
