@@ -56,6 +56,7 @@ bench: $(VENV)/.dev-installed
 	$(PY) benchmarks/import_time.py
 	$(PY) benchmarks/ingest.py
 	$(PY) benchmarks/otlp.py
+	$(PY) benchmarks/proxy.py
 	$(PY) benchmarks/query.py
 	$(PY) benchmarks/dataset_build.py
 	$(PY) benchmarks/train.py

@@ -13,7 +13,7 @@ Every table maps attributes onto record fields and consumes only what landed in 
 stays in ``Mapped.metadata`` under its original key. Values are untrusted: a wrong type, bad JSON
 or an out-of-range number is left in the metadata, never raised on. Messages come out in the
 OpenAI chat shape ``capture/openai.py`` records, so a dataset treats an OTel call and an
-SDK-captured call alike. ``docs/otel-mapping.md`` is the table in prose, for the README.
+SDK-captured call alike. The README's "Capture from any language" has the tables in prose.
 """
 
 from __future__ import annotations
