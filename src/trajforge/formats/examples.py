@@ -45,6 +45,12 @@ class Example:
     ``formats.openai.IdEntry``); None when none were. They are kept beside the messages, not in
     them: TRL rows carry no ids, and equal conversations stay equal (dedup, pairing by prompt)
     whatever ids a provider made up for them."""
+    timestamp: int = 0
+    """When the call was made (epoch ms)."""
+    step_id: str | None = None
+    context: list[dict[str, Any]] | None = None
+    """What the agent read in the call's step (its provider accesses, filtered): only the
+    ``rewarded`` format carries it, and only its builds fill it in."""
 
     @property
     def group(self) -> str:
@@ -214,6 +220,8 @@ def _example(
         call_id=call.call_id,
         model=call.model or "",
         ids=ids,
+        timestamp=call.timestamp,
+        step_id=call.step_id if isinstance(call, FlatCall) else None,
     )
 
 
