@@ -142,6 +142,13 @@ def _message(m: Any) -> tuple[dict[str, Any], IdEntry] | None:
     return out, ids
 
 
+def normalize_message(m: Any) -> dict[str, Any] | None:
+    """A message in TRL's shape (content as text, tool call arguments as objects, no ids), or
+    None when it is not a chat message: what rows imported from elsewhere are made of too."""
+    got = _message(m)
+    return None if got is None else got[0]
+
+
 def example_from_row(row: FlatCall, reward: float | None) -> Example | None:
     """The example of one call row; None when the call has no completion to learn from (no
     response text and no tool call)."""
