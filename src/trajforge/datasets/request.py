@@ -82,10 +82,9 @@ class BuildRequest(TrajectoryFilter):
         ),
     ] = 1000
     since: Annotated[
-        str | None,
+        Annotated[str, Field(max_length=20)] | None,
         AfterValidator(_duration),
         Field(
-            max_length=20,
             description="Only trajectories started in this much time before the build: 30m, 24h, 7d or 2w "
             "(resolved to startDate when the build runs; the manifest records both)",
         ),
