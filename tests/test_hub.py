@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from tests.fakes.hf_hub import FakeHub
-from tests.helpers import make_support_corpus, make_trajectory
+from tests.helpers import free_port, make_support_corpus, make_trajectory
 from trajforge import datasets, hub
 from trajforge.cli import app as cli_app
 from trajforge.datasets import BuildRequest, check_row
@@ -225,6 +225,22 @@ def test_hub_errors_name_the_repo_and_leave_nothing_behind(
     assert not [p for p in (tmp_path / "ds").iterdir() if p.name.startswith(".")]
     assert not [c for c in fake_hub.requests if "/commit/" in c[1]]
 
+    # A manifest from the Hub never chooses where a file goes.
+    evil = {**ds.manifest, "files": {"../../escaped.jsonl": {"rows": 1, "bytes": 3, "sha256": "0" * 64}}}
+    fake_hub.add_repo("org/evil", {"manifest.json": json.dumps(evil).encode(), "x.jsonl": b"{}\n"})
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    with pytest.raises(InvalidInput, match="org/evil"):
+        hub.pull(store, "org/evil", root=tmp_path / "ds")
+    assert not list(tmp_path.rglob("escaped.jsonl"))
+
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(HubError) as unreachable:
+        hub.pull(store, "org/public", root=tmp_path / "ds")
+    assert unreachable.value.status == 502 and "org/public" in unreachable.value.message
+    monkeypatch.setenv("HF_ENDPOINT", fake_hub.endpoint)
+
+    assert len(store.list_datasets()) == before
+    monkeypatch.setenv("HF_TOKEN", "hf_wrong")
     r = CliRunner().invoke(cli_app, ["datasets", "pull", "org/public", "--db", store.url])
     assert r.exit_code == 2 and "org/public" in r.output and "401" in r.output, r.output
     r = CliRunner().invoke(cli_app, ["datasets", "pull", "org/../x", "--db", store.url])

@@ -178,10 +178,8 @@ def _hub_errors(repo: str, revision: str | None = None) -> Iterator[None]:
         raise HubError(status, message) from None
     except ValueError as exc:  # huggingface_hub's checks of answers (malformed, invalid card)
         raise HubError(502, f"the Hub's answer for {repo} was not usable: {_first_line(exc)}") from None
-    except OSError as exc:
-        raise HubError(502, f"cannot reach the Hub for {repo}: {_first_line(exc)}") from None
     except Exception as exc:
-        # Connection errors come from huggingface_hub's HTTP client, not as OSError.
+        # Connection errors come from huggingface_hub's HTTP client (httpx), not as OSError.
         if type(exc).__module__.split(".")[0].startswith("httpx"):
             raise HubError(502, f"cannot reach the Hub for {repo}: {_first_line(exc)}") from None
         raise
