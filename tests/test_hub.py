@@ -159,6 +159,11 @@ def test_pull_imports_prompt_completion_and_messages_columns(
 
     only_test = hub.pull(store, "someone/arith", split="test", root=tmp_path)
     assert only_test.manifest["counts"]["rows"] == {"train": 0, "eval": 1} and only_test.version == 2
+    # The Hub's parquet conversion lives on a branch with slashes in its name.
+    fake_hub.repos["someone/arith"].refs["refs/convert/parquet"] = commit
+    converted = hub.pull(store, "someone/arith", revision="refs/convert/parquet", root=tmp_path)
+    assert converted.manifest["lineage"]["hub"]["revision"] == "refs/convert/parquet"
+    assert converted.manifest["contentSha256"] == ds.manifest["contentSha256"]
 
     messages = [
         {

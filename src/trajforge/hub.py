@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from trajforge import settings
 from trajforge.datasets.builder import FORMAT_VERSION
@@ -100,12 +100,19 @@ class PushRequest(Request):
     ] = None
 
 
+def _no_dots(value: str | None) -> str | None:
+    if value is not None and ".." in value:
+        raise InvalidInput(f"revision must not contain '..', got {value[:200]!r}", "revision")
+    return value
+
+
 class PullRequest(Request):
     """How a Hub dataset is imported (the repo is given beside it)."""
 
     revision: Annotated[
-        str | None,
-        Field(pattern=_REVISION_PATTERN, description="Branch, tag or commit to read (default: main)"),
+        Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,199}$")] | None,
+        AfterValidator(_no_dots),
+        Field(description="Branch, tag or commit to read, e.g. refs/convert/parquet (default: main)"),
     ] = None
     split: Annotated[
         str | None,
@@ -145,12 +152,15 @@ def _hub_errors(repo: str, revision: str | None = None) -> Iterator[None]:
     from huggingface_hub.errors import (
         EntryNotFoundError,
         HfHubHTTPError,
+        OfflineModeIsEnabled,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
 
     try:
         yield
+    except OfflineModeIsEnabled:
+        raise HubError(503, f"HF_HUB_OFFLINE is set: cannot reach the Hub for {repo}") from None
     except RevisionNotFoundError:
         raise HubError(
             404, f"dataset repo {repo} has no revision {revision or 'main'!r}", "revision"
