@@ -104,6 +104,11 @@ def test_push_uploads_the_snapshot_and_pull_round_trips_it_byte_for_byte(
         {"split": "eval", "path": "eval.parquet"},
         {"split": "train", "path": "train.parquet"},
     ]
+    # Pushing the same snapshot again changes nothing: no new commit (the Hub's oids match ours).
+    commits = len(fake_hub.repos["org/support"].commits)
+    same = hub.push(store, ds.id, PushRequest(repo="org/support", license="cc-by-4.0"))
+    assert same["commit"] == out["commit"] and not same["created"]
+    assert len(fake_hub.repos["org/support"].commits) == commits
     card = on_hub["README.md"].decode()
     assert ds.id in card and ds.manifest["contentSha256"] in card and "privacy filter" in card
     assert f"| train | {ds.manifest['counts']['rows']['train']} |" in card
