@@ -194,6 +194,12 @@ def test_pull_imports_prompt_completion_and_messages_columns(
     with pytest.raises(InvalidInput, match="privacy filter"):
         hub.push(store, chat.id, PushRequest(repo="org/chat"))
 
+    grpo = [{"prompt": [{"role": "user", "content": "2+2?"}], "reward": 1.0, "group": "g", "task": "t"}]
+    fake_hub.add_repo("someone/grpo", {"data/train.parquet": _parquet(grpo)})
+    taken = hub.pull(store, "someone/grpo", root=tmp_path)
+    assert taken.format == "grpo"
+    assert json.loads((Path(taken.path) / "train.jsonl").read_text()) == grpo[0]
+
     fake_hub.add_repo("someone/other", {"data.parquet": _parquet([{"text": "just text"}])})
     before = len(store.list_datasets())
     with pytest.raises(InvalidInput, match="someone/other"):

@@ -16,7 +16,8 @@ datasets built here (so privacy-filtered) whose files are still the bytes their 
   manifest's sha256 and written as it was, so push and pull round-trip byte for byte;
 * otherwise rows in one of our formats, or in ``messages`` or ``prompt``/``completion`` columns
   (strings or message lists), from its parquet files (or JSONL), converted to ``sft``,
-  ``prompt_completion``, ``preference`` or ``rewarded`` rows and checked like built rows. The
+  ``prompt_completion``, ``preference`` or ``rewarded`` rows (``grpo``, ``openai_dpo`` and ``art``
+  rows taken as they are) and checked like built rows. The
   Hub's ``train`` split becomes ours, every other split (``test``, ``validation``) our ``eval``.
 
 The token is huggingface_hub's business: ``HF_TOKEN`` or what ``hf auth login`` stored. trajforge
@@ -492,6 +493,9 @@ def convert_row(row: dict[str, Any], fmt: str | None = None) -> tuple[str, dict[
             "context": row.get("context", []),
             "metadata": row.get("metadata", {}),
         }
+    else:  # rows already in a format of ours that has no columns to convert: taken as they are
+        fmt = next((f for f in ("grpo", "openai_dpo", "art") if check_row(f, row) is None), None)
+        out = row
     if out is None or fmt is None:
         return None
     if (
