@@ -200,6 +200,23 @@ def test_pull_imports_prompt_completion_and_messages_columns(
     assert taken.format == "grpo"
     assert json.loads((Path(taken.path) / "train.jsonl").read_text()) == grpo[0]
 
+    deep: Any = "x"
+    for _ in range(200):
+        deep = [deep]
+    lines = [
+        b"not json",
+        json.dumps({"prompt": "a", "completion": deep}).encode(),
+        json.dumps(pc_test[0]).encode(),
+    ]
+    fake_hub.add_repo("someone/messy", {"train.jsonl": b"\n".join(lines) + b"\n"})
+    messy = hub.pull(store, "someone/messy", root=tmp_path)
+    assert messy.row_count == 1 and messy.manifest["warnings"] == [
+        "2 rows were not valid prompt_completion rows and were left out"
+    ]
+    fake_hub.add_repo("someone/broken", {"train.parquet": b"PAR1\x00 not really parquet"})
+    with pytest.raises(InvalidInput, match=r"someone/broken: train\.parquet is not a readable parquet file"):
+        hub.pull(store, "someone/broken", root=tmp_path)
+
     fake_hub.add_repo("someone/other", {"data.parquet": _parquet([{"text": "just text"}])})
     before = len(store.list_datasets())
     with pytest.raises(InvalidInput, match="someone/other"):

@@ -44,6 +44,7 @@ from trajforge import settings
 from trajforge.datasets.builder import FORMAT_VERSION
 from trajforge.datasets.request import FORMATS
 from trajforge.errors import InvalidInput, NotFound, TrajforgeError
+from trajforge.limits import check_json
 from trajforge.records import Dataset, Job, JobEvent, iso_ms, new_id, now_ms
 from trajforge.requests import Flag, Request
 from trajforge.store.base import Store
@@ -507,19 +508,29 @@ def convert_row(row: dict[str, Any], fmt: str | None = None) -> tuple[str, dict[
     return (fmt, out) if check_row(fmt, out) is None else None
 
 
-def _rows_of(path: Path) -> Iterator[dict[str, Any]]:
+def _rows_of(path: Path, repo: str, rel: str) -> Iterator[dict[str, Any] | None]:
+    """The rows of a downloaded data file; None for a JSONL line that is not a JSON object (a
+    file parquet cannot read is an error naming it)."""
     if path.suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=2000):
-            yield from batch.to_pylist()
+        try:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=2000):
+                yield from batch.to_pylist()
+        except (pa.ArrowException, OSError) as exc:
+            raise InvalidInput(
+                f"{repo}: {rel} is not a readable parquet file ({_first_line(exc)})", "repo"
+            ) from None
         return
     with open(path, "rb") as fh:
         for line in fh:
             if line.strip():
-                value = orjson.loads(line)
-                if isinstance(value, dict):
-                    yield value
+                try:
+                    value = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    value = None
+                yield value if isinstance(value, dict) else None
 
 
 def pull(
@@ -670,12 +681,13 @@ def _import_rows(
     try:
         for rel in sources:
             ours = _ours(req.split.lower() if req.split else _hub_split(rel))
-            for row in _rows_of(fetch(rel)):
+            for row in _rows_of(fetch(rel), repo, rel):
                 if read >= req.limit:
                     warnings.append(f"stopped at limit={req.limit} rows")
                     break
                 read += 1
-                got = convert_row(row, declared)
+                # Untrusted content: too deep, too long or not finite is left out, not stored.
+                got = None if row is None or check_json(row) is not None else convert_row(row, declared)
                 if got is None or (fmt is not None and got[0] != fmt):
                     skipped += 1
                     continue
