@@ -265,6 +265,11 @@ def test_hub_errors_name_the_repo_and_leave_nothing_behind(
     with pytest.raises(InvalidInput, match="org/evil"):
         hub.pull(store, "org/evil", root=tmp_path / "ds")
     assert not list(tmp_path.rglob("escaped.jsonl"))
+    tasks = {"t": {"train": 1, "eval": 0, "folder": "../../elsewhere"}}
+    evil = {**ds.manifest, "counts": {**ds.manifest["counts"], "tasks": tasks}}
+    fake_hub.add_repo("org/evil2", {"manifest.json": json.dumps(evil).encode()})
+    with pytest.raises(InvalidInput, match="task folder"):
+        hub.pull(store, "org/evil2", root=tmp_path / "ds")
 
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")
     with pytest.raises(HubError) as unreachable:

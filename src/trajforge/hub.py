@@ -630,7 +630,22 @@ def pull(
 def _copy_snapshot(
     theirs: dict[str, Any], on_hub: set[str], fetch: Callable[[str], Path], tmp: Path, repo: str
 ) -> dict[str, Any]:
-    """A trajforge snapshot's files, each checked against its manifest, written as they were."""
+    """A trajforge snapshot's files, each checked against its manifest, written as they were.
+    The manifest comes from the Hub: its counts and task folders are checked too (training reads
+    ``counts.tasks[*].folder`` as a path)."""
+    problem = check_json(theirs)
+    if problem is not None:
+        raise InvalidInput(f"{repo}: its manifest.json {problem}", "repo")
+    tasks = theirs["counts"].get("tasks") or {}
+    rows = theirs["counts"].get("rows")
+    if not isinstance(tasks, dict) or not isinstance(rows, dict) or set(rows) != {"train", "eval"}:
+        raise InvalidInput(f"{repo}: its manifest's counts are not a snapshot's", "repo")
+    for info in tasks.values():
+        folder = info.get("folder") if isinstance(info, dict) else None
+        if folder is not None and not (
+            isinstance(folder, str) and re.fullmatch(r"tasks/[A-Za-z0-9_-]{1,60}", folder)
+        ):
+            raise InvalidInput(f"{repo}: its manifest names a task folder a snapshot does not have", "repo")
     for rel, info in sorted(theirs["files"].items()):
         if not _SNAPSHOT_FILE.match(rel) or not isinstance(info, dict):
             raise InvalidInput(
@@ -644,7 +659,14 @@ def _copy_snapshot(
         (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(got, tmp / rel)
     for split in ("train", "eval"):
-        (tmp / f"{split}.jsonl").touch()
+        path = tmp / f"{split}.jsonl"
+        path.touch()
+        with open(path, "rb") as fh:
+            lines = sum(1 for _ in fh)
+        if rows[split] != lines:
+            raise InvalidInput(
+                f"{repo}: its manifest counts {rows[split]!r} {split} rows, the file has {lines}", "repo"
+            )
     return dict(theirs)
 
 
