@@ -1,4 +1,5 @@
-"""`trajforge datasets`: build and inspect dataset snapshots."""
+"""`trajforge datasets`: build and inspect dataset snapshots, push them to and pull them from the
+Hugging Face Hub."""
 
 from __future__ import annotations
 
@@ -7,9 +8,19 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from trajforge.cli.common import DatasetId, DbOption, console, err, print_json, progress_bar, store_at
+from trajforge.cli.common import (
+    DatasetId,
+    DbOption,
+    console,
+    current_flags,
+    err,
+    print_json,
+    progress_bar,
+    store_at,
+)
 from trajforge.cli.options import request_options
 from trajforge.datasets.request import BuildRequest
+from trajforge.hub import PullRequest, PushRequest
 from trajforge.records import iso_ms
 
 app = typer.Typer(help="Build and inspect training dataset snapshots.", no_args_is_help=True)
@@ -79,3 +90,39 @@ def datasets_show(
         print_json(ds.manifest)
     else:
         _print_dataset(ds)
+
+
+@app.command("push")
+@request_options(PushRequest, "req")
+def datasets_push(dataset_id: DatasetId, req: PushRequest, db: DbOption = None) -> None:
+    """Upload a dataset snapshot to a Hugging Face Hub dataset repo: its files, its manifest and a
+    dataset card (token: HF_TOKEN or `hf auth login`)."""
+    from trajforge import hub
+
+    with store_at(db) as store:
+        out = hub.push(
+            store, dataset_id, req, report=lambda p, phase, message: err.print(f"{phase}: {message}")
+        )
+    created = " (created)" if out["created"] else ""
+    console.print(f"pushed {dataset_id} to {out['repo']}{created}@{out['revision']}  commit {out['commit']}")
+    console.print(f"  {len(out['files'])} files: {', '.join(out['files'])}")
+
+
+@app.command("pull")
+@request_options(PullRequest, "req")
+def datasets_pull(
+    repo: Annotated[str, typer.Argument(metavar="ORG/NAME", help="Hub dataset repo")],
+    req: PullRequest,
+    db: DbOption = None,
+) -> None:
+    """Import a Hugging Face Hub dataset as a snapshot (a trajforge dataset as it was pushed, or
+    rows with messages or prompt/completion columns), with lineage to the Hub commit."""
+    from trajforge import hub
+
+    # The repo is an argument here (an option of push): errors about it name the argument.
+    current_flags.set({**(current_flags.get() or {}), "repo": "ORG/NAME"})
+    with store_at(db) as store:
+        ds = hub.pull(store, repo, req.revision, req.split, name=req.name, limit=req.limit)
+    _print_dataset(ds)
+    source = ds.manifest["lineage"]["hub"]
+    console.print(f"  from {source['repo']}@{source['revision']} (commit {source['commit']})")

@@ -23,6 +23,8 @@ Formats follow Hugging Face TRL's conventions, each a converter plus a check (TR
 ``openai``             OpenAI fine-tuning SFT JSONL (tool arguments as JSON strings, ``weight``)
 ``openai_dpo``         OpenAI fine-tuning DPO JSONL (``input``/``preferred_output``/…)
 ``art``                OpenPipe ART trajectory groups: one line per scenario
+``rewarded``           ``{"prompt", "response", "reward", "context", "metadata"}`` one row per
+                       rewarded LLM call, the Babylon logger's ``exportToHuggingFace`` rows
 =====================  ======================================================================
 
 A call's *task* is its ``actionType`` when set, else its ``purpose`` (``records.task_of``).

@@ -47,6 +47,7 @@ def build(
 
     Large builds of per-example formats curate in ``workers`` processes (default: 2 when the
     machine has the cores and ``limit`` is at least 2,000); the files are the same either way."""
+    req = req.resolved(now_ms())  # `since 7d` means the same 7 days for the whole build
     root = Path(root) if root is not None else settings.datasets_dir()
     root.mkdir(parents=True, exist_ok=True)
     name = req.name or req.format

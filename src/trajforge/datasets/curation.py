@@ -17,6 +17,7 @@ from typing import Any
 from trajforge import workers as worker_pool
 from trajforge.datasets.request import BuildRequest
 from trajforge.datasets.rows import CHECK_EVERY, line
+from trajforge.formats import rewarded
 from trajforge.formats.examples import Example, example_from_row
 from trajforge.privacy import PrivacyFilter, PrivacyReport
 from trajforge.records import FlatCall, task_of
@@ -121,6 +122,9 @@ def _filter_example(pf: PrivacyFilter, ex: Example) -> None:
     _filter_messages(pf, [ex.completion])
     if ex.tools:
         ex.tools = pf.value(ex.tools)
+    if ex.context:
+        # What providers returned is user content through and through (names, purposes, data).
+        ex.context = pf.value(ex.context)
     if ex.ids is not None:
         # Recorded ids are free text too; a call and its answer filter alike.
         ex.ids = pf.value(ex.ids)
@@ -129,6 +133,18 @@ def _filter_example(pf: PrivacyFilter, ex: Example) -> None:
     ex.task = pf.text(ex.task)
     if ex.scenario_id is not None:
         ex.scenario_id = pf.text(ex.scenario_id)
+
+
+def _add_context(store: Store, trajectory_id: str, examples: list[Example]) -> None:
+    """Give each example the provider accesses of its step (the ``rewarded`` format's
+    ``context``). Flat call rows do not carry them: one trajectory read per kept trajectory."""
+    t = store.get_trajectory(trajectory_id)
+    by_step = {} if t is None else {s.step_id: s.provider_accesses for s in t.steps}
+    for ex in examples:
+        accesses = by_step.get(ex.step_id, []) if ex.step_id is not None else []
+        ex.context = [
+            rewarded.context_entry(a.provider_name, a.purpose, a.data, a.timestamp) for a in accesses
+        ]
 
 
 def _curate(
@@ -158,6 +174,9 @@ def _curate(
                 if req.max_reward is not None and reward > req.max_reward:
                     yield Outcome(tid, "reward above maxReward")
                     continue
+            if reward is None and req.format == "rewarded":
+                yield Outcome(tid, "no reward")
+                continue
             if len(rows) < req.min_llm_calls_per_trajectory:
                 yield Outcome(tid, "fewer LLM calls than minLlmCallsPerTrajectory")
                 continue
@@ -179,11 +198,15 @@ def _curate(
                     tid, NO_CONTENT if absent and absent == considered else why, calls_without_content=absent
                 )
                 continue
+            if req.format == "rewarded":
+                _add_context(store, tid, examples)
             before, changed = dict(counts), pf.report.strings_changed
             found: set[str] = set()
             for ex in examples:
                 if drop_on:
-                    found |= pf.categories_in([ex.prompt, ex.completion, ex.tools, ex.agent_id, ex.ids])
+                    found |= pf.categories_in(
+                        [ex.prompt, ex.completion, ex.tools, ex.agent_id, ex.ids, ex.context]
+                    )
                 _filter_example(pf, ex)
             out = Outcome(
                 tid,

@@ -7,13 +7,34 @@ from __future__ import annotations
 import typing
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from trajforge.errors import InvalidInput
 from trajforge.limits import MAX_INT
 from trajforge.privacy import CATEGORIES
 from trajforge.requests import Flag, Request
 from trajforge.store.filter import TrajectoryFilter
+
+_UNITS_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
+_MAX_SINCE_MS = 100 * 366 * 86_400_000
+
+
+def since_ms(value: str) -> int:
+    """Milliseconds in a duration such as ``7d`` (a number and one of s, m, h, d, w)."""
+    return int(value[:-1]) * _UNITS_MS[value[-1]]
+
+
+def _duration(value: str | None) -> str | None:
+    if value is None:
+        return None
+    text = value.strip().lower()
+    if not (len(text) >= 2 and text[:-1].isascii() and text[:-1].isdigit() and text[-1] in _UNITS_MS):
+        raise InvalidInput(
+            f"since must be a number and a unit (s, m, h, d or w) such as 7d, got {value!r}", "since"
+        )
+    if since_ms(text) > _MAX_SINCE_MS:
+        raise InvalidInput("since is longer than 100 years", "since")
+    return text
 
 
 class PrivacyOptions(Request):
@@ -48,8 +69,8 @@ class BuildRequest(TrajectoryFilter):
     """What to build: which trajectories (the filter's fields), how to curate them, the format."""
 
     format: Annotated[
-        Literal["sft", "prompt_completion", "preference", "grpo", "openai", "openai_dpo", "art"],
-        Field(description="sft, prompt_completion, preference, grpo, openai, openai_dpo or art"),
+        Literal["sft", "prompt_completion", "preference", "grpo", "openai", "openai_dpo", "art", "rewarded"],
+        Field(description="sft, prompt_completion, preference, grpo, openai, openai_dpo, art or rewarded"),
         Flag("--format", "-f"),
     ] = "sft"
     limit: Annotated[
@@ -60,6 +81,14 @@ class BuildRequest(TrajectoryFilter):
             description="Most trajectories to include (newest first, after every other condition)",
         ),
     ] = 1000
+    since: Annotated[
+        Annotated[str, Field(max_length=20)] | None,
+        AfterValidator(_duration),
+        Field(
+            description="Only trajectories started in this much time before the build: 30m, 24h, 7d or 2w "
+            "(resolved to startDate when the build runs; the manifest records both)",
+        ),
+    ] = None
     min_llm_calls_per_trajectory: Annotated[
         int,
         Field(ge=0, le=MAX_INT, description="Skip trajectories with fewer LLM calls"),
@@ -116,6 +145,18 @@ class BuildRequest(TrajectoryFilter):
     privacy: Annotated[PrivacyOptions, Field(description="Privacy filter options")] = Field(
         default_factory=PrivacyOptions
     )
+
+    def resolved(self, now_ms: int) -> BuildRequest:
+        """The request with ``since`` turned into a ``startDate`` bound at ``now_ms`` (the later of
+        the two when both are given), so one build reads one time range however long it runs."""
+        if self.since is None:
+            return self
+        start = now_ms - since_ms(self.since)
+        if self.start_date is not None:
+            start = max(start, self.start_date)
+        if self.end_date is not None and start > self.end_date:
+            raise InvalidInput(f"since {self.since} starts after endDate", "since")
+        return self.model_copy(update={"start_date": start})
 
     @property
     def filter(self) -> TrajectoryFilter:

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from trajforge.formats import art, openai, trl
+from trajforge.formats import art, openai, rewarded, trl
 from trajforge.formats.examples import Example
 
 CHECKS: dict[str, Callable[[Any], str | None]] = {
@@ -20,12 +20,14 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "openai": openai.check_sft,
     "openai_dpo": openai.check_dpo,
     "art": art.check_row,
+    "rewarded": rewarded.check_row,
 }
 CONVERTERS: dict[str, Callable[[Example], dict[str, Any]]] = {
     "sft": trl.to_sft,
     "prompt_completion": trl.to_prompt_completion,
     "grpo": trl.to_grpo,
     "openai": openai.to_sft,
+    "rewarded": rewarded.to_row,
 }
 """The formats of one row per example (the others pair examples or group trajectories)."""
 PAIR_CONVERTERS: dict[str, Callable[[Example, Example], dict[str, Any]]] = {

@@ -45,6 +45,12 @@ class Example:
     ``formats.openai.IdEntry``); None when none were. They are kept beside the messages, not in
     them: TRL rows carry no ids, and equal conversations stay equal (dedup, pairing by prompt)
     whatever ids a provider made up for them."""
+    timestamp: int = 0
+    """When the call was made (epoch ms)."""
+    step_id: str | None = None
+    context: list[dict[str, Any]] | None = None
+    """What the agent read in the call's step (its provider accesses, filtered): only the
+    ``rewarded`` format carries it, and only its builds fill it in."""
 
     @property
     def group(self) -> str:
@@ -136,6 +142,13 @@ def _message(m: Any) -> tuple[dict[str, Any], IdEntry] | None:
     return out, ids
 
 
+def normalize_message(m: Any) -> dict[str, Any] | None:
+    """A message in TRL's shape (content as text, tool call arguments as objects, no ids), or
+    None when it is not a chat message: what rows imported from elsewhere are made of too."""
+    got = _message(m)
+    return None if got is None else got[0]
+
+
 def example_from_row(row: FlatCall, reward: float | None) -> Example | None:
     """The example of one call row; None when the call has no completion to learn from (no
     response text and no tool call)."""
@@ -214,6 +227,8 @@ def _example(
         call_id=call.call_id,
         model=call.model or "",
         ids=ids,
+        timestamp=call.timestamp,
+        step_id=call.step_id if isinstance(call, FlatCall) else None,
     )
 
 

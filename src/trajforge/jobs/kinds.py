@@ -114,9 +114,16 @@ BENCHMARK = Kind(
     runs={"native": "trajforge.evaluate:run_job"},
 )
 
+HUB_PUSH = Kind(
+    name="hub_push",
+    what="Hugging Face Hub push",
+    # Queued by trajforge.hub.submit_push, which refuses a dataset that is not an intact snapshot.
+    runs={"hub": "trajforge.hub:run_push_job"},
+)
+
 REQUESTED = (NATIVE, LORA)
 """The kinds a job request asks for by its ``backend``; each backend belongs to one of them."""
-KINDS = {k.name: k for k in (*REQUESTED, BENCHMARK)}
+KINDS = {k.name: k for k in (*REQUESTED, BENCHMARK, HUB_PUSH)}
 BACKENDS = tuple(b for k in REQUESTED for b in k.backends)
 """Every backend a job request may name: ``("native", "cpu", "cuda", "mlx")``."""
 DEFAULT_BACKEND = NATIVE.backends[0]

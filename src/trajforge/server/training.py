@@ -11,9 +11,10 @@ from fastapi import APIRouter, Body, Path, Query, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from trajforge import datasets, jobs, jsonutil, models, ollama
+from trajforge import datasets, hub, jobs, jsonutil, models, ollama
 from trajforge.errors import InvalidInput
 from trajforge.evaluate import BenchmarkRequest
+from trajforge.hub import PushRequest
 from trajforge.jobs.request import JobRequest
 from trajforge.limits import MAX_OFFSET, MAX_SEQ
 from trajforge.records import JOB_STATUSES, JobEvent, to_wire
@@ -72,6 +73,18 @@ def get_dataset(
     request: Request, dataset_id: Annotated[str, Path(min_length=1, max_length=200)]
 ) -> dict[str, Any]:
     return {"dataset": _detail(datasets.get(_store(request), dataset_id))}
+
+
+@router.post(
+    "/datasets/{dataset_id}/push",
+    status_code=202,
+    response_model=JobResult,
+    summary="Queue a push of a dataset snapshot to a Hugging Face Hub dataset repo (a hub_push job)",
+)
+def push_dataset(
+    request: Request, dataset_id: Annotated[str, Path(min_length=1, max_length=200)], body: PushRequest
+) -> dict[str, Any]:
+    return {"job": jobs.wire(hub.submit_push(_store(request), dataset_id, body))}
 
 
 def event_wire(e: JobEvent) -> dict[str, Any]:
