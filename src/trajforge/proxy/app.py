@@ -330,7 +330,7 @@ class ProxyApp:
                 raise
             if relay is not None:
                 relay.uncancel()
-            if ex is not None:
+            if ex is not None and not ex.stream_ended():
                 ex.cut = True
         except UpstreamError as exc:
             failed = exc

@@ -150,6 +150,18 @@ class Exchange:
         else:
             self.chunks.append(chunk)
 
+    def stream_ended(self) -> bool:
+        """Whether the kept copy of a stream holds its last event (``data: [DONE]``, or a
+        Responses stream's final ``response.*`` event): a client that leaves after it, before the
+        upstream's end of body reaches the proxy, has cut nothing."""
+        if not self.chunks:
+            return False
+        data = b"".join(self.chunks)
+        if _DONE.search(data):
+            return True
+        events = sse_events(data)
+        return bool(events) and events[-1].get("type") in _FINAL_RESPONSE_EVENTS
+
     def to_llm_call(self) -> LlmCall:
         build, finish, accumulator = CONVERSIONS[self.kind]
         try:
@@ -195,6 +207,10 @@ def _incomplete(call: LlmCall, started: float, tag: str) -> LlmCall:
     call.finish_reason = "incomplete"
     call.tags = [tag]
     return call
+
+
+_DONE = re.compile(rb"(?m)^data: ?\[DONE\]\r?$")
+_FINAL_RESPONSE_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
 def sse_events(data: bytes) -> list[dict[str, Any]]:
