@@ -57,7 +57,7 @@ def _text(content: Any) -> str | None:
     return str(content)
 
 
-def _prompts(messages: list[dict[str, Any]]) -> tuple[str | None, str | None]:
+def prompts(messages: list[dict[str, Any]]) -> tuple[str | None, str | None]:
     system = next(
         (_text(m.get("content")) for m in messages if m.get("role") in ("system", "developer")), None
     )
@@ -97,7 +97,7 @@ def _record(call: LlmCall) -> None:
 
 def chat_request(kwargs: dict[str, Any]) -> LlmCall:
     messages = _dicts(kwargs.get("messages"))
-    system, user = _prompts(messages)
+    system, user = prompts(messages)
     max_tokens = kwargs.get("max_completion_tokens", kwargs.get("max_tokens"))
     return LlmCall(
         model=str(kwargs.get("model") or ""),
@@ -299,7 +299,7 @@ def responses_request(kwargs: dict[str, Any]) -> LlmCall:
     instructions = kwargs.get("instructions")
     if instructions and isinstance(instructions, str):
         messages = [{"role": "system", "content": instructions}, *messages]
-    system, user = _prompts(messages)
+    system, user = prompts(messages)
     return LlmCall(
         model=str(kwargs.get("model") or ""),
         system_prompt=system,

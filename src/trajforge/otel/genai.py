@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from trajforge.capture.openai import prompts
 from trajforge.otel import values as v
 from trajforge.otel.spans import LogEvent, Mapped, Span
 from trajforge.otel.values import Bag
@@ -56,7 +57,7 @@ def fill_content(
         messages = [{"role": "system", "content": system}, *(messages or [])]
     if messages is not None:
         call.messages = messages
-        call.system_prompt, call.user_prompt = v.prompts(messages)
+        call.system_prompt, call.user_prompt = prompts(messages)
     if output:
         first = output[0]
         content = first.get("content")

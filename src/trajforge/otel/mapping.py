@@ -22,6 +22,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from trajforge.capture.openai import prompts
 from trajforge.otel import values as v
 from trajforge.otel.conventions import LEGACY, map_openinference, map_openllmetry
 from trajforge.otel.genai import (
@@ -87,7 +88,7 @@ def apply_logs(call: LlmCall, events: Sequence[LogEvent]) -> LlmCall:
     if out.messages or out.response is not None or out.tool_calls:
         out.tags = [t for t in out.tags or [] if t != CONTENT_ABSENT_TAG] or None
         if out.messages:
-            out.system_prompt, out.user_prompt = v.prompts(out.messages)
+            out.system_prompt, out.user_prompt = prompts(out.messages)
     return out
 
 

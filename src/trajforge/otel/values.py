@@ -320,21 +320,3 @@ def semconv_tool(tool: Any) -> Any:
     function = {k: tool[k] for k in ("name", "description", "parameters", "strict") if k in tool}
     extra = {k: v for k, v in tool.items() if k not in function and k != "type"}
     return {"type": tool.get("type") or "function", "function": function, **extra}
-
-
-def prompts(messages: list[dict[str, Any]]) -> tuple[str | None, str | None]:
-    """The system prompt and the last user prompt, as ``capture/openai.py`` derives them."""
-
-    def text(content: Any) -> str | None:
-        if content is None or isinstance(content, str):
-            return content
-        if isinstance(content, list):
-            parts = [p.get("text", "") for p in content if isinstance(p, dict) and "text" in p]
-            return "\n".join(parts) if parts else None
-        return str(content)
-
-    system = next(
-        (text(m.get("content")) for m in messages if m.get("role") in ("system", "developer")), None
-    )
-    user = next((text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), None)
-    return system, user
