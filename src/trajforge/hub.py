@@ -41,11 +41,12 @@ import orjson
 from pydantic import AfterValidator, Field
 
 from trajforge import settings
+from trajforge.datasets import builder
 from trajforge.datasets.builder import FORMAT_VERSION
 from trajforge.datasets.request import FORMATS
 from trajforge.errors import InvalidInput, NotFound, TrajforgeError
 from trajforge.limits import check_json
-from trajforge.records import Dataset, Job, JobEvent, iso_ms, new_id, now_ms
+from trajforge.records import Dataset, Job, iso_ms, new_id, now_ms
 from trajforge.requests import Flag, Request
 from trajforge.store.base import Store
 
@@ -598,33 +599,14 @@ def pull(
         raise
     finally:
         shutil.rmtree(cache, ignore_errors=True)
-    rows = sum(manifest["counts"]["rows"].values())
-    ds = Dataset(
-        id=dataset_id,
-        name=name,
-        version=manifest["version"],
-        parent=manifest["parent"],
-        format=manifest["format"],
-        path=str(final),
-        trajectory_count=int(manifest["counts"].get("trajectories") or 0),
-        row_count=rows,
-        manifest=manifest,
-        created_at=manifest["createdAtMs"],
+    return builder.register(
+        store,
+        dataset_id,
+        final,
+        manifest,
+        f"pulled from {repo}@{commit[:12]}",
+        {"hub": {"repo": repo, "commit": commit}},
     )
-    try:
-        store.add_dataset(ds)
-    except BaseException:
-        shutil.rmtree(final, ignore_errors=True)
-        raise
-    store.add_event(
-        JobEvent(
-            kind="dataset_built",
-            message=f"dataset {name} v{ds.version}: {rows} rows pulled from {repo}@{commit[:12]}",
-            dataset_id=dataset_id,
-            data={"format": ds.format, "rows": rows, "hub": {"repo": repo, "commit": commit}},
-        )
-    )
-    return ds
 
 
 def _copy_snapshot(

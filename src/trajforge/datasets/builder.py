@@ -92,15 +92,32 @@ def build(
         files.abort()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return register(
+        store,
+        dataset_id,
+        final,
+        manifest,
+        f"from {len(sel.included)} trajectories",
+        {"trajectories": len(sel.included)},
+    )
+
+
+def register(
+    store: Store, dataset_id: str, final: Path, manifest: dict[str, Any], source: str, data: dict[str, Any]
+) -> Dataset:
+    """Record the sealed snapshot in ``final`` (its folder removed if the store refuses it, so no
+    unrecorded snapshot is left behind) and announce it with a ``dataset_built`` event; ``source``
+    ends the event's message (where the rows came from), ``data`` joins its data."""
     rows = sum(manifest["counts"]["rows"].values())
+    name = manifest["name"]
     ds = Dataset(
         id=dataset_id,
         name=name,
         version=manifest["version"],
         parent=manifest["parent"],
-        format=req.format,
+        format=manifest["format"],
         path=str(final),
-        trajectory_count=len(sel.included),
+        trajectory_count=int(manifest["counts"].get("trajectories") or 0),
         row_count=rows,
         manifest=manifest,
         created_at=manifest["createdAtMs"],
@@ -113,9 +130,9 @@ def build(
     store.add_event(
         JobEvent(
             kind="dataset_built",
-            message=f"dataset {name} v{ds.version}: {rows} rows from {ds.trajectory_count} trajectories",
+            message=f"dataset {name} v{ds.version}: {rows} rows {source}",
             dataset_id=dataset_id,
-            data={"format": req.format, "rows": rows, "trajectories": ds.trajectory_count},
+            data={"format": ds.format, "rows": rows, **data},
         )
     )
     return ds
