@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from trajforge import jsonutil
 from trajforge.records import (
+    TASK_SQL,
     ActionResult,
     LlmCall,
     ProviderAccess,
@@ -352,6 +353,68 @@ class SqlStore(DocumentReads, TrainingRecords, TrajectoryWrites, SqlBase):
                     add_to_rollup(rollup, *r)
                 rollup_rows = [(*k, *v) for k, v in rollup.items()]
         return stats_report(totals, by_source, by_status, per_day_traj, rollup_rows)
+
+    def task_coverage(self, require_score: str | None = None) -> list[dict[str, Any]]:
+        """Per task (a call's action type, else its purpose): the trajectories with calls of it, how
+        many completed, how many carry a total reward, any score, ``require_score``, and a scenario
+        id, and how many distinct scenarios. One grouped query: memory does not grow with the store."""
+        with self._read_tx() as cur:
+            rows = self._ex(
+                cur,
+                "SELECT c.task, COUNT(*), "
+                "SUM(CASE WHEN t.status = 'completed' THEN 1 ELSE 0 END), "
+                "SUM(CASE WHEN t.total_reward IS NOT NULL THEN 1 ELSE 0 END), "
+                "SUM(CASE WHEN EXISTS (SELECT 1 FROM scores s WHERE s.trajectory_id = t.id) THEN 1 ELSE 0 END), "
+                "SUM(CASE WHEN t.total_reward IS NOT NULL OR EXISTS "
+                "(SELECT 1 FROM scores s WHERE s.trajectory_id = t.id) THEN 1 ELSE 0 END), "
+                "SUM(CASE WHEN t.status = 'completed' AND EXISTS (SELECT 1 FROM scores s "
+                "WHERE s.trajectory_id = t.id AND s.name = ?) THEN 1 ELSE 0 END), "
+                "SUM(CASE WHEN t.scenario_id IS NOT NULL THEN 1 ELSE 0 END), "
+                "COUNT(DISTINCT t.scenario_id) "
+                f"FROM (SELECT DISTINCT trajectory_id, {TASK_SQL} AS task FROM llm_calls) c "
+                "JOIN trajectories t ON t.id = c.trajectory_id GROUP BY c.task ORDER BY c.task",
+                [require_score or ""],
+            ).fetchall()
+        keys = ("task", "trajectories", "completed", "rewarded", "scored", "rewardedOrScored")
+        out = []
+        for r in rows:
+            row: dict[str, Any] = {
+                k: (v if k == "task" else int(v or 0)) for k, v in zip(keys, r, strict=False)
+            }
+            row["completedWithRequiredScore"] = int(r[6] or 0) if require_score else None
+            row["withScenario"] = int(r[7] or 0)
+            row["scenarios"] = int(r[8] or 0)
+            out.append(row)
+        return out
+
+    def score_coverage(self) -> list[dict[str, Any]]:
+        """Per score name: how many scores, on how many trajectories, their mean."""
+        with self._read_tx() as cur:
+            rows = self._ex(
+                cur,
+                "SELECT name, COUNT(*), COUNT(DISTINCT trajectory_id), AVG(value) FROM scores "
+                "GROUP BY name ORDER BY name",
+            ).fetchall()
+        return [
+            {
+                "name": r[0],
+                "count": int(r[1]),
+                "trajectories": int(r[2]),
+                "mean": None if r[3] is None else float(r[3]),
+            }
+            for r in rows
+        ]
+
+    def duplicate_calls(self) -> tuple[int, int]:
+        """(LLM calls, distinct calls): a call is a duplicate of another with the same system,
+        user, messages and response texts (texts are stored once, so their ids compare them)."""
+        with self._read_tx() as cur:
+            row = self._ex(
+                cur,
+                "SELECT COUNT(*), COALESCE(SUM(n), 0) FROM (SELECT COUNT(*) AS n FROM llm_calls "
+                "GROUP BY system_text, user_text, messages_text, response_text) g",
+            ).fetchone()
+        return int(row[1]), int(row[0])
 
     # --- deletes, settings, sweep ----------------------------------------------------------------
 
