@@ -71,6 +71,7 @@ __all__ = [
     "CollectRequest",
     "CollectionRun",
     "HfPull",
+    "StepResult",
     "default_hf_pull",
     "default_root",
     "get_run",
