@@ -21,6 +21,7 @@ PAIRS = [
     (("post", "/api/training/jobs"), ("jobs", "start")),
     (("post", "/api/training/models/{model_id}/benchmark"), ("models", "benchmark")),
     (("post", "/api/training/models/{model_id}/import-ollama"), ("models", "import-ollama")),
+    (("post", "/api/training/collect"), ("collect", "run")),
 ]
 
 

@@ -363,7 +363,7 @@ def _evidence(results: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
     improved = [c for c in (bench or {}).get("comparisons", []) if c.get("improved")]
     return {
         "sources": {
-            **({f"store:{k}": v for k, v in traj["bySource"].items()} if traj else {}),
+            **({f"store:{k}": v for k, v in sorted(traj["bySource"].items())} if traj else {}),
             "jsonl": len((jsonl or {}).get("files", [])),
             "hf": len((hf or {}).get("datasets", [])),
         },
