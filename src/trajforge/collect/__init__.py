@@ -167,12 +167,16 @@ def _run_dir(req: CollectRequest, root: Path | None, trusted: bool, home: Path) 
             raise InvalidInput(f"outputDir must be a folder inside {base}", "outputDir")
     else:
         path = given.resolve()
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise InvalidInput(f"outputDir {path} exists and is not an empty folder", "outputDir")
     if not re.match(FOLDER_NAME, path.name):
         raise InvalidInput(
             "the run folder's name must be 1-80 letters, digits, _.- (it is the run's id)", "outputDir"
         )
+    try:
+        busy = path.exists() and (not path.is_dir() or any(path.iterdir()))
+    except OSError as exc:
+        raise InvalidInput(f"outputDir {path}: {exc.strerror}", "outputDir") from None
+    if busy:
+        raise InvalidInput(f"outputDir {path} exists and is not an empty folder", "outputDir")
     return path
 
 
@@ -303,8 +307,10 @@ def run(
         raise InvalidInput("preflightOnly runs nothing: call preflight()", "preflightOnly")
     home = home or settings.home()
     run_dir = _run_dir(req, root, trusted, home)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "analysis").mkdir(exist_ok=True)
+    try:
+        (run_dir / "analysis").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInput(f"cannot create the run folder {run_dir}: {exc.strerror}", "outputDir") from None
     generated = now_ms()
     ctx = Context(store, req, run_dir, home, trusted, hf_pull)
     checked = preflight(store, req, trusted=trusted, home=home) if (req.live or req.probe_endpoints) else None
