@@ -284,6 +284,52 @@ def test_a_failing_step_stops_nothing(store: Store, tmp_path: Path) -> None:
     assert store.get_trajectory(t.id) is not None
 
 
+def test_live_run_evaluates_the_model_at_the_endpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.fakes.openai_server import FakeOpenAI
+
+    monkeypatch.delenv("TRAJFORGE_LM_BASE_URL", raising=False)
+    monkeypatch.delenv("TRAJFORGE_LM_MODEL", raising=False)
+    store = open_store(str(tmp_path / "s.db"))
+    try:
+        _seed(store, tmp_path)
+        held_out = datasets.build(
+            store, BuildRequest(format="prompt_completion", eval_fraction=0.99, name="heldout")
+        )
+        eval_rows = held_out.manifest["counts"]["rows"]["eval"]
+        assert eval_rows > 0
+        right = '{"action": "REFUND", "params": {"orderId": "A-1042"}}'
+        with FakeOpenAI(lambda messages, request: right) as fake:
+            req = CollectRequest(live=True, base_url=fake.base_url, model="fake-model", probe_endpoints=True,
+                                 eval_dataset_id=held_out.id, eval_limit=5)  # fmt: skip
+            checked = collect.preflight(store, req)
+            assert checked["ready"] is True
+            assert checked["probe"]["models"] == ["fake-model"]
+            m = collect.run(store, req).manifest
+            chats = [r for r in fake.requests if "messages" in r]
+        live = _step(m, "live_eval")
+        assert live["status"] == "succeeded", live
+        n = min(5, eval_rows)
+        assert (live["result"]["n"], live["result"]["score"], live["result"]["metric"]) == (
+            n,
+            1.0,
+            "action_match",
+        )
+        assert live["result"]["datasetId"] == held_out.id
+        assert len(chats) == n and all(r["model"] == "fake-model" for r in chats)
+        assert m["mode"] == "live" and m["preflight"]["ready"] is True
+        assert m["evidence"]["liveEval"]["score"] == 1.0
+
+        # Without an endpoint the live step fails with its reason; every other step still runs.
+        m = collect.run(store, CollectRequest(live=True, model="x")).manifest
+        live = _step(m, "live_eval")
+        assert live["status"] == "failed" and "baseUrl" in live["error"]
+        assert all(s["status"] in ("succeeded", "skipped") for s in m["steps"] if s["id"] != "live_eval")
+    finally:
+        store.close()
+
+
 def test_secrets_are_kept_out_of_the_recipe(tmp_path: Path) -> None:
     store = open_store(str(tmp_path / "s.db"))
     try:

@@ -418,7 +418,7 @@ def get_run(run_id: str, root: Path | None = None) -> dict[str, Any]:
 
     base = (root or default_root()).resolve()
     path = base / _check_id(run_id) / MANIFEST
-    if not path.is_file():
+    if not path.is_file() or not inside(path, base):
         raise NotFound(f"no collection run {run_id!r}", "id")
     data: dict[str, Any] = orjson.loads(path.read_bytes())
     return data

@@ -10,7 +10,6 @@ iterating every trajectory, so a run over a million calls holds what a few hundr
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -37,7 +36,8 @@ class HfPull(Protocol):
     """How the ``hf_datasets`` step pulls one Hugging Face dataset (``trajforge.hub`` supplies
     it): import ``repo`` (``ORG/NAME``) as a dataset snapshot of ``store`` and return a JSON summary
     of it (at least ``repo``, ``revision``, ``datasetId``, ``rows``); ``out_dir`` is the step's own
-    folder for anything it wants to keep beside the run. Raise a :class:`TrajforgeError` naming the
+    folder for anything it wants to keep beside the run (named by a hash of the repo, never by the
+    repo itself). Raise a :class:`TrajforgeError` naming the
     repo on failure."""
 
     def __call__(self, store: Store, repo: str, *, out_dir: Path) -> dict[str, Any]: ...
@@ -94,11 +94,6 @@ class Context:
 
 def write_json(path: Path, data: Any) -> None:
     path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + b"\n")
-
-
-def short_hash(text: str) -> str:
-    """A name for something user-given (a source, a task, a repo) where it would be a path part."""
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def inside(path: Path, root: Path) -> bool:
