@@ -32,7 +32,9 @@ def _seed(store: Store, tmp_path: Path) -> dict[str, Any]:
     reward or scenario; t2 repeats t1's calls exactly), two scores, one snapshot, one benchmarked
     and active model."""
     ts = [
-        make_trajectory(source="chat", scenario_id="sc-0", prompt="p-0", start_time=1_700_000_000_000),
+        make_trajectory(
+            source="chat", scenario_id="sc-0", prompt="p-0 mail bob@example.com", start_time=1_700_000_000_000
+        ),
         make_trajectory(source="chat", scenario_id="sc-1", prompt="p-1", start_time=1_700_000_001_000),
         make_trajectory(source="chat", scenario_id="sc-2", prompt="p-1", start_time=1_700_000_002_000),
         make_trajectory(
@@ -175,6 +177,11 @@ def test_dry_run_writes_the_folder_with_exact_counts(store: Store, tmp_path: Pat
     assert m["evidence"]["models"] == {"count": 1, "active": model.id}
     assert {src: len(rows) for src, rows in m["samplePreviews"].items()} == {"chat": 3, "api": 1}
     assert m["samplePreviews"]["api"][0]["trajectoryId"] == seeded["trajectories"][3].id
+    # Previews went through the privacy filter: the address is nowhere in the run folder.
+    oldest = m["samplePreviews"]["chat"][-1]
+    assert oldest["trajectoryId"] == seeded["trajectories"][0].id
+    assert "bob@example.com" not in oldest["prompt"] and "REDACTED" in oldest["prompt"]
+    assert all(b"bob@example.com" not in p.read_bytes() for p in out.rglob("*") if p.is_file())
 
     statuses = {c["id"]: c["status"] for c in m["readiness"]["checks"]}
     assert statuses["base_vs_trained"] == "ready"
