@@ -121,9 +121,9 @@ def readme(m: dict[str, Any]) -> str:
         )
     lines += ["## Tasks", ""]
     lines += _table(
-        ["task", "trajectories", "completed", "rewarded or scored", "scenarios"],
+        ["task", "trajectories", "completed", "rewarded or scored", "with a scenario id"],
         [
-            [t["task"], t["trajectories"], t["completed"], t["rewardedOrScored"], t["scenarios"]]
+            [t["task"], t["trajectories"], t["completed"], t["rewardedOrScored"], t["withScenario"]]
             for t in traj.get("tasks", [])
         ],
     )

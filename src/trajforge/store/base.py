@@ -91,7 +91,7 @@ class TrajectoryStore(Protocol):
     def task_coverage(self, require_score: str | None = None) -> list[dict[str, Any]]:
         """Per task: ``task``, ``trajectories``, ``completed``, ``rewarded`` (a total reward),
         ``scored`` (any score), ``rewardedOrScored``, ``completedWithRequiredScore`` (None without
-        ``require_score``), ``withScenario``, ``scenarios`` (distinct); one aggregate query."""
+        ``require_score``), ``withScenario``; grouped in SQL (memory does not grow with the store)."""
         ...
 
     def score_coverage(self) -> list[dict[str, Any]]:
