@@ -292,6 +292,11 @@ def test_a_failing_step_stops_nothing(store: Store, tmp_path: Path) -> None:
     assert files["missing.jsonl"]["status"] == "failed"
     assert all(s["status"] != "failed" for s in m["steps"] if s["id"] != "jsonl_imports")
     assert _step(m, "trajectories")["result"]["total"] == 1
+    # The failed step's partial result is shown, not only its error.
+    readme = (run.output_dir / "README.md").read_text()
+    assert re.search(r"\| \S*good\.jsonl \| imported \| 1 \| 1 \|", readme)
+    assert "missing.jsonl | failed" in readme
+    assert "a-folder.jsonl" in (run.output_dir / "analysis/index.html").read_text()
     assert store.get_trajectory(t.id) is not None
 
 

@@ -75,7 +75,7 @@ def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
 
 def _step(manifest: dict[str, Any], step: str) -> dict[str, Any]:
     for s in manifest["steps"]:
-        if s["id"] == step and s["status"] == "succeeded":
+        if s["id"] == step and s["status"] != "skipped":
             result: dict[str, Any] = s["result"]
             return result
     return {}

@@ -67,7 +67,7 @@ def bars(items: list[tuple[str, float]], width: int = 420, row: int = 18) -> dic
 
 def _step(m: dict[str, Any], step: str) -> dict[str, Any]:
     for s in m["steps"]:
-        if s["id"] == step and s["status"] == "succeeded":
+        if s["id"] == step and s["status"] != "skipped":
             result: dict[str, Any] = s["result"]
             return result
     return {}
