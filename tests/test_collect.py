@@ -249,17 +249,35 @@ def test_readiness_flips_as_evidence_arrives(store: Store, tmp_path: Path) -> No
     assert (s["active_model"], s["base_vs_trained"]) == ("ready", "ready")
 
     tasks = sorted({t["task"] for t in store.task_coverage()})
+    # Tried but not promoted (as the demo's instruction search on a task LM that ignores
+    # instructions): an honest partial naming why, and demonstrations as the next thing to try.
+    tried = artifacts.PromptArtifact(task=tasks[0], optimizer="instruction-search", prompt="p", baseline="b",
+                                     score=0.2, baseline_score=0.3)  # fmt: skip
+    artifacts.save(tried, home=home)
+    m = collect.run(store, CollectRequest()).manifest
+    prompts = _check(m, "prompt_artifacts")
+    assert prompts["status"] == "partial"
+    assert (
+        f"{tasks[0]}: v1 by instruction-search scored 0.200 against the baseline's 0.300, not promoted"
+        in prompts["note"]
+    )
+    assert "ignore instructions" in prompts["note"]
+    assert prompts["recommendedAction"]["params"] == {
+        "backend": "native",
+        "optimizer": "bootstrap-fewshot",
+        "task": tasks[0],
+    }
     for task in tasks:
-        art = artifacts.PromptArtifact(task=task, optimizer="instruction_search", prompt="p", baseline="b",
+        art = artifacts.PromptArtifact(task=task, optimizer="instruction-search", prompt="p", baseline="b",
                                        score=0.3, baseline_score=0.3)  # fmt: skip
         artifacts.save(art, home=home, force=True)
     m = collect.run(store, CollectRequest()).manifest
     prompts = _check(m, "prompt_artifacts")
     assert prompts["status"] == "partial"
     assert "ignore instructions" in prompts["note"]
-    assert prompts["recommendedAction"]["params"]["optimizer"] == "bootstrap_fewshot"
+    assert prompts["recommendedAction"]["params"]["optimizer"] == "bootstrap-fewshot"
     for task in tasks:
-        art = artifacts.PromptArtifact(task=task, optimizer="bootstrap_fewshot", prompt="p2", baseline="b",
+        art = artifacts.PromptArtifact(task=task, optimizer="bootstrap-fewshot", prompt="p2", baseline="b",
                                        score=0.9, baseline_score=0.3)  # fmt: skip
         artifacts.save(art, home=home, force=True)
     assert statuses()["prompt_artifacts"] == "ready"

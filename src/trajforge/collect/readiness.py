@@ -17,6 +17,9 @@ the distinct examples left are fewer than the counts suggest)."""
 DROP_RATE_PARTIAL = 0.2
 """A snapshot whose privacy filter dropped more than this share of trajectories loses too much."""
 REWARD_COVERAGE_READY = 0.8
+INSTRUCTION_ONLY = frozenset({"instruction-search", "prompt-evolution"})
+"""Optimizers that change the instruction only (no demonstrations): when they do not help, the
+task LM may not follow instructions at all, and demonstrations are the next thing to try."""
 """Share of a task's trajectories with a reward or outcome for the task to count as covered."""
 
 
@@ -441,43 +444,54 @@ def check_active_model(r: Results) -> Check:
     )
 
 
+def _weak_prompt(task: str, p: dict[str, Any]) -> tuple[str, Action] | None:
+    """The gap of a prompt that does not beat its baseline (or was not promoted), if it has one."""
+    score, base = p["score"], p["baselineScore"]
+    promoted = p["current"] is not None
+    if promoted and (score is None or base is None or score > base):
+        return None
+    measured = (
+        f"scored {score:.3f} against the baseline's {base:.3f}"
+        if score is not None and base is not None
+        else "has no score against the baseline"
+    )
+    reason = (p.get("promotion") or {}).get("reason")
+    note = f"{task}: v{p['shownVersion']} by {p['optimizer']} {measured}" + (
+        "" if promoted else f", not promoted{f' ({reason})' if reason else ''}"
+    )
+    if p["optimizer"] in INSTRUCTION_ONLY:
+        note += " (instruction-only optimization: the task LM may ignore instructions)"
+        action = Action(
+            f"Try demonstrations instead of instructions for {task}",
+            "trajforge jobs start",
+            {"backend": "native", "optimizer": "bootstrap-fewshot", "task": task},
+        )
+    else:
+        action = Action(
+            f"Fine-tune for {task} (a better prompt did not help)", "trajforge jobs start", {"backend": "cpu"}
+        )
+    return note, action
+
+
 def check_prompts(r: Results) -> Check:
     label = "Prompt artifacts current"
     prompts = r.get("prompts")
     if prompts is None:
         return _not_run("prompt_artifacts", label, "prompts")
-    have = {p["task"]: p for p in prompts["tasks"] if p["current"] is not None}
-    tasks = [t["task"] for t in _tasks(r)] or list(have)
-    paths = [p["path"] for p in have.values()]
+    found = {p["task"]: p for p in prompts["tasks"] if p["shownVersion"] is not None}
+    tasks = [t["task"] for t in _tasks(r)] or list(found)
+    paths = [p["path"] for p in found.values()]
     newest_ds = max((d["createdAtMs"] for d in _datasets(r)), default=None)
     if not tasks:
         return Check("prompt_artifacts", label, "missing", "no tasks yet")
-    missing = [t for t in tasks if t not in have]
-    if len(missing) == len(tasks):
-        return Check(
-            "prompt_artifacts",
-            label,
-            "missing",
-            "no optimized prompt for " + ", ".join(missing),
-            action=Action(
-                f"Optimize the {missing[0]} prompt",
-                "trajforge jobs start",
-                {"backend": "native", "task": missing[0]},
-            ),
-        )
-    gaps = []
+    missing = [t for t in tasks if t not in found]
+    gaps: list[str] = []
     action = None
-    for task, p in have.items():
-        if p["score"] is not None and p["baselineScore"] is not None and p["score"] <= p["baselineScore"]:
-            gaps.append(
-                f"{task}: {p['optimizer']} scored {p['score']:.3f}, not above the baseline {p['baselineScore']:.3f} "
-                "(instruction-only optimization: the task LM may ignore instructions)"
-            )
-            action = action or Action(
-                f"Try demonstrations instead of instructions for {task}, or fine-tune",
-                "trajforge jobs start",
-                {"backend": "native", "optimizer": "bootstrap_fewshot", "task": task},
-            )
+    for task, p in found.items():
+        weak = _weak_prompt(task, p)
+        if weak is not None:
+            gaps.append(weak[0])
+            action = action or weak[1]
         elif newest_ds is not None and p["generatedAtMs"] is not None and p["generatedAtMs"] < newest_ds:
             gaps.append(f"{task}: optimized before the newest snapshot")
             action = action or Action(
@@ -493,8 +507,9 @@ def check_prompts(r: Results) -> Check:
             {"backend": "native", "task": missing[0]},
         )
     if not gaps:
-        return Check("prompt_artifacts", label, "ready", f"{len(have)} task(s) with a current prompt", paths)
-    return Check("prompt_artifacts", label, "partial", "; ".join(gaps), paths, action)
+        return Check("prompt_artifacts", label, "ready", f"{len(found)} task(s) with a current prompt", paths)
+    status: Status = "missing" if len(missing) == len(tasks) else "partial"
+    return Check("prompt_artifacts", label, status, "; ".join(gaps), paths, action)
 
 
 def report(

@@ -296,20 +296,25 @@ def step_outcomes(ctx: Context) -> dict[str, Any]:
 
 
 def step_prompts(ctx: Context) -> dict[str, Any]:
-    """Prompt artifacts per task: current version, optimizer, score against its baseline."""
+    """Prompt artifacts per task: the current version (else the newest one, which was not
+    promoted), its optimizer, its score against the baseline, and why it was or was not promoted."""
     from trajforge.optimize import artifacts
 
     out = []
     for entry in artifacts.tasks(ctx.home):
         art = entry["artifact"]
+        if art is None and entry["versions"]:
+            art = artifacts.load(entry["task"], entry["versions"][-1], ctx.home)
         out.append(
             {
                 "task": entry["task"],
                 "versions": entry["versions"],
                 "current": entry["current"],
+                "shownVersion": art.version if art else None,
                 "optimizer": art.optimizer if art else None,
                 "score": art.score if art else None,
                 "baselineScore": art.baseline_score if art else None,
+                "promotion": art.promotion if art else None,
                 "datasetId": art.dataset_id if art else None,
                 "generatedAt": iso_ms(art.generated_at) if art else None,
                 "generatedAtMs": art.generated_at if art else None,
