@@ -310,6 +310,7 @@ def test_a_failing_step_stops_nothing(store: Store, tmp_path: Path) -> None:
     assert files["missing.jsonl"]["status"] == "failed"
     assert all(s["status"] != "failed" for s in m["steps"] if s["id"] != "jsonl_imports")
     assert _step(m, "trajectories")["result"]["total"] == 1
+    assert m["evidence"]["sources"]["jsonl"] == 1
     # The failed step's partial result is shown, not only its error.
     readme = (run.output_dir / "README.md").read_text()
     assert re.search(r"\| \S*good\.jsonl \| imported \| 1 \| 1 \|", readme)
@@ -362,6 +363,39 @@ def test_live_run_evaluates_the_model_at_the_endpoint(
         assert all(s["status"] in ("succeeded", "skipped") for s in m["steps"] if s["id"] != "live_eval")
     finally:
         store.close()
+
+
+def test_hf_datasets_step_plugs_in_a_pull(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "s.db"))
+    pulled: list[tuple[str, Path]] = []
+
+    def pull(store: Store, repo: str, *, out_dir: Path) -> dict[str, Any]:
+        # What trajforge.hub's pull_for_collect returns; a 404 from the Hub is its error naming the repo.
+        if repo == "org/missing":
+            raise InvalidInput(f"Hugging Face dataset {repo} not found (404)", "hfDataset")
+        pulled.append((repo, out_dir))
+        return {"revision": "abc123", "datasetId": "dataset-x", "rows": 7}
+
+    try:
+        req = CollectRequest(hf_dataset=["org/data", "org/missing"])
+        without = collect.run(store, req).manifest
+        assert _step(without, "hf_datasets")["status"] == "skipped"
+        assert "no hf_datasets hook" in _step(without, "hf_datasets")["result"]["note"]
+        m = collect.run(store, req, hf_pull=pull).manifest
+    finally:
+        store.close()
+    step = _step(m, "hf_datasets")
+    assert step["status"] == "failed" and "org/missing" in step["error"]
+    assert step["result"]["datasets"][0] == {
+        "repo": "org/data",
+        "status": "pulled",
+        "revision": "abc123",
+        "datasetId": "dataset-x",
+        "rows": 7,
+    }
+    assert pulled == [("org/data", Path(step["outputDir"]))]
+    assert m["evidence"]["sources"]["hf"] == 1  # what was pulled counts, though another repo failed
+    assert _step(m, "trajectories")["status"] == "succeeded"
 
 
 def test_secrets_are_kept_out_of_the_recipe(tmp_path: Path) -> None:
@@ -464,6 +498,8 @@ def test_collect_list_prints_seed_style_lines(tmp_path: Path) -> None:
         )
         assert result.exit_code == 0, result.output
         assert "[collect] step=prompts status=skipped" in result.output
+    (root / "broken").mkdir()
+    (root / "broken" / "collection-manifest.json").write_text("{not json")  # left out, not fatal
     result = runner.invoke(cli_app, ["collect", "list", "--root", str(root), "--limit", "5"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()

@@ -343,7 +343,7 @@ def run(
         "recipe": redact(req.to_wire()),
         "preflight": checked,
         "steps": [s.to_wire() for s in steps],
-        "evidence": _evidence(results),
+        "evidence": _evidence(results, {s.id: s.result for s in steps}),
         "readiness": ready,
         "modelInventory": (results.get("models") or {}).get("models", []),
         "benchmarkComparisons": (results.get("benchmarks") or {}).get("comparisons", []),
@@ -355,11 +355,14 @@ def run(
     return CollectionRun(run_dir.name, run_dir, manifest)
 
 
-def _evidence(results: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
+def _evidence(
+    results: dict[str, dict[str, Any] | None], partial: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
     """Short summaries of what each step found (the steps carry the detail)."""
     traj = results.get("trajectories")
-    jsonl = results.get("jsonl_imports")
-    hf = results.get("hf_datasets")
+    # Imports and pulls count what arrived, also when another file or repo of the step failed.
+    jsonl = partial.get("jsonl_imports")
+    hf = partial.get("hf_datasets")
     ds = results.get("datasets")
     out = results.get("outcomes")
     prompts = results.get("prompts")
@@ -370,8 +373,8 @@ def _evidence(results: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
     return {
         "sources": {
             **({f"store:{k}": v for k, v in sorted(traj["bySource"].items())} if traj else {}),
-            "jsonl": len((jsonl or {}).get("files", [])),
-            "hf": len((hf or {}).get("datasets", [])),
+            "jsonl": sum(f.get("status") == "imported" for f in (jsonl or {}).get("files", [])),
+            "hf": sum(d.get("status") == "pulled" for d in (hf or {}).get("datasets", [])),
         },
         "trajectories": None
         if traj is None

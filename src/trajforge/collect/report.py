@@ -119,6 +119,16 @@ def readme(m: dict[str, Any]) -> str:
             ["file", "status", "trajectories", "new"],
             [[f["file"], f["status"], f.get("trajectories"), f.get("newTrajectories")] for f in imports],
         )
+    pulled = _step(m, "hf_datasets").get("datasets", [])
+    if pulled:
+        lines += ["### Hugging Face datasets", ""]
+        lines += _table(
+            ["repo", "status", "revision", "dataset", "rows", "error"],
+            [
+                [d["repo"], d["status"], d.get("revision"), d.get("datasetId"), d.get("rows"), d.get("error")]
+                for d in pulled
+            ],
+        )
     lines += ["## Tasks", ""]
     lines += _table(
         ["task", "trajectories", "completed", "rewarded or scored", "with a scenario id"],
