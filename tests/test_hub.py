@@ -442,3 +442,22 @@ def test_rewarded_rows_with_min_reward_and_since(store: Store, tmp_path: Path) -
     assert r.exit_code == 0, r.output
     built = store.latest_dataset("rewarded")
     assert built is not None and built.row_count == 4
+
+
+def test_a_collection_run_pulls_from_the_hub(store: Store, tmp_path: Path, fake_hub: FakeHub) -> None:
+    """``collect run --hf-dataset``: the real pull (trajforge.hub through the collect hook) against
+    the fake Hub; a missing repo fails its entry by name and stops nothing else."""
+    from trajforge import collect
+    from trajforge.collect import CollectRequest
+
+    ds = _built(store, tmp_path)
+    hub.push(store, ds.id, PushRequest(repo="alice/support"))
+    req = CollectRequest(hf_dataset=["alice/support", "alice/missing"], output_dir=str(tmp_path / "run"))
+    m = collect.run(store, req, hf_pull=collect.default_hf_pull()).manifest
+    step = next(s for s in m["steps"] if s["id"] == "hf_datasets")
+    assert step["status"] == "failed" and "alice/missing" in step["error"]
+    got = step["result"]["datasets"][0]
+    assert got["repo"] == "alice/support" and got["status"] == "pulled" and got["rows"] == ds.row_count
+    pulled = store.get_dataset(got["datasetId"])
+    assert pulled is not None and pulled.manifest["lineage"]["hub"]["commit"] == got["commit"]
+    assert next(s for s in m["steps"] if s["id"] == "trajectories")["status"] == "succeeded"

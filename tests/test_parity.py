@@ -22,6 +22,7 @@ PAIRS = [
     (("post", "/api/training/models/{model_id}/benchmark"), ("models", "benchmark")),
     (("post", "/api/training/models/{model_id}/import-ollama"), ("models", "import-ollama")),
     (("post", "/api/training/datasets/{dataset_id}/push"), ("datasets", "push")),
+    (("post", "/api/training/collect"), ("collect", "run")),
 ]
 
 

@@ -748,3 +748,20 @@ def _import_rows(
         "warnings": warnings,
         "_read": sources,
     }
+
+
+def pull_for_collect(store: Store, repo: str, *, out_dir: Path) -> dict[str, Any]:
+    """A collection run's ``hf_datasets`` step (:class:`trajforge.collect.HfPull`): ``repo`` pulled
+    as a new snapshot (see :func:`pull`), summarised. The snapshot lives with the other datasets,
+    so ``out_dir`` keeps nothing."""
+    ds = pull(store, repo)
+    lineage = ds.manifest.get("lineage", {}).get("hub", {})
+    return {
+        "revision": lineage.get("revision"),
+        "commit": lineage.get("commit"),
+        "datasetId": ds.id,
+        "name": ds.name,
+        "version": ds.version,
+        "format": ds.format,
+        "rows": ds.row_count,
+    }

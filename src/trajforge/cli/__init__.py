@@ -6,7 +6,18 @@ from __future__ import annotations
 
 import typer
 
-from trajforge.cli import config, datasets, jobs, models, prompts, proxy, scoring, server, trajectories
+from trajforge.cli import (
+    collect,
+    config,
+    datasets,
+    jobs,
+    models,
+    prompts,
+    proxy,
+    scoring,
+    server,
+    trajectories,
+)
 
 app = typer.Typer(
     help="trajforge: capture agent trajectories, curate datasets, improve the agent.", no_args_is_help=True
@@ -17,6 +28,7 @@ app.add_typer(datasets.app, name="datasets")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(prompts.app, name="prompts")
 app.add_typer(models.app, name="models")
+app.add_typer(collect.app, name="collect")
 for command in (scoring.score, scoring.judge, server.serve, server.demo, proxy.proxy):
     app.command()(command)
 

@@ -311,7 +311,7 @@ def create_app(
 
     from fastapi.staticfiles import StaticFiles
 
-    from trajforge.server import otel, training, trajectories
+    from trajforge.server import collect, otel, training, trajectories
 
     # The bearer scheme is declared (and enforced) only when a token is set, so /openapi.json says
     # exactly what the server requires.
@@ -319,7 +319,9 @@ def create_app(
     app.include_router(trajectories.router, dependencies=guard, responses=ERROR_RESPONSES)
     app.include_router(training.router, dependencies=guard, responses=ERROR_RESPONSES)
     app.include_router(otel.router, dependencies=guard)
+    app.include_router(collect.router, dependencies=guard, responses=ERROR_RESPONSES)
     app.include_router(dashboard.router)
+    app.include_router(collect.pages)
     app.mount("/static", StaticFiles(directory=str(dashboard.HERE / "static")), name="static")
     if capture_proxy is not None:
         app.mount("/proxy", capture_proxy)

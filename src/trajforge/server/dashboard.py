@@ -236,7 +236,8 @@ def trajectory_page(request: Request, trajectory_id: str) -> Response:
 
 @router.get("/fine-tuning", response_class=HTMLResponse)
 def fine_tuning_page(request: Request) -> Response:
-    from trajforge import autotrain, ollama
+    from trajforge import autotrain, collect, ollama
+    from trajforge.collect.readiness import command_line
     from trajforge.optimize import artifacts
 
     store = _store(request)
@@ -265,5 +266,7 @@ def fine_tuning_page(request: Request) -> Response:
             "auto_config": autotrain.get_config(store),
             "auto_status": autotrain.status(store),
             "last_seq": store.last_event_seq(),
+            "collections": collect.list_runs(limit=10),
+            "collect_command": command_line,
         },
     )

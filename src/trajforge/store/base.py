@@ -88,6 +88,20 @@ class TrajectoryStore(Protocol):
         """Totals, breakdowns by source/status/model, tokens, latency percentiles, rewards, per day."""
         ...
 
+    def task_coverage(self, require_score: str | None = None) -> list[dict[str, Any]]:
+        """Per task: ``task``, ``trajectories``, ``completed``, ``rewarded`` (a total reward),
+        ``scored`` (any score), ``rewardedOrScored``, ``completedWithRequiredScore`` (None without
+        ``require_score``), ``withScenario``; grouped in SQL (memory does not grow with the store)."""
+        ...
+
+    def score_coverage(self) -> list[dict[str, Any]]:
+        """Per score name: ``name``, ``count``, ``trajectories``, ``mean``."""
+        ...
+
+    def duplicate_calls(self) -> tuple[int, int]:
+        """(LLM calls, distinct calls by their system, user, messages and response texts)."""
+        ...
+
     def delete(self, ids: Sequence[str] | None = None, *, all: bool = False) -> int:
         """Delete trajectories (and everything under them); returns how many were deleted."""
         ...

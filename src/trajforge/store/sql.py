@@ -10,12 +10,14 @@ are here.
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from trajforge import jsonutil
 from trajforge.records import (
+    TASK_SQL,
     ActionResult,
     LlmCall,
     ProviderAccess,
@@ -352,6 +354,128 @@ class SqlStore(DocumentReads, TrainingRecords, TrajectoryWrites, SqlBase):
                     add_to_rollup(rollup, *r)
                 rollup_rows = [(*k, *v) for k, v in rollup.items()]
         return stats_report(totals, by_source, by_status, per_day_traj, rollup_rows)
+
+    # Rows one aggregate groups at a time, or None for all at once. SQLite keeps its temporary
+    # b-trees in memory (temp_store = MEMORY), so a GROUP BY over every call would grow with the
+    # store: it groups in passes of about this many calls and its memory stays flat. PostgreSQL
+    # spills a big grouping to disk on the server by itself.
+    group_pass_rows: int | None = None
+
+    def _passes(self, rows: int) -> int:
+        if self.group_pass_rows is None or rows <= self.group_pass_rows:
+            return 1
+        return -(-rows // self.group_pass_rows)
+
+    def task_coverage(self, require_score: str | None = None) -> list[dict[str, Any]]:
+        """Per task (a call's action type, else its purpose): the trajectories with calls of it, how
+        many completed, how many carry a total reward, any score, ``require_score``, a scenario id.
+        Grouped in SQL, a range of trajectory ids per pass (every count is per trajectory, so the
+        passes add up)."""
+        sql = (
+            "SELECT c.task, COUNT(*), "
+            "SUM(CASE WHEN t.status = 'completed' THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN t.total_reward IS NOT NULL THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN EXISTS (SELECT 1 FROM scores s WHERE s.trajectory_id = t.id) THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN t.total_reward IS NOT NULL OR EXISTS "
+            "(SELECT 1 FROM scores s WHERE s.trajectory_id = t.id) THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN t.status = 'completed' AND EXISTS (SELECT 1 FROM scores s "
+            "WHERE s.trajectory_id = t.id AND s.name = ?) THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN t.scenario_id IS NOT NULL THEN 1 ELSE 0 END) "
+            f"FROM (SELECT DISTINCT trajectory_id, {TASK_SQL} AS task FROM llm_calls{{range}}) c "
+            "JOIN trajectories t ON t.id = c.trajectory_id GROUP BY c.task"
+        )
+        names = (
+            "trajectories",
+            "completed",
+            "rewarded",
+            "scored",
+            "rewardedOrScored",
+            "required",
+            "withScenario",
+        )
+        totals: dict[str, list[int]] = {}
+        with self._read_tx() as cur:
+            trajectories, calls = self._ex(
+                cur, "SELECT COUNT(*), COALESCE(SUM(llm_call_count), 0) FROM trajectories"
+            ).fetchone()
+            passes = self._passes(int(calls))
+            size = -(-int(trajectories) // passes)
+            # Pass boundaries: every size-th trajectory id (a walk of the primary key's index).
+            bounds: list[str | None] = [None]
+            for k in range(1, passes):
+                row = self._ex(
+                    cur, "SELECT id FROM trajectories ORDER BY id LIMIT 1 OFFSET ?", [k * size]
+                ).fetchone()
+                if row is not None:
+                    bounds.append(row[0])
+            bounds.append(None)
+            for lo, hi in itertools.pairwise(bounds):
+                where = [
+                    c for c, v in (("trajectory_id >= ?", lo), ("trajectory_id < ?", hi)) if v is not None
+                ]
+                # The score name's placeholder comes first in the text, the range's after it.
+                params = [require_score or "", *(v for v in (lo, hi) if v is not None)]
+                query = sql.replace("{range}", (" WHERE " + " AND ".join(where)) if where else "")
+                for r in self._ex(cur, query, params).fetchall():
+                    acc = totals.setdefault(r[0], [0] * len(names))
+                    for i, v in enumerate(r[1:]):
+                        acc[i] += int(v or 0)
+        out = []
+        for task in sorted(totals):
+            entry: dict[str, Any] = {"task": task, **dict(zip(names, totals[task], strict=True))}
+            required = entry.pop("required")
+            entry["completedWithRequiredScore"] = required if require_score else None
+            out.append(entry)
+        return out
+
+    def score_coverage(self) -> list[dict[str, Any]]:
+        """Per score name: how many scores, on how many trajectories, their mean."""
+        with self._read_tx() as cur:
+            rows = self._ex(
+                cur,
+                "SELECT name, COUNT(*), COUNT(DISTINCT trajectory_id), AVG(value) FROM scores "
+                "GROUP BY name ORDER BY name",
+            ).fetchall()
+        return [
+            {
+                "name": r[0],
+                "count": int(r[1]),
+                "trajectories": int(r[2]),
+                "mean": None if r[3] is None else float(r[3]),
+            }
+            for r in rows
+        ]
+
+    def duplicate_calls(self) -> tuple[int, int]:
+        """(LLM calls, distinct calls): a call is a duplicate of another with the same system,
+        user, messages and response texts (texts are stored once, so their ids compare them).
+        Grouped in passes by a sum of those ids modulo the number of passes: copies of a call
+        have the same sum, so they meet in the same pass and the passes' distinct counts add up."""
+        group = (
+            "SELECT COUNT(*) FROM (SELECT 1 FROM llm_calls{where} "
+            "GROUP BY system_text, user_text, messages_text, response_text) g"
+        )
+        ids = (
+            "(COALESCE(system_text, 0) + COALESCE(user_text, 0) + COALESCE(messages_text, 0) "
+            "+ COALESCE(response_text, 0))"
+        )
+        # ids modulo the passes, in integer arithmetic both dialects share ('%' is psycopg's).
+        key = f"{ids} - ({ids} / ?) * ? = ?"
+        with self._read_tx() as cur:
+            calls = int(self._ex(cur, "SELECT COUNT(*) FROM llm_calls").fetchone()[0])
+            passes = self._passes(calls)
+            if passes == 1:
+                distinct = int(self._ex(cur, group.replace("{where}", "")).fetchone()[0])
+            else:
+                distinct = sum(
+                    int(
+                        self._ex(
+                            cur, group.replace("{where}", f" WHERE {key}"), [passes, passes, k]
+                        ).fetchone()[0]
+                    )
+                    for k in range(passes)
+                )
+        return calls, distinct
 
     # --- deletes, settings, sweep ----------------------------------------------------------------
 

@@ -32,6 +32,7 @@ class SQLiteStore(SqlStore):
 
     dialect = "sqlite"
     page_search_id = "+t.id"
+    group_pass_rows = 100_000
 
     def __init__(self, path: str | Path) -> None:
         super().__init__()
