@@ -26,6 +26,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from trajforge import jobs, models
+from trajforge.datasets.request import FORMATS
 from trajforge.errors import TrajforgeError
 from trajforge.limits import MAX_OFFSET
 from trajforge.records import iso_ms
@@ -261,6 +262,7 @@ def fine_tuning_page(request: Request) -> Response:
             "job_counts": jobs.counts(store),
             "backends": jobs.backends(),
             "datasets": store.list_datasets(limit=50),
+            "formats": FORMATS,
             "models": model_rows,
             "prompts": prompts,
             "auto_config": autotrain.get_config(store),
