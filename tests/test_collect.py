@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.helpers import free_port, make_support_corpus, make_trajectory, start_server
-from trajforge import autotrain, collect, datasets
+from trajforge import autotrain, collect, datasets, evaluate
 from trajforge.cli import app as cli_app
 from trajforge.collect import CollectRequest
 from trajforge.datasets.request import BuildRequest
@@ -361,6 +361,34 @@ def test_live_run_evaluates_the_model_at_the_endpoint(
         live = _step(m, "live_eval")
         assert live["status"] == "failed" and "baseUrl" in live["error"]
         assert all(s["status"] in ("succeeded", "skipped") for s in m["steps"] if s["id"] != "live_eval")
+    finally:
+        store.close()
+
+
+def test_a_url_an_http_request_chose_gets_no_server_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over HTTP (untrusted) the live evaluation sends the server's model key only to the
+    configured endpoint; from the CLI (trusted) the user's key goes where the user says (found by
+    review: an API caller could collect the key at a URL of its choosing)."""
+    from tests.fakes.openai_server import FakeOpenAI
+
+    monkeypatch.setenv("TRAJFORGE_LM_API_KEY", "sk-server-secret")
+    monkeypatch.delenv("TRAJFORGE_LM_BASE_URL", raising=False)
+    store = open_store(str(tmp_path / "s.db"))
+    try:
+        _seed(store, tmp_path)
+        with FakeOpenAI() as fake:
+            req = CollectRequest(live=True, base_url=fake.base_url, model="m", suite=next(iter(evaluate.SUITES)),
+                                 eval_limit=1, output_dir=str(tmp_path / "home" / "collections" / "a"))  # fmt: skip
+            collect.run(store, req, trusted=False, home=tmp_path / "home")
+            untrusted = [h.get("authorization") for h in fake.headers]
+            monkeypatch.setenv("TRAJFORGE_LM_BASE_URL", fake.base_url)
+            req = req.model_copy(update={"output_dir": str(tmp_path / "home" / "collections" / "b")})
+            collect.run(store, req, trusted=False, home=tmp_path / "home")
+            configured = [h.get("authorization") for h in fake.headers[len(untrusted) :]]
+        assert untrusted and set(untrusted) == {None}
+        assert configured and set(configured) == {"Bearer sk-server-secret"}
     finally:
         store.close()
 

@@ -371,6 +371,51 @@ def test_conversation_groups_traces(client: Any, store: Store) -> None:
     assert (t.start_time, t.end_time, t.duration_ms) == (T0 // MS, T0 // MS + 1050, 1050)
 
 
+def _turn(trace: str, i: int, *, failed: bool = False) -> list[dict[str, Any]]:
+    """Turn ``i`` of the conversation: its own trace, ``i`` seconds after the first."""
+    spans = _trace_spans(trace)
+    for s in spans.values():
+        s["spanId"] = f"{i + 1:02x}" + s["spanId"][2:]
+        if "parentSpanId" in s:
+            s["parentSpanId"] = f"{i + 1:02x}" + s["parentSpanId"][2:]
+        s["startTimeUnixNano"] = str(int(s["startTimeUnixNano"]) + i * 1000 * MS)
+        s["endTimeUnixNano"] = str(int(s["endTimeUnixNano"]) + i * 1000 * MS)
+    if failed:
+        spans["root"]["status"] = {"code": 2, "message": "turn failed"}
+    return list(spans.values())
+
+
+def test_roots_in_any_order_and_resent_change_no_status_or_count(client: Any, store: Store) -> None:
+    """A conversation completes once: a later failed turn does not take it back, a re-sent or
+    earlier root changes neither the status nor the end, and the auto-training counters count it
+    once (found by review: a re-sent OK root after a failed one counted it twice)."""
+    ok, failed = _turn("a1" * 16, 0), _turn("b2" * 16, 1, failed=True)
+    assert _post(client, _json_body(ok)).status_code == 200
+    assert _post(client, _json_body(failed)).status_code == 200
+    t = store.get_trajectory("conv-json")
+    assert t is not None and t.status == "completed" and t.end_time == T0 // MS + 1050
+    assert _post(client, _json_body(ok)).status_code == 200  # re-sent: the earlier root
+    t = store.get_trajectory("conv-json")
+    assert t is not None and (t.status, t.end_time, t.start_time) == ("completed", T0 // MS + 1050, T0 // MS)
+    assert sum(c["completed"] for c in store.task_counters()) == 1, store.task_counters()
+
+
+def test_a_trace_whose_span_ids_the_conversation_has_stays_apart(client: Any, store: Store) -> None:
+    """Span ids are unique within a trace only. A trace that learns its conversation late, holding
+    a span id the conversation already has, stays a trajectory of its own instead of failing every
+    later batch (found by review: a 500 on each, so the exporter dropped them)."""
+    conv = {"gen_ai.conversation.id": "conv-x", "gen_ai.request.model": "m"}
+    a, b = "a1" * 16, "b2" * 16
+    assert _post(client, _json_body([_json_span(a, "01" * 8, None, "chat", 0, 5, **conv)])).status_code == 200
+    assert _post(client, _json_body([_json_span(b, "01" * 8, None, "chat", 10, 15)])).status_code == 200
+    for _ in range(2):  # the same trace, now naming the conversation; twice
+        r = _post(client, _json_body([_json_span(b, "02" * 8, None, "chat", 20, 25, **conv)]))
+        assert r.status_code == 200, r.text
+    assert sorted(t.id for t in store.list_trajectories(TrajectoryFilter()).items) == sorted([b, "conv-x"])
+    assert [s.step_id for s in store.get_trajectory(b).steps] == ["01" * 8, "02" * 8]  # type: ignore[union-attr]
+    assert [s.step_id for s in store.get_trajectory("conv-x").steps] == ["01" * 8]  # type: ignore[union-attr]
+
+
 def test_trace_joins_its_conversation_later(client: Any, store: Store) -> None:
     """A second trace of the conversation whose first spans carry no conversation id: its own
     trajectory first, then merged into the conversation's with exact counters and search."""
@@ -448,6 +493,11 @@ def test_bad_bodies(client: Any, store: Store) -> None:
     assert r.status_code == 400 and "not valid JSON" in r.json()["message"]
     r = _post(client, b'{"resourceSpans": "nope"}')
     assert r.status_code == 400 and r.json()["message"]
+    # Wrong types where the ids are converted (once a 500: found by review).
+    for links in (5, True, "x", {"a": 1}):
+        span = {"traceId": "ab" * 16, "spanId": "cd" * 8, "links": links}
+        r = _post(client, json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}).encode())
+        assert r.status_code == 400 and r.json()["message"], links
     r = _post(client, b"{}", "text/plain")
     assert r.status_code == 415
     r = _post(client, b"not gzip", "application/json", **{"Content-Encoding": "gzip"})

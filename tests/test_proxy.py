@@ -737,3 +737,33 @@ def test_fifty_concurrent_clients_each_get_their_own_answers_and_all_are_recorde
             assert grouped == {f"agent-{i}": [f"agent {i} call {j}" for j in (0, 1, 3)] for i in range(50)}
         finally:
             proxy.stop()
+
+
+def test_a_named_trajectory_that_exists_keeps_what_the_headers_do_not_say(
+    tmp_path: Path, fake: FakeOpenAI
+) -> None:
+    """A call naming a trajectory the SDK wrote (or another proxy process, or this one before a
+    restart) adds its step and leaves the agent, start time and metadata alone (found by review:
+    the first call a process saw overwrote them)."""
+    import trajforge
+
+    db = tmp_path / "shared.db"
+    rec = trajforge.Recorder(str(db), spool_dir=tmp_path / "sdk-spool")
+    with rec.trajectory("agent-A", trajectory_id="conv-1", metadata={"user": "keep me"}) as t, t.step() as s:
+        s.llm_call(model="m", user_prompt="from the sdk", response="ok")
+    rec.close()
+    before = open_store(str(db)).get_trajectory("conv-1")
+    assert before is not None and before.metadata.get("user") == "keep me"
+    proxy = start_proxy(tmp_path, fake.base_url, db=db)
+    try:
+        client = proxy.client(**{"X-Trajforge-Trajectory": "conv-1"})
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "via the proxy"}])
+        (after,) = stored(db, 1, done=False, n_calls=2)
+    finally:
+        proxy.stop()
+    assert (after.agent_id, after.start_time, after.metadata) == (
+        "agent-A",
+        before.start_time,
+        before.metadata,
+    )
+    assert [c.user_prompt for s in after.steps for c in s.llm_calls] == ["from the sdk", "via the proxy"]

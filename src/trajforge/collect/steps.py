@@ -11,6 +11,7 @@ iterating every trajectory, so a run over a million calls holds what a few hundr
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any, Literal, Protocol
 
 import orjson
 
+from trajforge import settings
 from trajforge.collect.request import STEP_IDS, CollectRequest
 from trajforge.errors import InvalidInput, TrajforgeError
 from trajforge.records import iso_ms
@@ -398,6 +400,17 @@ def step_benchmarks(ctx: Context) -> dict[str, Any]:
     return {"count": len(rows), "comparisons": rows}
 
 
+def live_api_key(ctx: Context, base_url: str) -> str | None:
+    """The key the live evaluation sends: this machine's (``None`` lets the client read
+    ``TRAJFORGE_LM_API_KEY``/``OPENAI_API_KEY``) when the run is the user's own (CLI, Python) or
+    the URL is the configured ``TRAJFORGE_LM_BASE_URL``; none for a URL an HTTP request chose,
+    which must not receive the server's credentials."""
+    configured = os.environ.get(settings.LM_BASE_URL, "").rstrip("/")
+    if ctx.trusted or (configured and base_url.rstrip("/") == configured):
+        return None
+    return ""
+
+
 def step_live_eval(ctx: Context) -> dict[str, Any]:
     """With ``--live``: the model at ``baseUrl`` (default the active model's provider name) on a
     suite or a dataset's eval split, scored with the task's metric."""
@@ -420,7 +433,13 @@ def step_live_eval(ctx: Context) -> dict[str, Any]:
     if not items:
         raise InvalidInput("no evaluation items (the eval split is empty)", "evalDatasetId")
     metric_name, metric = metric_for(items)
-    client = lm.OpenAICompatibleLM(base_url=base_url, model=model_name, timeout_s=60.0, max_retries=1)
+    client = lm.OpenAICompatibleLM(
+        base_url=base_url,
+        model=model_name,
+        timeout_s=60.0,
+        max_retries=1,
+        api_key=live_api_key(ctx, base_url),
+    )
     try:
         scores, outputs = evaluate.score(client, items, metric, max_tokens=128)
     finally:

@@ -167,7 +167,8 @@ def _hex_ids_to_base64(data: Any, path: tuple[str, ...], id_fields: tuple[str, .
                         rec[name] = base64.b64encode(bytes.fromhex(value)).decode()
                     except ValueError:
                         rec[name] = _NOT_HEX  # rejected with its record, by length
-        for link in rec.get("links") or ():
+        links = rec.get("links")
+        for link in links if isinstance(links, list) else ():  # anything else: the parser says why
             if isinstance(link, dict):
                 for name in ("traceId", "spanId", "trace_id", "span_id"):
                     if isinstance(link.get(name), str):

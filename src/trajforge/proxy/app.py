@@ -7,6 +7,7 @@ import asyncio
 import hmac
 import logging
 import re
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -120,6 +121,10 @@ class ProxyApp:
         self.max_connections = max_connections
         self._pool: UpstreamPool | None = None
         self._grouper = Grouper()
+        # Records are built off the event loop (parsing a long streamed answer takes a while, and
+        # every other connection would wait), in one thread so each trajectory's calls keep their
+        # order and the grouper's step numbers need no lock.
+        self._recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trajforge-proxy-record")
         self._disabled = settings.logging_disabled()
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -142,6 +147,8 @@ class ProxyApp:
         if self._pool is not None:
             await self._pool.aclose()
             self._pool = None
+        # Every record handed over so far reaches the writer before it closes.
+        await asyncio.to_thread(self._recorder.shutdown, wait=True)
         if self.writer is not None:
             writer, self.writer = self.writer, None
             await asyncio.to_thread(writer.close, 30.0)
@@ -351,7 +358,16 @@ class ProxyApp:
     # --- recording -------------------------------------------------------------------------------
 
     def _record(self, ex: Exchange) -> None:
-        """Build the records from the copy and queue them; never raises into the relay."""
+        """Hand the copy to the recording thread; never raises into the relay."""
+        if self.writer is None:
+            return
+        try:
+            self._recorder.submit(self._build_and_queue, ex)
+        except RuntimeError:  # shut down: the server is stopping; the call itself went through
+            log.warning("trajforge proxy: a call ended while the proxy stopped; it was not recorded")
+
+    def _build_and_queue(self, ex: Exchange) -> None:
+        """Build the records from the copy and queue them (on the recording thread)."""
         writer = self.writer
         if writer is None:
             return

@@ -270,14 +270,17 @@ class Grouper:
         items: list[Item] = [
             TrajectoryHeader(
                 id=tid,
-                agent_id=g.agent_id if g.agent_id is not None else ("" if first else None),
-                # "proxy" the first time this process sees the trajectory; later calls that do not
-                # say leave what an earlier one set.
+                # A named trajectory may exist already (written by an SDK, another proxy process, or
+                # this one before a restart): only what the headers say is written over it. A new
+                # one starts at its first call (the store's default for a new row).
+                agent_id=g.agent_id,
+                # "proxy" the first time this process sees the trajectory (the one field a proxy
+                # labels on a named trajectory); later calls that do not say leave it.
                 source=g.source if g.source is not None else ("proxy" if first else None),
                 status="active",
-                start_time=ex.started_ms if first else None,
+                start_time=ex.started_ms if own else None,
                 scenario_id=g.scenario_id,
-                metadata={"capture": "proxy"} if first else None,
+                metadata={"capture": "proxy"} if own else None,
             ),
             StepHeader(tid, step_id, step_number=number, timestamp=ex.started_ms),
             CallRow(tid, step_id, llm),

@@ -7,6 +7,7 @@ writers never reach them. Also the trace → trajectory table OTLP assembly deci
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,8 @@ _FILL_COLS = tuple(
 """The columns of a stored call that a later write in assemble mode may fill when empty."""
 _FILL_INDEX = tuple(_CALL_COL_NAMES.index(c) for c in _FILL_COLS)
 _FILL_TEXTS = frozenset(i for i, c in enumerate(_FILL_COLS) if c.endswith("_text"))
+
+log = logging.getLogger("trajforge.store")
 
 
 def tool_call_ids(tool_calls: Any) -> list[str]:
@@ -60,22 +63,32 @@ class AssemblyWrites(SqlHelpers):
 
     def _assemble_headers(self, cur: Any, p: _Prepared, old_status: dict[str, str]) -> None:
         """For trajectories already stored: merge the headers' metadata into the stored metadata
-        (a later request's resource attributes add to, not replace, an earlier one's), keep the
-        latest end (the roots of a conversation's traces may come in any order), and move the
-        start time back when this write holds an earlier span."""
+        (a later request's resource attributes add to, not replace, an earlier one's); let a root
+        span decide the end and the status only when it ends later than what is stored (the roots
+        of a conversation's traces come in any order, and a re-sent root changes nothing), and
+        never take ``completed`` back; never move the start later; and move it back when this
+        write holds an earlier span."""
         touched = sorted(
             tid
             for tid in old_status
-            if (h := p.headers.get(tid)) is not None and (h.metadata or h.end_time is not None)
+            if (h := p.headers.get(tid)) is not None
+            and (h.metadata or h.end_time is not None or h.start_time is not None)
         )
-        sql = "SELECT id, metadata, end_time FROM trajectories WHERE id IN ({marks})"
-        for tid, stored, end in self._select_in(cur, sql, touched):
+        sql = "SELECT id, metadata, end_time, start_time FROM trajectories WHERE id IN ({marks})"
+        for tid, stored, end, start in self._select_in(cur, sql, touched):
             h = p.headers[tid]
             old = jsonutil.loads(stored) if stored else {}
             if isinstance(old, dict) and h.metadata:
                 h.metadata = {**old, **h.metadata}
-            if h.end_time is not None and end is not None and end > h.end_time:
+            if h.end_time is not None and end is not None and end >= h.end_time:
                 h.end_time = None
+                h.status = None
+            if h.status == "error" and old_status[tid] == "completed":
+                # A completed conversation stays completed when a later turn fails (the failure is
+                # on its step): completion is counted once, and never taken back.
+                h.status = None
+            if h.start_time is not None and start is not None and start <= h.start_time:
+                h.start_time = None
         earlier = [
             (p.first_seen[tid], p.first_seen[tid], tid, p.first_seen[tid]) for tid in sorted(old_status)
         ]
@@ -255,6 +268,16 @@ class AssemblyWrites(SqlHelpers):
             stored = {r[0]: r[1] for r in self._select_in(cur, sql, sorted({*keys, *lookup}))}
             for trace in keys:
                 if stored[trace] == trace and wanted[trace] != trace:
+                    if self._ids_collide(cur, trace, wanted[trace]):
+                        # Span ids are unique within a trace only: a trace holding one the
+                        # conversation already has stays a trajectory of its own (its rows would
+                        # break the conversation's keys), rather than failing every later batch.
+                        log.warning(
+                            "trace %s keeps its own trajectory: a span id of it is in %s",
+                            trace,
+                            wanted[trace],
+                        )
+                        continue
                     self._move_trajectory(cur, trace, wanted[trace], now)
                     self._ex(
                         cur,
@@ -263,6 +286,23 @@ class AssemblyWrites(SqlHelpers):
                     )
                     stored[trace] = wanted[trace]
             return stored
+
+    def _ids_collide(self, cur: Any, old: str, new: str) -> bool:
+        """Whether trajectory ``old`` has a step, call or access id that ``new`` has too."""
+        for table, key in (
+            ("steps", "step_id"),
+            ("llm_calls", "call_id"),
+            ("provider_accesses", "access_id"),
+        ):
+            row = self._ex(
+                cur,
+                f"SELECT 1 FROM {table} a JOIN {table} b ON a.{key} = b.{key} "
+                "WHERE a.trajectory_id = ? AND b.trajectory_id = ? LIMIT 1",
+                [old, new],
+            ).fetchone()
+            if row is not None:
+                return True
+        return False
 
     def _move_trajectory(self, cur: Any, old: str, new: str, now: int) -> None:
         """Move everything of trajectory ``old`` into ``new`` (renamed when ``new`` does not exist,
