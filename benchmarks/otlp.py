@@ -286,7 +286,10 @@ def profile(tmp: Path, bodies: list[bytes]) -> None:
         ingest(store, body, "application/x-protobuf", "traces")
     prof.disable()
     store.close()
-    pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
+    stats = pstats.Stats(prof).sort_stats("cumulative")
+    stats.print_stats(25)
+    stats.sort_stats("tottime").print_stats(15)
+    stats.print_callers("check_json|check_record")
 
 
 if __name__ == "__main__":
