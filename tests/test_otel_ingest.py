@@ -793,3 +793,100 @@ def test_store_down_is_503_and_the_exporter_retries(client: Any, store: Store) -
     r = _post(client, body)
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
     assert "unavailable" in r.json()["message"]
+
+
+# --- concurrent writers: two servers on one store, batches shuffled and re-sent ----------------------
+
+
+def _conversation_spans(c: int) -> list[dict[str, Any]]:
+    """Conversation ``c``: two traces (turns) of root, chat (naming the conversation), tool, chat
+    (not naming it), each chat 10 + 5 tokens."""
+    spans = []
+    for turn in range(2):
+        trace = f"{c:08x}{turn:08x}" + "ab" * 8
+        sid = [f"{c + 1:06x}{turn + 1:02x}{k + 1:08x}" for k in range(4)]
+        at = turn * 1000
+        conv = {"gen_ai.conversation.id": f"conv-{c}"}
+        usage = {
+            "gen_ai.request.model": "m",
+            "gen_ai.usage.input_tokens": 10,
+            "gen_ai.usage.output_tokens": 5,
+        }
+        spans += [
+            _json_span(trace, sid[0], None, "invoke_agent", at, at + 50, **{"gen_ai.agent.name": "bot"}),
+            _json_span(trace, sid[1], sid[0], "chat", at + 1, at + 10, **conv, **usage),
+            _json_span(trace, sid[2], sid[0], "execute_tool", at + 11, at + 20, **{"gen_ai.tool.name": "t"}),
+            _json_span(trace, sid[3], sid[0], "chat", at + 21, at + 30, **usage),
+        ]
+    return spans
+
+
+def test_two_servers_shuffled_and_resent_batches_lose_and_duplicate_nothing(
+    store_url: str, tmp_path: Path
+) -> None:
+    """Spans of 30 two-turn conversations, shuffled into batches (children before their
+    conversation's id, turns apart), posted by 4 threads to two ``trajforge serve`` on one store,
+    a third of the batches sent twice: every conversation ends whole, once."""
+    import random
+
+    n = 30
+    spans = [s for c in range(n) for s in _conversation_spans(c)]
+    rng = random.Random(7)
+    rng.shuffle(spans)
+    batches = [spans[k : k + 7] for k in range(0, len(spans), 7)]
+    sends = batches + rng.sample(batches, len(batches) // 3)
+    rng.shuffle(sends)
+    open_store(store_url).close()  # migrated once, before the servers race to it
+    servers = []
+    for i in range(2):
+        port = free_port()
+        servers.append(
+            (start_server(port, store_url, tmp_path / f"serve-{i}.log"), f"http://127.0.0.1:{port}")
+        )
+    failures: list[str] = []
+
+    def send(worker: int) -> None:
+        with httpx.Client(timeout=60) as client:
+            for k in range(worker, len(sends), 4):
+                url = servers[k % 2][1]
+                for _attempt in range(20):  # a 503 (store busy) is retried, as exporters do
+                    r = client.post(
+                        f"{url}/v1/traces",
+                        content=_json_body(sends[k]),
+                        headers={"Content-Type": "application/json"},
+                    )
+                    if r.status_code != 503:
+                        break
+                    time.sleep(0.05)
+                if r.status_code != 200 or r.json().get("partialSuccess"):
+                    failures.append(f"{r.status_code} {r.text[:300]}")
+
+    try:
+        threads = [threading.Thread(target=send, args=(w,)) for w in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+    finally:
+        for proc, _ in servers:
+            proc.terminate()
+            proc.wait(30)
+    assert not failures, failures[:3]
+    store = open_store(store_url)
+    try:
+        ts = {t.id: t for t in store.iter_trajectories(TrajectoryFilter())}
+        assert sorted(ts) == sorted(f"conv-{c}" for c in range(n))
+        for t in ts.values():
+            # a step per chat and tool span (the agent roots name the agent, they are not steps)
+            assert [s.step_number for s in t.steps] == list(range(6)), t.id
+            assert (t.step_count, t.llm_call_count, t.total_prompt_tokens, t.total_completion_tokens) == (
+                6,
+                4,
+                40,
+                20,
+            ), t.id
+            assert sum(len(s.llm_calls) for s in t.steps) == 4 and t.status == "completed", t.id
+        assert store.stats()["totalLlmCalls"] == 4 * n
+        assert sum(c["completed"] for c in store.task_counters()) == n
+    finally:
+        store.close()

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from trajforge import jsonutil
 from trajforge.records import now_ms
-from trajforge.store.sqlbase import CALL_COLS, SqlHelpers, chunked, placeholders
+from trajforge.store.sqlbase import CALL_COLS, TRAJ_COLS, SqlHelpers, chunked, placeholders
 from trajforge.store.stats import add_to_rollup
 
 if TYPE_CHECKING:
@@ -236,6 +236,13 @@ class AssemblyWrites(SqlHelpers):
         # while it moves (FOR UPDATE), so the two never cross. SQLite has one writer at a time.
         return f"{sql} FOR {mode}" if getattr(self, "dialect", "") == "postgres" else sql
 
+    def _lock_trajectories(self, cur: Any, ids: Sequence[str]) -> None:
+        """Hold these trajectories' rows until the transaction ends (PostgreSQL), in id order."""
+        if getattr(self, "dialect", "") == "postgres" and ids:
+            self._select_in(
+                cur, "SELECT id FROM trajectories WHERE id IN ({marks}) ORDER BY id FOR UPDATE", sorted(ids)
+            )
+
     def _check_traces(self, cur: Any, traces: dict[str, str]) -> None:
         sql = self._locking(
             "SELECT trace_id, trajectory_id FROM otel_traces WHERE trace_id IN ({marks})", "SHARE"
@@ -305,8 +312,11 @@ class AssemblyWrites(SqlHelpers):
         return False
 
     def _move_trajectory(self, cur: Any, old: str, new: str, now: int) -> None:
-        """Move everything of trajectory ``old`` into ``new`` (renamed when ``new`` does not exist,
-        else merged: counters added, times widened, metadata merged, ``old`` deleted)."""
+        """Move everything of trajectory ``old`` into ``new`` (a copy of ``old`` under the new id
+        when ``new`` does not exist, else merged: counters added, times widened, metadata merged),
+        then delete ``old``. The per-task counters move by what the two counted before and what
+        the result counts after, so a trajectory counted under both names counts once."""
+        self._lock_trajectories(cur, [old])
         src = self._ex(
             cur,
             "SELECT step_count, llm_call_count, provider_access_count, total_prompt_tokens, "
@@ -315,7 +325,20 @@ class AssemblyWrites(SqlHelpers):
         ).fetchone()
         if src is None:
             return
-        dst = self._ex(cur, "SELECT status, metadata FROM trajectories WHERE id = ?", [new]).fetchone()
+        before = self.counted_tasks(cur, [old])  # type: ignore[attr-defined]
+        # Not "rename if absent": another server may be creating ``new`` right now (PostgreSQL). The
+        # insert waits for it, and then does nothing; then ``new`` is locked and read as it stands.
+        created = self._ex(
+            cur,
+            f"INSERT INTO trajectories ({TRAJ_COLS}) SELECT ?, {TRAJ_COLS.split(', ', 1)[1]} "
+            "FROM trajectories WHERE id = ? ON CONFLICT (id) DO NOTHING",
+            [new, old],
+        ).rowcount
+        self._lock_trajectories(cur, [new])
+        dst = None
+        if not created:
+            dst = self._ex(cur, "SELECT status, metadata FROM trajectories WHERE id = ?", [new]).fetchone()
+            before.update(self.counted_tasks(cur, [new]))  # type: ignore[attr-defined]
         # A score of the same name and source on both: the conversation's stays.
         self._ex(
             cur,
@@ -340,7 +363,8 @@ class AssemblyWrites(SqlHelpers):
         )
         self._ex(cur, "DELETE FROM trajectory_texts WHERE trajectory_id = ?", [old])
         if dst is None:
-            self._ex(cur, "UPDATE trajectories SET id = ?, updated_at = ? WHERE id = ?", [new, now, old])
+            self._ex(cur, "UPDATE trajectories SET updated_at = ? WHERE id = ?", [now, new])
+            self._ex(cur, "DELETE FROM trajectories WHERE id = ?", [old])
         else:
             steps, calls, accesses, ptok, ctok, start, end, status, agent, meta = src
             old_meta = jsonutil.loads(meta) if meta else {}
@@ -372,3 +396,5 @@ class AssemblyWrites(SqlHelpers):
             )
             self._ex(cur, "DELETE FROM trajectories WHERE id = ?", [old])
         self._renumber_steps(cur, [new])
+        after = self.counted_tasks(cur, [new])  # type: ignore[attr-defined]
+        self.count_task_changes(cur, before, after, now)  # type: ignore[attr-defined]

@@ -43,6 +43,9 @@ class WriteResult:
     scores: int = 0
     completed: list[str] = field(default_factory=list)
     """Ids of trajectories that became ``completed`` in this write (what the auto-training counters count)."""
+    tasks_counted: bool = False
+    """The write adjusted the per-task counters itself (an assembled write: see
+    ``TrainingRecords.count_task_changes``), so the end-of-write hook must not count again."""
 
 
 class TrajectoryStore(Protocol):

@@ -84,8 +84,43 @@ class TrainingRecords(SqlHelpers):
     def _count_completed(self, cur: Any, result: WriteResult, now: int) -> None:
         """A step run at the end of every write (``SqlStore.after_write``): count the
         trajectories the write completed."""
-        if result.completed:
+        if result.completed and not result.tasks_counted:
             self._count_tasks(cur, result.completed, now)
+
+    def counted_tasks(self, cur: Any, trajectory_ids: Sequence[str]) -> dict[str, set[str]]:
+        """The tasks each of these trajectories counts for now: those of its LLM calls, when it is
+        ``completed`` (none otherwise)."""
+        rows = self._select_in(
+            cur,
+            f"SELECT DISTINCT trajectory_id, {TASK_SQL} FROM llm_calls WHERE trajectory_id IN "
+            "(SELECT id FROM trajectories WHERE status = 'completed' AND id IN ({marks}))",
+            sorted(trajectory_ids),
+        )
+        out: dict[str, set[str]] = {}
+        for tid, task in rows:
+            out.setdefault(tid, set()).add(task)
+        return out
+
+    def count_task_changes(
+        self, cur: Any, before: dict[str, set[str]], after: dict[str, set[str]], now: int
+    ) -> None:
+        """Move the per-task counters by what changed between two ``counted_tasks`` readings.
+
+        Why: an assembled trajectory (OTLP) may complete before its calls arrive, or merge with
+        another that was counted already; counting at the moment it completes would miss the
+        first and double the second. Counting the difference keeps every counter exact."""
+        delta: dict[str, int] = {}
+        for sets, sign in ((after, 1), (before, -1)):
+            for tasks in sets.values():
+                for task in tasks:
+                    delta[task] = delta.get(task, 0) + sign
+        changes = [(task, n, now) for task, n in sorted(delta.items()) if n]
+        self._exmany(
+            cur,
+            "INSERT INTO task_counters (task, completed, updated_at) VALUES (?,?,?) ON CONFLICT (task) "
+            "DO UPDATE SET completed = task_counters.completed + excluded.completed, updated_at = excluded.updated_at",
+            changes,
+        )
 
     def _count_tasks(self, cur: Any, trajectory_ids: Sequence[str], now: int) -> None:
         """Add the trajectories that just completed to their tasks' counters (in the write's own

@@ -244,7 +244,12 @@ class TrajectoryWrites(AssemblyWrites):
         if p.traces:
             self._check_traces(cur, p.traces)
         old_status = self._insert_trajectories(cur, p, w)
+        counted_before: dict[str, set[str]] = {}
         if p.assemble:
+            # Lock the batch's trajectories (PostgreSQL; SQLite has one writer), then read what
+            # they count for: the counters move by the difference at the end (see count_task_changes).
+            self._lock_trajectories(cur, w.ids)
+            counted_before = self.counted_tasks(cur, w.ids)  # type: ignore[attr-defined]
             self._assemble_headers(cur, p, old_status)
         self._update_headers(cur, p, w, old_status)
         if p.assemble:
@@ -264,6 +269,10 @@ class TrajectoryWrites(AssemblyWrites):
         self._add_call_rollup(cur, w.rollup)
         self._upsert_scores(cur, p.scores)
         w.result.scores = len(p.scores)
+        if p.assemble:
+            after = self.counted_tasks(cur, w.ids)  # type: ignore[attr-defined]
+            self.count_task_changes(cur, counted_before, after, w.now)  # type: ignore[attr-defined]
+            w.result.tasks_counted = True
         for step in self.after_write:
             step(cur, w.result, w.now)
         return w.result
