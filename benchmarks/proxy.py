@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import random
 import signal
 import socket
@@ -35,6 +34,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from ingest import machine
 
 CHAT = (
     b'{"id":"chatcmpl-b","object":"chat.completion","created":0,"model":"bench","choices":[{"index":0,'
@@ -198,18 +201,6 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
         except OSError:
             time.sleep(0.1)
     raise SystemExit(f"{what} did not start")
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
 
 
 def stored_calls(db: Path) -> int:

@@ -209,14 +209,6 @@ def _server_message(exc: Any) -> str:
     return _first_line(exc)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # --- push ---------------------------------------------------------------------------------------
 
 
@@ -239,7 +231,11 @@ def snapshot(store: Store, dataset_id: str) -> tuple[Dataset, list[tuple[str, Pa
     files = []
     for rel, info in sorted(m["files"].items()):
         path = folder / rel
-        if not _SNAPSHOT_FILE.match(rel) or not path.is_file() or _sha256(path) != info.get("sha256"):
+        if (
+            not _SNAPSHOT_FILE.match(rel)
+            or not path.is_file()
+            or builder.sha256_of(path) != info.get("sha256")
+        ):
             raise InvalidInput(
                 f"{dataset_id} is not an intact snapshot: {rel} is missing or changed since it was built",
                 "id",
@@ -636,7 +632,7 @@ def _copy_snapshot(
         if rel not in on_hub:
             raise HubError(404, f"{repo}: {rel} is in its manifest but not in the repo")
         got = fetch(rel)
-        if _sha256(got) != info.get("sha256") or got.stat().st_size != info.get("bytes"):
+        if builder.sha256_of(got) != info.get("sha256") or got.stat().st_size != info.get("bytes"):
             raise InvalidInput(f"{repo}: {rel} does not match the sha256 its manifest records", "repo")
         (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(got, tmp / rel)
@@ -717,7 +713,7 @@ def _import_rows(
     for path in sorted(p for p in tmp.rglob("*") if p.suffix in (".jsonl", ".parquet")):
         rel = path.relative_to(tmp).as_posix()
         n = files.rows.get(rel.removesuffix(".parquet") + ".jsonl", 0)
-        file_info[rel] = {"rows": n, "bytes": path.stat().st_size, "sha256": _sha256(path)}
+        file_info[rel] = {"rows": n, "bytes": path.stat().st_size, "sha256": builder.sha256_of(path)}
     content = hashlib.sha256(
         "".join(
             f"{k}\x00{v['sha256']}\n" for k, v in sorted(file_info.items()) if k.endswith(".jsonl")

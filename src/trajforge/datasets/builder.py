@@ -26,7 +26,8 @@ FORMAT_VERSION = "trajforge-dataset/1"
 _MAX_LISTED_IDS = 10_000
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
+    """The sha256 of a file, read a MiB at a time (what a manifest records for each file)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -153,7 +154,7 @@ def _manifest(
     for path in sorted(p for p in tmp.rglob("*") if p.suffix in (".jsonl", ".parquet")):
         rel = path.relative_to(tmp).as_posix()
         rows = files.rows.get(rel.removesuffix(".parquet") + ".jsonl", 0)
-        digest = files.hashes[rel].hexdigest() if rel in files.hashes else _sha256(path)
+        digest = files.hashes[rel].hexdigest() if rel in files.hashes else sha256_of(path)
         file_info[rel] = {"rows": rows, "bytes": path.stat().st_size, "sha256": digest}
     ids = sorted(sel.included)
     ids_hash = hashlib.sha256("\n".join(ids).encode()).hexdigest()
