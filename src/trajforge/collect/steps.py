@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import orjson
 
@@ -234,43 +234,51 @@ def _clip(text: str | None) -> str | None:
     return text[:PREVIEW_CHARS] + "…"
 
 
+T = TypeVar("T")
+
+
+def _every(page: Callable[..., list[T]], size: int = 100) -> Iterator[T]:
+    """Every item of a store listing (``list_datasets``, ``list_models``), a page at a time."""
+    offset = 0
+    while True:
+        items = page(limit=size, offset=offset)
+        yield from items
+        if len(items) < size:
+            return
+        offset += size
+
+
 def step_datasets(ctx: Context) -> dict[str, Any]:
     """Every dataset snapshot: format, rows per split and task, privacy report, manifest on disk."""
     items = []
-    offset = 0
-    while True:
-        page = ctx.store.list_datasets(limit=100, offset=offset)
-        for ds in page:
-            m = ds.manifest
-            privacy = m.get("privacy", {})
-            manifest_path = Path(ds.path) / "manifest.json"
-            items.append(
-                {
-                    "id": ds.id,
-                    "name": ds.name,
-                    "version": ds.version,
-                    "format": ds.format,
-                    "createdAt": iso_ms(ds.created_at),
-                    "createdAtMs": ds.created_at,
-                    "trajectories": ds.trajectory_count,
-                    "rows": m.get("counts", {}).get("rows", {}),
-                    "tasks": {
-                        t: {k: v for k, v in c.items() if k in ("train", "eval")}
-                        for t, c in m.get("counts", {}).get("tasks", {}).items()
-                    },
-                    "droppedCount": privacy.get("droppedCount", 0),
-                    "droppedByReason": privacy.get("droppedByReason", {}),
-                    "duplicatesSkipped": privacy.get("duplicatesSkipped", 0),
-                    "totalRedactions": privacy.get("totalRedactions", 0),
-                    "evalFraction": m.get("request", {}).get("evalFraction"),
-                    "manifestPath": str(manifest_path),
-                    "manifestOnDisk": manifest_path.is_file(),
-                    "warnings": m.get("warnings", []),
-                }
-            )
-        if len(page) < 100:
-            break
-        offset += 100
+    for ds in _every(ctx.store.list_datasets):
+        m = ds.manifest
+        privacy = m.get("privacy", {})
+        manifest_path = Path(ds.path) / "manifest.json"
+        items.append(
+            {
+                "id": ds.id,
+                "name": ds.name,
+                "version": ds.version,
+                "format": ds.format,
+                "createdAt": iso_ms(ds.created_at),
+                "createdAtMs": ds.created_at,
+                "trajectories": ds.trajectory_count,
+                "rows": m.get("counts", {}).get("rows", {}),
+                "tasks": {
+                    t: {k: v for k, v in c.items() if k in ("train", "eval")}
+                    for t, c in m.get("counts", {}).get("tasks", {}).items()
+                },
+                "droppedCount": privacy.get("droppedCount", 0),
+                "droppedByReason": privacy.get("droppedByReason", {}),
+                "duplicatesSkipped": privacy.get("duplicatesSkipped", 0),
+                "totalRedactions": privacy.get("totalRedactions", 0),
+                "evalFraction": m.get("request", {}).get("evalFraction"),
+                "manifestPath": str(manifest_path),
+                "manifestOnDisk": manifest_path.is_file(),
+                "warnings": m.get("warnings", []),
+            }
+        )
     write_json(ctx.step_dir("datasets") / "datasets.json", items)
     return {"count": len(items), "datasets": items}
 
@@ -330,30 +338,24 @@ def step_prompts(ctx: Context) -> dict[str, Any]:
 def step_models(ctx: Context) -> dict[str, Any]:
     """The registry: every model, its weights on disk, which one is active."""
     items = []
-    offset = 0
-    while True:
-        page = ctx.store.list_models(limit=100, offset=offset)
-        for m in page:
-            weights = m.merged_path or m.adapter_path
-            items.append(
-                {
-                    "id": m.id,
-                    "baseModel": m.base_model,
-                    "backend": m.backend,
-                    "datasetId": m.dataset_id,
-                    "jobId": m.job_id,
-                    "active": m.active,
-                    "providerModel": m.provider_model,
-                    "ollamaName": m.ollama_name,
-                    "weightsPath": weights,
-                    "weightsOnDisk": weights is not None and Path(weights).exists(),
-                    "evaluation": (m.evaluation or {}).get("status"),
-                    "createdAt": iso_ms(m.created_at),
-                }
-            )
-        if len(page) < 100:
-            break
-        offset += 100
+    for m in _every(ctx.store.list_models):
+        weights = m.merged_path or m.adapter_path
+        items.append(
+            {
+                "id": m.id,
+                "baseModel": m.base_model,
+                "backend": m.backend,
+                "datasetId": m.dataset_id,
+                "jobId": m.job_id,
+                "active": m.active,
+                "providerModel": m.provider_model,
+                "ollamaName": m.ollama_name,
+                "weightsPath": weights,
+                "weightsOnDisk": weights is not None and Path(weights).exists(),
+                "evaluation": (m.evaluation or {}).get("status"),
+                "createdAt": iso_ms(m.created_at),
+            }
+        )
     active = ctx.store.active_model()
     summary = {"count": len(items), "active": active.id if active else None, "models": items}
     write_json(ctx.step_dir("models") / "models.json", summary)
@@ -363,39 +365,33 @@ def step_models(ctx: Context) -> dict[str, Any]:
 def step_benchmarks(ctx: Context) -> dict[str, Any]:
     """Base-vs-trained comparisons stored on the models, with the improvement in percent."""
     rows = []
-    offset = 0
-    while True:
-        page = ctx.store.list_models(limit=100, offset=offset)
-        for m in page:
-            ev = m.evaluation or {}
-            if not ev:
-                continue
-            row: dict[str, Any] = {
-                "modelId": m.id,
-                "baseModel": m.base_model,
-                "active": m.active,
-                "status": ev.get("status"),
-                "datasetId": ev.get("datasetId"),
-                "suite": ev.get("suite"),
-            }
-            if ev.get("status") == "completed":
-                base, trained = float(ev["baseScore"]), float(ev["trainedScore"])
-                row.update(
-                    baseScore=base,
-                    trainedScore=trained,
-                    delta=trained - base,
-                    deltaPoints=round((trained - base) * 100, 2),
-                    deltaPct=ev.get("deltaPct"),
-                    n=ev.get("n"),
-                    metric=ev.get("metric"),
-                    improved=trained > base,
-                )
-            else:
-                row["error"] = ev.get("error")
-            rows.append(row)
-        if len(page) < 100:
-            break
-        offset += 100
+    for m in _every(ctx.store.list_models):
+        ev = m.evaluation or {}
+        if not ev:
+            continue
+        row: dict[str, Any] = {
+            "modelId": m.id,
+            "baseModel": m.base_model,
+            "active": m.active,
+            "status": ev.get("status"),
+            "datasetId": ev.get("datasetId"),
+            "suite": ev.get("suite"),
+        }
+        if ev.get("status") == "completed":
+            base, trained = float(ev["baseScore"]), float(ev["trainedScore"])
+            row.update(
+                baseScore=base,
+                trainedScore=trained,
+                delta=trained - base,
+                deltaPoints=round((trained - base) * 100, 2),
+                deltaPct=ev.get("deltaPct"),
+                n=ev.get("n"),
+                metric=ev.get("metric"),
+                improved=trained > base,
+            )
+        else:
+            row["error"] = ev.get("error")
+        rows.append(row)
     write_json(ctx.step_dir("benchmarks") / "comparisons.json", rows)
     return {"count": len(rows), "comparisons": rows}
 
