@@ -585,11 +585,7 @@ def pull(
             createdAt=iso_ms(created),
             createdAtMs=created,
         )
-        (tmp / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
-        for path in tmp.rglob("*"):
-            if path.is_file():
-                path.chmod(0o444)
-        tmp.rename(final)
+        builder.seal(tmp, final, manifest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -84,11 +84,7 @@ def build(
             shutil.rmtree(tmp / "tasks", ignore_errors=True)
             files.task_dirs.clear()
         manifest = _manifest(dataset_id, name, parent, req, store, sel, report, files, tmp)
-        (tmp / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
-        for path in tmp.rglob("*"):
-            if path.is_file():
-                path.chmod(0o444)
-        tmp.rename(final)
+        seal(tmp, final, manifest)
     except BaseException:
         files.abort()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -101,6 +97,16 @@ def build(
         f"from {len(sel.included)} trajectories",
         {"trajectories": len(sel.included)},
     )
+
+
+def seal(tmp: Path, final: Path, manifest: dict[str, Any]) -> None:
+    """Finish a snapshot written in ``tmp``: its manifest beside the files, every file read-only,
+    and the folder moved to ``final`` in one rename (a reader never sees half a snapshot)."""
+    (tmp / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
+    for path in tmp.rglob("*"):
+        if path.is_file():
+            path.chmod(0o444)
+    tmp.rename(final)
 
 
 def register(
