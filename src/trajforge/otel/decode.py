@@ -15,6 +15,7 @@ not OTLP at all is a :class:`BadOtlp` (400, its reason in the response's ``Statu
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,6 +197,24 @@ def _bad_time(start: int, end: int) -> str | None:
     return None
 
 
+def _records(
+    out: Decoded, resources: Iterable[Any], scopes: str, records: str
+) -> Iterator[tuple[dict[str, Any], str, Any]]:
+    """Each record of an export request (spans or log records) with its resource's attributes and
+    its scope's name; the records of a resource whose attributes nest too deep are rejected."""
+    for rs in resources:
+        try:
+            resource = attributes(rs.resource.attributes)
+        except _TooDeep:
+            for scope in getattr(rs, scopes):
+                for _ in getattr(scope, records):
+                    out.reject("resource attribute nested too deep")
+            continue
+        for scope in getattr(rs, scopes):
+            for record in getattr(scope, records):
+                yield resource, scope.scope.name, record
+
+
 def decode_traces(body: bytes, encoding: str) -> Decoded:
     """An ``ExportTraceServiceRequest`` body as spans; bad spans rejected one by one."""
     req = ExportTraceServiceRequest()
@@ -203,56 +222,46 @@ def decode_traces(body: bytes, encoding: str) -> Decoded:
         body, encoding, req, ("traceId", "spanId", "parentSpanId"), ("resourceSpans", "scopeSpans", "spans")
     )
     out = Decoded()
-    for rs in req.resource_spans:
-        try:
-            resource = attributes(rs.resource.attributes)
-        except _TooDeep:
-            for ss in rs.scope_spans:
-                for _ in ss.spans:
-                    out.reject("resource attribute nested too deep")
+    for resource, scope, s in _records(out, req.resource_spans, "scope_spans", "spans"):
+        tid, sid, pid = s.trace_id, s.span_id, s.parent_span_id
+        name = s.name[:200]
+        if len(tid) != 16 or not any(tid):
+            out.reject(f"span {name!r}: traceId must be 16 bytes, not all zero")
             continue
-        for ss in rs.scope_spans:
-            scope = ss.scope.name
-            for s in ss.spans:
-                tid, sid, pid = s.trace_id, s.span_id, s.parent_span_id
-                name = s.name[:200]
-                if len(tid) != 16 or not any(tid):
-                    out.reject(f"span {name!r}: traceId must be 16 bytes, not all zero")
-                    continue
-                if len(sid) != 8 or not any(sid):
-                    out.reject(f"span {name!r}: spanId must be 8 bytes, not all zero")
-                    continue
-                if pid and len(pid) != 8:
-                    out.reject(f"span {name!r}: parentSpanId must be 8 bytes or empty")
-                    continue
-                start, end = s.start_time_unix_nano, s.end_time_unix_nano
-                problem = _bad_time(start, end)
-                if problem is not None:
-                    out.reject(f"span {name!r} ({sid.hex()}): {problem}")
-                    continue
-                try:
-                    attrs = attributes(s.attributes)
-                    events = [SpanEvent(e.name, e.time_unix_nano, attributes(e.attributes)) for e in s.events]
-                except _TooDeep:
-                    out.reject(f"span {name!r} ({sid.hex()}): an attribute is nested too deep")
-                    continue
-                out.spans.append(
-                    Span(
-                        trace_id=tid.hex(),
-                        span_id=sid.hex(),
-                        parent_span_id=pid.hex() if pid and any(pid) else None,
-                        name=s.name,
-                        start_ns=start,
-                        end_ns=end,
-                        kind=int(s.kind),
-                        status_code=int(s.status.code),
-                        status_message=s.status.message,
-                        attributes=attrs,
-                        events=events,
-                        resource=resource,
-                        scope=scope,
-                    )
-                )
+        if len(sid) != 8 or not any(sid):
+            out.reject(f"span {name!r}: spanId must be 8 bytes, not all zero")
+            continue
+        if pid and len(pid) != 8:
+            out.reject(f"span {name!r}: parentSpanId must be 8 bytes or empty")
+            continue
+        start, end = s.start_time_unix_nano, s.end_time_unix_nano
+        problem = _bad_time(start, end)
+        if problem is not None:
+            out.reject(f"span {name!r} ({sid.hex()}): {problem}")
+            continue
+        try:
+            attrs = attributes(s.attributes)
+            events = [SpanEvent(e.name, e.time_unix_nano, attributes(e.attributes)) for e in s.events]
+        except _TooDeep:
+            out.reject(f"span {name!r} ({sid.hex()}): an attribute is nested too deep")
+            continue
+        out.spans.append(
+            Span(
+                trace_id=tid.hex(),
+                span_id=sid.hex(),
+                parent_span_id=pid.hex() if pid and any(pid) else None,
+                name=s.name,
+                start_ns=start,
+                end_ns=end,
+                kind=int(s.kind),
+                status_code=int(s.status.code),
+                status_message=s.status.message,
+                attributes=attrs,
+                events=events,
+                resource=resource,
+                scope=scope,
+            )
+        )
     return out
 
 
@@ -261,44 +270,34 @@ def decode_logs(body: bytes, encoding: str) -> Decoded:
     req = ExportLogsServiceRequest()
     _parse(body, encoding, req, ("traceId", "spanId"), ("resourceLogs", "scopeLogs", "logRecords"))
     out = Decoded()
-    for rl in req.resource_logs:
-        try:
-            resource = attributes(rl.resource.attributes)
-        except _TooDeep:
-            for sl in rl.scope_logs:
-                for _ in sl.log_records:
-                    out.reject("resource attribute nested too deep")
+    for resource, scope, r in _records(out, req.resource_logs, "scope_logs", "log_records"):
+        tid, sid = r.trace_id, r.span_id
+        if (tid and len(tid) != 16) or (sid and len(sid) != 8):
+            out.reject("log record: traceId must be 16 bytes and spanId 8 bytes (or both empty)")
             continue
-        for sl in rl.scope_logs:
-            scope = sl.scope.name
-            for r in sl.log_records:
-                tid, sid = r.trace_id, r.span_id
-                if (tid and len(tid) != 16) or (sid and len(sid) != 8):
-                    out.reject("log record: traceId must be 16 bytes and spanId 8 bytes (or both empty)")
-                    continue
-                t = r.time_unix_nano or r.observed_time_unix_nano
-                if t > MAX_NS:
-                    out.reject("log record: its time is after the year 9999")
-                    continue
-                try:
-                    attrs = attributes(r.attributes)
-                    body_value = any_value(r.body) if r.HasField("body") else None
-                except _TooDeep:
-                    out.reject("log record: a value is nested too deep")
-                    continue
-                event_name = r.event_name or str(attrs.get("event.name", ""))
-                out.logs.append(
-                    LogEvent(
-                        event_name=event_name,
-                        time_ns=t,
-                        trace_id=tid.hex() if tid and any(tid) else None,
-                        span_id=sid.hex() if sid and any(sid) else None,
-                        attributes=attrs,
-                        body=body_value,
-                        resource=resource,
-                        scope=scope,
-                    )
-                )
+        t = r.time_unix_nano or r.observed_time_unix_nano
+        if t > MAX_NS:
+            out.reject("log record: its time is after the year 9999")
+            continue
+        try:
+            attrs = attributes(r.attributes)
+            body_value = any_value(r.body) if r.HasField("body") else None
+        except _TooDeep:
+            out.reject("log record: a value is nested too deep")
+            continue
+        event_name = r.event_name or str(attrs.get("event.name", ""))
+        out.logs.append(
+            LogEvent(
+                event_name=event_name,
+                time_ns=t,
+                trace_id=tid.hex() if tid and any(tid) else None,
+                span_id=sid.hex() if sid and any(sid) else None,
+                attributes=attrs,
+                body=body_value,
+                resource=resource,
+                scope=scope,
+            )
+        )
     return out
 
 
