@@ -172,6 +172,14 @@ def _usage(call: LlmCall, usage: Any) -> None:
 Done = Callable[[LlmCall], None]
 
 
+def _chunk_meta(call: LlmCall, chunk: Any) -> None:
+    """What every streamed chunk may carry beside its choices: the served model and the usage."""
+    model = _get(chunk, "model")
+    if model and isinstance(model, str):
+        call.model_version = model
+    _usage(call, _get(chunk, "usage"))
+
+
 class ChatAccumulator:
     """Rebuilds the response of a streamed chat completion from its chunks (wire dicts or the
     SDK's objects) and hands the finished call to ``on_done`` (default: the instrumentation's
@@ -186,10 +194,7 @@ class ChatAccumulator:
         self.recorded = False
 
     def add(self, chunk: Any) -> None:
-        model = _get(chunk, "model")
-        if model and isinstance(model, str):
-            self.call.model_version = model
-        _usage(self.call, _get(chunk, "usage"))
+        _chunk_meta(self.call, chunk)
         for choice in _get(chunk, "choices") or []:
             delta = _get(choice, "delta")
             if delta is not None:
@@ -410,10 +415,7 @@ def completion_result(call: LlmCall, result: Any, started: float) -> None:
 
 class CompletionAccumulator(ChatAccumulator):
     def add(self, chunk: Any) -> None:
-        model = _get(chunk, "model")
-        if model and isinstance(model, str):
-            self.call.model_version = model
-        _usage(self.call, _get(chunk, "usage"))
+        _chunk_meta(self.call, chunk)
         for choice in _get(chunk, "choices") or []:
             text = _get(choice, "text")
             if _get(choice, "index") == 0 and text and isinstance(text, str):
