@@ -354,23 +354,6 @@ def test_json_split_out_of_order_resent(client: Any, store: Store) -> None:
     assert r.status_code == 200 and _counts(store) == before == (1, 3, 2, 2)
 
 
-def test_conversation_groups_traces(client: Any, store: Store) -> None:
-    # The later turn first: the trajectory still starts with the first and ends with the last.
-    for i, trace in reversed(list(enumerate(["a1" * 16, "b2" * 16]))):
-        spans = _trace_spans(trace)
-        for s in spans.values():
-            s["spanId"] = f"{i + 1:02x}" + s["spanId"][2:]
-            if "parentSpanId" in s:
-                s["parentSpanId"] = f"{i + 1:02x}" + s["parentSpanId"][2:]
-            s["startTimeUnixNano"] = str(int(s["startTimeUnixNano"]) + i * 1000 * MS)
-            s["endTimeUnixNano"] = str(int(s["endTimeUnixNano"]) + i * 1000 * MS)
-        assert _post(client, _json_body(list(spans.values()))).status_code == 200
-    t = store.get_trajectory("conv-json")
-    assert t is not None and len(t.steps) == 6 and [s.step_number for s in t.steps] == list(range(6))
-    assert store.count(TrajectoryFilter()) == 1
-    assert (t.start_time, t.end_time, t.duration_ms) == (T0 // MS, T0 // MS + 1050, 1050)
-
-
 def _turn(trace: str, i: int, *, failed: bool = False) -> list[dict[str, Any]]:
     """Turn ``i`` of the conversation: its own trace, ``i`` seconds after the first."""
     spans = _trace_spans(trace)
@@ -383,6 +366,16 @@ def _turn(trace: str, i: int, *, failed: bool = False) -> list[dict[str, Any]]:
     if failed:
         spans["root"]["status"] = {"code": 2, "message": "turn failed"}
     return list(spans.values())
+
+
+def test_conversation_groups_traces(client: Any, store: Store) -> None:
+    # The later turn first: the trajectory still starts with the first and ends with the last.
+    for i, trace in reversed(list(enumerate(["a1" * 16, "b2" * 16]))):
+        assert _post(client, _json_body(_turn(trace, i))).status_code == 200
+    t = store.get_trajectory("conv-json")
+    assert t is not None and len(t.steps) == 6 and [s.step_number for s in t.steps] == list(range(6))
+    assert store.count(TrajectoryFilter()) == 1
+    assert (t.start_time, t.end_time, t.duration_ms) == (T0 // MS, T0 // MS + 1050, 1050)
 
 
 def test_roots_in_any_order_and_resent_change_no_status_or_count(client: Any, store: Store) -> None:
