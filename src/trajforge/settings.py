@@ -65,6 +65,15 @@ PROXY_UPSTREAM = "TRAJFORGE_PROXY_UPSTREAM"
 the capture proxy under ``/proxy/v1/...`` (``trajforge proxy`` takes it as its default
 ``--upstream``)."""
 
+SQLITE_SYNC = "TRAJFORGE_SQLITE_SYNC"
+"""How hard a SQLite store pushes each commit to disk (the file runs in WAL mode either way):
+``normal`` (default) or ``full``. With ``normal`` a committed write (a returned ``flush()``)
+survives the process crashing or being killed, but the last commits before a power loss or an OS
+crash may be lost (the file stays consistent). With ``full`` every commit is synced to disk
+before it returns, so it survives power loss too, at a cost per commit (BENCHMARKS.md)."""
+
+SQLITE_SYNC_MODES = ("normal", "full")
+
 TRUTHY = {"1", "true", "yes", "on"}
 
 
@@ -113,6 +122,14 @@ def active_timeout_s() -> float:
     if value <= 0:
         raise ValueError(f"{ACTIVE_TIMEOUT_S} must be positive, got {raw!r}")
     return value
+
+
+def sqlite_sync() -> str:
+    """``TRAJFORGE_SQLITE_SYNC`` as a ``PRAGMA synchronous`` value (``NORMAL`` or ``FULL``)."""
+    raw = os.environ.get(SQLITE_SYNC, "").strip().lower() or "normal"
+    if raw not in SQLITE_SYNC_MODES:
+        raise ValueError(f"{SQLITE_SYNC} must be one of {', '.join(SQLITE_SYNC_MODES)}, got {raw!r}")
+    return raw.upper()
 
 
 def _positive_s(name: str, default: float) -> float:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -55,18 +55,53 @@ def serve(
                 f"(name or name:port, no scheme, path or wildcard), got {name!r}"
             )
             raise typer.Exit(2)
+    bar = MigrationBar()
     try:
         application = create_app(
             db,
             run_jobs=run_jobs,
             allowed_hosts=[*settings.allowed_hosts(), *(allow_host or [])],
             proxy_upstream=upstream or settings.proxy_upstream(),
+            on_migration=bar.update,
         )
     except TrajforgeError as exc:
         fail(exc)
         return
     err.print(f"trajforge API on http://{host}:{port} (store: {application.state.store.url})")
+    if not application.state.migration.ready:
+        err.print(
+            f"migrating the store's data ({application.state.migration.name}): /healthz reports the "
+            "progress; the other routes answer 503 until it is done"
+        )
     uvicorn.run(application, host=host, port=port, log_level="warning")
+
+
+class MigrationBar:
+    """A rich progress bar on stderr for a data migration the server runs after it starts, fed
+    from the migration's thread (rich's Progress is thread-safe)."""
+
+    def __init__(self) -> None:
+        self._progress: Any = None  # rich.progress.Progress, imported when a migration runs
+        self._task: Any = None
+
+    def update(self, name: str, done: int, total: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        if self._progress is None:
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=err,
+            )
+            self._progress.start()
+        if self._task is None:
+            self._task = self._progress.add_task(f"migrating {name}", total=total)
+        self._progress.update(self._task, completed=done, total=total, description=f"migrating {name}")
+        if done >= total:
+            self._progress.stop()
+            self._progress = self._task = None
 
 
 def demo(

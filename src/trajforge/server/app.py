@@ -24,8 +24,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from trajforge import __version__, settings
 from trajforge.errors import TrajforgeError, Unauthorized
 from trajforge.server import dashboard
+from trajforge.server.migration import MigrationGate, MigrationStatus
 from trajforge.server.schemas import ErrorResponse
 from trajforge.store import Store, open_store
+from trajforge.store.migrations import Progress
 
 log = logging.getLogger("trajforge.server")
 
@@ -195,6 +197,7 @@ def create_app(
     run_jobs: bool = False,
     allowed_hosts: Sequence[str] | None = None,
     proxy_upstream: str | None = None,
+    on_migration: Progress | None = None,
 ) -> FastAPI:
     """Build the app over ``store`` (a Store, a URL, or the configured default).
 
@@ -207,9 +210,18 @@ def create_app(
 
     ``proxy_upstream`` (an OpenAI base URL) also serves the capture proxy under ``/proxy/v1/...``,
     recording into this store (:mod:`trajforge.proxy`).
+
+    A store given as a URL is opened without running a pending data migration: the app runs it
+    after it starts (reporting each batch to ``on_migration``, and in ``/healthz``), answering 503
+    on every other route until it is done (:mod:`trajforge.server.migration`). A store given as a
+    Store may have been opened the same way (``open_store(url, migrate_data=False)``).
     """
     owns_store = store is None or isinstance(store, str)
-    the_store: Store = open_store(store) if store is None or isinstance(store, str) else store
+    the_store: Store = (
+        open_store(store, migrate_data=False) if store is None or isinstance(store, str) else store
+    )
+    pending = the_store.pending_data_migration()
+    migration = MigrationStatus() if pending is None else MigrationStatus(state="running", name=pending)
     api_token = token if token is not None else settings.api_token()
     capture_proxy = None
     if proxy_upstream is not None:
@@ -220,6 +232,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runner = None
+
         async def sweeper() -> None:
             while True:
                 try:
@@ -228,20 +242,37 @@ def create_app(
                     log.exception("timeout sweep failed")
                 await asyncio.sleep(sweep_interval_s)
 
-        task = asyncio.create_task(sweeper())
-        runner = None
-        if run_jobs:
+        async def start() -> None:
+            nonlocal runner
+            if not migration.ready:
+                # In a thread, after startup: the server answers /healthz (and 503 elsewhere) meanwhile.
+                await run_in_threadpool(migration.run, the_store, on_migration)
+                if not migration.ready:
+                    return  # failed (503 stays, /healthz says why) or stopped
+            if run_jobs:
+                from trajforge.jobs import JobRunner
+
+                runner = await run_in_threadpool(lambda: JobRunner(the_store.url).start())
+            await sweeper()
+
+        if migration.ready and run_jobs:
+            # As before: the runner is up when startup ends (no migration to wait for).
             from trajforge.jobs import JobRunner
 
             runner = await run_in_threadpool(lambda: JobRunner(the_store.url).start())
+            task = asyncio.create_task(sweeper())
+        else:
+            task = asyncio.create_task(start())
         try:
             yield
         finally:
-            if runner is not None:
-                await run_in_threadpool(runner.stop)
+            # A running data migration ends after its current batch, before the store closes.
+            await run_in_threadpool(migration.stop)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            if runner is not None:
+                await run_in_threadpool(runner.stop)
             if capture_proxy is not None:
                 await capture_proxy.aclose()
             if owns_store:
@@ -271,10 +302,12 @@ def create_app(
     app.state.max_ingest_bytes = max_ingest_bytes
     app.state.api_token = api_token
     app.state.run_jobs = run_jobs
+    app.state.migration = migration
     hosts = [
         h.strip().lower() for h in (settings.allowed_hosts() if allowed_hosts is None else allowed_hosts)
     ]
 
+    app.add_middleware(MigrationGate, status=migration)
     app.add_middleware(_Guard, max_body=max_ingest_bytes, hosts=None if api_token is not None else hosts)
 
     @app.exception_handler(TrajforgeError)
@@ -306,8 +339,12 @@ def create_app(
         return error_response(exc.status_code, code, str(exc.detail), headers=headers)
 
     @app.get("/healthz", include_in_schema=False)
-    def healthz() -> dict[str, Any]:
-        return {"ok": True, "version": __version__}
+    def healthz() -> JSONResponse:
+        # ``migration``: the store's data migration, ``running`` (with done/total/progress) while
+        # the other routes answer 503, ``done``, or ``failed`` (then this answers 503 too).
+        ok = migration.state != "failed"
+        body = {"ok": ok, "version": __version__, "migration": migration.as_json()}
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     from fastapi.staticfiles import StaticFiles
 

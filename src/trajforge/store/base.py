@@ -20,6 +20,7 @@ from trajforge.records import (
 
 if TYPE_CHECKING:
     from trajforge.store.filter import TrajectoryFilter
+    from trajforge.store.migrations import Progress
 
 
 @dataclass(slots=True)
@@ -213,6 +214,14 @@ class Store(TrajectoryStore, SettingsStore, TrainingStore, Protocol):
 
     def migrations(self) -> list[str]:
         """Names of the migrations applied to this database, in order."""
+        ...
+
+    def pending_data_migration(self) -> str | None:
+        """The data migration this store waits for when opened with ``migrate_data=False``."""
+        ...
+
+    def migrate_data(self, progress: Progress | None = None, batch_rows: int | None = None) -> None:
+        """Run the pending data migrations in resumable batches, reporting each to ``progress``."""
         ...
 
     def close(self) -> None: ...

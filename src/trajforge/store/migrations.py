@@ -2,12 +2,19 @@
 transaction. The DDL is written once with a few type placeholders filled per dialect, so SQLite and
 PostgreSQL cannot drift apart.
 
+A migration that rewrites existing rows is a :class:`DataMigration`: it runs in batches of rows,
+each batch one transaction that also advances the migration's cursor (kept in ``settings``), so a
+process killed mid-way resumes after the last committed batch and never applies one twice; it
+reports progress after each batch. Migrations after a pending data migration wait for it.
+
 Never edit a migration that has shipped: add a new one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 TYPES = {
     "sqlite": {
@@ -41,7 +48,122 @@ class Migration:
         return out
 
 
-MIGRATIONS: tuple[Migration, ...] = (
+@dataclass(frozen=True)
+class DataMigration:
+    """Rows of ``table`` rewritten in batches, walking its integer key ``key`` upward.
+
+    ``setup`` (DDL, placeholders as in :class:`Migration`) runs once, in the transaction of the
+    first batch. Each of ``batch`` then runs once per batch with two parameters ``(lo, hi)``: the
+    batch is the rows with ``lo < key <= hi``, at most ``batch_rows`` of them. Rows inserted while
+    it runs are reached if their key is above the cursor; the statements should leave such rows
+    (written by code that already knows the new schema) as they are or set them the same way.
+    """
+
+    name: str
+    table: str
+    key: str
+    batch: tuple[str, ...]
+    setup: tuple[str, ...] = ()
+    batch_rows: int = 20_000
+
+
+AnyMigration = Migration | DataMigration
+
+Progress = Callable[[str, int, int], None]
+"""Called after each committed batch of a data migration: (name, rows done, rows in all)."""
+
+_CURSOR_KEY = "data_migration:"  # + name: the cursor's row in ``settings`` while the migration runs
+_START = -(2**62)  # below every key: the cursor before the first batch
+
+
+class MigrationStore(Protocol):
+    """What the data migration runner needs from a store (every SQL store has it)."""
+
+    dialect: str
+
+    def _write_tx(self) -> Any: ...
+
+    def _ex(self, cur: Any, sql: str, params: Any = ()) -> Any: ...
+
+    def _lock_migrations(self, cur: Any) -> None: ...
+
+
+def run_data_migration(
+    store: MigrationStore,
+    migration: DataMigration,
+    progress: Progress | None = None,
+    batch_rows: int | None = None,
+) -> None:
+    """Run ``migration`` to its end from wherever it stopped, batch by batch.
+
+    Each batch is one transaction, holding the migration lock (several processes opening the store
+    at once take turns, each batch reading the cursor the last one left), that reads the cursor,
+    rewrites the rows above it up to the batch's last key, and stores that key as the new cursor.
+    A kill anywhere loses at most the uncommitted batch, which the next run does again from the
+    same cursor: every row is rewritten exactly once. The last transaction records the migration
+    in ``schema_migrations`` and drops the cursor.
+    """
+    size = batch_rows or migration.batch_rows
+    key, table = migration.key, migration.table
+    cursor_key = _CURSOR_KEY + migration.name
+    total = done = -1
+    while True:
+        with store._write_tx() as cur:
+            store._lock_migrations(cur)
+            if store._ex(cur, "SELECT 1 FROM schema_migrations WHERE name = ?", [migration.name]).fetchone():
+                return  # another process finished it
+            row = store._ex(cur, "SELECT value FROM settings WHERE key = ?", [cursor_key]).fetchone()
+            if row is None:
+                types = TYPES[store.dialect]
+                for stmt in migration.setup:
+                    store._ex(cur, stmt.format(**types))
+                cursor = _START
+            else:
+                cursor = int(row[0])
+            if total < 0:  # once per run: what is left is counted from the cursor it resumes at
+                total = int(store._ex(cur, f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+                done = int(
+                    store._ex(cur, f"SELECT COUNT(*) FROM {table} WHERE {key} <= ?", [cursor]).fetchone()[0]
+                )
+            last = store._ex(
+                cur,
+                f"SELECT MAX({key}), COUNT(*) FROM (SELECT {key} FROM {table} WHERE {key} > ? "
+                f"ORDER BY {key} LIMIT {int(size)}) AS b",
+                [cursor],
+            ).fetchone()
+            if last is None or last[0] is None:
+                store._ex(cur, "DELETE FROM settings WHERE key = ?", [cursor_key])
+                store._ex(
+                    cur,
+                    "INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)",
+                    [migration.name, _now_ms()],
+                )
+                finished = True
+            else:
+                hi, rows = int(last[0]), int(last[1])
+                for stmt in migration.batch:
+                    store._ex(cur, stmt, [cursor, hi])
+                store._ex(
+                    cur,
+                    "INSERT INTO settings (key, value, updated_at) VALUES (?,?,?) ON CONFLICT (key) DO UPDATE "
+                    "SET value = excluded.value, updated_at = excluded.updated_at",
+                    [cursor_key, str(hi), _now_ms()],
+                )
+                done, total = done + rows, max(total, done + rows)
+                finished = False
+        if progress is not None:
+            progress(migration.name, done if not finished else total, total)
+        if finished:
+            return
+
+
+def _now_ms() -> int:
+    from trajforge.records import now_ms
+
+    return now_ms()
+
+
+MIGRATIONS: tuple[AnyMigration, ...] = (
     Migration(
         "0001_trajectories",
         common=(
@@ -394,19 +516,24 @@ MIGRATIONS += (
 )
 
 MIGRATIONS += (
-    Migration(
+    DataMigration(
         "0008_text_owner",
-        common=(
-            # The one trajectory that uses a text, NULL once a second one does: a search maps a
-            # matching prompt or response straight to its trajectory instead of looking each one
-            # up in trajectory_texts (PostgreSQL, 9.5k hits: ~50 ms of a 150 ms search).
-            "ALTER TABLE texts ADD COLUMN owner TEXT",
-            # Rewrites every text row once (PostgreSQL, 3.5M texts of 100k trajectories: ~4 min,
-            # each row written and indexed again; a grouped UPDATE ... FROM was no faster).
+        # The one trajectory that uses a text, NULL once a second one does: a search maps a
+        # matching prompt or response straight to its trajectory instead of looking each one
+        # up in trajectory_texts (PostgreSQL, 9.5k hits: ~50 ms of a 150 ms search).
+        setup=("ALTER TABLE texts ADD COLUMN owner TEXT",),
+        # Rewrites every text row once (PostgreSQL, 3.5M texts of 100k trajectories: ~4 min in one
+        # statement, each row written and indexed again; a grouped UPDATE ... FROM was no faster).
+        # First shipped as one statement; since then in batches of texts, resumable, with progress
+        # (stores that applied it then are not touched again: the name is the same).
+        table="texts",
+        key="id",
+        batch=(
             "UPDATE texts SET owner = (SELECT MIN(tt.trajectory_id) FROM trajectory_texts tt "
-            "WHERE tt.text_id = texts.id) WHERE "
+            "WHERE tt.text_id = texts.id) WHERE id > ? AND id <= ? AND "
             "(SELECT COUNT(*) FROM trajectory_texts tt WHERE tt.text_id = texts.id) = 1",
         ),
+        batch_rows=20_000,
     ),
 )
 

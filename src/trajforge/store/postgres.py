@@ -20,7 +20,7 @@ from trajforge.records import now_ms
 from trajforge.store import search
 from trajforge.store.base import Page
 from trajforge.store.filter import TrajectoryFilter
-from trajforge.store.migrations import Migration
+from trajforge.store.migrations import DataMigration, Migration
 from trajforge.store.sql import TRAJ_COLS, SqlStore, _trajectory
 
 _SCHEMA = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -60,7 +60,7 @@ class PostgresStore(SqlStore):
 
     dialect = "postgres"
 
-    def __init__(self, url: str, *, pool_size: int = 8) -> None:
+    def __init__(self, url: str, *, pool_size: int = 8, migrate_data: bool = True) -> None:
         super().__init__()
         self.url = url
         conninfo, self.schema = split_url(url)
@@ -93,7 +93,7 @@ class PostgresStore(SqlStore):
             self._pool.wait(timeout=15)
         except Exception as exc:
             raise StoreError(f"cannot connect to PostgreSQL at {urlsplit(url).hostname}: {exc}") from exc
-        self._run_migrations()
+        self._open_migrations(migrate_data)
 
     def _q(self, sql: str) -> str:
         return _to_pyformat(sql)
@@ -153,7 +153,10 @@ class PostgresStore(SqlStore):
         # PostgreSQL text cannot hold NUL; it is the one character we must replace.
         return body.replace("\x00", "\ufffd") if "\x00" in body else body
 
-    def _run_migrations(self) -> None:
+    def _lock_migrations(self, cur: Any) -> None:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", [_MIGRATION_LOCK])
+
+    def _run_migrations(self) -> DataMigration | None:
         with self._pool.connection() as conn, conn.transaction():
             # One opener at a time (several hosts may start together); the lock is taken before
             # CREATE ... IF NOT EXISTS, which races otherwise.
@@ -173,7 +176,7 @@ class PostgresStore(SqlStore):
                         [migration.name, now_ms()],
                     )
 
-            self._migrate(applied, apply)
+            return self._migrate(applied, apply)
 
     @contextmanager
     def _write_tx(self) -> Iterator[Any]:

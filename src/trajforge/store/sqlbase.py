@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 from trajforge.store import search
-from trajforge.store.migrations import MIGRATIONS
+from trajforge.store.migrations import MIGRATIONS, DataMigration, Progress, run_data_migration
 
 if TYPE_CHECKING:
     from trajforge.store.filter import TrajectoryFilter
@@ -196,8 +196,43 @@ class SqlBase(SqlHelpers):
         """``(id, body)`` of the texts with these ids (sorted ascending)."""
         return self._select_in(cur, "SELECT id, body FROM texts WHERE id IN ({marks})", ids)
 
+    # --- migrations --------------------------------------------------------------------------------
+
+    _pending_data: DataMigration | None = None
+
+    def _run_migrations(self) -> DataMigration | None:
+        """Apply the pending schema migrations up to the first pending data migration (returned)."""
+        raise NotImplementedError
+
+    def _lock_migrations(self, cur: Any) -> None:
+        """Hold the migration lock until ``cur``'s transaction ends (PostgreSQL; SQLite's write
+        transaction is already exclusive)."""
+
+    def _open_migrations(self, migrate_data: bool) -> None:
+        """On open: every schema migration, and the data migrations too unless ``migrate_data`` is
+        False (then the first pending one waits in :meth:`pending_data_migration`, and the schema
+        migrations after it with it, until :meth:`migrate_data`)."""
+        self._pending_data = self._run_migrations()
+        if migrate_data:
+            self.migrate_data()
+
+    def pending_data_migration(self) -> str | None:
+        """The name of the data migration this store waits for, if it was opened without running it."""
+        return None if self._pending_data is None else self._pending_data.name
+
+    def migrate_data(self, progress: Progress | None = None, batch_rows: int | None = None) -> None:
+        """Run the pending data migrations (and the schema migrations after each) to the end,
+        reporting each committed batch to ``progress``; resumes where an earlier run stopped."""
+        while self._pending_data is not None:
+            run_data_migration(self, self._pending_data, progress, batch_rows)
+            self._pending_data = self._run_migrations()
+
     @staticmethod
-    def _migrate(applied: set[str], apply: Any) -> None:
+    def _migrate(applied: set[str], apply: Any) -> DataMigration | None:
         for migration in MIGRATIONS:
-            if migration.name not in applied:
-                apply(migration)
+            if migration.name in applied:
+                continue
+            if isinstance(migration, DataMigration):
+                return migration  # it runs in batches of its own transactions; later ones wait
+            apply(migration)
+        return None

@@ -9,15 +9,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from trajforge import settings
 from trajforge.errors import InvalidQuery, StoreError
 from trajforge.records import now_ms
 from trajforge.store import search
-from trajforge.store.migrations import Migration
+from trajforge.store.migrations import DataMigration, Migration
 from trajforge.store.sql import SqlStore
 
 PRAGMAS = (
     "PRAGMA journal_mode = WAL",
-    "PRAGMA synchronous = NORMAL",  # durable at checkpoints; WAL keeps the file consistent on crash
+    # PRAGMA synchronous follows TRAJFORGE_SQLITE_SYNC (settings.sqlite_sync): NORMAL by default
+    # (a commit survives a process crash; WAL keeps the file consistent; the last commits may be
+    # lost on power loss), FULL syncs the WAL on every commit (survives power loss too).
     "PRAGMA busy_timeout = 30000",
     "PRAGMA temp_store = MEMORY",
     "PRAGMA cache_size = -65536",
@@ -34,7 +37,7 @@ class SQLiteStore(SqlStore):
     page_search_id = "+t.id"
     group_pass_rows = 100_000
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, migrate_data: bool = True) -> None:
         super().__init__()
         self.path = Path(path).expanduser()
         self.url = f"sqlite:///{self.path}"
@@ -47,19 +50,25 @@ class SQLiteStore(SqlStore):
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._closed = False
+        try:
+            # Read once per store: every connection of it commits with the same guarantee.
+            self.synchronous = settings.sqlite_sync()
+        except ValueError as exc:
+            raise StoreError(str(exc)) from exc
         self._writer = self._connect()
-        self._run_migrations()
+        self._open_migrations(migrate_data)
 
     def _connect(self) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
             for pragma in PRAGMAS:
                 conn.execute(pragma)
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
         return conn
 
-    def _run_migrations(self) -> None:
+    def _run_migrations(self) -> DataMigration | None:
         with self._write_lock:
             cur = self._writer.cursor()
             cur.execute("BEGIN IMMEDIATE")
@@ -93,7 +102,7 @@ class SQLiteStore(SqlStore):
                     cur.execute("ROLLBACK")
                     raise
 
-            self._migrate(applied, apply)
+            return self._migrate(applied, apply)
 
     @contextmanager
     def _write_tx(self) -> Iterator[sqlite3.Cursor]:
