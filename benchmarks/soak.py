@@ -4,6 +4,8 @@ at random; then every trajectory must be stored once.
     python benchmarks/soak.py [--seconds 180] [--backend sqlite|postgres|both] [--clients 8]
                               [--pg postgresql://postgres@127.0.0.1:5432/test] [--seed 1]
 
+``--pg`` defaults to ``$TRAJFORGE_BENCH_PG`` (as in ``ingest.py``), else the local server.
+
 Each client is a real process with ``trajforge.Recorder("http://127.0.0.1:PORT")``; all share the
 default spool dir (``$TRAJFORGE_HOME/spool``). The server is a real ``trajforge serve``, killed
 every 3-12 s and restarted after 0.2-2 s. Prints attempted / stored / lost / duplicated, the sum
@@ -198,7 +200,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=180.0, help="how long the clients record")
     parser.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both")
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument(
+        "--pg", default=os.environ.get("TRAJFORGE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
+    )
     parser.add_argument("--seed", type=int, default=1, help="seeds the kill times")
     args = parser.parse_args()
     rng = random.Random(args.seed)

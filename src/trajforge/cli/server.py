@@ -83,10 +83,13 @@ class MigrationBar:
     def __init__(self) -> None:
         self._progress: Any = None  # rich.progress.Progress, imported when a migration runs
         self._task: Any = None
+        self._finished: set[str] = set()
 
     def update(self, name: str, done: int, total: int) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+        if name in self._finished:
+            return  # its closing report repeats the last batch's
         if self._progress is None:
             self._progress = Progress(
                 TextColumn("{task.description}"),
@@ -100,6 +103,7 @@ class MigrationBar:
             self._task = self._progress.add_task(f"migrating {name}", total=total)
         self._progress.update(self._task, completed=done, total=total, description=f"migrating {name}")
         if done >= total:
+            self._finished.add(name)
             self._progress.stop()
             self._progress = self._task = None
 

@@ -53,7 +53,7 @@ class MigrationStatus:
                 name=self.name,
                 done=self.done,
                 total=self.total,
-                progress=round(self.done / self.total, 4) if self.total else 1.0,
+                progress=round(self.done / self.total, 4) if self.total else float(self.ready),
             )
         if self.error is not None:
             out["error"] = self.error
