@@ -302,3 +302,33 @@ def test_health_reports_no_migration_on_a_migrated_store(store: Store) -> None:
         body = client.get("/healthz").json()
         assert body["ok"] is True and body["migration"] == {"state": "done"}
         assert client.get("/api/trajectories").status_code == 200
+
+
+def test_trajforge_serve_starts_and_runs_a_pending_data_migration(store_url: str, tmp_path: Path) -> None:
+    """The real command: the server comes up, says it is migrating, and ends up serving the
+    migrated store."""
+    import httpx
+
+    from tests.helpers import free_port, start_server
+
+    expected = _pre_0008(store_url)
+    port, log = free_port(), tmp_path / "serve.log"
+    env = {**os.environ, "TRAJFORGE_HOME": str(tmp_path / "home")}
+    proc = start_server(port, store_url, log, "--no-jobs", env=env)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        until(
+            "the migration to finish",
+            lambda: httpx.get(f"{base}/healthz").json()["migration"]["state"] == "done",
+        )
+        assert httpx.get(f"{base}/api/trajectories").json()["total"] == 40
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    assert "migrating the store's data (0008_text_owner)" in log.read_text()
+    store = open_store(store_url, migrate_data=False)
+    try:
+        assert store.pending_data_migration() is None
+        assert {int(r[0]): r[1] for r in _sql(store, "SELECT id, owner FROM texts")} == expected
+    finally:
+        store.close()

@@ -10,6 +10,7 @@ SQL is written with ``?`` placeholders; the PostgreSQL backend rewrites them to 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
@@ -19,6 +20,8 @@ from trajforge.store.migrations import MIGRATIONS, DataMigration, Progress, run_
 
 if TYPE_CHECKING:
     from trajforge.store.filter import TrajectoryFilter
+
+log = logging.getLogger("trajforge.store")
 
 CHUNK = 500  # ids per IN (...) list: well under both databases' parameter limits
 
@@ -213,8 +216,14 @@ class SqlBase(SqlHelpers):
         False (then the first pending one waits in :meth:`pending_data_migration`, and the schema
         migrations after it with it, until :meth:`migrate_data`)."""
         self._pending_data = self._run_migrations()
-        if migrate_data:
-            self.migrate_data()
+        if migrate_data and self._pending_data is not None:
+            # Not silent: this open may take minutes on a big store (the CLI, the SDK's writer).
+            log.warning(
+                "migrating the store's data (%s) in batches before it opens; an interrupted run "
+                "resumes where it stopped",
+                self._pending_data.name,
+            )
+            self.migrate_data(_log_progress)
 
     def pending_data_migration(self) -> str | None:
         """The name of the data migration this store waits for, if it was opened without running it."""
@@ -236,3 +245,7 @@ class SqlBase(SqlHelpers):
                 return migration  # it runs in batches of its own transactions; later ones wait
             apply(migration)
         return None
+
+
+def _log_progress(name: str, done: int, total: int) -> None:
+    log.info("data migration %s: %d of %d rows", name, done, total)
