@@ -242,27 +242,26 @@ def create_app(
                     log.exception("timeout sweep failed")
                 await asyncio.sleep(sweep_interval_s)
 
-        async def start() -> None:
+        async def start_job_runner() -> None:
             nonlocal runner
-            if not migration.ready:
-                # In a thread, after startup: the server answers /healthz (and 503 elsewhere) meanwhile.
-                await run_in_threadpool(migration.run, the_store, on_migration)
-                if not migration.ready:
-                    return  # failed (503 stays, /healthz says why) or stopped
             if run_jobs:
                 from trajforge.jobs import JobRunner
 
                 runner = await run_in_threadpool(lambda: JobRunner(the_store.url).start())
+
+        async def start() -> None:
+            if not migration.ready:
+                # In a thread, after startup: the server answers /healthz (and 503 elsewhere)
+                # meanwhile; the job runner and the sweep need the migrated store.
+                await run_in_threadpool(migration.run, the_store, on_migration)
+                if not migration.ready:
+                    return  # failed (503 stays, /healthz says why) or stopped
+                await start_job_runner()
             await sweeper()
 
-        if migration.ready and run_jobs:
-            # As before: the runner is up when startup ends (no migration to wait for).
-            from trajforge.jobs import JobRunner
-
-            runner = await run_in_threadpool(lambda: JobRunner(the_store.url).start())
-            task = asyncio.create_task(sweeper())
-        else:
-            task = asyncio.create_task(start())
+        if migration.ready:
+            await start_job_runner()  # as before: the runner is up when startup ends
+        task = asyncio.create_task(start())
         try:
             yield
         finally:

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from trajforge.records import now_ms
+
 TYPES = {
     "sqlite": {
         "BIGINT": "INTEGER",
@@ -136,7 +138,7 @@ def run_data_migration(
                 store._ex(
                     cur,
                     "INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)",
-                    [migration.name, _now_ms()],
+                    [migration.name, now_ms()],
                 )
                 finished = True
             else:
@@ -147,7 +149,7 @@ def run_data_migration(
                     cur,
                     "INSERT INTO settings (key, value, updated_at) VALUES (?,?,?) ON CONFLICT (key) DO UPDATE "
                     "SET value = excluded.value, updated_at = excluded.updated_at",
-                    [cursor_key, str(hi), _now_ms()],
+                    [cursor_key, str(hi), now_ms()],
                 )
                 done, total = done + rows, max(total, done + rows)
                 finished = False
@@ -155,12 +157,6 @@ def run_data_migration(
             progress(migration.name, done if not finished else total, total)
         if finished:
             return
-
-
-def _now_ms() -> int:
-    from trajforge.records import now_ms
-
-    return now_ms()
 
 
 MIGRATIONS: tuple[AnyMigration, ...] = (

@@ -216,13 +216,7 @@ class SqlBase(SqlHelpers):
         False (then the first pending one waits in :meth:`pending_data_migration`, and the schema
         migrations after it with it, until :meth:`migrate_data`)."""
         self._pending_data = self._run_migrations()
-        if migrate_data and self._pending_data is not None:
-            # Not silent: this open may take minutes on a big store (the CLI, the SDK's writer).
-            log.warning(
-                "migrating the store's data (%s) in batches before it opens; an interrupted run "
-                "resumes where it stopped",
-                self._pending_data.name,
-            )
+        if migrate_data:
             self.migrate_data(_log_progress)
 
     def pending_data_migration(self) -> str | None:
@@ -247,5 +241,19 @@ class SqlBase(SqlHelpers):
         return None
 
 
+_announced: set[str] = set()
+
+
 def _log_progress(name: str, done: int, total: int) -> None:
+    """Not silent: an open that migrates data may take minutes on a big store (the CLI, the SDK's
+    writer). Said once per migration and process, after its first batch; nothing for a new store
+    (its tables are empty: one report, at the end)."""
+    if done < total and name not in _announced:
+        _announced.add(name)
+        log.warning(
+            "migrating the store's data (%s, %d rows) in batches before it opens; an interrupted "
+            "run resumes where it stopped",
+            name,
+            total,
+        )
     log.info("data migration %s: %d of %d rows", name, done, total)
