@@ -595,7 +595,8 @@ def test_api_and_dashboard(tmp_path: Path) -> None:
             assert Path(body["manifestPath"]).is_file()
 
             for bad, field in (({"evalLimit": 0}, "evalLimit"), ({"outputDir": str(tmp_path / "x")}, "outputDir"),
-                               ({"eval_limit": 3}, "eval_limit"), ({"samplesPerSource": "3"}, "samplesPerSource")):  # fmt: skip
+                               ({"eval_limit": 3}, "eval_limit"), ({"samplesPerSource": "3"}, "samplesPerSource"),
+                               ({"outputDir": "runs/a\x00b"}, "outputDir"), ({"jsonl": ["a\x00.jsonl"]}, "jsonl.0")):  # fmt: skip
                 r = http.post("/api/training/collect", json=bad)
                 assert r.status_code == 422, (bad, r.text)
                 assert r.json()["error"]["field"] == field

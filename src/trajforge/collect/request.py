@@ -24,7 +24,9 @@ STEP_IDS = (
 )
 """Every step of a run, in the order it runs (each has a ``skip_<id>`` field: ``--skip-<id>``)."""
 
-PathText = Annotated[str, Field(min_length=1, max_length=4096)]
+# A path a user typed: the file system refuses a NUL byte (ValueError), so it is refused here,
+# naming the field, before any code builds a Path from it.
+PathText = Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^[^\x00]+$")]
 FOLDER_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$"
 
 
