@@ -114,7 +114,8 @@ class Sshd:
             ]
         )
 
-    def start(self) -> Sshd:
+    def start(self, port: int | None = None) -> Sshd:
+        """Start it (on ``port``, e.g. to restart it where it was; default: a free one)."""
         ok, why = available()
         if not ok:
             pytest.skip(why)
@@ -127,8 +128,8 @@ class Sshd:
             keygen(self.identity, "trajforge-test-client")
         shutil.copy(self.identity.with_suffix(".pub"), self.root / "authorized_keys")
         # Bind-then-start can race another process for the port: retry on a new one.
-        for _ in range(5):
-            self.port = _free_port()
+        for _ in range(1 if port else 5):
+            self.port = port or _free_port()
             config = self.root / "sshd_config"
             config.write_text(self._config())
             log = self.log.open("ab")
