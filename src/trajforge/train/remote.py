@@ -281,6 +281,12 @@ class Remote:
                 f"--disable-pip-version-check {shlex.quote(remote)}"
             )
             installed = True
+        # Importing the training stack takes seconds (torch): checked once per venv and wheel,
+        # remembered by a marker in the work dir, so a warm job does not pay for it again.
+        key = hashlib.sha256(f"{self.python}\0{version}".encode()).hexdigest()[:16]
+        marker = shlex.quote(f"{self.root}/checked/{key}")
+        if self.sh(f"test -f {marker}", check=False)[0] == 0:
+            return installed
         status, out = self.sh(f"{self.python} -c {shlex.quote('import ' + TRAIN_IMPORTS)}", check=False)
         if status != 0:
             remote = f"{self.root}/wheels/{wheel.name}"
@@ -292,12 +298,13 @@ class Remote:
             field = "remoteVenv" if self.opts.remote_venv else "remotePython"
             if status != 0:
                 raise InvalidInput(
-                    f"{field}: the remote venv cannot import the training stack ({out.strip()[-300:]}) "
-                    f"and installing trajforge[train] there failed: {pip_out.strip()[-500:]}; give a "
+                    f"{field}: the remote venv cannot import the training stack ({_tail(out, 3)}) "
+                    f"and installing trajforge[train] there failed: {_tail(pip_out, 5)}; give a "
                     "remoteVenv with torch, transformers, peft, trl, datasets and accelerate",
                     field,
                 )
             installed = True
+        self.sh(f"mkdir -p {shlex.quote(self.root)}/checked && touch {marker}")
         return installed
 
     def upload_tree(self, local: Path, remote: str, hashes: dict[str, str] | None, prefix: str) -> None:
