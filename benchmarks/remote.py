@@ -43,7 +43,7 @@ def main() -> None:
     from trajforge import datasets
     from trajforge.records import Job, WriteBatch
     from trajforge.store import open_store
-    from trajforge.train import lora, remote
+    from trajforge.train import remote
     from trajforge.train.ssh import Host
 
     if args.model == "tiny":
