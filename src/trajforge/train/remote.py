@@ -53,7 +53,7 @@ Report = Callable[[float, str, str], None]
 ShouldStop = Callable[[], bool]
 
 TRAIN_IMPORTS = "torch, transformers, peft, trl, datasets, accelerate"
-STOP_GRACE_S = 4.0
+STOP_GRACE_S = 6.0
 """How long a stopped remote run gets to save its checkpoint before it is killed (the job process
 itself is killed GRACE_S = 10 s after its SIGTERM, and still has to fetch and tear down)."""
 
