@@ -16,12 +16,13 @@ from trajforge.optimize.native import NativeOptions
 from trajforge.records import iso_ms
 from trajforge.store import Store
 from trajforge.train.lora import LoraOptions
+from trajforge.train.vast import VastOptions
 
 app = typer.Typer(help="Queue, watch and cancel training jobs.", no_args_is_help=True)
 
 
 @app.command("start")
-@request_options((NativeOptions, LoraOptions), "options", parse=job_request.parse)
+@request_options((NativeOptions, LoraOptions, VastOptions), "options", parse=job_request.parse)
 def jobs_start(
     options: JobOptions,
     wait: Annotated[

@@ -17,8 +17,9 @@ from trajforge.jobs import kinds
 from trajforge.optimize.native import NativeOptions
 from trajforge.requests import TRUSTED, invalid
 from trajforge.train.lora import LoraOptions
+from trajforge.train.vast import VastOptions
 
-JobOptions = NativeOptions | LoraOptions
+JobOptions = NativeOptions | LoraOptions | VastOptions
 
 
 def _kind(value: Any) -> str:
@@ -29,10 +30,12 @@ def _kind(value: Any) -> str:
 
 
 JobRequest = Annotated[
-    Annotated[NativeOptions, Tag("Native")] | Annotated[LoraOptions, Tag("Lora")],
+    Annotated[NativeOptions, Tag("Native")]
+    | Annotated[LoraOptions, Tag("Lora")]
+    | Annotated[VastOptions, Tag("Vast")],
     Discriminator(_kind),
 ]
-OPTIONS: dict[str, type[JobOptions]] = {"native": NativeOptions, "lora": LoraOptions}
+OPTIONS: dict[str, type[JobOptions]] = {"native": NativeOptions, "lora": LoraOptions, "vast": VastOptions}
 """Kind name → its options type (what :data:`JobRequest` is a union of)."""
 _ADAPTER: TypeAdapter[JobOptions] = TypeAdapter(JobRequest)
 

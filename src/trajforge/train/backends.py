@@ -59,10 +59,15 @@ def mlx() -> tuple[bool, str]:
 
 def status() -> dict[str, dict[str, Any]]:
     """``{backend: {available, reason}}`` for the training backends."""
-    return {
+    out = {
         name: {"available": ok, "reason": reason}
         for name, (ok, reason) in (("cpu", cpu()), ("cuda", cuda()), ("mlx", mlx()))
     }
+    from trajforge.train import vast
+
+    ok, reason = vast.status()
+    out["vast"] = {"available": ok, "reason": reason}
+    return out
 
 
 # --- base models -----------------------------------------------------------------------------------

@@ -1,0 +1,309 @@
+"""The ``vast`` backend through a protocol-faithful fake of the Vast.ai API on loopback
+(``tests/fakes/vast.py``): offers, the refusals at submit, provisioning, cancel, the budget, a
+failure, a restart after kill -9, and the key kept out of everything stored. Every test that rents
+ends with no live instance in the fake."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from tests.fakes.vast import KEY, FakeVast
+from tests.helpers import until
+from trajforge import jobs
+from trajforge.cli import app as cli_app
+from trajforge.records import JOB_FINISHED
+from trajforge.server import create_app
+from trajforge.store import Store, open_store
+
+cli = CliRunner()
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeVast]:
+    with FakeVast(loading_s=0.2) as f:
+        monkeypatch.setenv("TRAJFORGE_VAST_URL", f.url)
+        monkeypatch.setenv("TRAJFORGE_VAST_API_KEY", KEY)
+        yield f
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[tuple[str, Store]]:
+    url = str(tmp_path / "store.db")
+    store = open_store(url)
+    yield url, store
+    store.close()
+
+
+@pytest.fixture
+def client(db: tuple[str, Store]) -> Iterator[TestClient]:
+    with TestClient(create_app(db[1]), base_url="http://127.0.0.1") as c:
+        yield c
+
+
+def error(resp: Any) -> dict[str, Any]:
+    body: dict[str, Any] = resp.json()["error"]
+    return body
+
+
+def vast_job(**extra: Any) -> dict[str, Any]:
+    return {"backend": "vast", "maxCost": 5.0, **extra}
+
+
+def finished(store: Store, job_id: str, timeout: float = 90) -> Any:
+    return until(
+        f"{job_id} to end", lambda: (j := store.get_job(job_id)) and j.status in JOB_FINISHED and j, timeout
+    )
+
+
+def dump(store: Store, home: Path) -> str:
+    """Everything the job left behind: records, events, logs, files under the home."""
+    parts = [json.dumps([jobs.wire(j) for j in store.list_jobs(limit=1000)])]
+    parts += [json.dumps([e.message for e in store.list_events(limit=100_000)])]
+    parts += [json.dumps([e.data for e in store.list_events(limit=100_000)])]
+    for path in home.rglob("*"):
+        if path.is_file() and not path.name.endswith(".vast_key"):
+            parts.append(path.read_bytes().decode(errors="replace"))
+    return "\n".join(parts)
+
+
+# --- offers and refusals --------------------------------------------------------------------------
+
+
+def test_offers_api_filters_and_orders_cheapest_first(fake: FakeVast, client: TestClient) -> None:
+    resp = client.get("/api/training/vast/offers", params={"maxDph": "1", "minGpuRam": "20"})
+    assert resp.status_code == 200, resp.text
+    offers = resp.json()["offers"]
+    assert [o["id"] for o in offers] == [1002, 1001]
+    assert offers[0]["dphTotal"] == 0.21 and offers[0]["gpuName"] == "RTX 3090"
+    only = client.get("/api/training/vast/offers", params={"gpu": "H100_SXM"}).json()["offers"]
+    assert [o["numGpus"] for o in only] == [8]
+    # The query reached Vast.ai in its own terms: gpu_name with a space, GPU RAM in MB.
+    bundles = [b for m, p, b in fake.requests if p == "/api/v0/bundles/"]
+    assert bundles[0]["gpu_ram"] == {"gte": 20000} and bundles[0]["dph_total"] == {"lte": 1.0}
+    assert bundles[1]["gpu_name"] == {"eq": "H100 SXM"}
+    assert all(a == f"Bearer {KEY}" for a in fake.auth_seen)
+    bad = client.get("/api/training/vast/offers", params={"minReliability": "2"})
+    assert bad.status_code == 422 and error(bad)["field"] == "minReliability"
+
+
+def test_offers_cli(fake: FakeVast) -> None:
+    out = cli.invoke(cli_app, ["vast", "offers", "--max-dph", "0.3", "--json"])
+    assert out.exit_code == 0, out.output
+    assert [o["id"] for o in json.loads(out.stdout)["offers"]] == [1002]
+    table = cli.invoke(cli_app, ["vast", "offers", "--gpu", "RTX_4090"], env={"COLUMNS": "200"})
+    assert table.exit_code == 0 and "RTX 4090" in table.output and "0.4200" in table.output
+    bad = cli.invoke(cli_app, ["vast", "offers", "--num-gpus", "0"])
+    assert bad.exit_code == 2 and "--num-gpus" in bad.output
+
+
+def test_a_429_is_retried_honouring_retry_after(fake: FakeVast, client: TestClient) -> None:
+    fake.throttle(3, retry_after="0.05")
+    resp = client.get("/api/training/vast/offers")
+    assert resp.status_code == 200 and len(resp.json()["offers"]) == 3
+    assert len([p for _, p, _ in fake.requests if p == "/api/v0/bundles/"]) == 4
+
+
+def test_without_a_key_every_vast_route_and_the_backend_name_the_setting(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TRAJFORGE_VAST_API_KEY", raising=False)
+    for method, path in (
+        ("GET", "/api/training/vast/offers"),
+        ("GET", "/api/training/vast/jobs"),
+        ("POST", "/api/training/vast/jobs"),
+        ("GET", "/api/training/vast/jobs/job-x/budget"),
+    ):
+        resp = client.request(method, path, json={"maxCost": 1} if method == "POST" else None)
+        assert resp.status_code == 400, (path, resp.text)
+        assert "TRAJFORGE_VAST_API_KEY" in error(resp)["message"]
+    backends = client.get("/api/training/backends").json()["backends"]
+    assert backends["vast"]["available"] is False and "TRAJFORGE_VAST_API_KEY" in backends["vast"]["reason"]
+    resp = client.post("/api/training/jobs", json=vast_job())
+    assert resp.status_code == 400 and "TRAJFORGE_VAST_API_KEY" in error(resp)["message"]
+    out = cli.invoke(cli_app, ["vast", "offers"])
+    assert out.exit_code == 2 and "TRAJFORGE_VAST_API_KEY" in out.output
+
+
+def test_a_rejected_key_is_a_400_naming_the_setting(
+    fake: FakeVast, client: TestClient, monkeypatch: pytest.MonkeyPatch, db: tuple[str, Store]
+) -> None:
+    monkeypatch.setenv("TRAJFORGE_VAST_API_KEY", "not-the-key")
+    assert client.get("/api/training/backends").json()["backends"]["vast"]["available"] is True
+    for resp in (
+        client.get("/api/training/vast/offers"),
+        client.post("/api/training/vast/jobs", json=vast_job()),
+        client.post("/api/training/jobs", json=vast_job()),
+    ):
+        assert resp.status_code == 400, resp.text
+        assert error(resp)["field"] == "TRAJFORGE_VAST_API_KEY"
+        assert "refused the API key" in error(resp)["message"] and "not-the-key" not in resp.text
+    assert db[1].list_jobs() == [] and fake.live() == 0
+
+
+def test_submit_refuses_no_offer_a_missing_budget_and_one_below_an_hour(
+    fake: FakeVast, client: TestClient, db: tuple[str, Store]
+) -> None:
+    resp = client.post("/api/training/vast/jobs", json={"gpu": "A100", "maxDph": 0.5, "maxCost": 10})
+    assert resp.status_code == 400 and error(resp)["field"] == "gpu"
+    assert "gpu=A100, maxDph=0.5" in error(resp)["message"]
+    resp = client.post("/api/training/vast/jobs", json={})
+    assert resp.status_code == 400 and error(resp)["field"] == "maxCost"
+    resp = client.post("/api/training/vast/jobs", json={"maxCost": 0.1})
+    assert resp.status_code == 400 and error(resp)["field"] == "maxCost"
+    assert "one hour" in error(resp)["message"] and "0.21" in error(resp)["message"]
+    resp = client.post("/api/training/vast/jobs", json={"maxCost": 0.3, "offerId": 1001})
+    assert (
+        resp.status_code == 400
+        and error(resp)["field"] == "maxCost"
+        and "offer 1001" in error(resp)["message"]
+    )
+    resp = client.post("/api/training/vast/jobs", json={"maxCost": 3, "offerId": 999})
+    assert resp.status_code == 400 and error(resp)["field"] == "offerId"
+    resp = client.post("/api/training/vast/jobs", json={"maxCost": -1})
+    assert resp.status_code == 422 and error(resp)["field"] == "maxCost"
+    # The CLI: the same refusals, naming the flags.
+    out = cli.invoke(
+        cli_app, ["jobs", "start", "--backend", "vast", "--max-cost", "0.1", "--no-wait", "--db", db[0]]
+    )
+    assert out.exit_code == 2 and "--max-cost" in out.output and "one hour" in out.output
+    out = cli.invoke(
+        cli_app,
+        [
+            "jobs",
+            "start",
+            "--backend",
+            "vast",
+            "--gpu",
+            "A100",
+            "--max-cost",
+            "9",
+            "--no-wait",
+            "--db",
+            db[0],
+        ],
+    )
+    assert out.exit_code == 2 and "--gpu" in out.output
+    assert db[1].list_jobs() == [] and fake.live() == 0
+
+
+# --- jobs that rent -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def runner(db: tuple[str, Store], fake: FakeVast) -> Iterator[jobs.JobRunner]:
+    r = jobs.JobRunner(db[0], poll_s=0.2, grace_s=20).start()
+    yield r
+    r.stop()
+    assert fake.live() == 0
+
+
+def test_cancel_while_provisioning_destroys_the_instance(
+    fake: FakeVast, client: TestClient, db: tuple[str, Store], runner: jobs.JobRunner, tmp_path: Path
+) -> None:
+    fake.loading_s = 3600  # it never gets past loading
+    job = client.post("/api/training/vast/jobs", json=vast_job()).json()["job"]
+    until("the instance to be rented", lambda: fake.live() == 1)
+    until(
+        "the instance id on the job",
+        lambda: ((db[1].get_job(job["id"]).output or {}).get("vast") or {}).get("instanceId"),
+    )
+    budget = client.get(f"/api/training/vast/jobs/{job['id']}/budget").json()["budget"]
+    assert budget["maxCost"] == 5.0 and budget["dphTotal"] == 0.21 and budget["running"] is True
+    assert 0 <= budget["spent"] < 5.0 and budget["remaining"] == pytest.approx(5.0 - budget["spent"])
+    label = next(iter(fake.instances.values()))["label"]
+    assert label == job["id"]
+    resp = client.post(f"/api/training/vast/jobs/{job['id']}/cancel")
+    assert resp.status_code == 200 and resp.json()["job"]["cancelRequested"] is True
+    done = finished(db[1], job["id"])
+    assert done.status == "cancelled" and fake.live() == 0
+    assert done.output["vast"]["destroyedAt"] is not None
+    logs = client.get(f"/api/training/vast/jobs/{job['id']}/logs").json()
+    assert any("destroyed Vast.ai instance" in e["message"] for e in logs["events"])
+    listed = client.get("/api/training/vast/jobs").json()["jobs"]
+    assert [j["id"] for j in listed] == [job["id"]]
+    assert KEY not in dump(db[1], tmp_path)
+
+
+def test_the_budget_stops_the_job_with_its_reason(
+    fake: FakeVast, client: TestClient, db: tuple[str, Store], runner: jobs.JobRunner, tmp_path: Path
+) -> None:
+    # The offer says $0.21/h; the instance bills $3600/h (storage, bandwidth): $1 lasts a second.
+    fake.loading_s = 3600
+    fake.instance_dph = 3600.0
+    job = client.post("/api/training/vast/jobs", json=vast_job(maxCost=1.0)).json()["job"]
+    done = finished(db[1], job["id"])
+    assert done.status == "cancelled", done
+    assert done.error.startswith("budget of $1 reached after") and "destroyed" in done.error
+    assert fake.live() == 0
+    budget = client.get(f"/api/training/vast/jobs/{job['id']}/budget").json()["budget"]
+    assert budget["spent"] >= 1.0 and budget["remaining"] == 0 and budget["running"] is False
+    assert KEY not in dump(db[1], tmp_path)
+
+
+def test_an_instance_that_fails_to_start_fails_the_job_and_is_destroyed(
+    fake: FakeVast, client: TestClient, db: tuple[str, Store], runner: jobs.JobRunner
+) -> None:
+    fake.start_state = "exited"
+    job = client.post("/api/training/vast/jobs", json=vast_job()).json()["job"]
+    done = finished(db[1], job["id"])
+    assert done.status == "failed" and "exited instead of running" in done.error
+    assert fake.live() == 0
+
+
+def test_a_killed_job_leaves_its_instance_to_the_next_runner(
+    fake: FakeVast, db: tuple[str, Store], tmp_path: Path
+) -> None:
+    """kill -9 of the runner and its job mid-provisioning: a new runner starting finds the job's
+    process gone, fails the job, and destroys the instance labelled with it."""
+    url, store = db
+    fake.loading_s = 3600
+    job = jobs.submit(store, vast_job())
+    log = open(tmp_path / "worker.log", "ab")  # noqa: SIM115 - closed below
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "trajforge.cli", "jobs", "worker", "--db", url],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=os.environ.copy(),
+    )
+    try:
+        until("the instance", lambda: fake.live() == 1, timeout=90)
+        pid = until("the job's pid", lambda: store.get_job(job.id).pid)
+        os.kill(worker.pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
+        worker.wait()
+        until("the job process to be gone", lambda: not _alive(pid))
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        log.close()
+    assert fake.live() == 1
+    restarted = jobs.JobRunner(url, poll_s=0.2).start()
+    try:
+        assert fake.live() == 0  # at start, before any job runs
+        after = store.get_job(job.id)
+        assert after.status == "failed" and "interrupted" in after.error
+        reaped = store.list_events(job_id=job.id, kinds=["job_log"], limit=100)
+        assert any("left behind" in e.message for e in reaped)
+    finally:
+        restarted.stop()
+    assert KEY not in dump(store, tmp_path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
