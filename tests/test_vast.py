@@ -307,3 +307,62 @@ def _alive(pid: int) -> bool:
             return f.read().split(") ", 1)[1][0] != "Z"
     except FileNotFoundError:
         return False
+
+
+# --- the dashboard --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_dashboard_offers_vast_with_an_offer_picker_and_shows_the_spend(
+    fake: FakeVast, db: tuple[str, Store]
+) -> None:
+    from tests.test_dashboard import XSS, LiveServer, _need_browser
+
+    _need_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    fake.loading_s = 3600
+    fake.offers[1]["gpu_name"] = f"RTX 3090{XSS}"  # what a host names its GPU is not ours to trust
+    store = db[1]
+    with sync_playwright() as p, LiveServer(store) as srv:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox"])
+        errors: list[str] = []
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        try:
+            page.goto(srv.url + "/fine-tuning")
+            assert page.locator("[data-only=vast]").first.is_hidden()
+            page.select_option("#backend", "vast")
+            expect(page.locator("#offer-picker option")).to_have_count(4)
+            texts = page.locator("#offer-picker option").all_inner_texts()
+            assert texts[1].startswith("1x RTX 3090<script>") and "$0.210/h" in texts[1]
+            page.fill("#job-form input[name=maxDph]", "0.3")
+            page.dispatch_event("#job-form input[name=maxDph]", "change")
+            expect(page.locator("#offer-picker option")).to_have_count(2)
+            page.select_option("#offer-picker", "1002")
+            page.fill("#job-form input[name=maxCost]", "4")
+            page.click("#job-form button[type=submit]")
+            until("the instance", lambda: fake.live() == 1)
+            [job] = store.list_jobs()
+            assert job.request["offerId"] == 1002 and job.request["maxCost"] == 4
+            assert "gpu" not in job.request and "host" not in job.request
+            row = page.locator(f'#jobs tr[data-job="{job.id}"]')
+            row.locator(".job-where", has_text="1x RTX 3090").wait_for(timeout=30_000)
+            spend = row.locator(".job-spend")
+            assert "of $4" in spend.inner_text()
+            row.locator(".job-phase", has_text="provisioning").wait_for(timeout=30_000)
+            page.screenshot(path=str(_shots() / "fine-tuning-vast.png"), full_page=True)
+            row.locator("button.cancel").click()
+            page.wait_for_selector(f'#jobs tr[data-job="{job.id}"][data-status="cancelled"]', timeout=60_000)
+            assert page.evaluate("window.__xss") is None
+        finally:
+            browser.close()
+        assert not errors, errors
+    assert fake.live() == 0
+
+
+def _shots() -> Path:
+    from tests.test_dashboard import SHOTS
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    return SHOTS

@@ -430,6 +430,11 @@ def run(
                 rental.record()
                 provisioning_s = time.monotonic() - started
                 report(0.05, "provisioning", f"instance {inst.id} answers SSH at {rental.ssh}")
+                store.add_event(
+                    JobEvent(
+                        "job_log", f"instance {inst.id} is up", job_id=job.id, data={"vast": rental.wire()}
+                    )
+                )
                 from trajforge.train import remote
 
                 host = remote.Host(SSH_USER, inst.ssh_host, inst.ssh_port, key_path)
