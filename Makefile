@@ -47,7 +47,14 @@ $(CHROMIUM):
 	$(SUDO) apt-get install -y --no-install-recommends chromium || \
 		($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium)
 
-test: lint $(CHROMIUM)
+# The remote-training tests run Debian's real OpenSSH server on loopback as the "GPU host".
+SSHD := /usr/sbin/sshd
+
+$(SSHD):
+	$(SUDO) apt-get install -y --no-install-recommends openssh-server || \
+		($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends openssh-server)
+
+test: lint $(CHROMIUM) $(SSHD)
 	$(VENV)/bin/pytest -n 2 --dist loadgroup -q
 
 # Benchmarks print figures against their in-run baselines; results go to BENCHMARKS.md by hand.

@@ -16,13 +16,14 @@ from trajforge.optimize.native import NativeOptions
 from trajforge.records import iso_ms
 from trajforge.store import Store
 from trajforge.train.lora import LoraOptions
+from trajforge.train.remote import RemoteOptions
 from trajforge.train.vast import VastOptions
 
 app = typer.Typer(help="Queue, watch and cancel training jobs.", no_args_is_help=True)
 
 
 @app.command("start")
-@request_options((NativeOptions, LoraOptions, VastOptions), "options", parse=job_request.parse)
+@request_options((NativeOptions, LoraOptions, RemoteOptions, VastOptions), "options", parse=job_request.parse)
 def jobs_start(
     options: JobOptions,
     wait: Annotated[
@@ -34,7 +35,8 @@ def jobs_start(
     """Queue a training job; with --wait (default) run it here with a progress bar.
 
     --backend native optimizes prompts (--optimizer, --iterations = trials); cpu/cuda/mlx train a
-    LoRA adapter on --model (--iterations = optimizer steps) and register it (trajforge models list)."""
+    LoRA adapter on --model (--iterations = optimizer steps) and register it (trajforge models list);
+    ssh trains the same adapter on --host user@host[:port] over SSH and brings it back."""
     from trajforge import jobs
 
     with store_at(db) as store:

@@ -107,6 +107,14 @@ LORA = Kind(
     formats="trajforge.train.lora:FORMATS",
     cooperative=True,
 )
+REMOTE = Kind(
+    name="remote",
+    what="remote LoRA training",
+    runs={"ssh": "trajforge.train.remote:run"},
+    options="trajforge.train.remote:RemoteOptions",
+    formats="trajforge.train.lora:FORMATS",
+    cooperative=True,
+)
 VAST = Kind(
     name="vast",
     what="LoRA training on Vast.ai",
@@ -130,11 +138,11 @@ HUB_PUSH = Kind(
     runs={"hub": "trajforge.hub:run_push_job"},
 )
 
-REQUESTED = (NATIVE, LORA, VAST)
+REQUESTED = (NATIVE, LORA, REMOTE, VAST)
 """The kinds a job request asks for by its ``backend``; each backend belongs to one of them."""
 KINDS = {k.name: k for k in (*REQUESTED, BENCHMARK, HUB_PUSH)}
 BACKENDS = tuple(b for k in REQUESTED for b in k.backends)
-"""Every backend a job request may name: ``("native", "cpu", "cuda", "mlx")``."""
+"""Every backend a job request may name: ``("native", "cpu", "cuda", "mlx", "ssh")``."""
 DEFAULT_BACKEND = NATIVE.backends[0]
 
 

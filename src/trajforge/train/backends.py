@@ -57,11 +57,22 @@ def mlx() -> tuple[bool, str]:
     return True, "LoRA fine-tuning with mlx_lm on Apple Silicon"
 
 
+def ssh() -> tuple[bool, str]:
+    """The ``ssh`` backend needs paramiko here; the training stack only on the remote host."""
+    if _missing(("paramiko",)):
+        return False, "needs paramiko (pip install 'trajforge[remote]')"
+    return True, "LoRA fine-tuning on any host over SSH: give host (user@host[:port]) and optionally identity"
+
+
+REMOTE = ("ssh", "vast")
+"""Backends that train on another machine: a hub id need not be in the local cache."""
+
+
 def status() -> dict[str, dict[str, Any]]:
     """``{backend: {available, reason}}`` for the training backends."""
     out = {
         name: {"available": ok, "reason": reason}
-        for name, (ok, reason) in (("cpu", cpu()), ("cuda", cuda()), ("mlx", mlx()))
+        for name, (ok, reason) in (("cpu", cpu()), ("cuda", cuda()), ("mlx", mlx()), ("ssh", ssh()))
     }
     from trajforge.train import vast
 
@@ -140,6 +151,8 @@ def _problem(backend: str, spec: str, base_url: str | None) -> str | None:
         return _folder_problem(spec, Path(spec))
     if not _HUB_ID.fullmatch(spec) or "--" in spec or ".." in spec:
         return f"{spec!r} is not a bundled:, local: or Hugging Face model"
+    if backend in REMOTE:
+        return None  # the remote host resolves (downloads) it
     if not _in_hub_cache(spec):
         return f"{spec!r} is not a folder here, and not in the local Hugging Face cache ({_hub_cache()})"
     return None

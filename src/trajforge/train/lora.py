@@ -406,8 +406,10 @@ def fit(
     report: Report,
     should_stop: ShouldStop = lambda: False,
     span: tuple[float, float] = (0.1, 0.8),
+    callbacks: tuple[Any, ...] = (),
 ) -> tuple[Any, Any, Progress]:
-    """Train; returns the trainer (with the PEFT model), the train result and the progress log."""
+    """Train; returns the trainer (with the PEFT model), the train result and the progress log.
+    ``callbacks``: more trainer callbacks (the remote entry point saves a checkpoint on a cancel)."""
     import torch
     from datasets import Dataset as HFDataset
     from peft import LoraConfig
@@ -449,7 +451,7 @@ def fit(
         eval_dataset=HFDataset.from_list(data.eval) if data.eval else None,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[_callback(progress, report, should_stop, span)],
+        callbacks=[_callback(progress, report, should_stop, span), *callbacks],
     )
     result = trainer.train()
     if should_stop():

@@ -19,23 +19,23 @@ never part of a request, an event, the job's output or a message.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
-import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 
 from trajforge import settings
-from trajforge.errors import Cancelled, TrajforgeError, Unavailable
+from trajforge.errors import Cancelled, InvalidInput, TrajforgeError, Unavailable
 from trajforge.records import Job, JobEvent, now_ms
-from trajforge.requests import Request
+from trajforge.requests import Flag, Request
 from trajforge.train.lora import LoraOptions
+from trajforge.train.remote import Host, RemoteOptions
 from trajforge.train.vast_api import Client, Instance, Offer, VastError, offer_query
 
 log = logging.getLogger(__name__)
@@ -104,12 +104,18 @@ class OfferFilters(Request):
         return text, given[0][0] if given else None
 
 
-class VastOptions(LoraOptions, OfferFilters):
-    """A LoRA job on a rented Vast.ai GPU: the LoRA options, the offer filters and the budget."""
+class VastOptions(RemoteOptions, OfferFilters):
+    """A LoRA job on a rented Vast.ai GPU: the ``ssh`` options (but ``host``: the instance is the
+    host), the offer filters and the budget."""
 
     backend: Annotated[
         Literal["vast"], Field(description="vast: rent a GPU on Vast.ai (needs TRAJFORGE_VAST_API_KEY)")
     ] = "vast"  # type: ignore[assignment]
+    host: Annotated[
+        str | None,
+        Field(min_length=3, max_length=300, description="ssh: the host, user@host[:port] (not for vast)"),
+        Flag("--host"),
+    ] = None  # type: ignore[assignment]
     max_cost: Annotated[
         float | None,
         Field(
@@ -126,6 +132,21 @@ class VastOptions(LoraOptions, OfferFilters):
     offer_id: Annotated[
         int | None, Field(ge=1, le=2**53, description="vast: rent this offer (from `trajforge vast offers`)")
     ] = None
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str | None) -> str | None:  # type: ignore[override]
+        if v is not None:
+            raise InvalidInput("host does not apply to vast jobs: the rented instance is the host", "host")
+        return v
+
+    def lora_request(self) -> dict[str, Any]:
+        """The LoRA options alone (no SSH, offer or budget fields): what the remote trains with."""
+        own = set(type(self).model_fields) - set(LoraOptions.model_fields)
+        data: dict[str, Any] = self.model_dump(
+            mode="json", by_alias=True, exclude_none=True, exclude={"backend", *own}
+        )
+        return data
 
 
 class OffersQuery(OfferFilters):
@@ -192,8 +213,8 @@ def status() -> tuple[bool, str]:
     used)."""
     if settings.vast_api_key() is None:
         return False, f"{settings.VAST_API_KEY} is not set (a Vast.ai API key)"
-    if shutil.which("ssh") is None:
-        return False, "needs an OpenSSH client (ssh) on this machine"
+    if importlib.util.find_spec("paramiko") is None:
+        return False, "needs paramiko (pip install 'trajforge[remote]')"
     return True, f"LoRA training on a rented Vast.ai GPU ({settings.vast_url()})"
 
 
@@ -219,6 +240,8 @@ class Rental:
     destroyed_ms: int | None = None
     dph: float = 0.0
     ssh: str | None = None
+    ssh_host: str | None = None
+    ssh_port: int | None = None
     tripped: bool = False
 
     def spent(self, at_ms: int | None = None) -> float:
@@ -286,31 +309,43 @@ def budget(job: Job, at_ms: int | None = None) -> dict[str, Any]:
 
 def identity(opts: VastOptions, home: Path | None, job_id: str) -> tuple[str, str]:
     """The private key path SSH logs in with, and its public key (attached to the instance): the
-    job's ``identity`` when given, else a key made for this job under ``<home>/jobs``."""
-    given = getattr(opts, "identity", None)
-    if given:
-        path = Path(given).expanduser()
+    job's ``identity`` when given, else a key made for this job under ``<home>/jobs`` (paramiko
+    makes it: no ssh-keygen needed)."""
+    import paramiko
+
+    if opts.identity:
+        path = Path(opts.identity).expanduser()
         pub = path.with_name(path.name + ".pub")
         if pub.is_file():
             return str(path), pub.read_text().strip()
-        out = subprocess.run(
-            ["ssh-keygen", "-y", "-f", str(path)], capture_output=True, text=True, check=False
-        )
-        if out.returncode != 0:
-            raise Unavailable(
-                f"identity {given}: cannot read its public key ({out.stderr.strip()})", "identity"
-            )
-        return str(path), out.stdout.strip()
+        try:
+            key = paramiko.PKey.from_path(path)
+        except (OSError, paramiko.SSHException) as exc:
+            raise InvalidInput(f"identity {opts.identity}: cannot read its key ({exc})", "identity") from None
+        return str(path), f"{key.get_name()} {key.get_base64()}"
     folder = (home or settings.home()) / "jobs"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{job_id}.vast_key"
     if not path.exists():
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"trajforge-{job_id}", "-f", str(path)],
-            check=True,
-            capture_output=True,
-        )
-    return str(path), path.with_name(path.name + ".pub").read_text().strip()
+        made = paramiko.ECDSAKey.generate(bits=256)
+        made.write_private_key_file(str(path))
+        path.chmod(0o600)
+    key = paramiko.ECDSAKey.from_private_key_file(str(path))
+    return str(path), f"{key.get_name()} {key.get_base64()} trajforge-{job_id}"
+
+
+def forget_host_key(hostname: str, port: int) -> None:
+    """Drop the instance's entry from trajforge's known_hosts once it is destroyed: Vast.ai hands
+    the same ``sshN.vast.ai:port`` to another instance later, with another host key, and the
+    accept-new check would then refuse the next job."""
+    from trajforge.train.ssh import known_hosts_file
+
+    path = known_hosts_file()
+    name = hostname if port == 22 else f"[{hostname}]:{port}"
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [ln for ln in lines if name not in (ln.split(" ", 1)[0].split(","))]
+    if len(kept) != len(lines):
+        path.write_text("".join(kept))
 
 
 def _wait_running(api: Client, rental: Rental, stop: Callable[[], bool], report: Any) -> Instance:
@@ -370,6 +405,8 @@ def _destroy(api: Client, rental: Rental) -> None:
             time.sleep(1.0)
     rental.destroyed_ms = now_ms()
     rental.record()
+    if rental.ssh_host is not None and rental.ssh_port is not None:
+        forget_host_key(rental.ssh_host, rental.ssh_port)
     rental.store.add_event(
         JobEvent(
             "job_log",
@@ -427,6 +464,7 @@ def run(
                 assert inst.ssh_host is not None and inst.ssh_port is not None
                 _wait_ssh(inst.ssh_host, inst.ssh_port, stop)
                 rental.ssh = f"{SSH_USER}@{inst.ssh_host}:{inst.ssh_port}"
+                rental.ssh_host, rental.ssh_port = inst.ssh_host, inst.ssh_port
                 rental.record()
                 provisioning_s = time.monotonic() - started
                 report(0.05, "provisioning", f"instance {inst.id} answers SSH at {rental.ssh}")
@@ -437,7 +475,7 @@ def run(
                 )
                 from trajforge.train import remote
 
-                host = remote.Host(SSH_USER, inst.ssh_host, inst.ssh_port, key_path)
+                host = Host(SSH_USER, inst.ssh_host, inst.ssh_port, key_path)
                 lineage = {
                     "gpu": inst.gpu_name,
                     "numGpus": inst.num_gpus,
