@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,10 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from tests.fakes.sshd import sshd_session
 from tests.fakes.vast import KEY, FakeVast
 from tests.helpers import until
+from tests.test_remote import remote_venv
 from trajforge import jobs
 from trajforge.cli import app as cli_app
 from trajforge.records import JOB_FINISHED
@@ -27,6 +30,7 @@ from trajforge.server import create_app
 from trajforge.store import Store, open_store
 
 cli = CliRunner()
+__all__ = ["remote_venv", "sshd_session"]  # fixtures, imported for pytest
 
 
 @pytest.fixture
@@ -366,3 +370,161 @@ def _shots() -> Path:
 
     SHOTS.mkdir(parents=True, exist_ok=True)
     return SHOTS
+
+
+# --- end to end: the fake's instances are a real OpenSSH server on loopback ----------------------
+
+
+@dataclass
+class Remote:
+    fake: FakeVast
+    url: str
+    store: Store
+    home: Path
+    sshd: Any
+    request: dict[str, Any]
+
+
+@pytest.fixture
+def e2e(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sshd_session: Any,
+    remote_venv: Path,
+    tiny_model_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Remote]:
+    from tests.helpers import make_support_corpus
+    from trajforge import datasets
+    from trajforge.records import WriteBatch
+
+    url = str(tmp_path / "store.db")
+    store = open_store(url)
+    for t in make_support_corpus(scenarios=6):
+        store.write(WriteBatch.from_trajectory(t))
+    ds = datasets.build(
+        store, datasets.BuildRequest(format="sft", eval_fraction=0.3, seed=1), root=tmp_path / "ds"
+    )
+    # The instance's SSH daemon takes the keys attached to it: the fake appends them to the sshd's.
+    with FakeVast(
+        sshd_session.host,
+        sshd_session.port,
+        loading_s=0.5,
+        authorized_keys=sshd_session.root / "authorized_keys",
+    ) as fake:
+        monkeypatch.setenv("TRAJFORGE_VAST_URL", fake.url)
+        monkeypatch.setenv("TRAJFORGE_VAST_API_KEY", KEY)
+        request = {
+            "backend": "vast",
+            "maxCost": 5.0,
+            "gpu": "RTX_3090",
+            "model": f"local:{tiny_model_dir}",
+            "datasetId": ds.id,
+            "batchSize": 2,
+            "remoteVenv": str(remote_venv),
+            # One remote work dir per session (the ssh tests' too): its wheels and base models stay warm.
+            "remoteDir": str(tmp_path_factory.getbasetemp() / "remote-work"),
+        }
+        yield Remote(fake, url, store, tmp_path / "home", sshd_session, request)
+        assert fake.live() == 0
+    store.close()
+
+
+def _trained(store: Store, job_id: str) -> bool:
+    return any(e.message.startswith("step ") for e in store.list_events(job_id=job_id, limit=10_000))
+
+
+@pytest.mark.slow
+def test_a_vast_job_from_the_cli_trains_on_the_instance_and_registers_a_model(
+    e2e: Remote, tiny_model_dir: Path
+) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from trajforge import models
+    from trajforge.train.ssh import known_hosts_file
+
+    flags = []
+    for k, v in {**e2e.request, "iterations": 4}.items():
+        flags += ["--" + "".join("-" + c.lower() if c.isupper() else c for c in k), str(v)]
+    out = cli.invoke(cli_app, ["jobs", "start", *flags, "--db", e2e.url], env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    [job] = e2e.store.list_jobs()
+    assert job.status == "completed" and job.backend == "vast" and job.kind == "vast"
+    phases = [e.phase for e in e2e.store.list_events(job_id=job.id, limit=10_000) if e.kind == "job_progress"]
+    order = [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p]
+    assert order[:4] == ["provisioning", "uploading", "training", "downloading"], order
+    model = models.get(e2e.store, job.output["modelId"])
+    assert model.backend == "vast"
+    m = model.metrics
+    assert (
+        m["lineage"]["gpu"] == "RTX 3090" and m["lineage"]["instanceId"] == job.output["vast"]["instanceId"]
+    )
+    assert m["phaseSeconds"]["provisioning"] > 0 and m["vast"]["destroyedAt"] is not None
+    assert 0 < m["cost"] == job.output["vast"]["spent"] < 5.0
+    # The key made for the job was attached to the instance; the instance is gone, and so is its
+    # host key (Vast.ai gives its SSH address to another instance later).
+    [attach] = [b for meth, p, b in e2e.fake.requests if p.endswith("/ssh/")]
+    assert attach["ssh_key"].startswith("ecdsa-sha2-nistp256 ") and attach["ssh_key"].endswith(job.id)
+    assert e2e.fake.live() == 0
+    assert f"]:{e2e.sshd.port} " not in known_hosts_file().read_text()
+    peft = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), model.adapter_path
+    )
+    assert any("lora_A" in name for name, _ in peft.named_parameters())
+    assert KEY not in dump(e2e.store, e2e.home) + out.output
+
+
+@pytest.mark.slow
+def test_cancel_mid_training_stops_it_and_destroys_the_instance(e2e: Remote) -> None:
+    runner = jobs.JobRunner(e2e.url, home=e2e.home, autotrain=False, grace_s=60).start()
+    try:
+        with TestClient(create_app(e2e.store), base_url="http://127.0.0.1") as client:
+            job = client.post("/api/training/vast/jobs", json={**e2e.request, "iterations": 5000}).json()[
+                "job"
+            ]
+            until("training steps", lambda: _trained(e2e.store, job["id"]), timeout=300)
+            assert e2e.fake.live() == 1
+            assert client.post(f"/api/training/vast/jobs/{job['id']}/cancel").status_code == 200
+            done = finished(e2e.store, job["id"], timeout=120)
+            budget = client.get(f"/api/training/vast/jobs/{job['id']}/budget").json()["budget"]
+    finally:
+        runner.stop()
+    assert done.status == "cancelled" and e2e.fake.live() == 0
+    assert budget["running"] is False and 0 < budget["spent"] < 5.0
+    assert KEY not in dump(e2e.store, e2e.home)
+
+
+@pytest.mark.slow
+def test_a_failing_remote_run_fails_the_job_and_destroys_the_instance(e2e: Remote) -> None:
+    # Every row is longer than 16 tokens: the remote run refuses to train on nothing.
+    runner = jobs.JobRunner(e2e.url, home=e2e.home, autotrain=False, grace_s=60).start()
+    try:
+        job = jobs.submit(e2e.store, {**e2e.request, "iterations": 2, "maxLength": 16})
+        done = finished(e2e.store, job.id, timeout=300)
+    finally:
+        runner.stop()
+    assert done.status == "failed" and "maxLength" in done.error, done.error
+    assert e2e.fake.live() == 0 and done.output["vast"]["destroyedAt"] is not None
+
+
+@pytest.mark.slow
+def test_the_budget_stops_a_training_run(e2e: Remote) -> None:
+    # $0.25 pays for an hour of the $0.21/h offer, but the instance bills $30/h: 30 s of it.
+    e2e.fake.instance_dph = 30.0
+    runner = jobs.JobRunner(e2e.url, home=e2e.home, autotrain=False, grace_s=60).start()
+    try:
+        job = jobs.submit(e2e.store, {**e2e.request, "iterations": 5000, "maxCost": 0.25})
+        done = finished(e2e.store, job.id, timeout=300)
+    finally:
+        runner.stop()
+    assert done.status == "cancelled", done.error
+    assert done.error.startswith("budget of $0.25 reached after") and "destroyed" in done.error
+    assert e2e.fake.live() == 0
+    assert vast_budget(done)["spent"] >= 0.25
+
+
+def vast_budget(job: Any) -> dict[str, Any]:
+    from trajforge.train import vast
+
+    return vast.budget(job)
