@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from tests.fakes.sshd import sshd_session
 from tests.fakes.vast import KEY, FakeVast
-from tests.helpers import until
+from tests.helpers import free_port, start_server, until
 from tests.test_remote import remote_venv
 from trajforge import jobs
 from trajforge.cli import app as cli_app
@@ -293,15 +294,21 @@ def test_a_killed_job_leaves_its_instance_to_the_next_runner(
             worker.wait()
         log.close()
     assert fake.live() == 1
-    restarted = jobs.JobRunner(url, poll_s=0.2).start()
+    # A new server on the store: its runner supervises, then calls the runner hooks, before the
+    # server answers at all.
+    port = free_port()
+    server = start_server(port, url, tmp_path / "server.log")
     try:
-        assert fake.live() == 0  # at start, before any job runs
+        assert fake.live() == 0
         after = store.get_job(job.id)
         assert after.status == "failed" and "interrupted" in after.error
         reaped = store.list_events(job_id=job.id, kinds=["job_log"], limit=100)
         assert any("left behind" in e.message for e in reaped)
+        budget = httpx.get(f"http://127.0.0.1:{port}/api/training/vast/jobs/{job.id}/budget").json()["budget"]
+        assert budget["running"] is False and budget["instanceId"] is not None
     finally:
-        restarted.stop()
+        server.terminate()
+        server.wait(30)
     assert KEY not in dump(store, tmp_path)
 
 
