@@ -34,6 +34,7 @@ from trajforge import settings
 from trajforge.errors import Cancelled, InvalidInput, TrajforgeError, Unavailable
 from trajforge.records import Job, JobEvent, now_ms
 from trajforge.requests import Flag, Request
+from trajforge.train import remote
 from trajforge.train.lora import LoraOptions
 from trajforge.train.remote import Host, RemoteOptions
 from trajforge.train.vast_api import Client, Instance, Offer, VastError, offer_query
@@ -473,8 +474,6 @@ def run(
                         "job_log", f"instance {inst.id} is up", job_id=job.id, data={"vast": rental.wire()}
                     )
                 )
-                from trajforge.train import remote
-
                 host = Host(SSH_USER, inst.ssh_host, inst.ssh_port, key_path)
                 lineage = {
                     "gpu": inst.gpu_name,
@@ -495,8 +494,9 @@ def run(
                     lineage=lineage,
                     phase_times={"provisioning": round(provisioning_s, 3)},
                 )
-                if rental.tripped:  # stopped by the budget, but the remote run returned anyway
-                    raise Cancelled("budget reached")
+                # The budget may have run out as the remote run finished: its model is registered
+                # and whole (a stopped run raises Cancelled), so the job keeps it, saying so.
+                out["budgetReached"] = rental.tripped
             finally:
                 teardown = time.monotonic()
                 _destroy(api, rental)
