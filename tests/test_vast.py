@@ -283,6 +283,10 @@ def test_a_killed_job_leaves_its_instance_to_the_next_runner(
     )
     try:
         until("the instance", lambda: fake.live() == 1, timeout=90)
+        until(
+            "its id on the job",
+            lambda: ((store.get_job(job.id).output or {}).get("vast") or {}).get("instanceId"),
+        )
         pid = until("the job's pid", lambda: store.get_job(job.id).pid)
         os.kill(worker.pid, signal.SIGKILL)
         os.kill(pid, signal.SIGKILL)
