@@ -31,12 +31,16 @@ def test_every_name_a_kind_gives_resolves() -> None:
 
 
 def test_each_backend_belongs_to_one_requested_kind_and_can_be_checked() -> None:
-    assert jobs.BACKENDS == ("native", "cpu", "cuda", "mlx", "ssh")
+    assert jobs.BACKENDS == ("native", "cpu", "cuda", "mlx", "ssh", "vast")
     assert len(set(jobs.BACKENDS)) == len(jobs.BACKENDS)
-    assert [jobs.kind_of(b) for b in jobs.BACKENDS] == ["native", "lora", "lora", "lora", "remote"]
+    assert [jobs.kind_of(b) for b in jobs.BACKENDS] == ["native", "lora", "lora", "lora", "remote", "vast"]
     # Every backend a request may name is one whose availability train.backends can tell.
     assert set(jobs.backends()) == set(jobs.BACKENDS)
-    assert set(train_backends.status()) == {*kinds.LORA.backends, *kinds.REMOTE.backends}
+    assert set(train_backends.status()) == {
+        *kinds.LORA.backends,
+        *kinds.REMOTE.backends,
+        *kinds.VAST.backends,
+    }
     with pytest.raises(InvalidInput) as err:
         kinds.for_backend("tpu")
     assert err.value.field == "backend"

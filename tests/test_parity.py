@@ -19,6 +19,7 @@ PAIRS = [
     (("post", "/api/trajectories/export"), ("trajectories", "export")),
     (("post", "/api/training/datasets/build"), ("datasets", "build")),
     (("post", "/api/training/jobs"), ("jobs", "start")),
+    (("get", "/api/training/vast/offers"), ("vast", "offers")),
     (("post", "/api/training/models/{model_id}/benchmark"), ("models", "benchmark")),
     (("post", "/api/training/models/{model_id}/import-ollama"), ("models", "import-ollama")),
     (("post", "/api/training/datasets/{dataset_id}/push"), ("datasets", "push")),

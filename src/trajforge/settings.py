@@ -74,6 +74,17 @@ before it returns, so it survives power loss too, at a cost per commit (BENCHMAR
 
 SQLITE_SYNC_MODES = ("normal", "full")
 
+VAST_URL = "TRAJFORGE_VAST_URL"
+"""Base URL of the Vast.ai REST API the ``vast`` backend calls. Default
+``https://console.vast.ai/api/v0``."""
+
+VAST_API_KEY = "TRAJFORGE_VAST_API_KEY"
+"""The Vast.ai API key the ``vast`` backend sends (``Authorization: Bearer``). Read from the
+environment only: never written to a job's request, events, logs or error messages. Without it
+the ``vast`` backend and the ``/api/training/vast`` routes are unavailable."""
+
+DEFAULT_VAST_URL = "https://console.vast.ai/api/v0"
+
 TRUTHY = {"1", "true", "yes", "on"}
 
 
@@ -154,3 +165,11 @@ def datasets_dir() -> Path:
     path = home() / "datasets"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def vast_url() -> str:
+    return (os.environ.get(VAST_URL, "").strip() or DEFAULT_VAST_URL).rstrip("/")
+
+
+def vast_api_key() -> str | None:
+    return os.environ.get(VAST_API_KEY, "").strip() or None

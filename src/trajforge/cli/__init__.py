@@ -17,6 +17,7 @@ from trajforge.cli import (
     scoring,
     server,
     trajectories,
+    vast,
 )
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ app.add_typer(jobs.app, name="jobs")
 app.add_typer(prompts.app, name="prompts")
 app.add_typer(models.app, name="models")
 app.add_typer(collect.app, name="collect")
+app.add_typer(vast.app, name="vast")
 for command in (scoring.score, scoring.judge, server.serve, server.demo, proxy.proxy):
     app.command()(command)
 

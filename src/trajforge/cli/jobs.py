@@ -17,12 +17,13 @@ from trajforge.records import iso_ms
 from trajforge.store import Store
 from trajforge.train.lora import LoraOptions
 from trajforge.train.remote import RemoteOptions
+from trajforge.train.vast import VastOptions
 
 app = typer.Typer(help="Queue, watch and cancel training jobs.", no_args_is_help=True)
 
 
 @app.command("start")
-@request_options((NativeOptions, LoraOptions, RemoteOptions), "options", parse=job_request.parse)
+@request_options((NativeOptions, LoraOptions, RemoteOptions, VastOptions), "options", parse=job_request.parse)
 def jobs_start(
     options: JobOptions,
     wait: Annotated[

@@ -27,7 +27,7 @@ class RunnerHook:
 
 HOOKS: dict[str, RunnerHook] = {}
 
-BUILTIN = ("trajforge.autotrain",)
+BUILTIN = ("trajforge.autotrain", "trajforge.train.vast")
 """trajforge's own modules that register hooks, loaded as a runner starts. Named, not imported:
 they import jobs (auto-training starts jobs), so jobs importing them would be a cycle."""
 

@@ -115,6 +115,15 @@ REMOTE = Kind(
     formats="trajforge.train.lora:FORMATS",
     cooperative=True,
 )
+VAST = Kind(
+    name="vast",
+    what="LoRA training on Vast.ai",
+    runs={"vast": "trajforge.train.vast:run"},
+    options="trajforge.train.vast:VastOptions",
+    check="trajforge.train.vast:check_request",
+    formats="trajforge.train.lora:FORMATS",
+    cooperative=True,
+)
 BENCHMARK = Kind(
     name="benchmark",
     what="benchmark",
@@ -129,7 +138,7 @@ HUB_PUSH = Kind(
     runs={"hub": "trajforge.hub:run_push_job"},
 )
 
-REQUESTED = (NATIVE, LORA, REMOTE)
+REQUESTED = (NATIVE, LORA, REMOTE, VAST)
 """The kinds a job request asks for by its ``backend``; each backend belongs to one of them."""
 KINDS = {k.name: k for k in (*REQUESTED, BENCHMARK, HUB_PUSH)}
 BACKENDS = tuple(b for k in REQUESTED for b in k.backends)

@@ -18,8 +18,9 @@ from trajforge.optimize.native import NativeOptions
 from trajforge.requests import TRUSTED, invalid
 from trajforge.train.lora import LoraOptions
 from trajforge.train.remote import RemoteOptions
+from trajforge.train.vast import VastOptions
 
-JobOptions = NativeOptions | LoraOptions | RemoteOptions
+JobOptions = NativeOptions | LoraOptions | RemoteOptions | VastOptions
 
 
 def _kind(value: Any) -> str:
@@ -32,13 +33,15 @@ def _kind(value: Any) -> str:
 JobRequest = Annotated[
     Annotated[NativeOptions, Tag("Native")]
     | Annotated[LoraOptions, Tag("Lora")]
-    | Annotated[RemoteOptions, Tag("Remote")],
+    | Annotated[RemoteOptions, Tag("Remote")]
+    | Annotated[VastOptions, Tag("Vast")],
     Discriminator(_kind),
 ]
 OPTIONS: dict[str, type[JobOptions]] = {
     "native": NativeOptions,
     "lora": LoraOptions,
     "remote": RemoteOptions,
+    "vast": VastOptions,
 }
 """Kind name → its options type (what :data:`JobRequest` is a union of)."""
 _ADAPTER: TypeAdapter[JobOptions] = TypeAdapter(JobRequest)

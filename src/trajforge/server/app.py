@@ -347,13 +347,14 @@ def create_app(
 
     from fastapi.staticfiles import StaticFiles
 
-    from trajforge.server import collect, otel, training, trajectories
+    from trajforge.server import collect, otel, training, trajectories, vast
 
     # The bearer scheme is declared (and enforced) only when a token is set, so /openapi.json says
     # exactly what the server requires.
     guard = [Depends(require_token)] if api_token is not None else []
     app.include_router(trajectories.router, dependencies=guard, responses=ERROR_RESPONSES)
     app.include_router(training.router, dependencies=guard, responses=ERROR_RESPONSES)
+    app.include_router(vast.router, dependencies=guard, responses=ERROR_RESPONSES)
     app.include_router(otel.router, dependencies=guard)
     app.include_router(collect.router, dependencies=guard, responses=ERROR_RESPONSES)
     app.include_router(dashboard.router)

@@ -235,6 +235,23 @@ def trajectory_page(request: Request, trajectory_id: str) -> Response:
     return _page(request, "trajectory.html", {"t": t})
 
 
+def _remote(job: Any) -> dict[str, Any] | None:
+    """Where a remote job runs and, on Vast.ai, what it has spent: the job view's line under its
+    backend (the page ticks the spend on from ``dph`` and ``createdAt`` while it runs)."""
+    if job.backend == "vast":
+        from trajforge.train import vast
+
+        b = vast.budget(job)
+        ssh = ((job.output or {}).get("vast") or {}).get("ssh")
+        gpu = f"{b['numGpus']}x {b['gpu']}" if b.get("gpu") else "no instance yet"
+        created = ((job.output or {}).get("vast") or {}).get("createdAt")
+        return {**b, "where": f"{gpu} · {ssh}" if ssh else gpu, "createdAt": created}
+    host = (job.request or {}).get("host")
+    if job.backend == "ssh" and isinstance(host, str):
+        return {"where": host, "maxCost": None}
+    return None
+
+
 @router.get("/fine-tuning", response_class=HTMLResponse)
 def fine_tuning_page(request: Request) -> Response:
     from trajforge import autotrain, collect, ollama
@@ -259,6 +276,7 @@ def fine_tuning_page(request: Request) -> Response:
         {
             "trajectory_count": store.count(TrajectoryFilter()),
             "jobs": [jobs.wire(j) for j in recent],
+            "remote": {j.id: r for j in recent if (r := _remote(j))},
             "job_counts": jobs.counts(store),
             "backends": jobs.backends(),
             "datasets": store.list_datasets(limit=50),

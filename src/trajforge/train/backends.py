@@ -64,16 +64,21 @@ def ssh() -> tuple[bool, str]:
     return True, "LoRA fine-tuning on any host over SSH: give host (user@host[:port]) and optionally identity"
 
 
-REMOTE = ("ssh",)
+REMOTE = ("ssh", "vast")
 """Backends that train on another machine: a hub id need not be in the local cache."""
 
 
 def status() -> dict[str, dict[str, Any]]:
     """``{backend: {available, reason}}`` for the training backends."""
-    return {
+    out = {
         name: {"available": ok, "reason": reason}
         for name, (ok, reason) in (("cpu", cpu()), ("cuda", cuda()), ("mlx", mlx()), ("ssh", ssh()))
     }
+    from trajforge.train import vast
+
+    ok, reason = vast.status()
+    out["vast"] = {"available": ok, "reason": reason}
+    return out
 
 
 # --- base models -----------------------------------------------------------------------------------

@@ -42,14 +42,17 @@ async function api(method, path, body) {
 }
 
 function formBody(form) {
-  // Only filled fields; numbers as numbers, checkboxes as booleans.
+  // Only filled fields; numbers as numbers, checkboxes as booleans; fields of other backends
+  // (inside a hidden data-only label) left out.
   const body = {};
   for (const el of form.elements) {
     if (!el.name || el.disabled) continue;
+    const only = el.closest("[data-only]");
+    if (only && only.hidden) continue;
     if (el.type === "checkbox") { body[el.name] = el.checked; continue; }
     const v = el.value.trim();
     if (v === "") continue;
-    body[el.name] = el.type === "number" ? Number(v) : v;
+    body[el.name] = el.type === "number" || el.dataset.number !== undefined ? Number(v) : v;
   }
   return body;
 }
@@ -163,6 +166,59 @@ onSubmit("#job-form", async (form) => {
   setTimeout(() => location.reload(), 300);
 });
 
+// The remote backends' fields show only with their backend; vast fills the offer picker from
+// /api/training/vast/offers (the GPU and $/h filters narrow it).
+const backendSelect = document.getElementById("backend");
+const offerPicker = document.getElementById("offer-picker");
+
+async function loadOffers() {
+  const form = document.getElementById("job-form");
+  const params = new URLSearchParams();
+  for (const name of ["gpu", "maxDph"]) {
+    const v = form.elements[name].value.trim();
+    if (v) params.set(name, v);
+  }
+  const resp = await api("GET", "/api/training/vast/offers?" + params.toString());
+  const offers = (await resp.json()).offers;
+  while (offerPicker.options.length > 1) offerPicker.remove(1);
+  for (const o of offers) {
+    const opt = document.createElement("option");
+    opt.value = String(o.id);
+    opt.textContent = o.numGpus + "x " + o.gpuName + " · " + o.gpuRamGb + " GB · $" + o.dphTotal.toFixed(3) + "/h" +
+      (o.geolocation ? " · " + o.geolocation : "");
+    offerPicker.appendChild(opt);
+  }
+  offerPicker.options[0].textContent = offers.length ? "cheapest matching" : "no offer matches";
+}
+
+function showBackendFields() {
+  const backend = backendSelect.value;
+  for (const el of document.querySelectorAll("#job-form [data-only]")) {
+    el.hidden = !el.dataset.only.split(" ").includes(backend);
+  }
+  if (backend === "vast") loadOffers().catch((e) => flash(e.message, true));
+}
+
+if (backendSelect) {
+  backendSelect.addEventListener("change", showBackendFields);
+  for (const name of ["gpu", "maxDph"]) {
+    document.querySelector('#job-form [name="' + name + '"]').addEventListener("change", () => {
+      if (backendSelect.value === "vast") loadOffers().catch((e) => flash(e.message, true));
+    });
+  }
+  showBackendFields();
+}
+
+// A vast job's spend, ticked on from its instance's $/h while it runs.
+function showSpend(el) {
+  const dph = Number(el.dataset.dph || 0);
+  const created = Number(el.dataset.created || 0);
+  if (!el.dataset.running || !created) return;
+  const spent = dph * Math.max(0, Date.now() - created) / 3.6e6;
+  el.textContent = "$" + spent.toFixed(4) + " of $" + el.dataset.max;
+}
+setInterval(() => document.querySelectorAll(".job-spend").forEach(showSpend), 1000);
+
 onClick("button.cancel", async (button) => {
   await api("POST", "/api/training/jobs/" + encodeURIComponent(button.dataset.job) + "/cancel");
   flash("Cancel requested for " + button.dataset.job);
@@ -219,6 +275,16 @@ if (jobsTable && window.EventSource) {
     if (row) {
       if (typeof e.progress === "number") row.querySelector("progress").value = e.progress;
       if (e.phase) row.querySelector(".job-phase").textContent = e.phase;
+      const vast = e.data && e.data.vast;
+      const spend = row.querySelector(".job-spend");
+      if (vast && spend) {
+        spend.dataset.dph = String(vast.dphTotal || 0);
+        spend.dataset.created = String(vast.createdAt || "");
+        spend.dataset.running = vast.destroyedAt ? "" : "yes";
+        const where = row.querySelector(".job-where");
+        if (where && vast.gpu) where.textContent = vast.numGpus + "x " + vast.gpu + (vast.ssh ? " · " + vast.ssh : "");
+        showSpend(spend);
+      }
       row.querySelector(".job-message").textContent = e.message || "";
       if (e.kind === "job_started") {
         row.dataset.status = "running";
