@@ -155,6 +155,12 @@ class PostgresStore(SqlStore):
             )
         return stored
 
+    def _delete_all(self, cur: Any) -> None:
+        # The rollup's triggers are deferred to the commit (migration 0011): run the deleted
+        # trajectories' ones now, before the rollup is emptied, not after.
+        cur.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        super()._delete_all(cur)
+
     def _text_bodies(self, cur: Any, ids: Sequence[int]) -> list[Any]:
         """The texts of a page of an export are mostly runs of consecutive ids (stored together as
         the trajectories came in): each run is read as one index range instead of one index
