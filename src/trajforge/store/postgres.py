@@ -76,9 +76,13 @@ class PostgresStore(SqlStore):
             # Our queries are short and their plans cheap to run; JIT compiling them (it kicks in on
             # the cost estimates of 100k-row tables) adds 10-40 ms to a search or a count.
             conn.execute("SET jit = off")
-            for stmt in pgcopy.create_stages_sql():
-                conn.execute(stmt)
             conn.commit()
+            try:
+                for stmt in pgcopy.create_stages_sql():
+                    conn.execute(stmt)
+                conn.commit()
+            except pg_errors.ReadOnlySqlTransaction:
+                conn.rollback()  # a read-only server (a standby): it takes no writes, needs no staging
 
         try:
             # Probe first: a refused connection fails here at once instead of after the pool's wait.
