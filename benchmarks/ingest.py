@@ -173,10 +173,17 @@ def _writer(url: str, n: int, seed: int, spool: str, ready: Any, go: Any, out: A
     go.wait()
     record(rec, specs)
     ok = rec.flush(1800)
+    # flush() returns once everything is stored or safely spooled (a server that did not answer in
+    # time); the clock stops when the spool is replayed too, i.e. when everything is in the store.
+    deadline = time.monotonic() + 1800
+    while (
+        rec.stats["spilled"] > rec.stats["replayed"] + rec.stats["rejected"] and time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
     ended = time.time()
     stats = rec.stats
     rec.close()
-    out.put((ended, ok, stats["lost"], stats["rejected"]))
+    out.put((ended, ok, stats["lost"], stats["rejected"], stats["spilled"]))
 
 
 def run_writers(url: str, writers: int, n: int, spool: Path) -> tuple[float, list[Any]]:
@@ -268,12 +275,14 @@ def writers_run(pg: str, mode: str, writers: int, n: int, tmpdir: Path) -> float
     lost = attempted - min(counts["trajectories"], attempted)
     duplicated = max(0, counts["calls"] - counts["distinct_calls"]) + max(0, counts["counted_calls"] - calls)
     flushed = all(r[1] for r in results) and not any(r[2] or r[3] for r in results)
+    spilled = sum(r[4] for r in results)
     rate = attempted / elapsed
     print(
         f"  {mode:6s} {writers} writer{'s' if writers > 1 else ' '}: {rate:7.1f} trajectories/s ({elapsed:.1f} s)  "
         f"trajectories attempted {attempted} stored {counts['trajectories']} lost {lost}; calls attempted "
         f"{calls} stored {counts['calls']} counted {counts['counted_calls']} rollup {counts['rollup_calls']} "
-        f"duplicated {duplicated}; counters off {counts['off_counters']}; all flushed {flushed}"
+        f"duplicated {duplicated}; counters off {counts['off_counters']}; all flushed {flushed}; "
+        f"records spooled and replayed {spilled}"
     )
     return rate
 
