@@ -663,3 +663,25 @@ MIGRATIONS += (
         ),
     ),
 )
+
+MIGRATIONS += (
+    Migration(
+        "0011_deferred_rollup_triggers",
+        common=(),
+        postgres=(
+            # The rollup's rows are few and every writer updates the same ones (today's day, the
+            # source, the status). Fired as each trajectory row changed, the first insert of a write
+            # locked them until its commit, so concurrent writers ran their whole writes one after
+            # the other. Deferred to the commit, the same OLD/NEW rows are added in the same
+            # transaction (still exact) and the lock is held for the commit only. SQLite has one
+            # writer at a time and keeps its triggers.
+            "DROP TRIGGER traj_rollup_insdel ON trajectories",
+            "DROP TRIGGER traj_rollup_upd ON trajectories",
+            "CREATE CONSTRAINT TRIGGER traj_rollup_insdel AFTER INSERT OR DELETE ON trajectories "
+            "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION traj_rollup_apply()",
+            "CREATE CONSTRAINT TRIGGER traj_rollup_upd AFTER UPDATE ON trajectories "
+            "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW "
+            f"WHEN ({_rollup_changed('postgres')}) EXECUTE FUNCTION traj_rollup_apply()",
+        ),
+    ),
+)

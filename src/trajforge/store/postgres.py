@@ -17,7 +17,7 @@ from psycopg_pool import ConnectionPool
 
 from trajforge.errors import InvalidInput, StoreError
 from trajforge.records import now_ms
-from trajforge.store import search
+from trajforge.store import pgcopy, search
 from trajforge.store.base import Page
 from trajforge.store.filter import TrajectoryFilter
 from trajforge.store.migrations import DataMigration, Migration
@@ -77,6 +77,12 @@ class PostgresStore(SqlStore):
             # the cost estimates of 100k-row tables) adds 10-40 ms to a search or a count.
             conn.execute("SET jit = off")
             conn.commit()
+            try:
+                for stmt in pgcopy.create_stages_sql():
+                    conn.execute(stmt)
+                conn.commit()
+            except pg_errors.ReadOnlySqlTransaction:
+                conn.rollback()  # a read-only server (a standby): it takes no writes, needs no staging
 
         try:
             # Probe first: a refused connection fails here at once instead of after the pool's wait.
@@ -126,6 +132,38 @@ class PostgresStore(SqlStore):
         seconds = [_no_nul(b) for _, b in pairs]
         cur.execute(sql.format(pairs="SELECT * FROM unnest(%b::text[], %b::text[])"), [firsts, seconds])
         return list(cur.fetchall())
+
+    def _insert_rows(
+        self, cur: Any, table: str, order: str, rows: Sequence[Sequence[Any]], tail: str
+    ) -> None:
+        """Many rows by binary COPY through the session's staging table (see :mod:`pgcopy`)."""
+        if len(rows) < pgcopy.MIN_ROWS:
+            super()._insert_rows(cur, table, order, rows, tail)
+            return
+        pgcopy.copy_in(cur, table, rows)
+        cur.execute(pgcopy.move_sql(table, order, tail))
+
+    def _insert_texts(self, cur: Any, rows: Sequence[tuple[int, str, bool, str | None]]) -> list[Any]:
+        """As :meth:`_insert_rows`, the stored ids coming back from the insert itself; only the texts
+        a concurrent writer stored first (not returned) are read again."""
+        if len(rows) < pgcopy.MIN_ROWS:
+            return super()._insert_texts(cur, rows)
+        pgcopy.copy_in(cur, "texts", rows)
+        sql = pgcopy.move_sql("texts", "hash", "ON CONFLICT (hash) DO NOTHING", "hash, id, fts, owner")
+        stored = list(cur.execute(sql).fetchall())
+        if len(stored) < len(rows):
+            done = {r[0] for r in stored}
+            missing = [r[0] for r in rows if r[0] not in done]
+            stored += self._select_in(
+                cur, "SELECT hash, id, fts, owner FROM texts WHERE hash IN ({marks})", missing
+            )
+        return stored
+
+    def _delete_all(self, cur: Any) -> None:
+        # The rollup's triggers are deferred to the commit (migration 0011): run the deleted
+        # trajectories' ones now, before the rollup is emptied, not after.
+        cur.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        super()._delete_all(cur)
 
     def _text_bodies(self, cur: Any, ids: Sequence[int]) -> list[Any]:
         """The texts of a page of an export are mostly runs of consecutive ids (stored together as

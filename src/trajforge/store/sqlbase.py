@@ -45,6 +45,15 @@ CALL_TEXT_SLOTS = (_CALL_COL_NAMES.index("system_text"), _CALL_COL_NAMES.index("
 a read's call rows carry text ids there)."""
 STEP_COLS = "step_id, trajectory_id, step_number, timestamp, action, reward, done, observation, metadata"
 SCORE_COLS = "score_id, trajectory_id, name, value, comment, source, created_at"
+BULK_COLS = {
+    "texts": "hash, body, fts, owner",
+    "trajectory_texts": "text_id, trajectory_id, fts",
+    "steps": STEP_COLS,
+    "llm_calls": CALL_COLS,
+    "provider_accesses": ACCESS_COLS,
+}
+"""The tables a write inserts many rows into at once (:meth:`SqlHelpers._insert_rows`), and the
+columns it gives, in this order."""
 
 
 def chunked(seq: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
@@ -87,6 +96,19 @@ class SqlHelpers(Protocol):
         self, cur: Any, table: str, column: str, keys: Sequence[tuple[str, str]]
     ) -> set[tuple[str, str]]:
         """Which of the (trajectory id, ``column``) keys ``table`` already holds."""
+        ...
+
+    def _insert_rows(
+        self, cur: Any, table: str, order: str, rows: Sequence[Sequence[Any]], tail: str
+    ) -> None:
+        """Insert ``rows`` (the ``BULK_COLS[table]`` columns, sorted by the ``order`` columns) into
+        ``table`` in that order, each followed by ``tail`` (its ``ON CONFLICT`` clause)."""
+        ...
+
+    def _insert_texts(self, cur: Any, rows: Sequence[tuple[int, str, bool, str | None]]) -> list[Any]:
+        """Insert new ``(hash, body, fts, owner)`` texts (sorted by hash; a hash another writer
+        stored meanwhile is left as it is) and return ``(hash, id, fts, owner)`` of every one of
+        them as stored."""
         ...
 
     def _text_bodies(self, cur: Any, ids: Sequence[int]) -> list[Any]:
@@ -194,6 +216,18 @@ class SqlBase(SqlHelpers):
         calls, against 0.1 ms.)"""
         sql = f"SELECT trajectory_id, {column} FROM {table} WHERE (trajectory_id, {column}) IN ({{pairs}})"
         return {(r[0], r[1]) for r in self._select_pairs(cur, sql, keys)}
+
+    def _insert_rows(
+        self, cur: Any, table: str, order: str, rows: Sequence[Sequence[Any]], tail: str
+    ) -> None:
+        cols = BULK_COLS[table]
+        n = cols.count(",") + 1
+        self._exmany(cur, f"INSERT INTO {table} ({cols}) VALUES ({placeholders(n)}) {tail}", rows)
+
+    def _insert_texts(self, cur: Any, rows: Sequence[tuple[int, str, bool, str | None]]) -> list[Any]:
+        self._insert_rows(cur, "texts", "hash", rows, "ON CONFLICT (hash) DO NOTHING")
+        sql = "SELECT hash, id, fts, owner FROM texts WHERE hash IN ({marks})"
+        return self._select_in(cur, sql, [r[0] for r in rows])
 
     def _text_bodies(self, cur: Any, ids: Sequence[int]) -> list[Any]:
         """``(id, body)`` of the texts with these ids (sorted ascending)."""

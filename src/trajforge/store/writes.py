@@ -28,12 +28,8 @@ from trajforge.records import (
 from trajforge.store.assembly import AssemblyWrites
 from trajforge.store.base import WriteResult
 from trajforge.store.sqlbase import (
-    ACCESS_COLS,
-    CALL_COLS,
     CALL_TEXT_SLOTS,
     SCORE_COLS,
-    STEP_COLS,
-    placeholders,
 )
 from trajforge.store.stats import add_to_rollup
 
@@ -403,11 +399,12 @@ class TrajectoryWrites(AssemblyWrites):
                 )
                 w.deltas[s.trajectory_id][0] += 1
         w.result.new_steps = len(step_inserts)
-        self._exmany(
+        self._insert_rows(
             cur,
-            f"INSERT INTO steps ({STEP_COLS}) VALUES (?,?,?,?,?,?,?,?,?) "
-            "ON CONFLICT (trajectory_id, step_id) DO NOTHING",
+            "steps",
+            "trajectory_id, step_id",
             step_inserts,
+            "ON CONFLICT (trajectory_id, step_id) DO NOTHING",
         )
         self._exmany(
             cur,
@@ -464,28 +461,31 @@ class TrajectoryWrites(AssemblyWrites):
             )
 
         result.new_calls = len(new_calls)
-        self._exmany(
+        self._insert_rows(
             cur,
-            f"INSERT INTO llm_calls ({CALL_COLS}) VALUES ({placeholders(25)}) "
-            "ON CONFLICT (trajectory_id, call_id) DO NOTHING",
+            "llm_calls",
+            "trajectory_id, call_id",
             [mapped(values, *CALL_TEXT_SLOTS) for values, _, _, _ in new_calls],
+            "ON CONFLICT (trajectory_id, call_id) DO NOTHING",
         )
         result.new_accesses = len(new_accesses)
-        self._exmany(
+        self._insert_rows(
             cur,
-            f"INSERT INTO provider_accesses ({ACCESS_COLS}) VALUES ({placeholders(9)}) "
-            "ON CONFLICT (trajectory_id, access_id) DO NOTHING",
+            "provider_accesses",
+            "trajectory_id, access_id",
             [mapped(values, 8, 9) for values, _, _ in new_accesses],
+            "ON CONFLICT (trajectory_id, access_id) DO NOTHING",
         )
 
     def _link_texts(self, cur: Any, links: dict[tuple[int, str], bool], ids_by_hash: dict[int, int]) -> None:
         """Link each text to the trajectories that use it (search, and garbage collection on
         delete); a link is searchable once any use of it is."""
-        self._exmany(
+        self._insert_rows(
             cur,
-            "INSERT INTO trajectory_texts (text_id, trajectory_id, fts) VALUES (?,?,?) "
-            "ON CONFLICT (text_id, trajectory_id) DO UPDATE SET fts = trajectory_texts.fts OR excluded.fts",
+            "trajectory_texts",
+            "text_id, trajectory_id",
             sorted((ids_by_hash[h], tid, fts) for (h, tid), fts in links.items()),
+            "ON CONFLICT (text_id, trajectory_id) DO UPDATE SET fts = trajectory_texts.fts OR excluded.fts",
         )
 
     def _count_rows(self, cur: Any, w: _Write) -> None:
@@ -532,14 +532,9 @@ class TrajectoryWrites(AssemblyWrites):
         sql = "SELECT hash, id, fts, owner FROM texts WHERE hash IN ({marks})"
         known = {r[0]: (r[1], bool(r[2]), r[3]) for r in self._select_in(cur, sql, hashes)}
         fresh = [h for h in hashes if h not in known]
-        self._exmany(
-            cur,
-            "INSERT INTO texts (hash, body, fts, owner) VALUES (?,?,?,?) ON CONFLICT (hash) DO NOTHING",
-            [(h, texts[h][0], texts[h][1], users[h]) for h in fresh],
-        )
         ids = {h: i for h, (i, _, _) in known.items()}
         to_index: list[tuple[int, str]] = []
-        for r in self._select_in(cur, sql, fresh):
+        for r in self._insert_texts(cur, [(h, texts[h][0], texts[h][1], users[h]) for h in fresh]):
             ids[r[0]] = r[1]
             if texts[r[0]][1] and r[2]:
                 to_index.append((r[1], texts[r[0]][0]))
