@@ -26,6 +26,11 @@ SERVER_ERROR_BACKOFF_S = (0.25, 0.5, 1.0)
 blip passes in that time; an error that repeats is about this data and ends as rejected."""
 
 
+READ_BYTES_PER_S = 200_000
+"""The slowest ingest rate a server is given time for, in bytes of batch JSON per second (beyond
+the base timeout), before a batch counts as not delivered."""
+
+
 class HttpSink:
     """POSTs batches to ``/api/trajectories``.
 
@@ -38,6 +43,7 @@ class HttpSink:
 
     def __init__(self, base_url: str, *, token: str | None = None, timeout_s: float = 10.0) -> None:
         self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
         self.key = destination_key(self.base_url)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         # Redirects are not followed: a batch must reach the server it was meant for.
@@ -63,12 +69,18 @@ class HttpSink:
 
     def _post(self, batch: WriteBatch) -> list[Refusal]:
         body = jsonutil.dumps_bytes(batch_to_wire(batch))
+        # The server's time grows with the batch: a 5,000-record batch (~3 MB) takes a busy store
+        # more than a fixed 10 s, and a timeout there makes the client spool and send it again
+        # (nothing lost, but the server does the work twice). So the wait for the answer grows
+        # by a second per 200 kB of JSON; connecting keeps the short limit (an outage is still
+        # seen at once).
+        timeout = httpx.Timeout(self.timeout_s, read=self.timeout_s + len(body) / READ_BYTES_PER_S)
         headers = {"Content-Type": "application/json"}
         if len(body) > GZIP_ABOVE:
             body = gzip.compress(body, compresslevel=5)
             headers["Content-Encoding"] = "gzip"
         with _unavailable_is_transient():
-            response = self._client.post("/api/trajectories", content=body, headers=headers)
+            response = self._client.post("/api/trajectories", content=body, headers=headers, timeout=timeout)
             if response.status_code in (401, 403):
                 # A token problem is fixed by configuration, not by changing the data: keep the
                 # batch in the spool so the next process (with the right token) delivers it.
