@@ -35,6 +35,7 @@ from trajforge.requests import Flag, Request
 
 DEFAULT_BASE = "bundled:smollm2-135m"
 FORMATS = ("sft", "prompt_completion", "preference", "grpo")
+SUPERVISED = ("sft", "prompt_completion", "preference")
 METHODS = {
     "sft": ("sft", "prompt_completion"),
     "dpo": ("preference",),
@@ -329,9 +330,10 @@ def load_data(folder: Path, task: str | None = None) -> Data:
     """Train and eval rows of a dataset snapshot (one task's, when ``task`` is given)."""
     manifest = orjson.loads((folder / "manifest.json").read_bytes())
     fmt = manifest["format"]
-    if fmt not in FORMATS:
+    if fmt not in SUPERVISED:
         raise InvalidInput(
-            f"LoRA training reads {', '.join(FORMATS)} datasets, not {fmt!r}; build one with --format sft",
+            f"SFT and DPO read {', '.join(SUPERVISED)} datasets, not {fmt!r}; build one with --format sft "
+            "(a grpo dataset trains with method grpo)",
             "datasetId",
         )
     base = folder
