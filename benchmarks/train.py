@@ -1,6 +1,15 @@
 """LoRA SFT throughput: our ``cpu`` backend against a plain TRL ``SFTTrainer`` with its defaults.
 
     python benchmarks/train.py [--steps 20] [--rounds 2] [--model bundled:smollm2-135m]
+    python benchmarks/train.py --method grpo [--steps 4] [--batch 2] [--generations 4]
+
+``--method grpo``: our GRPO job (``trajforge.train.grpo.fit``: shared-prefix batched generation,
+the JSON stop, rollouts recorded into a SQLite store) against a plain TRL ``GRPOTrainer`` with the
+same settings (the same LoRA on every layer, prompts per step × generations, max completion length,
+temperature, learning rate, β = 0, the same ``action_match`` reward against the expert answer) on
+the same support-desk prompts for the same number of steps. Tokens are the prompt + completion
+tokens TRL counts (``num_tokens``); since stopping at the closed JSON object generates fewer
+tokens, the seconds per step are printed beside tokens/s.
 
 Both runs train the same LoRA (r=8 on q/k/v/o) on the same model and the same support-desk rows
 (prompt/completion, loss on the completion), for the same number of optimizer steps with the same
@@ -45,6 +54,80 @@ def lora_config() -> Any:
         r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
         task_type="CAUSAL_LM", bias="none",
     )  # fmt: skip
+
+
+def grpo_child(kind: str, model: str, steps: int, batch: int, gens: int, lr: float) -> dict[str, Any]:
+    """One timed GRPO run: ``trl-grpo`` (plain GRPOTrainer) or ``ours-grpo`` (our GRPO fit)."""
+    from trajforge.demo import support
+    from trajforge.optimize.common import action_match
+    from trajforge.train import grpo, lora
+
+    base = lora.resolve_base(model)
+    cases = support.cases(support.TRAIN_SEED, steps * batch * 2)
+    out = Path(tempfile.mkdtemp(prefix=f"bench-train-{kind}-"))
+    max_completion, temperature = 32, 1.0
+    if kind == "ours-grpo":
+        from trajforge.store import open_store
+
+        store = open_store(str(out / "store.db"))
+        opts = lora.LoraOptions(
+            model=model, iterations=steps, batch_size=batch, num_generations=gens, learning_rate=lr,
+            max_completion_length=max_completion, temperature=temperature, reward="action_match",
+        )  # fmt: skip
+        rows = [{"prompt": c.messages(), "reference": c.expected_json, "group": c.scenario_id, "task": support.TASK,
+                 "index": i} for i, c in enumerate(cases)]  # fmt: skip
+        t0 = time.perf_counter()
+        trainer, result, _p, _r = grpo.fit(
+            opts, rows, base, out, store=store, job_id="bench", report=lambda *a: None
+        )
+        wall = time.perf_counter() - t0
+        store.close()
+    else:
+        from datasets import Dataset
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from trl import GRPOConfig, GRPOTrainer
+
+        def reward(completions: list[Any], reference: list[str], **kw: Any) -> list[float]:
+            return [action_match(c[-1]["content"], r) for c, r in zip(completions, reference, strict=True)]
+
+        t0 = time.perf_counter()
+        args = GRPOConfig(
+            output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch * gens, num_generations=gens,
+            max_completion_length=max_completion, temperature=temperature, learning_rate=lr, beta=0.0,
+            report_to=[], save_strategy="no", logging_steps=1, disable_tqdm=True, use_cpu=True,
+        )  # fmt: skip
+        trainer = GRPOTrainer(
+            model=AutoModelForCausalLM.from_pretrained(base),
+            reward_funcs=[reward],
+            args=args,
+            train_dataset=Dataset.from_list(
+                [{"prompt": c.messages(), "reference": c.expected_json} for c in cases]
+            ),
+            processing_class=AutoTokenizer.from_pretrained(base),
+            peft_config=lora_config(),
+        )
+        result = trainer.train()
+        wall = time.perf_counter() - t0
+    logs = [e for e in trainer.state.log_history if "num_tokens" in e]
+    tokens = int(logs[-1]["num_tokens"]) if logs else 0
+    runtime = float(result.metrics["train_runtime"])
+    rewards = [float(e["reward"]) for e in trainer.state.log_history if "reward" in e]
+    return {
+        "kind": kind,
+        "steps": int(result.global_step),
+        "tokens": tokens,
+        "trainRuntimeS": round(runtime, 2),
+        "wallS": round(wall, 2),
+        "sPerStep": round(runtime / max(1, int(result.global_step)), 2),
+        "tokensPerS": round(tokens / runtime, 1),
+        "completionLength": round(
+            sum(float(e["completions/mean_length"]) for e in logs) / max(1, len(logs)), 1
+        ),
+        "rewardMean": round(sum(rewards) / len(rewards), 3) if rewards else None,
+        "peakRssMb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "bf16": bool(trainer.args.bf16),
+        "checkpointing": bool(getattr(trainer.args, "activation_checkpointing", False)),
+    }
 
 
 def child(kind: str, model: str, steps: int, batch: int, max_length: int, lr: float) -> dict[str, Any]:
@@ -114,8 +197,16 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=384)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--model", default="bundled:smollm2-135m")
-    ap.add_argument("--child", choices=("ours", "trl", "ours-top8"), help=argparse.SUPPRESS)
+    ap.add_argument("--method", choices=("sft", "grpo"), default="sft")
+    ap.add_argument("--generations", type=int, default=4, help="GRPO: completions per prompt")
+    ap.add_argument(
+        "--child", choices=("ours", "trl", "ours-top8", "trl-grpo", "ours-grpo"), help=argparse.SUPPRESS
+    )
     a = ap.parse_args()
+    if a.child and a.child.endswith("grpo"):
+        res = grpo_child(a.child, a.model, a.steps, a.batch, a.generations, a.lr)
+        print("RESULT " + json.dumps(res), flush=True)
+        return
     if a.child:
         print(
             "RESULT " + json.dumps(child(a.child, a.model, a.steps, a.batch, a.max_length, a.lr)), flush=True
@@ -129,12 +220,14 @@ def main() -> None:
         f"model {a.model}, {a.steps} steps, batch {a.batch}, max_length {a.max_length}, lr {a.lr}"
     )
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
-    results: dict[str, list[dict[str, Any]]] = {"trl": [], "ours": [], "ours-top8": []}
+    kinds = ("trl-grpo", "ours-grpo") if a.method == "grpo" else ("trl", "ours", "ours-top8")
+    results: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
     for r in range(a.rounds):
         for kind in results:
             cmd = [
                 sys.executable, __file__, "--child", kind, "--steps", str(a.steps), "--batch", str(a.batch),
                 "--max-length", str(a.max_length), "--lr", str(a.lr), "--model", a.model,
+                "--generations", str(a.generations),
             ]  # fmt: skip
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -145,6 +238,16 @@ def main() -> None:
             print(f"round {r + 1} {kind:>4}: {json.dumps(res)}", flush=True)
     tps = {k: median(x["tokensPerS"] for x in v) for k, v in results.items()}
     rss = {k: max(x["peakRssMb"] for x in v) for k, v in results.items()}
+    if a.method == "grpo":
+        sps = {k: median(x["sPerStep"] for x in v) for k, v in results.items()}
+        print(
+            f"ours-grpo: tokens/s (median) {tps['ours-grpo']:.0f} vs plain TRL {tps['trl-grpo']:.0f} → "
+            f"{tps['ours-grpo'] / tps['trl-grpo']:.2f}x (goal ≥ 1.0x); s/step {sps['ours-grpo']:.1f} vs "
+            f"{sps['trl-grpo']:.1f} → {sps['trl-grpo'] / sps['ours-grpo']:.2f}x steps/s; peak RSS "
+            f"{rss['ours-grpo']:.0f} MB vs {rss['trl-grpo']:.0f} MB → {rss['ours-grpo'] / rss['trl-grpo']:.2f}x "
+            "(goal ≤ 1.0x)"
+        )
+        return
     for kind in ("ours", "ours-top8"):
         print(
             f"{kind}: tokens/s (median) {tps[kind]:.0f} vs plain TRL {tps['trl']:.0f} → "

@@ -47,23 +47,31 @@ def test_quick_demo_runs_every_phase() -> None:
     assert r.exit_code == 0, r.output
     home = settings.home()
     report = (home / "demo" / "report.md").read_text()
-    for name in ("base prompt", "optimized prompt", "fine-tuned model"):
+    for name in ("base prompt", "optimized prompt", "fine-tuned model", "fine-tuned + RL"):
         assert name in report and name in r.output
     page = (home / "demo" / "report.html").read_text()
-    assert page.count("<svg") == 2 and "<script" not in page
+    # The scores, the SFT loss and the GRPO reward per step.
+    assert page.count("<svg") == 3 and 'aria-label="reward per step"' in page and "<script" not in page
     store = open_store(settings.database_url())
     try:
         assert store.count(TrajectoryFilter(source="teacher")) == 24
         assert store.count(TrajectoryFilter(source="autonomy")) == 12
-        [model] = store.list_models()
-        assert model.evaluation and model.evaluation["status"] == "completed" and model.evaluation["n"] == 12
+        sft_model, rl_model = sorted(store.list_models(), key=lambda m: m.metrics.get("method") == "grpo")
+        assert (
+            rl_model.metrics["parentModel"] == sft_model.id and rl_model.metrics["reward"] == "support_desk"
+        )
+        ev = rl_model.evaluation
+        assert ev and ev["status"] == "completed" and ev["n"] == 12 and ev["parentModel"] == sft_model.id
+        rollouts = store.count(TrajectoryFilter(source="rollout", batch_id=rl_model.job_id))
+        assert rollouts == rl_model.metrics["rollouts"] > 0
         assert {d.name for d in store.list_datasets()} == {
             "support-desk-sft",
             "support-desk-preference",
             "support-desk-prompts",
+            "support-desk-grpo",
         }
         kinds = [j.kind for j in store.list_jobs()]
-        assert sorted(kinds) == ["lora", "native", "native"]
+        assert sorted(kinds) == ["lora", "lora", "native", "native"]
         sft = next(d for d in store.list_datasets() if d.name == "support-desk-sft")
         assert sft.manifest["privacy"]["redactions"].get("email")  # customer e-mails never reach training
         assert "@example.com" not in (Path(sft.path) / "train.jsonl").read_text()

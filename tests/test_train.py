@@ -146,11 +146,19 @@ def test_lora_refuses_datasets_it_cannot_train_on(tmp_path: Path) -> None:
         with pytest.raises(InvalidInput) as err:
             lora.load_data(Path(ds.path))
         assert err.value.field == "datasetId" and "grpo" in err.value.message
-        for backend in ("cpu", "native"):  # refused when queued, not when the job runs
+        for request, field in (  # refused when queued, not when the job runs
+            ({"backend": "native", "datasetId": ds.id}, "datasetId"),
+            ({"backend": "cpu", "datasetId": ds.id, "method": "sft"}, "method"),
+        ):
             with pytest.raises(InvalidInput) as err:
-                jobs.submit(store, {"backend": backend, "datasetId": ds.id})
-            assert err.value.field == "datasetId"
+                jobs.submit(store, request)
+            assert err.value.field == field
         assert store.list_jobs() == []
+        # A cpu job on it trains with GRPO (its method by default).
+        assert jobs.submit(store, {"backend": "cpu", "datasetId": ds.id}).request == {
+            "backend": "cpu",
+            "datasetId": ds.id,
+        }
     finally:
         store.close()
 

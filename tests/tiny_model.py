@@ -18,6 +18,6 @@ def bundled_gguf_dir() -> Path:
         pytest.skip(exc.message)
 
 
-def build_tiny_model(out: Path) -> Path:
+def build_tiny_model(out: Path, initializer_range: float = 0.02) -> Path:
     bundled_gguf_dir()
-    return tiny.build_tiny_model(out)
+    return tiny.build_tiny_model(out, initializer_range)

@@ -12,6 +12,10 @@ The result, stored as the model's ``evaluation``::
      "datasetId" | "suite", "perItem": [{"index", "expected", "base", "trained", "baseOutput",
      "trainedOutput"}], "startedAt", "finishedAt"}
 
+A model trained from another (GRPO from an SFT adapter: ``metrics.parentModel``) is also compared
+with its parent on the same items: ``parentModel``, ``parentScore``, ``deltaVsParent`` and each
+item's ``parent`` / ``parentOutput``.
+
 A benchmark that fails is stored too, as ``{"status": "failed", "error", …}``, never lost.
 """
 
@@ -183,6 +187,16 @@ def trained_lm(model: Model) -> lm.LocalLM:
     return lm.LocalLM(resolve_base(model.base_model), adapter=model.adapter_path, label=model.id)
 
 
+def _parent(store: Store, model: Model) -> Model | None:
+    """The registry model this one was trained from (GRPO from an SFT adapter), when it still has
+    weights to run."""
+    parent_id = (model.metrics or {}).get("parentModel")
+    parent = store.get_model(parent_id) if isinstance(parent_id, str) else None
+    if parent is None or (parent.adapter_path is None and parent.merged_path is None):
+        return None
+    return parent
+
+
 def benchmark(
     store: Store,
     model_id: str,
@@ -207,7 +221,13 @@ def benchmark(
         max_tokens = int(request.get("maxTokens") or 128)
         say(0.05, "base", f"{len(items)} items, metric {metric_name}: running the base model")
         base_scores, base_out = score(base_lm(model), items, metric, max_tokens)
-        say(0.5, "trained", f"base {mean(base_scores):.3f}: running the trained model")
+        parent = _parent(store, model)
+        parent_scores: list[float] | None = None
+        parent_out: list[str] = []
+        if parent is not None:
+            say(0.35, "parent", f"base {mean(base_scores):.3f}: running the parent model {parent.id}")
+            parent_scores, parent_out = score(trained_lm(parent), items, metric, max_tokens)
+        say(0.6 if parent else 0.5, "trained", f"base {mean(base_scores):.3f}: running the trained model")
         trained_scores, trained_out = score(trained_lm(model), items, metric, max_tokens)
     except Exception as exc:
         failed = {"status": "failed", "error": f"{type(exc).__name__}: {exc}", **where}
@@ -239,6 +259,13 @@ def benchmark(
         "startedAt": started,
         "finishedAt": now_ms(),
     }
+    if parent is not None and parent_scores is not None:
+        result["parentModel"] = parent.id
+        result["parentScore"] = mean(parent_scores)
+        result["deltaVsParent"] = trained - result["parentScore"]
+        for item, p, po in zip(result["perItem"], parent_scores, parent_out, strict=True):
+            item["parent"] = p
+            item["parentOutput"] = po[:OUTPUT_CHARS]
     store.update_model(model_id, evaluation=result)
     say(1.0, "done", f"base {base:.3f} → trained {trained:.3f} on {len(items)} items")
     return result

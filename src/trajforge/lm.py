@@ -268,30 +268,11 @@ class LocalLM:
     through the model once per batch instead of once per row."""
 
     def _encode(self, prompts: Sequence[str]) -> tuple[dict[str, Any], Any]:
-        """Token ids for ``prompts``, left-padded — or, when they share a long prefix, laid out as
-        ``prefix + padding + rest`` with the prefix's attention keys and values computed once and
-        shared by every row (positions come from the attention mask, so the padding in the middle
-        is invisible to the model). Returns the batch and the prefix cache (or None)."""
-        import torch
-
+        """Token ids for ``prompts``, laid out by :func:`shared_prefix_batch`; returns the batch and
+        the prefix cache (or None)."""
         ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        shared = _common_prefix(ids) if len(ids) > 1 else 0
-        shared = min(shared, min(len(r) for r in ids) - 1)  # every row keeps a token of its own
-        pad = self.tokenizer.pad_token_id
-        if shared < self.PREFIX_MIN:
-            batch = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
-            return dict(batch), None
-        width = max(len(r) for r in ids) - shared
-        input_ids, mask = [], []
-        for r in ids:
-            gap = width - (len(r) - shared)
-            input_ids.append(r[:shared] + [pad] * gap + r[shared:])
-            mask.append([1] * shared + [0] * gap + [1] * (len(r) - shared))
-        with torch.inference_mode():
-            out = self.model(input_ids=torch.tensor([ids[0][:shared]]), use_cache=True)
-        cache = getattr(out, _cache_key())
-        cache.batch_repeat_interleave(len(ids))
-        return {"input_ids": torch.tensor(input_ids), "attention_mask": torch.tensor(mask)}, cache
+        batch, extra = shared_prefix_batch(self.model, ids, self.tokenizer.pad_token_id, self.PREFIX_MIN)
+        return batch, extra.get(_cache_key())
 
     def _generate(
         self,
@@ -342,6 +323,41 @@ def _cache_key() -> str:
     from transformers.utils import generic
 
     return "cache" if hasattr(generic.ModelOutput, "_replace_old_cache_name") else "past_key_values"
+
+
+def shared_prefix_batch(
+    model: Any, ids: Sequence[list[int]], pad: int, min_prefix: int = 64, device: Any = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A generation batch for token rows ``ids``: left-padded — or, when they share a prefix of at
+    least ``min_prefix`` tokens (a system prompt; GRPO's copies of one prompt), laid out as
+    ``prefix + padding + rest`` with the prefix's attention keys and values computed once and
+    shared by every row (positions come from the attention mask, so the padding in the middle is
+    invisible to the model). Returns the batch and the extra ``generate`` arguments (the cache)."""
+    import torch
+
+    shared = _common_prefix(ids) if len(ids) > 1 else 0
+    shared = min(shared, min(len(r) for r in ids) - 1)  # every row keeps a token of its own
+    if shared < min_prefix:
+        width = max(len(r) for r in ids)
+        input_ids = [[pad] * (width - len(r)) + list(r) for r in ids]
+        mask = [[0] * (width - len(r)) + [1] * len(r) for r in ids]
+        batch = {"input_ids": torch.tensor(input_ids), "attention_mask": torch.tensor(mask)}
+        return {k: v.to(device) if device is not None else v for k, v in batch.items()}, {}
+    width = max(len(r) for r in ids) - shared
+    input_ids, mask = [], []
+    for r in ids:
+        gap = width - (len(r) - shared)
+        input_ids.append(list(r[:shared]) + [pad] * gap + list(r[shared:]))
+        mask.append([1] * shared + [0] * gap + [1] * (len(r) - shared))
+    prefix = torch.tensor([list(ids[0][:shared])])
+    if device is not None:
+        prefix = prefix.to(device)
+    with torch.inference_mode():
+        out = model(input_ids=prefix, use_cache=True)
+    cache = getattr(out, _cache_key())
+    cache.batch_repeat_interleave(len(ids))
+    batch = {"input_ids": torch.tensor(input_ids), "attention_mask": torch.tensor(mask)}
+    return {k: v.to(device) if device is not None else v for k, v in batch.items()}, {_cache_key(): cache}
 
 
 def _common_prefix(rows: Sequence[Sequence[int]]) -> int:

@@ -392,3 +392,48 @@ def judge(
             if on_progress is not None:
                 on_progress(done)
     return run
+
+
+# --- rewards for GRPO rollouts ---------------------------------------------------------------------
+
+TASK_METRICS = ("action_match", "token_f1")
+JUDGE = "judge"
+
+
+def builtin() -> None:
+    """Register the reward functions trajforge ships (the demo task's ``support_desk``): a job
+    process resolves a name before anything else imported the module that registers it."""
+    import trajforge.demo.support  # noqa: F401 - registers support_desk
+
+
+def check_spec(name: str, *, trusted: bool) -> None:
+    """Refuse a GRPO reward term that cannot run, naming the ``reward`` field: an unknown name, a
+    ``module:function`` from HTTP (it runs the caller's code) or one that does not import, ``judge``
+    without a configured judge endpoint."""
+    import os
+
+    from trajforge import settings
+
+    builtin()
+    if name in TASK_METRICS or name in _REGISTRY:
+        return
+    if name == JUDGE:
+        if not os.environ.get(settings.LM_BASE_URL) or not os.environ.get(settings.LM_MODEL):
+            raise InvalidInput(
+                f"the judge reward needs a judge model: set {settings.LM_BASE_URL} and {settings.LM_MODEL}",
+                "reward",
+            )
+        return
+    if ":" not in name or name.startswith("outcome:"):
+        known = ", ".join(sorted({*_REGISTRY, *TASK_METRICS, JUDGE}))
+        raise InvalidInput(f"unknown reward {name!r}: use one of {known} or module:function", "reward")
+    if not trusted:
+        raise InvalidInput(
+            f"reward {name!r}: module:function runs your own code, so it is accepted only from the command "
+            "line or Python, not over HTTP",
+            "reward",
+        )
+    try:
+        resolve(name)
+    except InvalidInput as exc:
+        raise InvalidInput(exc.message, "reward") from None

@@ -10,10 +10,13 @@
 3. **prompt optimization** — two native jobs (``bootstrap-fewshot`` and the LM-driven ``mipro``)
    in the job runner's subprocesses; the promoted prompt is what ``trajforge.prompts.get`` serves.
 4. **fine-tuning** — a ``cpu`` LoRA job on the ``sft`` dataset; the model lands in the registry.
-5. **evaluation** — base prompt, optimized prompt and fine-tuned model on the same held-out cases
-   (the fine-tuned one through the model benchmark, stored on the model).
-6. **report** — ``report.md`` and ``report.html`` (bar chart of the three scores, the loss curve)
-   in ``<state>/demo/``, and a summary table.
+5. **reinforcement learning** — a GRPO job (``method: grpo``) from the SFT adapter on the training
+   cases' prompts (a ``grpo`` dataset), rewarded by the task's ``support_desk`` reward function; its
+   rollouts are stored as trajectories.
+6. **evaluation** — base prompt, optimized prompt, fine-tuned model and fine-tuned + RL on the same
+   held-out cases (the models through one benchmark of the RL model, which runs its parent too).
+7. **report** — ``report.md`` and ``report.html`` (bar chart of the four scores, the loss and
+   reward curves) in ``<state>/demo/``, and a summary table.
 
 ``quick`` runs every phase with the tiny random model and a few cases (a CI smoke run); its scores
 mean nothing.
@@ -57,6 +60,10 @@ class Plan:
     native_examples: int
     trials: int
     lora_steps: int
+    grpo_steps: int = 8
+    grpo_prompts: int = 4
+    """Prompts per GRPO step (each sampled ``grpo_generations`` times)."""
+    grpo_generations: int = 4
     lora_layers: int = 8
     max_length: int = 384
     gen_batch: int = 32
@@ -90,6 +97,9 @@ class Plan:
             native_examples=16,
             trials=1,
             lora_steps=4,
+            grpo_steps=2,
+            grpo_prompts=1,
+            grpo_generations=2,
             max_tokens=16,
         )
 
@@ -107,6 +117,7 @@ class Result:
     datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
     native: list[dict[str, Any]] = field(default_factory=list)
     model: dict[str, Any] = field(default_factory=dict)
+    rl_model: dict[str, Any] = field(default_factory=dict)
     scores: dict[str, dict[str, Any]] = field(default_factory=dict)
     report_md: Path | None = None
     report_html: Path | None = None
@@ -180,7 +191,8 @@ def run(store_url: str | None = None, *, quick: bool = False, console: Console |
         runner = jobs.JobRunner(store.url, home=home, autotrain=False).start()
         try:
             _native(phases, store, plan, ds_ids["prompt_completion"], result)
-            model_id = _finetune(phases, store, plan, ds_ids["sft"], result)
+            sft_id = _finetune(phases, store, plan, ds_ids["sft"], result)
+            model_id = _reinforce(phases, store, plan, ds_ids["grpo"], sft_id, result)
         finally:
             runner.stop()
         _evaluate(phases, store, model, plan, heldout, model_id, result)
@@ -296,6 +308,10 @@ def _datasets(phases: _Phases, store: Store, plan: Plan, batch_id: str, result: 
             format="preference", reward_score="support_desk", batch_id=batch_id, name="support-desk-preference",
             eval_fraction=0.0, task=support.TASK,
         ),
+        "grpo": datasets.BuildRequest(
+            format="grpo", reward_score="support_desk", batch_id=batch_id, name="support-desk-grpo",
+            eval_fraction=0.0, task=support.TASK,
+        ),
         "prompt_completion": datasets.BuildRequest(
             format="prompt_completion", reward_score="support_desk", min_reward=1.0, batch_id=batch_id,
             name="support-desk-prompts", limit=plan.native_examples, eval_fraction=0.0, task=support.TASK,
@@ -377,6 +393,32 @@ def _finetune(phases: _Phases, store: Store, plan: Plan, dataset_id: str, result
     return model_id
 
 
+def _reinforce(
+    phases: _Phases, store: Store, plan: Plan, dataset_id: str, parent_id: str, result: Result
+) -> str:
+    job = jobs.submit(
+        store,
+        {
+            "backend": "cpu",
+            "datasetId": dataset_id,
+            "method": "grpo",
+            "fromModel": parent_id,
+            "reward": "support_desk",
+            "iterations": plan.grpo_steps,
+            "batchSize": plan.grpo_prompts,
+            "numGenerations": plan.grpo_generations,
+            "maxCompletionLength": plan.max_tokens,
+            "temperature": 1.0,
+            "learningRate": 1e-3,
+            "stopAtJson": True,
+        },
+    )
+    done = _follow(phases, store, job, "reinforce with GRPO (cpu)")
+    model_id = str((done.output or {})["modelId"])
+    result.rl_model = {"id": model_id, "jobId": job.id, **models.get(store, model_id).metrics}
+    return model_id
+
+
 # --- 5. evaluation ----------------------------------------------------------------------------------
 
 
@@ -406,7 +448,7 @@ def _evaluate(
             chunk = heldout[start : start + plan.gen_batch]
             answers += support.batch_answers(model, chunk, optimized, max_tokens=plan.max_tokens)
             step(len(chunk))
-    with phases.phase("benchmark base vs fine-tuned", 1.0) as step:
+    with phases.phase("benchmark base, fine-tuned, fine-tuned + RL", 1.0) as step:
         bench = evaluate.benchmark(
             store,
             model_id,
@@ -421,8 +463,21 @@ def _evaluate(
             "model": plan.model,
             "artifact": None if optimized.version is None else f"{support.TASK} v{optimized.version}",
         },
-        "fine-tuned model": {**_score([i["trainedOutput"] for i in by_item], heldout), "model": model_id},
     }
+    if "parentOutput" in by_item[0]:
+        result.scores["fine-tuned model"] = {
+            **_score([i["parentOutput"] for i in by_item], heldout),
+            "model": bench["parentModel"],
+        }
+        result.scores["fine-tuned + RL"] = {
+            **_score([i["trainedOutput"] for i in by_item], heldout),
+            "model": model_id,
+        }
+    else:
+        result.scores["fine-tuned model"] = {
+            **_score([i["trainedOutput"] for i in by_item], heldout),
+            "model": model_id,
+        }
 
 
 # --- 6. report --------------------------------------------------------------------------------------
@@ -436,13 +491,13 @@ def _bars_svg(scores: dict[str, dict[str, Any]]) -> str:
         'aria-label="held-out score by configuration">',
         f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="#888"/>',
     ]
-    colors = ("#9aa5b1", "#3b82f6", "#10b981")
+    colors = ("#9aa5b1", "#3b82f6", "#10b981", "#8b5cf6")
     for i, (name, s) in enumerate(scores.items()):
         x = pad + (i + 0.2) * (w - 2 * pad) / len(scores)
         bh = (h - 2 * pad) * max(0.0, min(1.0, s["score"]))
         parts.append(
             f'<rect x="{x:.1f}" y="{h - pad - bh:.1f}" width="{bw:.1f}" height="{bh:.1f}" '
-            f'fill="{colors[i % 3]}"><title>{html.escape(name)}: {s["score"]:.3f}</title></rect>'
+            f'fill="{colors[i % len(colors)]}"><title>{html.escape(name)}: {s["score"]:.3f}</title></rect>'
         )
         parts.append(
             f'<text x="{x + bw / 2:.1f}" y="{h - pad - bh - 6:.1f}" text-anchor="middle" '
@@ -456,12 +511,15 @@ def _bars_svg(scores: dict[str, dict[str, Any]]) -> str:
     return "".join(parts)
 
 
-def _loss_svg(log: list[dict[str, Any]]) -> str:
+def _loss_svg(
+    log: list[dict[str, Any]], key: str = "loss", label: str = "loss", color: str = "#ef4444"
+) -> str:
     w, h, pad = 480, 200, 40
+    log = [e for e in log if isinstance(e.get(key), int | float)]
     if not log:
         return "<p>(no training log)</p>"
     steps = [e["step"] for e in log]
-    losses = [e["loss"] for e in log]
+    losses = [float(e[key]) for e in log]
     lo, hi = min(losses), max(losses)
     span = (hi - lo) or 1.0
     last = max(steps) or 1
@@ -471,27 +529,34 @@ def _loss_svg(log: list[dict[str, Any]]) -> str:
 
     points = " ".join(xy(s, v) for s, v in zip(steps, losses, strict=True))
     return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" aria-label="training loss">'
-        f'<polyline fill="none" stroke="#ef4444" stroke-width="2" points="{points}"/>'
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" '
+        f'aria-label="{html.escape(label)} per step">'
+        f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{points}"/>'
         f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="#888"/>'
-        f'<text x="{pad}" y="{pad - 8}" font-size="12">loss {hi:.3f}</text>'
-        f'<text x="{w - pad}" y="{h - pad - 6}" text-anchor="end" font-size="12">{lo:.3f} at step {last}</text>'
+        f'<text x="{pad}" y="{pad - 8}" font-size="12">{html.escape(label)} {hi:.3f} (max)</text>'
+        f'<text x="{w - pad}" y="{h - pad - 6}" text-anchor="end" font-size="12">'
+        f"{losses[-1]:.3f} at step {last}</text>"
         f'<text x="{w / 2}" y="{h - 10}" text-anchor="middle" font-size="12">step</text>'
         "</svg>"
     )
 
 
+def _train_log(store: Store | None, model_id: str | None) -> list[dict[str, Any]]:
+    """A registered model's per-step training log (loss; for GRPO, reward too)."""
+    if store is None or not model_id:
+        return []
+    adapter = models.get(store, model_id).adapter_path
+    path = Path(adapter).parent / "train_log.jsonl" if adapter else None
+    if path is None or not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def write_report(result: Result, folder: Path, store: Store | None = None) -> None:
     """``report.md`` and ``report.html`` (with inline SVG charts) in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    log: list[dict[str, Any]] = []
-    adapter = (
-        result.model.get("id") and store is not None and models.get(store, result.model["id"]).adapter_path
-    )
-    if adapter:
-        path = Path(adapter).parent / "train_log.jsonl"
-        if path.exists():
-            log = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    log = _train_log(store, result.model.get("id"))
+    rl_log = _train_log(store, result.rl_model.get("id"))
     plan = result.plan
     rows = [
         f"| {name} | {s['score']:.3f} | {s['exact']:.0%} | {s['rightAction']:.0%} | {s['n']} |"
@@ -527,6 +592,21 @@ def write_report(result: Result, folder: Path, store: Store | None = None) -> No
         ),
         f"- LoRA fine-tune `{result.model.get('id')}`: {result.model.get('steps')} steps, final loss "
         f"{result.model.get('finalLoss')}, {result.model.get('tokensPerS')} tokens/s.",
+        *(
+            [
+                f"- GRPO `{result.rl_model.get('id')}` from it: {result.rl_model.get('steps')} steps, "
+                f"{plan.grpo_prompts} prompts × {plan.grpo_generations} completions per step, reward "
+                f"`{result.rl_model.get('reward')}` {result.rl_model.get('rewardFirst')} → "
+                f"{result.rl_model.get('rewardLast')} (first → last step mean), "
+                f"{result.rl_model.get('rollouts')} rollouts stored, {result.rl_model.get('tokensPerS')} tokens/s; "
+                f"reward errors {result.rl_model.get('rewardErrors')}, none/NaN {result.rl_model.get('rewardNan')}.",
+                "",
+                "Reward per GRPO step (mean over the step's completions): "
+                + ", ".join(f"{e['rewardMean']:.3f}" for e in rl_log if e.get("rewardMean") is not None),
+            ]
+            if result.rl_model
+            else []
+        ),
         "",
         "## Time per phase (s)",
         "",
@@ -550,7 +630,8 @@ td:first-child,th:first-child{{text-align:left}}</style></head><body>
 <p>Support-desk agent, model <code>{html.escape(plan.model)}</code>.{" Quick run: scores are noise." if plan.quick else ""}</p>
 <h2>Held-out score</h2>{_bars_svg(result.scores)}
 <table><tr><th>configuration</th><th>score</th><th>exact</th><th>right action</th><th>n</th></tr>{table}</table>
-<h2>Training loss</h2>{_loss_svg(log)}
+<h2>Training loss (SFT)</h2>{_loss_svg(log)}
+<h2>Reward per step (GRPO)</h2>{_loss_svg(rl_log, "rewardMean", "reward", "#8b5cf6")}
 <p>Details: <a href="report.md">report.md</a>. Browse everything with <code>trajforge serve</code>.</p>
 </body></html>
 """

@@ -21,9 +21,11 @@ def bundled_gguf_dir() -> Path:
     return Path(spec.origin).parent
 
 
-def build_tiny_model(out: Path) -> Path:
+def build_tiny_model(out: Path, initializer_range: float = 0.02) -> Path:
     """Save a 2-layer, width-64 Llama and the SmolLM2 tokenizer (read from the bundled GGUF) to
-    ``out``; returns ``out`` (at once when it is already there)."""
+    ``out``; returns ``out`` (at once when it is already there). A larger ``initializer_range``
+    gives weights large enough that a few LoRA steps visibly move what it samples (the GRPO
+    tests); at the default, its next-token distribution is nearly uniform whatever LoRA does."""
     if (out / "config.json").exists() and any(out.glob("*.safetensors")):
         return out
     import torch
@@ -45,6 +47,7 @@ def build_tiny_model(out: Path) -> Path:
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         tie_word_embeddings=True,
+        initializer_range=initializer_range,
     )
     LlamaForCausalLM(config).save_pretrained(out)
     tok.save_pretrained(out)

@@ -43,6 +43,10 @@ def submit(store: Store, request: Mapping[str, Any] | JobOptions) -> Job:
         raise InvalidInput(
             f"{kind.what} reads {', '.join(reads)} datasets; {dataset_id} is {ds.format!r}", "datasetId"
         )
+    from trajforge.train.lora import LoraOptions, check_submit
+
+    if isinstance(options, LoraOptions):
+        check_submit(store, options, ds.format if ds is not None else None)
     job = Job(kind=kind.name, backend=backend, request=request, dataset_id=dataset_id)
     store.add_job(job)
     return job

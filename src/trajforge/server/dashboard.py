@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -169,6 +170,48 @@ def _bars(items: list[tuple[str, float]], width: int = 360, height: int = 90) ->
     }
 
 
+def _line(points: list[tuple[int, float]], width: int = 200, height: int = 60) -> dict[str, Any] | None:
+    """Geometry of a small line chart (step → value; the template draws it as SVG)."""
+    if not points:
+        return None
+    xs = [x for x, _ in points]
+    ys = [y for _, y in points]
+    x0, x1 = min(xs), max(xs)
+    lo, hi = min(ys), max(ys)
+    plot = height - 14
+
+    def at(x: int, y: float) -> str:
+        px = 2 + (width - 4) * ((x - x0) / (x1 - x0) if x1 > x0 else 0.5)
+        py = 2 + (plot - 4) * (1 - ((y - lo) / (hi - lo) if hi > lo else 0.5))
+        return f"{px:.1f},{py:.1f}"
+
+    return {
+        "width": width,
+        "height": height,
+        "points": " ".join(at(x, y) for x, y in points),
+        "first": ys[0],
+        "last": ys[-1],
+        "lo": lo,
+        "hi": hi,
+        "steps": x1,
+    }
+
+
+_REWARD_STEP = re.compile(r"^step (\d+)/\d+ reward (-?\d+(?:\.\d+)?)")
+
+
+def _reward_curve(store: Store, job: Any) -> dict[str, Any] | None:
+    """A GRPO job's mean reward per step, read from its progress events (what its log says)."""
+    if job.kind != "lora" or (job.request.get("method") != "grpo" and not job.request.get("reward")):
+        return None
+    points = []
+    for e in store.list_events(job_id=job.id, kinds=["job_progress"], limit=5000):
+        m = _REWARD_STEP.match(e.message or "")
+        if m:
+            points.append((int(m.group(1)), float(m.group(2))))
+    return _line(points)
+
+
 @router.get("/trajectories", response_class=HTMLResponse)
 def trajectories_page(request: Request) -> Response:
     store = _store(request)
@@ -275,7 +318,7 @@ def fine_tuning_page(request: Request) -> Response:
         "fine_tuning.html",
         {
             "trajectory_count": store.count(TrajectoryFilter()),
-            "jobs": [jobs.wire(j) for j in recent],
+            "jobs": [{**jobs.wire(j), "rewardCurve": _reward_curve(store, j)} for j in recent],
             "remote": {j.id: r for j in recent if (r := _remote(j))},
             "job_counts": jobs.counts(store),
             "backends": jobs.backends(),

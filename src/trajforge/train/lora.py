@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import orjson
-from pydantic import Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo
+from pydantic.alias_generators import to_camel
 
 from trajforge import lm, settings
 from trajforge.errors import Cancelled, InvalidInput
@@ -33,7 +34,45 @@ from trajforge.records import Model
 from trajforge.requests import Flag, Request
 
 DEFAULT_BASE = "bundled:smollm2-135m"
-FORMATS = ("sft", "prompt_completion", "preference")
+FORMATS = ("sft", "prompt_completion", "preference", "grpo")
+SUPERVISED = ("sft", "prompt_completion", "preference")
+METHODS = {
+    "sft": ("sft", "prompt_completion"),
+    "dpo": ("preference",),
+    "grpo": ("grpo", "sft", "prompt_completion"),
+}
+"""Each training method and the dataset formats it reads (GRPO takes an sft/prompt_completion
+dataset's prompts, their completion being the reference the task metrics compare with)."""
+
+
+def _check_reward(value: str, info: ValidationInfo) -> str:
+    from trajforge import rewards
+
+    rewards.check_spec(value, trusted=bool((info.context or {}).get("trusted")))
+    return value
+
+
+RewardName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=200,
+        description="A registered reward function (support_desk, ...), judge, action_match, token_f1, "
+        "or (command line and Python only) module:function",
+    ),
+    AfterValidator(_check_reward),
+]
+
+
+class WeightedReward(BaseModel):
+    """One term of a weighted reward sum."""
+
+    model_config = ConfigDict(
+        extra="forbid", validate_by_alias=True, validate_by_name=False, alias_generator=to_camel, strict=True
+    )
+    name: RewardName
+    weight: Annotated[float, Field(ge=-100, le=100, allow_inf_nan=False, description="Its weight")] = 1.0
+
 
 Report = Callable[[float, str, str], None]
 ShouldStop = Callable[[], bool]
@@ -108,6 +147,67 @@ class LoraOptions(Request):
     seed: Annotated[int, Field(ge=0, le=2**31, description="Seed")] = 0
     beta: Annotated[float, Field(gt=0, le=10, description="DPO β (preference datasets)")] = 0.1
     threads: Annotated[int | None, Field(ge=1, le=256, description="torch threads")] = None
+    method: Annotated[
+        Literal["sft", "dpo", "grpo"] | None,
+        Field(
+            description="sft, dpo or grpo (default: from the dataset's format: dpo for preference, else sft)"
+        ),
+    ] = None
+    reward: Annotated[
+        Annotated[
+            Annotated[RewardName, Tag("Name")]
+            | Annotated[list[WeightedReward], Field(min_length=1, max_length=8), Tag("Terms")],
+            Discriminator(lambda v: "Name" if isinstance(v, str) else "Terms"),
+        ]
+        | None,
+        Field(
+            description="GRPO: a reward function name, judge, action_match, token_f1, module:function (not "
+            "over HTTP), or a list of {name, weight} summed (default: the task metric against the row's "
+            "reference)",
+        ),
+    ] = None
+    num_generations: Annotated[
+        int, Field(ge=2, le=64, description="GRPO: completions sampled per prompt (a group)")
+    ] = 4
+    from_model: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            max_length=200,
+            description="Start from this registry model's adapter (its base model is the base); the "
+            "usual recipe is SFT first, then GRPO from it",
+        ),
+    ] = None
+    kl_beta: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=10,
+            allow_inf_nan=False,
+            description="GRPO: weight of the KL penalty to the starting policy (0: no reference "
+            "forward, as TRL 1.16 defaults; beta is DPO's)",
+        ),
+    ] = 0.0
+    max_completion_length: Annotated[
+        int,
+        Field(
+            ge=1, le=4096, description="GRPO: most tokens per sampled completion (TRL's 512 is slow on a CPU)"
+        ),
+    ] = 64
+    temperature: Annotated[
+        float, Field(gt=0, le=5, allow_inf_nan=False, description="GRPO: sampling temperature")
+    ] = 1.0
+    loss_type: Annotated[
+        Literal["dapo", "grpo", "dr_grpo", "bnpo"],
+        Field(description="GRPO loss normalisation (TRL's: dapo, length-unbiased)"),
+    ] = "dapo"
+    stop_at_json: Annotated[
+        bool | None,
+        Field(
+            description="GRPO: end a completion once it holds a whole JSON object (default: when the "
+            "references are JSON objects)"
+        ),
+    ] = None
     max_trajectories: Annotated[
         int, Field(ge=1, le=10_000_000, description="Without datasetId: most trajectories to build from")
     ] = 1000
@@ -124,6 +224,36 @@ class LoraOptions(Request):
             "dropout": self.dropout,
             "targetModules": list(self.target_modules),
         }
+
+
+def method_for(opts: LoraOptions, fmt: str) -> str:
+    """The training method of a request on a dataset of format ``fmt``: the one asked for (it must
+    read that format), else the format's (dpo for preference, grpo for grpo, else sft)."""
+    if opts.method is None:
+        return {"preference": "dpo", "grpo": "grpo"}.get(fmt, "sft")
+    if fmt not in METHODS[opts.method]:
+        raise InvalidInput(
+            f"method {opts.method} trains on {', '.join(METHODS[opts.method])} datasets, not {fmt!r}",
+            "method",
+        )
+    return opts.method
+
+
+def check_submit(store: Any, options: LoraOptions, dataset_format: str | None) -> None:
+    """What only the store can tell, checked when the job is queued: the method reads the
+    dataset's format, and ``fromModel`` names a registered model with an adapter."""
+    if dataset_format is not None:
+        method_for(options, dataset_format)
+    if options.from_model is not None:
+        parent = store.get_model(options.from_model)
+        if parent is None:
+            raise InvalidInput(f"no model {options.from_model!r} in the registry", "fromModel")
+        if parent.adapter_path is None:
+            raise InvalidInput(f"model {options.from_model} has no adapter to start from", "fromModel")
+        if options.backend == "mlx":
+            raise InvalidInput("fromModel needs the cpu or cuda backend", "fromModel")
+    if (options.method == "grpo" or dataset_format == "grpo") and options.backend == "mlx":
+        raise InvalidInput("GRPO runs on the cpu and cuda backends", "method")
 
 
 def native_bf16(device: str) -> bool:
@@ -200,9 +330,10 @@ def load_data(folder: Path, task: str | None = None) -> Data:
     """Train and eval rows of a dataset snapshot (one task's, when ``task`` is given)."""
     manifest = orjson.loads((folder / "manifest.json").read_bytes())
     fmt = manifest["format"]
-    if fmt not in FORMATS:
+    if fmt not in SUPERVISED:
         raise InvalidInput(
-            f"LoRA training reads {', '.join(FORMATS)} datasets, not {fmt!r}; build one with --format sft",
+            f"SFT and DPO read {', '.join(SUPERVISED)} datasets, not {fmt!r}; build one with --format sft "
+            "(a grpo dataset trains with method grpo)",
             "datasetId",
         )
     base = folder
@@ -487,7 +618,7 @@ def run(
     if job.dataset_id:
         ds = datasets.get(store, job.dataset_id)
     else:
-        fmt = opts.format or "sft"
+        fmt = opts.format or ("preference" if opts.method == "dpo" else "sft")
         report(0.01, "dataset", f"building an {fmt} dataset from the store")
         ds = datasets.build(
             store,
@@ -495,7 +626,14 @@ def run(
             root=(home / "datasets") if home else None,
         )
         store.update_job(job.id, dataset_id=ds.id)
+    method = method_for(opts, ds.format)
+    if method == "grpo":
+        from trajforge.train import grpo
+
+        return grpo.run(store, job, opts, ds, report, home, should_stop)
     data = load_data(Path(ds.path), opts.task)
+    if data.kind != method:
+        raise InvalidInput(f"method {method} does not train on {ds.format} datasets", "method")
     report(
         0.03,
         "setup",
