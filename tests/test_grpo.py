@@ -252,6 +252,8 @@ def test_submit_checks_method_and_from_model(tmp_path: Path) -> None:
                 {"backend": "cpu", "datasetId": sft.id, "method": "grpo", "fromModel": "model-nope"},
                 "fromModel",
             ),
+            # The remote entry point trains SFT/DPO only: GRPO there is refused, not run as SFT.
+            ({"backend": "ssh", "host": "me@127.0.0.1", "datasetId": sft.id, "method": "grpo"}, "method"),
         ):
             with pytest.raises(InvalidInput) as err:
                 jobs.submit(store, request)

@@ -239,6 +239,10 @@ def method_for(opts: LoraOptions, fmt: str) -> str:
     return opts.method
 
 
+LOCAL_TORCH = ("cpu", "cuda")
+"""The backends that run :func:`run` in this process's job (GRPO and ``fromModel`` need it)."""
+
+
 def check_submit(store: Any, options: LoraOptions, dataset_format: str | None) -> None:
     """What only the store can tell, checked when the job is queued: the method reads the
     dataset's format, and ``fromModel`` names a registered model with an adapter."""
@@ -250,10 +254,12 @@ def check_submit(store: Any, options: LoraOptions, dataset_format: str | None) -
             raise InvalidInput(f"no model {options.from_model!r} in the registry", "fromModel")
         if parent.adapter_path is None:
             raise InvalidInput(f"model {options.from_model} has no adapter to start from", "fromModel")
-        if options.backend == "mlx":
-            raise InvalidInput("fromModel needs the cpu or cuda backend", "fromModel")
-    if (options.method == "grpo" or dataset_format == "grpo") and options.backend == "mlx":
-        raise InvalidInput("GRPO runs on the cpu and cuda backends", "method")
+        if options.backend not in LOCAL_TORCH:
+            raise InvalidInput(f"fromModel needs the cpu or cuda backend, not {options.backend}", "fromModel")
+    # The remote entry point (ssh, vast) and mlx train SFT/DPO only: GRPO there would silently
+    # train something else.
+    if (options.method == "grpo" or dataset_format == "grpo") and options.backend not in LOCAL_TORCH:
+        raise InvalidInput(f"GRPO runs on the cpu and cuda backends, not {options.backend}", "method")
 
 
 def native_bf16(device: str) -> bool:
