@@ -12,6 +12,8 @@ throughput for jsonl and parquet.
 from __future__ import annotations
 
 import argparse
+import bisect
+import functools
 import json
 import random
 import shutil
@@ -22,13 +24,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from generator import MARKER, Generator
+from generator import MARKER, Generator, TrajectorySpec
 from trajforge.records import ActionResult, LlmCall, ProviderAccess, Step, Trajectory, WriteBatch
 from trajforge.store import TrajectoryFilter, open_store
 
@@ -36,20 +41,67 @@ SOURCES = ("chat", "autonomy", "telegram", "discord", "api")
 STATUSES = ("completed", "completed", "completed", "error", "timeout")
 
 
+class GrowingGenerator(Generator):
+    """The ingest generator's workload, drawn so that a store can grow: trajectory ``i`` comes from
+    its own seed, so growing a store from 100k to 400k writes only the new 300k (the same store as
+    one built to 400k at once). Words are drawn by numpy and each text cut where the ingest
+    generator would stop (at the first word that reaches ``size``): the same distribution of words
+    and lengths, without a Python call per word (one ``choice`` per word was most of a build's
+    time on a busy 2-core machine: ~2,300 words a trajectory)."""
+
+    def __init__(self, seed: int = 7) -> None:
+        self.seed = seed
+        self._np = np.random.default_rng(seed)  # the agents' system prompts; then one per trajectory
+        self._pool: list[str] = []
+        self._ends: list[int] = []
+        self._at = 0
+        super().__init__(seed)
+
+    @functools.cached_property
+    def _arrays(self) -> tuple[Any, Any]:
+        return np.array(self.words, dtype=object), np.array([len(w) + 1 for w in self.words])
+
+    def _draw(self) -> None:
+        """A pool of words for the next texts (a trajectory takes ~2,300) and the running sum of
+        their widths (length + the space), so a text is one bisect and one join."""
+        words, widths = self._arrays
+        idx = self._np.integers(0, len(words), 4096)
+        self._pool = words[idx].tolist()
+        self._ends = np.cumsum(widths[idx]).tolist()
+        self._at = 0
+
+    def text(self, size: int) -> str:
+        at = self._at
+        if at >= len(self._pool) or self._ends[-1] - (self._ends[at - 1] if at else 0) < size:
+            self._draw()
+            at = 0
+        before = self._ends[at - 1] if at else 0
+        end = bisect.bisect_left(self._ends, before + size, at) + 1
+        self._at = end
+        return " ".join(self._pool[at:end])
+
+    def trajectories(self, n: int, start: int = 0) -> Iterator[TrajectorySpec]:
+        for i in range(start, n):
+            self.rng = random.Random(self.seed * 1_000_003 + i)
+            self._np = np.random.default_rng([self.seed, i])
+            self._draw()
+            yield self.trajectory(i)
+
+
 def build(url: str, n: int, gen: Generator | None = None) -> None:
+    """Fill the store at ``url`` up to ``n`` trajectories: a store that holds fewer (a smaller
+    size of an earlier run) grows by the missing ones, one that holds ``n`` or more is reused."""
     store = open_store(url)
     have = store.count(TrajectoryFilter())
     if have >= n:
         print(f"store already holds {have} trajectories: reusing it")
         store.close()
         return
-    if have:
-        store.delete(all=True)
-    gen = gen or Generator(seed=7)
+    gen = gen or GrowingGenerator(seed=7)
     base = 1_760_000_000_000
     started = time.perf_counter()
     batch = WriteBatch()
-    for i, spec in enumerate(gen.trajectories(n)):
+    for i, spec in enumerate(gen.trajectories(n, have), have):
         start = base + i * 25_000  # ~1 month of traffic
         t = Trajectory(
             agent_id=spec.agent_id,
@@ -89,7 +141,7 @@ def build(url: str, n: int, gen: Generator | None = None) -> None:
             store.write(batch)
             batch = WriteBatch()
             if (i + 1) % 10_000 == 0:
-                rate = (i + 1) / (time.perf_counter() - started)
+                rate = (i + 1 - have) / (time.perf_counter() - started)
                 print(f"  built {i + 1}/{n} ({rate:.0f} trajectories/s)", flush=True)
     store.write(batch)
     store.close()
