@@ -545,19 +545,20 @@ class _PrivateRows:
             bodies[how] = memo_how.page(
                 table, (r[k] for r in got for k in ks), shared, lambda b, how=how: flt(pf, how, b)
             )
-        memo: dict[tuple[Any, str], Any] = {}  # per page: trajectory ids, step actions, short values
         make = FlatCall._make
-        by_id, inline = self._by_id, self._inline
+        by_id = [(k, bodies[how]) for k, how in self._by_id]
+        # Per page, one memo per field: trajectory ids, step actions, short values repeat.
+        inline: list[tuple[int, int, dict[str, Any]]] = [(k, how, {}) for k, how in self._inline]
         for r in got:
             out = list(r)
-            for k, how in by_id:
+            for k, table_k in by_id:
                 if out[k] is not None:
-                    out[k] = bodies[how][out[k]]
-            for k, how in inline:
+                    out[k] = table_k[out[k]]
+            for k, how, memo in inline:
                 v = out[k]
                 if v is not None:
-                    hit = memo.get((how, v))
+                    hit = memo.get(v)
                     if hit is None:
-                        hit = memo[(how, v)] = flt(pf, how, v)
+                        hit = memo[v] = flt(pf, how, v)
                     out[k] = hit
             yield make(out)
