@@ -284,9 +284,20 @@ def common_word(gen: GrowingGenerator) -> str:
     return max((w for w in gen.systems[0].split() if w not in others), key=lambda w: (len(w), w))
 
 
+class _Printed(dict[str, str]):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def __setitem__(self, key: str, value: str) -> None:
+        print(f"  {self.size:,}  {key}: {value}", flush=True)
+        super().__setitem__(key, value)
+
+
 def measure(url: str, size: int, args: argparse.Namespace, word: str) -> dict[str, str]:
-    """Every query figure for the store at ``url`` (holding ``size`` trajectories)."""
-    out: dict[str, str] = {}
+    """Every query figure for the store at ``url`` (holding ``size`` trajectories), each printed as
+    soon as it is measured."""
+    out: dict[str, str] = _Printed(size)
     store = open_store(url)
     ids = [
         t.id
@@ -390,8 +401,6 @@ def main() -> None:
         analyze(url)
         print(f"build/check to {size:,}: {time.perf_counter() - t0:.0f} s", flush=True)
         results[size] = measure(url, size, args, word)
-        for k, v in results[size].items():
-            print(f"  {size:,}  {k}: {v}", flush=True)
     if not args.no_baseline:
         base = baseline_bytes_per_trajectory()
         print(f"raw sqlite3+FTS5 baseline: {base:,.0f} bytes per trajectory")
