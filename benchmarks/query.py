@@ -1,17 +1,22 @@
 """Query latency and export throughput over HTTP on loopback, with 100,000 stored trajectories
 (1M LLM calls, the ingest benchmark's generator).
 
-    python benchmarks/query.py [--n 100000] [--db PATH_OR_URL] [--keep]
+    python benchmarks/query.py [--size 100000,400000] [--db PATH_OR_URL]
 
-Builds the store once (reused by later runs when it already holds N trajectories), starts
-``trajforge serve`` on a free loopback port, and measures: the list page (50 newest), a filtered
-list, a full-text search for a word in ~1% of prompts, one full trajectory, stats; then export
-throughput for jsonl and parquet.
+Builds the store once (reused by later runs; a store that holds fewer trajectories grows to the
+next size), starts ``trajforge serve`` on a free loopback port, and measures at each size: the list
+page (50 newest), a filtered list, a full-text search for a word in ~1% of prompts and one for a
+word in most trajectories, one full trajectory, stats, the dashboard's trajectories page; export
+throughput for jsonl and parquet, raw and privacy-filtered in alternation; and the bytes on disk
+per trajectory against the raw sqlite3+FTS5 baseline of the ingest benchmark. One table at the end
+holds every figure at every size.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
+import functools
 import json
 import random
 import shutil
@@ -22,13 +27,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from generator import MARKER, Generator
+from generator import MARKER, Generator, TrajectorySpec
 from trajforge.records import ActionResult, LlmCall, ProviderAccess, Step, Trajectory, WriteBatch
 from trajforge.store import TrajectoryFilter, open_store
 
@@ -36,20 +44,67 @@ SOURCES = ("chat", "autonomy", "telegram", "discord", "api")
 STATUSES = ("completed", "completed", "completed", "error", "timeout")
 
 
+class GrowingGenerator(Generator):
+    """The ingest generator's workload, drawn so that a store can grow: trajectory ``i`` comes from
+    its own seed, so growing a store from 100k to 400k writes only the new 300k (the same store as
+    one built to 400k at once). Words are drawn by numpy and each text cut where the ingest
+    generator would stop (at the first word that reaches ``size``): the same distribution of words
+    and lengths, without a Python call per word (one ``choice`` per word was most of a build's
+    time on a busy 2-core machine: ~2,300 words a trajectory)."""
+
+    def __init__(self, seed: int = 7) -> None:
+        self.seed = seed
+        self._np = np.random.default_rng(seed)  # the agents' system prompts; then one per trajectory
+        self._pool: list[str] = []
+        self._ends: list[int] = []
+        self._at = 0
+        super().__init__(seed)
+
+    @functools.cached_property
+    def _arrays(self) -> tuple[Any, Any]:
+        return np.array(self.words, dtype=object), np.array([len(w) + 1 for w in self.words])
+
+    def _draw(self) -> None:
+        """A pool of words for the next texts (a trajectory takes ~2,300) and the running sum of
+        their widths (length + the space), so a text is one bisect and one join."""
+        words, widths = self._arrays
+        idx = self._np.integers(0, len(words), 4096)
+        self._pool = words[idx].tolist()
+        self._ends = np.cumsum(widths[idx]).tolist()
+        self._at = 0
+
+    def text(self, size: int) -> str:
+        at = self._at
+        if at >= len(self._pool) or self._ends[-1] - (self._ends[at - 1] if at else 0) < size:
+            self._draw()
+            at = 0
+        before = self._ends[at - 1] if at else 0
+        end = bisect.bisect_left(self._ends, before + size, at) + 1
+        self._at = end
+        return " ".join(self._pool[at:end])
+
+    def trajectories(self, n: int, start: int = 0) -> Iterator[TrajectorySpec]:
+        for i in range(start, n):
+            self.rng = random.Random(self.seed * 1_000_003 + i)
+            self._np = np.random.default_rng([self.seed, i])
+            self._draw()
+            yield self.trajectory(i)
+
+
 def build(url: str, n: int, gen: Generator | None = None) -> None:
+    """Fill the store at ``url`` up to ``n`` trajectories: a store that holds fewer (a smaller
+    size of an earlier run) grows by the missing ones, one that holds ``n`` or more is reused."""
     store = open_store(url)
     have = store.count(TrajectoryFilter())
     if have >= n:
         print(f"store already holds {have} trajectories: reusing it")
         store.close()
         return
-    if have:
-        store.delete(all=True)
-    gen = gen or Generator(seed=7)
+    gen = gen or GrowingGenerator(seed=7)
     base = 1_760_000_000_000
     started = time.perf_counter()
     batch = WriteBatch()
-    for i, spec in enumerate(gen.trajectories(n)):
+    for i, spec in enumerate(gen.trajectories(n, have), have):
         start = base + i * 25_000  # ~1 month of traffic
         t = Trajectory(
             agent_id=spec.agent_id,
@@ -89,7 +144,7 @@ def build(url: str, n: int, gen: Generator | None = None) -> None:
             store.write(batch)
             batch = WriteBatch()
             if (i + 1) % 10_000 == 0:
-                rate = (i + 1) / (time.perf_counter() - started)
+                rate = (i + 1 - have) / (time.perf_counter() - started)
                 print(f"  built {i + 1}/{n} ({rate:.0f} trajectories/s)", flush=True)
     store.write(batch)
     store.close()
@@ -189,38 +244,80 @@ def export_rate(client: httpx.Client, fmt: str, n: int, private: bool = False) -
     return f"{n / s:8.0f} trajectories/s  ({s:.1f} s, {size / 1e6:.0f} MB)"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--n", type=int, default=100_000)
-    parser.add_argument("--db", help="SQLite path or postgresql:// URL (default: a file under the temp dir)")
-    parser.add_argument("--skip-private", action="store_true", help="skip the privacy-filtered exports")
-    parser.add_argument("--rounds", type=int, default=3, help="raw curl exports per format (median reported)")
-    args = parser.parse_args()
-    url = args.db or str(Path(tempfile.gettempdir()) / f"trajforge-query-bench-{args.n}.db")
-    print(f"store: {url}")
-    t0 = time.perf_counter()
-    build(url, args.n)
-    analyze(url)
-    print(f"build/check: {time.perf_counter() - t0:.0f} s")
+def disk_bytes(url: str) -> int:
+    """What the store occupies on disk: the SQLite file and its WAL, or every relation of the
+    PostgreSQL schema (tables, TOAST, indexes)."""
+    if not url.startswith("postgres"):
+        path = Path(url.removeprefix("sqlite:///"))
+        return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
+    import psycopg
+
+    from trajforge.store.postgres import split_url
+
+    conninfo, schema = split_url(url)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind IN ('r', 'm')",
+            [schema or "public"],
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def baseline_bytes_per_trajectory(n: int = 2000) -> float:
+    """Bytes per trajectory of the ingest benchmark's raw baseline (plain sqlite3 + FTS5 over every
+    call's texts) for this workload: it grows linearly, so a small one tells."""
+    from ingest import baseline_ingest
+
+    specs = list(GrowingGenerator(seed=7).trajectories(n))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "baseline.db"
+        baseline_ingest(path, specs)
+        return disk_bytes(str(path)) / n
+
+
+def common_word(gen: GrowingGenerator) -> str:
+    """A word of the first agent's system prompt that the other two lack: it sits in a third of
+    the trajectories through their system prompt, and in ~40% of the rest through the words drawn
+    for prompts and responses (~60% of all)."""
+    others = set(gen.systems[1].split()) | set(gen.systems[2].split())
+    return max((w for w in gen.systems[0].split() if w not in others), key=lambda w: (len(w), w))
+
+
+class _Printed(dict[str, str]):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def __setitem__(self, key: str, value: str) -> None:
+        print(f"  {self.size:,}  {key}: {value}", flush=True)
+        super().__setitem__(key, value)
+
+
+def measure(url: str, size: int, args: argparse.Namespace, word: str) -> dict[str, str]:
+    """Every query figure for the store at ``url`` (holding ``size`` trajectories), each printed as
+    soon as it is measured."""
+    out: dict[str, str] = _Printed(size)
     store = open_store(url)
     ids = [
         t.id
-        for t in store.list_trajectories(TrajectoryFilter(), limit=500, offset=min(5000, args.n // 2)).items
+        for t in store.list_trajectories(TrajectoryFilter(), limit=500, offset=min(5000, size // 2)).items
     ]
     store.close()
+    on_disk = disk_bytes(url)
+    out["disk, bytes per trajectory"] = f"{on_disk / size:,.0f} ({on_disk / 1e9:.1f} GB)"
     port = free_port()
     proc = serve(url, port)
     rng = random.Random(1)
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as c:
             total = c.get("/api/trajectories", params={"limit": 1}).json()["total"]
-            print(f"trajectories: {total}")
             base = f"http://127.0.0.1:{port}"
             # A first full read, before anything is timed: the store may come from disk (this kind of
             # machine pages cold page cache out in the background), and every figure after it is
             # the warm state of a server in use. Its own rate is printed too.
-            print(f"export jsonl, raw, curl, first read: {export_rate_curl(base, 'jsonl', total)}")
-            rounds = 50
+            out["first full read (jsonl, curl)"] = export_rate_curl(base, "jsonl", total)
+            rounds = args.requests
             listing = timed(c, [("GET", "/api/trajectories", {"params": {"limit": 50}})] * rounds)
             filtered = timed(
                 c,
@@ -237,35 +334,85 @@ def main() -> None:
                 c, [("GET", "/api/trajectories", {"params": {"search": MARKER, "limit": 50}})] * rounds
             )
             hits = c.get("/api/trajectories", params={"search": MARKER, "limit": 1}).json()["total"]
+            common = timed(
+                c, [("GET", "/api/trajectories", {"params": {"search": word, "limit": 50}})] * rounds
+            )
+            common_hits = c.get("/api/trajectories", params={"search": word, "limit": 1}).json()["total"]
             detail = timed(c, [("GET", f"/api/trajectories/{rng.choice(ids)}", {}) for _ in range(rounds)])
             stats = timed(c, [("GET", "/api/trajectories/stats", {})] * 10, warmup=1)
-            print(f"list page (50 newest):       {pcts(listing)}")
-            print(f"filtered list (source+status): {pcts(filtered)}")
-            print(f"full-text search ({hits} hits): {pcts(searches)}")
-            print(f"one full trajectory:         {pcts(detail)}")
-            print(f"stats:                       {pcts(stats)}")
+            dashboard = timed(c, [("GET", "/trajectories", {})] * 10, warmup=1)
+            out["list page (50 newest)"] = pcts(listing)
+            out["filtered list (source+status)"] = pcts(filtered)
+            out[f"rare-term search ({hits:,} hits)"] = pcts(searches)
+            out[f"common-term search '{word}' ({common_hits:,} hits)"] = pcts(common)
+            out["one full trajectory"] = pcts(detail)
+            out["stats"] = pcts(stats)
+            out["dashboard trajectories page"] = pcts(dashboard)
             # Several rounds: on this kind of machine one export's rate moves by 10-20% from run to
-            # run (the VM reclaims page cache in the background); the median is the figure.
+            # run (the VM reclaims page cache in the background); the median is the figure. Raw and
+            # privacy-filtered alternate, so their ratio comes from the same minutes.
             for fmt in ("jsonl", "parquet"):
-                rates = [export_rate_curl(base, fmt, total) for _ in range(args.rounds)]
-                for r in rates:
-                    print(f"export {fmt}, raw, curl:  {r}")
-                median = statistics.median(float(r.split()[0]) for r in rates)
-                print(f"export {fmt}, raw, curl, median of {args.rounds}: {median:.0f} trajectories/s")
-            print(f"export jsonl, raw, httpx:   {export_rate(c, 'jsonl', total)}")
-            print(f"export parquet, raw, httpx: {export_rate(c, 'parquet', total)}")
-            if not args.skip_private:
-                print(
-                    "export jsonl, privacy filter on (the API's default), curl:   "
-                    f"{export_rate_curl(base, 'jsonl', total, True)}"
+                raw, private = [], []
+                for _ in range(args.rounds):
+                    raw.append(float(export_rate_curl(base, fmt, total).split()[0]))
+                    if not args.skip_private:
+                        private.append(float(export_rate_curl(base, fmt, total, True).split()[0]))
+                out[f"export {fmt}, raw (median of {args.rounds})"] = (
+                    f"{statistics.median(raw):,.0f} traj/s {raw}"
                 )
-                print(
-                    "export parquet, privacy filter on (the API's default), curl: "
-                    f"{export_rate_curl(base, 'parquet', total, True)}"
-                )
+                if private:
+                    ratio = statistics.median(private) / statistics.median(raw)
+                    out[f"export {fmt}, privacy filter on"] = (
+                        f"{statistics.median(private):,.0f} traj/s {private} = {ratio:.2f}x raw"
+                    )
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--size",
+        default="100000",
+        help="store sizes to measure, comma-separated, ascending (e.g. 100000,400000): the store grows "
+        "from one to the next, so every size comes from this one command",
+    )
+    parser.add_argument("--db", help="SQLite path or postgresql:// URL (default: a file under the temp dir)")
+    parser.add_argument("--skip-private", action="store_true", help="skip the privacy-filtered exports")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="curl exports per format and mode (median reported)"
+    )
+    parser.add_argument("--requests", type=int, default=50, help="timed requests per query")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the raw sqlite3+FTS5 disk baseline")
+    args = parser.parse_args()
+    sizes = sorted(int(x) for x in args.size.split(","))
+    url = args.db or str(Path(tempfile.gettempdir()) / "trajforge-query-bench.db")
+    from ingest import machine
+
+    print(f"machine: {machine()}")
+    print(f"store: {url}")
+    word = common_word(GrowingGenerator(seed=7))
+    results: dict[int, dict[str, str]] = {}
+    for size in sizes:
+        t0 = time.perf_counter()
+        build(url, size)
+        analyze(url)
+        print(f"build/check to {size:,}: {time.perf_counter() - t0:.0f} s", flush=True)
+        results[size] = measure(url, size, args, word)
+    if not args.no_baseline:
+        base = baseline_bytes_per_trajectory()
+        print(f"raw sqlite3+FTS5 baseline: {base:,.0f} bytes per trajectory")
+        for size in sizes:
+            mine = float(results[size]["disk, bytes per trajectory"].split()[0].replace(",", ""))
+            results[size]["disk vs raw sqlite3+FTS5 baseline"] = f"{mine / base:.2f}x"
+    keys = list(dict.fromkeys(k for r in results.values() for k in r))
+    print()
+    print("| measure | " + " | ".join(f"{s:,}" for s in sizes) + " |")
+    print("|---|" + "---|" * len(sizes))
+    for k in keys:
+        print(f"| {k} | " + " | ".join(results[s].get(k, "") for s in sizes) + " |")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import io
 import json
 import tempfile
@@ -12,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import make_trajectory
-from trajforge import export
+from trajforge import export, jsonutil
+from trajforge import privacy as privacy_module
 from trajforge.importer import import_file
 from trajforge.records import (
     ActionResult,
@@ -352,3 +354,121 @@ def test_every_filtered_path_redacts_the_same_fields(store: Store, tmp_path: Pat
         )
         for path in Path(ds.path).rglob("*.jsonl"):
             assert secret not in path.read_text(), (fmt, path)
+
+
+class _CountingFilter(privacy_module.PrivacyFilter):
+    """The store's filter, counting how often each string reaches it."""
+
+    def __init__(self, salt: str) -> None:
+        super().__init__(salt, environ={})
+        self.seen: collections.Counter[str] = collections.Counter()
+
+    def text(self, s: str) -> str:
+        self.seen[s] += 1
+        return super().text(s)
+
+
+def _reference_filter(salt: str) -> privacy_module.PrivacyFilter:
+    """The filter as it was before its shortcuts: every string and JSON value through every
+    recogniser's gate (the shortcuts must never change a result)."""
+    pf = privacy_module.PrivacyFilter(salt, environ={})
+    pf._plain = None  # no single-pass shortcut for plain strings, none for unchanged JSON texts
+    return pf
+
+
+def _private_corpus_trajectories() -> list[Trajectory]:
+    """Trajectories whose every user-content field holds a corpus text, clean or not, with texts
+    repeated across calls, steps and trajectories (a system prompt in every call, one tool list, one
+    payload in several steps), JSON values with and without anything to redact, and a few shapes
+    the fast paths must not take (escapes, non-ASCII, an integer beyond 64 bits)."""
+    from tests import privacy_corpus
+
+    texts = [t for _, t, _ in privacy_corpus.POSITIVES[:40]] + privacy_corpus.NEGATIVES[:40]
+    texts += ["plain lowercase words only here", "ascii but with a colon: here", 'a "quoted"\nline', "café °"]
+    system = "you are a careful agent, reach the owner at ops@example.com or stay silent"
+    tools = [{"type": "function", "function": {"name": "lookup", "description": texts[3]}}]
+    shared_payload = {"records": [{"id": 1, "note": "nothing to see here at all"}], "big": 2**70}
+    out = []
+    for i in range(9):
+        t = Trajectory(
+            agent_id=f"agent {texts[i]}" if i % 3 else "agent-plain",
+            scenario_id=texts[i + 1] if i % 2 else None,
+            start_time=1_700_000_000_000 + i,
+            metadata={"note": texts[i + 2], "n": i, "clean": "lowercase only"} if i % 4 else {},
+        )
+        for k in range(3):
+            text = texts[(i * 3 + k) % len(texts)]
+            step = Step(
+                step_number=k,
+                timestamp=t.start_time + k,
+                observation={"seen": text} if k != 1 else "plain observation words",
+                metadata={"k": k} if k else None,
+            )
+            step.llm_calls.append(
+                LlmCall(
+                    timestamp=t.start_time + k,
+                    system_prompt=system,
+                    user_prompt=text,
+                    response=texts[(i + k + 7) % len(texts)],
+                    reasoning="plain reasoning words" if k else None,
+                    messages=[{"role": "user", "content": text}] if k == 2 else None,
+                    tools=tools,
+                    tool_calls=[{"id": "c1", "function": {"name": "lookup", "arguments": text}}]
+                    if k
+                    else None,
+                    action_type="BUY" if k else "wait",
+                )
+            )
+            step.provider_accesses.append(
+                ProviderAccess(
+                    timestamp=t.start_time + k,
+                    provider_name="crm",
+                    query={"q": text} if k else None,
+                    data=shared_payload if k != 2 else {"row": texts[(i + 11) % len(texts)]},
+                )
+            )
+            step.action = ActionResult(
+                action_type="BUY" if k else "reply",
+                parameters={"to": text} if k == 1 else None,
+                reasoning="plain words" if k == 2 else None,
+                timestamp=t.start_time,
+            )
+            t.steps.append(step)
+        t.scores.append(
+            Score(trajectory_id=t.id, name="judge", value=0.5, comment=texts[(i + 5) % len(texts)])
+        )
+        out.append(t)
+    return out
+
+
+def test_private_exports_filter_each_distinct_text_once_with_the_old_paths_bytes(store: Store) -> None:
+    """The privacy-filtered documents and call rows, assembled from rows with each distinct text
+    filtered once, are byte for byte what the records path gives with the filter before its
+    shortcuts (filter each trajectory, then serialize it); and the system prompt every call
+    repeats reaches the filter once per read."""
+    for t in _private_corpus_trajectories():
+        store.write(WriteBatch.from_trajectory(t))
+    flt = TrajectoryFilter()
+    salt = "test-salt"
+    ref = _reference_filter(salt)
+    expected = b"".join(
+        jsonutil.dumps_bytes(to_wire(privacy_module.filter_trajectory(ref, t))) + b"\n"
+        for t in store.iter_trajectories(flt)
+    )
+    fast = _CountingFilter(salt)
+    got = b"".join(store.iter_json_docs(flt, chunk=2, newline=True, privacy=fast))
+    assert got == expected
+    assert b"ops@example.com" not in got
+    system = "you are a careful agent, reach the owner at ops@example.com or stay silent"
+    assert fast.seen[system] == 1
+
+    ref_rows = list(export.call_rows(privacy_module.filter_trajectory(_reference_filter(salt), t)
+                                     for t in store.iter_trajectories(flt)))  # fmt: skip
+    fast = _CountingFilter(salt)
+    rows = list(store.iter_call_rows(flt, chunk=2, privacy=fast))
+    assert rows == ref_rows
+    assert fast.seen[system] == 1
+    # The page renderer (as export workers run it) takes these paths.
+    pf = _CountingFilter(salt)
+    lines = b"".join(export.stream(store, "jsonl", flt, privacy=pf, workers=1, page=2))
+    assert lines == expected

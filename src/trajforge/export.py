@@ -28,7 +28,7 @@ from trajforge import workers as worker_pool
 from trajforge.errors import InvalidInput
 from trajforge.formats import art as art_format
 from trajforge.formats.examples import example_from_call
-from trajforge.privacy import PrivacyFilter, filter_flat_call, filter_trajectory
+from trajforge.privacy import PrivacyFilter, filter_trajectory
 from trajforge.records import FLAT_CALL_COLUMNS, FlatCall, LlmCall, Trajectory, iso_ms, now_ms, to_wire
 from trajforge.requests import Flag
 from trajforge.store.base import Store
@@ -474,16 +474,16 @@ class _PageJob:
         parquet, as an Arrow table."""
         flt = TrajectoryFilter(trajectory_ids=ids)
         if self.fmt == "parquet":
-            rows: Iterable[FlatCall] = store.iter_call_rows(flt)
-            if self.privacy is not None:
-                rows = (filter_flat_call(self.privacy, r) for r in rows)
+            # The privacy filter runs as the rows are assembled: each distinct text of a page once.
+            rows: Iterable[FlatCall] = store.iter_call_rows(flt, privacy=self.privacy)
             return parquet_table(rows, self.include_prompts)
         docs: Iterable[bytes]
         lines = self.fmt != "json"
-        if self.fmt != "art" and self.include_prompts and self.privacy is None:
-            # Assembled from rows, without building records; orjson appends the newline itself
-            # (a copy of every 40 KB document less: ~6% of a jsonl page).
-            docs = store.iter_json_docs(flt, newline=lines)
+        if self.fmt != "art" and self.include_prompts:
+            # Assembled from rows, without building records, the privacy filter applied to each
+            # distinct text once; orjson appends the newline itself (a copy of every 40 KB
+            # document less: ~6% of a jsonl page).
+            docs = store.iter_json_docs(flt, newline=lines, privacy=self.privacy)
         else:
             items: Iterable[Trajectory] = store.iter_trajectories(flt)
             if self.privacy is not None:

@@ -145,6 +145,9 @@ _NUM_RUN = re.compile(r"\d(?:[\d\s().,:/+-]{0,3}\d)*")
 _SEPARATORS = str.maketrans("", "", " \t\n\r\f\v().,:/+-")
 _DEC3 = re.compile(r"\.\d{3}")
 _DIGIT_BYTES = b"0123456789"
+_TRIGGER_BYTES = _DIGIT_BYTES + b"@:=-_ABJP"
+# An integer orjson could not have written (beyond 64 bits); it reads such a one back as a float.
+_LONG_INT = re.compile(r"\d{20}")
 _F_PHONE, _F_CARD, _F_IP, _F_GEO, _F_IBAN, _F_ADDRESS, _F_GEO_KEY = 1, 2, 4, 8, 16, 32, 64
 # A house number is followed by a capitalised street name (English) or a French street type, or
 # preceded by a German street name or a Spanish street type; both checks look at a few characters.
@@ -417,6 +420,11 @@ class PrivacyFilter:
             reverse=True,
         )
         self._env = re.compile("|".join(re.escape(v) for v in values)) if values else None
+        # An ASCII string without any of these bytes cannot be changed by the built-in recognisers
+        # (each needs a digit, '@', ':', '=', '-', '_' or one of the capitals that start "PRIVATE
+        # KEY", "eyJ", "AKIA"/"ASIA"/"AIza" and "Bearer"); environment values and the user's own
+        # patterns can match anything, so with those there is no such shortcut.
+        self._plain = _TRIGGER_BYTES if self._env is None and not self._extra else None
 
     # --- public -----------------------------------------------------------------------------
 
@@ -424,6 +432,12 @@ class PrivacyFilter:
         """``s`` with everything sensitive replaced; counts go to :attr:`report`."""
         if len(s) < _MIN_LEN:
             return s
+        if self._plain is not None and s.isascii():
+            b = s.encode()
+            if len(b.translate(None, self._plain)) == len(b):
+                # Not one character any recogniser starts from: a single C pass instead of a
+                # dozen, and nothing to remember.
+                return s
         hit = self._cache.get(s)
         if hit is None:
             self._flags = _number_flags(s)
@@ -472,9 +486,39 @@ class PrivacyFilter:
                 self.report.counts[cat] += n
         return out
 
+    def unchanged_json(self, text: str) -> bool:
+        """Whether filtering the value of ``text`` (JSON as this package writes it: orjson, no
+        whitespace between tokens) gives back ``text`` itself, decided without parsing it: true
+        when it is ASCII without escapes, canonical (no whitespace or overlong integer outside its
+        strings) and none of its string values holds a character any recogniser starts from.
+        False means "parse and filter it", never a different result."""
+        if self._plain is None or "\\" in text or not text.isascii():
+            return False
+        parts = text.split('"')
+        syntax = "".join(parts[0::2])
+        if " " in syntax:  # the fallback writer (json.dumps) puts ", " and ": " between tokens
+            return False
+        if "," not in syntax and ":" not in syntax and _LONG_INT.search(syntax):
+            return False  # a lone integer too long for orjson (written by the fallback)
+        inner = "".join(parts[1::2]).encode()
+        if len(inner.translate(None, self._plain)) == len(inner):
+            return True
+        # Keys are kept as they are: only the strings that are values count.
+        values = "".join(parts[i] for i in range(1, len(parts) - 1, 2) if parts[i + 1][:1] != ":").encode()
+        return len(values.translate(None, self._plain)) == len(values)
+
     def value(self, obj: Any) -> Any:
         """A copy of a JSON-like value (dicts, lists, strings, numbers) with every string filtered.
         Dict keys are kept: they are field names chosen by code, not user content."""
+        kind = type(obj)
+        # Exact types first (all a parsed JSON value holds), without a call per number or short
+        # string: a provider payload is hundreds of leaves.
+        if kind is dict:
+            return {k: self._leaf(v) for k, v in obj.items()}
+        if kind is list:
+            return [self._leaf(v) for v in obj]
+        if kind is str:
+            return self.text(obj)
         if isinstance(obj, str):
             return self.text(obj)
         if isinstance(obj, dict):
@@ -482,6 +526,14 @@ class PrivacyFilter:
         if isinstance(obj, list | tuple):
             return [self.value(v) for v in obj]
         return obj
+
+    def _leaf(self, v: Any) -> Any:
+        kind = type(v)
+        if kind is str:
+            return v if len(v) < _MIN_LEN else self.text(v)
+        if kind is int or kind is float or v is None or kind is bool:
+            return v
+        return self.value(v)
 
     def categories_in(self, obj: Any) -> set[str]:
         """Which categories :meth:`value` would redact in ``obj`` (without counting them)."""
@@ -772,19 +824,30 @@ _FLAT_PLAN = tuple(
 millions of rows, so by position, planned once from the field names."""
 
 
+def flat_plan() -> tuple[tuple[int, int], ...]:
+    """(position, how) of each user-content field of a flat call row (for readers that filter rows
+    as they assemble them: ``store.iter_call_rows(privacy=...)``)."""
+    return _FLAT_PLAN
+
+
+def flat_value(pf: PrivacyFilter, how: int, value: Any) -> Any:
+    """One user-content field of a flat call row, filtered (``how`` from :func:`flat_plan`)."""
+    if how == _TEXT:
+        return pf.text(value)
+    if pf.unchanged_json(value):
+        return value
+    if how == _JSON:
+        return jsonutil.dumps(pf.value(jsonutil.loads(value)))
+    action = jsonutil.loads(value)
+    return jsonutil.dumps({k: pf.value(v) if k in _ACTION_KEYS else v for k, v in action.items()})
+
+
 def filter_flat_call(pf: PrivacyFilter, row: FlatCall) -> FlatCall:
     """A flat call row with its user-content fields filtered (the policy above); JSON-valued ones
     are filtered as values and stay JSON text."""
     out: list[Any] = list(row)
     for i, how in _FLAT_PLAN:
         value = out[i]
-        if value is None:
-            continue
-        if how == _TEXT:
-            out[i] = pf.text(value)
-        elif how == _JSON:
-            out[i] = jsonutil.dumps(pf.value(jsonutil.loads(value)))
-        else:
-            action = jsonutil.loads(value)
-            out[i] = jsonutil.dumps({k: pf.value(v) if k in _ACTION_KEYS else v for k, v in action.items()})
+        if value is not None:
+            out[i] = flat_value(pf, how, value)
     return FlatCall._make(out)

@@ -19,6 +19,7 @@ from trajforge.records import (
 )
 
 if TYPE_CHECKING:
+    from trajforge.privacy import PrivacyFilter
     from trajforge.store.filter import TrajectoryFilter
     from trajforge.store.migrations import Progress
 
@@ -76,14 +77,23 @@ class TrajectoryStore(Protocol):
         ...
 
     def iter_json_docs(
-        self, flt: TrajectoryFilter, chunk: int = 500, *, newline: bool = False
+        self,
+        flt: TrajectoryFilter,
+        chunk: int = 500,
+        *,
+        newline: bool = False,
+        privacy: PrivacyFilter | None = None,
     ) -> Iterator[bytes]:
         """Each matching trajectory as its wire JSON document (``newline``: ending in ``\\n``),
-        assembled from rows without building records."""
+        assembled from rows without building records; ``privacy`` filters it as
+        ``privacy.filter_trajectory`` would."""
         ...
 
-    def iter_call_rows(self, flt: TrajectoryFilter, chunk: int = 500) -> Iterator[FlatCall]:
-        """One flat row per LLM call (``records.FlatCall``), for parquet and datasets."""
+    def iter_call_rows(
+        self, flt: TrajectoryFilter, chunk: int = 500, *, privacy: PrivacyFilter | None = None
+    ) -> Iterator[FlatCall]:
+        """One flat row per LLM call (``records.FlatCall``), for parquet and datasets; ``privacy``
+        filters each as ``privacy.filter_flat_call`` would."""
         ...
 
     def count(self, flt: TrajectoryFilter) -> int: ...

@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from trajforge.records import FlatCall, LlmCall, camel
+from trajforge.records import ActionResult, FlatCall, LlmCall, camel
 from trajforge.store.sqlbase import TRAJ_COLS, SqlHelpers
 
-if TYPE_CHECKING:  # in annotations only; the SDK's write path never imports the filter
+if TYPE_CHECKING:  # in annotations only; the SDK's write path never imports the filters
+    from trajforge.privacy import PrivacyFilter
     from trajforge.store.filter import TrajectoryFilter
 
 _CALL_SQL = (
@@ -138,13 +140,21 @@ class DocumentReads(SqlHelpers):
         return lambda ids: self._text_bodies(cur, ids)
 
     def iter_json_docs(
-        self, flt: TrajectoryFilter, chunk: int = 500, *, newline: bool = False
+        self,
+        flt: TrajectoryFilter,
+        chunk: int = 500,
+        *,
+        newline: bool = False,
+        privacy: PrivacyFilter | None = None,
     ) -> Iterator[bytes]:
         """Each matching trajectory as its full wire JSON document (same content as
-        ``to_wire(store.get_trajectory(id))``), newest first; ``newline`` ends each with ``\\n``."""
+        ``to_wire(store.get_trajectory(id))``), newest first; ``newline`` ends each with ``\\n``.
+        With ``privacy``, the same bytes as ``to_wire(filter_trajectory(privacy, t))``: each
+        distinct text of a page is filtered once (texts shared between pages, once per read)."""
         option = orjson.OPT_APPEND_NEWLINE if newline else None
         texts = _Texts()
         fragment = orjson.Fragment
+        private = None if privacy is None else _PrivateDocs(privacy)
         for rows in self._pages(flt, chunk):
             with self._read_tx() as cur:
                 ids = [r[0] for r in rows]
@@ -155,6 +165,9 @@ class DocumentReads(SqlHelpers):
                 refs = [r[k] for r in calls for k in _CALL_TEXTS]
                 refs.extend(r[8] for r in accesses)
                 table = texts.page(self._fetch_texts(cur), refs)
+            if private is not None:
+                yield from private.docs(rows, steps, calls, accesses, scores, table, texts.shared, option)
+                continue
             get = table.get
             docs: dict[str, dict[str, Any]] = {r[0]: _trajectory_doc(r) for r in rows}
             step_docs: dict[tuple[str, str], dict[str, Any]] = {}
@@ -217,11 +230,15 @@ class DocumentReads(SqlHelpers):
             for doc in docs.values():
                 yield orjson.dumps(doc, option=option)
 
-    def iter_call_rows(self, flt: TrajectoryFilter, chunk: int = 500) -> Iterator[FlatCall]:
+    def iter_call_rows(
+        self, flt: TrajectoryFilter, chunk: int = 500, *, privacy: PrivacyFilter | None = None
+    ) -> Iterator[FlatCall]:
         """One :class:`~trajforge.records.FlatCall` per LLM call, trajectories newest first, calls
-        in order. JSON-valued fields are JSON text."""
+        in order. JSON-valued fields are JSON text. With ``privacy``, each row as
+        ``filter_flat_call(privacy, row)`` makes it, each distinct value filtered once per page."""
         texts = _Texts()
         make = FlatCall._make
+        private = None if privacy is None else _PrivateRows(privacy)
         for rows in self._pages(flt, chunk):
             order = {r[0]: i for i, r in enumerate(rows)}
             head = _head_positions()
@@ -239,6 +256,9 @@ class DocumentReads(SqlHelpers):
                     r[_CID],
                 )
             )
+            if private is not None:
+                yield from private.rows(got, table, texts.shared)
+                continue
             for r in got:
                 out = list(r)
                 for k in _ROW_TEXTS:
@@ -308,3 +328,237 @@ def _step_doc(
         }
         doc["steps"].append(step)
     return step
+
+
+# --- privacy-filtered reads -------------------------------------------------------------------
+# The privacy filter applied where documents and rows are assembled, in the export workers: the
+# records path (build a Trajectory, filter_trajectory, to_wire) spent more time building and walking
+# records than filtering. The fields are privacy.py's policy (TRAJECTORY_CONTENT, STEP_CONTENT,
+# ACTION_CONTENT, CALL_CONTENT, ACCESS_CONTENT, SCORE_CONTENT; FLAT_CALL_CONTENT for rows), and
+# tests/test_export.py checks both against the records path byte for byte.
+
+_MEMO_MAX = 50_000
+"""Distinct JSON values (metadata, actions, queries) remembered across pages before starting over."""
+
+
+class _Memo:
+    """Filtered results by input: per page for texts by id, across pages for the shared ones."""
+
+    def __init__(self) -> None:
+        self.shared: dict[Any, Any] = {}
+
+    def page(
+        self, table: dict[int, str], ids: Iterable[int | None], shared: dict[int, str], how: Any
+    ) -> dict[int, Any]:
+        """id → filtered body for every distinct id (``None`` skipped); ids in ``shared`` (texts
+        used more than once, kept by _Texts) are filtered once per read."""
+        out: dict[int, Any] = {}
+        keep = self.shared
+        for i in ids:
+            if i is None or i in out:
+                continue
+            hit = keep.get(i)
+            if hit is None:
+                hit = how(table[i])
+                if i in shared:
+                    keep[i] = hit
+            out[i] = hit
+        return out
+
+
+class _PrivateDocs:
+    """JSON documents with the privacy filter applied (``iter_json_docs(privacy=...)``)."""
+
+    def __init__(self, pf: PrivacyFilter) -> None:
+        from trajforge import jsonutil
+        from trajforge.privacy import ACTION_CONTENT
+        from trajforge.records import to_wire
+        from trajforge.store.sql import _action
+
+        self.pf = pf
+        self._texts = _Memo()
+        self._jsons = _Memo()
+        self._values: dict[str, orjson.Fragment] = {}
+        self._actions: dict[str, orjson.Fragment] = {}
+        self._dumps = jsonutil.dumps_bytes
+        self._loads = jsonutil.loads
+        self._to_wire = to_wire
+        self._action = _action
+        self._action_fields = ACTION_CONTENT
+        self._action_keys = tuple(camel(f.name) for f in dataclasses.fields(ActionResult))
+        self._action_content = frozenset(camel(f) for f in ACTION_CONTENT)
+
+    def _text(self, s: str | None) -> str | None:
+        return None if s is None else self.pf.text(s)
+
+    def _json_body(self, body: str) -> orjson.Fragment:
+        # What the records path does to a JSON-valued field: parse, filter every string, and
+        # serialize with the document (a fragment of the same bytes); when the filter can change
+        # nothing in it, those bytes are the stored text (as in a raw export).
+        if self.pf.unchanged_json(body):
+            return orjson.Fragment(body)
+        return orjson.Fragment(self._dumps(self.pf.value(self._loads(body))))
+
+    def _value(self, s: str | None) -> orjson.Fragment | None:
+        """A JSON-valued column (metadata, observation, query, tool calls), once per distinct value."""
+        if s is None:
+            return None
+        memo = self._values
+        hit = memo.get(s)
+        if hit is None:
+            if len(memo) >= _MEMO_MAX:
+                memo.clear()
+            hit = memo[s] = self._json_body(s)
+        return hit
+
+    def _step_action(self, s: str | None) -> orjson.Fragment | None:
+        if s is None:
+            return None
+        memo = self._actions
+        hit = memo.get(s)
+        if hit is None:
+            stored = self._loads(s)
+            if type(stored) is dict and tuple(stored) == self._action_keys:
+                # Stored in its wire form (what the store writes): to_wire of the record would
+                # give back these keys in this order and these values.
+                wire = (
+                    None
+                    if self.pf.unchanged_json(s)
+                    else {k: self.pf.value(v) if k in self._action_content else v for k, v in stored.items()}
+                )
+            else:
+                # Through the record, as the records path does (snake_case keys, missing fields).
+                action = self._action(stored)
+                for name in self._action_fields:
+                    setattr(action, name, self.pf.value(getattr(action, name)))
+                wire = self._to_wire(action)
+            if len(memo) >= _MEMO_MAX:
+                memo.clear()
+            hit = memo[s] = orjson.Fragment(s if wire is None else self._dumps(wire))
+        return hit
+
+    def docs(
+        self,
+        rows: Sequence[Any],
+        steps: Sequence[Any],
+        calls: Sequence[Any],
+        accesses: Sequence[Any],
+        scores: Sequence[Any],
+        table: dict[int, str],
+        shared: dict[int, str],
+        option: int | None,
+    ) -> Iterator[bytes]:
+        text, value = self._text, self._value
+        plain = self._texts.page(table, (r[k] for r in calls for k in (6, 7, 9, 10)), shared, self.pf.text)
+        jsons = self._jsons.page(
+            table,
+            itertools.chain((r[k] for r in calls for k in (8, 12)), (r[8] for r in accesses)),
+            shared,
+            self._json_body,
+        )
+        docs: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            doc = _trajectory_doc(r)
+            doc["agentId"] = text(r[1])
+            doc["scenarioId"] = text(r[7])
+            doc["metadata"] = value(r[11] or "{}")
+            docs[r[0]] = doc
+        step_docs: dict[tuple[str, str], dict[str, Any]] = {}
+        for r in steps:
+            step = {
+                "stepId": r[0],
+                "stepNumber": r[2],
+                "timestamp": r[3],
+                "llmCalls": [],
+                "providerAccesses": [],
+                "action": self._step_action(r[4]),
+                "reward": r[5],
+                "done": None if r[6] is None else bool(r[6]),
+                "observation": value(r[7]),
+                "metadata": value(r[8]),
+            }
+            step_docs[(r[1], r[0])] = step
+            docs[r[1]]["steps"].append(step)
+        for r in calls:
+            call = dict(zip(_CALL_KEYS, r[2:]))  # noqa: B905 - same length by construction
+            call["systemPrompt"] = plain.get(r[6])
+            call["userPrompt"] = plain.get(r[7])
+            call["response"] = plain.get(r[9])
+            call["reasoning"] = plain.get(r[10])
+            call["messages"] = jsons.get(r[8])
+            call["toolCalls"] = value(r[11])
+            call["tools"] = jsons.get(r[12])
+            call["actionType"] = text(r[18])
+            if r[24] is not None:
+                call["tags"] = orjson.Fragment(r[24])
+            _step_doc(step_docs, docs[r[0]], r[1])["llmCalls"].append(call)
+        for r in accesses:
+            _step_doc(step_docs, docs[r[0]], r[1])["providerAccesses"].append(
+                {
+                    "accessId": r[2],
+                    "timestamp": r[3],
+                    "providerId": r[4],
+                    "providerName": r[5],
+                    "purpose": r[6],
+                    "query": value(r[7]),
+                    "data": jsons.get(r[8]),
+                }
+            )
+        for r in scores:
+            docs[r[1]]["scores"].append(
+                {
+                    "trajectoryId": r[1],
+                    "name": r[2],
+                    "value": r[3],
+                    "comment": text(r[4]),
+                    "source": r[5],
+                    "scoreId": r[0],
+                    "createdAt": r[6],
+                }
+            )
+        for doc in docs.values():
+            yield orjson.dumps(doc, option=option)
+
+
+class _PrivateRows:
+    """Flat call rows with the privacy filter applied (``iter_call_rows(privacy=...)``)."""
+
+    def __init__(self, pf: PrivacyFilter) -> None:
+        from trajforge.privacy import flat_plan, flat_value
+
+        self.pf = pf
+        self._memos: dict[int, _Memo] = {}
+        # (position, how) of every user-content field; the text ids among them are filtered by id.
+        self._by_id = [(k, how) for k, how in flat_plan() if k in _ROW_TEXTS]
+        self._inline = [(k, how) for k, how in flat_plan() if k not in _ROW_TEXTS]
+        self._filter = flat_value
+
+    def rows(
+        self, got: Sequence[Sequence[Any]], table: dict[int, str], shared: dict[int, str]
+    ) -> Iterator[FlatCall]:
+        pf, flt = self.pf, self._filter
+        # One filtered body per (text id, kind): the same text may be a plain and a JSON field.
+        bodies: dict[Any, dict[int, Any]] = {}
+        for how in {h for _, h in self._by_id}:
+            ks = [k for k, h in self._by_id if h == how]
+            memo_how = self._memos.setdefault(how, _Memo())
+            bodies[how] = memo_how.page(
+                table, (r[k] for r in got for k in ks), shared, lambda b, how=how: flt(pf, how, b)
+            )
+        make = FlatCall._make
+        by_id = [(k, bodies[how]) for k, how in self._by_id]
+        # Per page, one memo per field: trajectory ids, step actions, short values repeat.
+        inline: list[tuple[int, int, dict[str, Any]]] = [(k, how, {}) for k, how in self._inline]
+        for r in got:
+            out = list(r)
+            for k, table_k in by_id:
+                if out[k] is not None:
+                    out[k] = table_k[out[k]]
+            for k, how, memo in inline:
+                v = out[k]
+                if v is not None:
+                    hit = memo.get(v)
+                    if hit is None:
+                        hit = memo[v] = flt(pf, how, v)
+                    out[k] = hit
+            yield make(out)

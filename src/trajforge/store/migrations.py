@@ -684,4 +684,21 @@ MIGRATIONS += (
             f"WHEN ({_rollup_changed('postgres')}) EXECUTE FUNCTION traj_rollup_apply()",
         ),
     ),
+    Migration(
+        "0012_texts_lz4",
+        common=(),
+        postgres=(
+            # Text bodies TOASTed (over ~2 KB: long system prompts, tool outputs, message lists) are
+            # compressed with lz4 instead of pglz: it decompresses several times faster, and an
+            # export reads every body back. Rows are not rewritten (only new values use it). The
+            # TOAST threshold stays at its default on purpose: the benchmark's texts (200 B-1.5 KB)
+            # stay inline, and compressing them inline (toast_tuple_target 128) saved nothing on its
+            # word soup (20k texts, 10.04 MB either way, lz4 or pglz) while costing every write and
+            # read. A server built without lz4 keeps pglz.
+            """DO $$ BEGIN
+                ALTER TABLE texts ALTER COLUMN body SET COMPRESSION lz4;
+            EXCEPTION WHEN feature_not_supported OR invalid_parameter_value THEN NULL;
+            END $$""",
+        ),
+    ),
 )

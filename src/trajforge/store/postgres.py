@@ -27,6 +27,8 @@ _SCHEMA = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 # Any fixed number: serializes migrations when several hosts open the same database at once.
 _MIGRATION_LOCK = 7_320_138
 _RETRYABLE = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
+SEARCH_WORK_MEM = "64MB"
+"""work_mem of a search statement (per hash table; a common word's hits are ~40 bytes each)."""
 
 
 @functools.lru_cache(maxsize=512)
@@ -307,6 +309,11 @@ class PostgresStore(SqlStore):
             "ORDER BY p.start_time DESC, p.id DESC LIMIT ? OFFSET ?"
         )
         with self._read_tx() as cur:
+            # The hits' hash tables (the count's DISTINCT, the walk's hashed IN) must fit in
+            # work_mem, or the planner gives up hashing: at the default 4 MB a word in most of
+            # 400k trajectories (~250k hits) turned the walk's IN into a scan of the whole hit list
+            # for every walked row. For this statement only.
+            cur.execute(f"SET LOCAL work_mem = '{SEARCH_WORK_MEM}'")
             rows = self._ex(
                 cur, sql, [*hit_params, *count_params, *page_params, int(limit), int(offset)]
             ).fetchall()
