@@ -268,6 +268,8 @@ def test_a_failing_remote_run_fails_the_job_with_the_remote_error(setup: Setup, 
         ({"host": "me@bad host"}, "host"),
         ({"host": "me@127.0.0.1:99999"}, "host"),
         ({"identity": "/nonexistent/key"}, "identity"),
+        ({"remoteDir": "a\nrm -rf ~"}, "remoteDir"),
+        ({"remotePython": "python3\x00"}, "remotePython"),
     ],
 )
 def test_bad_options_are_refused_at_submit_naming_the_option(

@@ -38,7 +38,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
+from pydantic.alias_generators import to_camel
 
 from trajforge import settings
 from trajforge.errors import Cancelled, InvalidInput
@@ -122,9 +123,10 @@ class RemoteOptions(lora.LoraOptions):
 
     @field_validator("remote_dir", "remote_venv", "remote_python")
     @classmethod
-    def _no_newline(cls, v: str | None) -> str | None:
+    def _no_newline(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is not None and ("\n" in v or "\x00" in v):
-            raise InvalidInput("must be one line", None)
+            field = to_camel(info.field_name or "")
+            raise InvalidInput(f"{field}: must be one line without a NUL byte", field)
         return v
 
     def lora_request(self) -> dict[str, Any]:
