@@ -333,8 +333,11 @@ def test_an_export_that_fails_midway_never_ends_as_a_complete_200(
         t.id = f"e{i}"
         store.write(WriteBatch.from_trajectory(t))
     bad = "e1"
-    # Deeper than the privacy filter (and the stdlib encoder) can walk: rendering it fails.
-    run_sql(store_url, "UPDATE trajectories SET metadata = ? WHERE id = ?", (nested_json(980), bad))
+    # Deeper than the privacy filter (and the stdlib encoder) can walk: rendering it fails. Written
+    # with spaces, as no writer of ours writes JSON, so the filter must parse it (a canonical value
+    # it can tell unchanged without parsing is embedded as stored, and renders).
+    deep = nested_json(980).replace(":", ": ")
+    run_sql(store_url, "UPDATE trajectories SET metadata = ? WHERE id = ?", (deep, bad))
     for fmt in ("jsonl", "json", "art", "csv", "zip"):
         with (
             pytest.raises(httpx.RemoteProtocolError, match="incomplete"),
