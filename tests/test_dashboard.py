@@ -256,6 +256,44 @@ def test_models_import_to_ollama_and_activate(
         assert "ollamaUrl" in page.locator("#flash").inner_text()
 
 
+def test_the_job_form_starts_grpo_from_a_registered_sft_model(
+    page: Any, store: Store, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from trajforge import datasets
+    from trajforge.records import Job
+    from trajforge.train import lora
+
+    ds = datasets.build(store, datasets.BuildRequest(format="sft", eval_fraction=0.0), root=tmp_path / "ds")
+    sft = Job(
+        kind="lora",
+        backend="cpu",
+        request={"model": f"local:{tiny_model_dir}", "iterations": 1},
+        dataset_id=ds.id,
+    )
+    parent = lora.run(store, sft, lambda *a: None, tmp_path / "home")["modelId"]
+    with LiveServer(store, run_jobs=False) as srv:
+        page.goto(srv.url + "/fine-tuning")
+        assert page.locator("#job-form select[name=method]").is_hidden()  # native: no LoRA method
+        page.select_option("#backend", "cpu")
+        page.select_option("#job-form select[name=datasetId]", ds.id)
+        page.fill("#job-form input[name=model]", f"local:{tiny_model_dir}")
+        page.select_option("#job-form select[name=method]", "grpo")
+        page.fill("#job-form input[name=reward]", "action_match")
+        page.fill("#job-form input[name=numGenerations]", "2")
+        page.select_option("#job-form select[name=fromModel]", parent)
+        page.fill("#job-form input[name=iterations]", "1")
+        page.click("#job-form button[type=submit]")
+        page.wait_for_selector("#flash:not([hidden])")
+        [job] = [j for j in store.list_jobs() if j.id != sft.id]
+        assert job.backend == "cpu" and job.dataset_id == ds.id
+        assert {k: job.request[k] for k in ("method", "reward", "numGenerations", "fromModel")} == {
+            "method": "grpo",
+            "reward": "action_match",
+            "numGenerations": 2,
+            "fromModel": parent,
+        }
+
+
 def test_import_form_defaults_a_known_base(page: Any, store: Store, tmp_path: Path) -> None:
     from tests.test_api_training import register_model, tiny_ollama_info
 
