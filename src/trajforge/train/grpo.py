@@ -45,7 +45,15 @@ import orjson
 from trajforge import rewards
 from trajforge.errors import Cancelled, InvalidInput
 from trajforge.records import LlmCall, Score, Step, Trajectory, WriteBatch
-from trajforge.train.lora import LoraOptions, Progress, Report, ShouldStop, use_bf16
+from trajforge.train.lora import (
+    LoraOptions,
+    Progress,
+    Report,
+    ShouldStop,
+    StepEntry,
+    progress_callback,
+    use_bf16,
+)
 
 ROLLOUT_SOURCE = "rollout"
 ROLLOUT_SCORE = "rollout_reward"
@@ -470,60 +478,40 @@ def grpo_args(opts: LoraOptions, out: Path, device: str, gradient_checkpointing:
     return GRPOConfig(**kwargs)
 
 
-def _callback(
-    progress: Progress, rewarder: Rewarder, report: Report, should_stop: ShouldStop, span: tuple[float, float]
-) -> Any:
-    from transformers import TrainerCallback
+def _step_entry(progress: Progress, rewarder: Rewarder) -> StepEntry:
+    """A GRPO step's log entry and progress message: rewards, KL, completion length."""
 
-    class _Cb(TrainerCallback):
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            progress.total_steps = int(state.max_steps or 0)
-            progress.started = time.monotonic()
+    def entry_of(logs: dict[str, Any], step: int) -> tuple[dict[str, Any], str] | None:
+        if "reward" not in logs:
+            return None
 
-        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            if should_stop():
-                control.should_training_stop = True  # between steps: the adapter stays consistent
+        def num(key: str) -> float | None:
+            v = logs.get(key)
+            return round(float(v), 5) if isinstance(v, int | float) and math.isfinite(v) else None
 
-        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
-            logs = dict(logs or {})
-            if "reward" not in logs:
-                return
-            if "num_tokens" in logs:
-                progress.tokens = int(logs["num_tokens"])
+        entry = {
+            "step": step,
+            "loss": num("loss"),
+            "rewardMean": num("reward"),
+            "rewardStd": num("reward_std"),
+            "kl": num("kl"),
+            "completionLength": num("completions/mean_length"),
+            "learningRate": num("learning_rate"),
+            "tokensPerS": round(progress.tokens_per_s(), 1),
+            "rewardErrors": rewarder.errors,
+            "rewardNan": rewarder.nan,
+        }
+        kl = f" kl {entry['kl']:.4f}" if entry["kl"] is not None else ""
+        bad = (
+            f" reward errors {rewarder.errors} nan {rewarder.nan}" if rewarder.errors or rewarder.nan else ""
+        )
+        message = (
+            f"reward {entry['rewardMean'] or 0:.3f}±{entry['rewardStd'] or 0:.3f}{kl} "
+            f"len {entry['completionLength'] or 0:.1f} {entry['tokensPerS']:.0f} tok/s{bad}"
+        )
+        return entry, message
 
-            def num(key: str) -> float | None:
-                v = logs.get(key)
-                return round(float(v), 5) if isinstance(v, int | float) and math.isfinite(v) else None
-
-            entry = {
-                "step": int(state.global_step),
-                "loss": num("loss"),
-                "rewardMean": num("reward"),
-                "rewardStd": num("reward_std"),
-                "kl": num("kl"),
-                "completionLength": num("completions/mean_length"),
-                "learningRate": num("learning_rate"),
-                "tokensPerS": round(progress.tokens_per_s(), 1),
-                "rewardErrors": rewarder.errors,
-                "rewardNan": rewarder.nan,
-            }
-            progress.log.append(entry)
-            total = max(1, progress.total_steps)
-            kl = f" kl {entry['kl']:.4f}" if entry["kl"] is not None else ""
-            bad = (
-                f" reward errors {rewarder.errors} nan {rewarder.nan}"
-                if rewarder.errors or rewarder.nan
-                else ""
-            )
-            report(
-                span[0] + span[1] * min(1.0, state.global_step / total),
-                "train",
-                f"step {state.global_step}/{total} reward {entry['rewardMean'] or 0:.3f}"
-                f"±{entry['rewardStd'] or 0:.3f}{kl} len {entry['completionLength'] or 0:.1f} "
-                f"{entry['tokensPerS']:.0f} tok/s{bad}",
-            )
-
-    return _Cb()
+    return entry_of
 
 
 def fit(
@@ -619,7 +607,7 @@ def fit(
         train_dataset=HFDataset.from_list(columns),
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[_callback(progress, rewarder, report, should_stop, span)],
+        callbacks=[progress_callback(progress, report, should_stop, span, _step_entry(progress, rewarder))],
     )
     if hasattr(trainer, "stop_at_json"):
         trainer.stop_at_json = stop_at_json

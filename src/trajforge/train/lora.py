@@ -397,8 +397,40 @@ class Progress:
         return self.tokens / max(1e-9, time.monotonic() - self.started)
 
 
-def _callback(progress: Progress, report: Report, should_stop: ShouldStop, span: tuple[float, float]) -> Any:
+StepEntry = Callable[[dict[str, Any], int], tuple[dict[str, Any], str] | None]
+"""``(trainer logs, global step) -> (log entry, progress message)``, or None for logs that are not
+a training step's (evaluation, the final summary)."""
+
+
+def _sft_entry(progress: Progress) -> StepEntry:
+    def entry_of(logs: dict[str, Any], step: int) -> tuple[dict[str, Any], str] | None:
+        if "loss" not in logs:
+            return None
+        entry = {
+            "step": step,
+            "loss": float(logs["loss"]),
+            "learningRate": float(logs.get("learning_rate") or 0.0),
+            "tokensPerS": round(progress.tokens_per_s(), 1),
+        }
+        message = f"loss {entry['loss']:.4f} lr {entry['learningRate']:.2e} {entry['tokensPerS']:.0f} tok/s"
+        return entry, message
+
+    return entry_of
+
+
+def progress_callback(
+    progress: Progress,
+    report: Report,
+    should_stop: ShouldStop,
+    span: tuple[float, float],
+    step_entry: StepEntry | None = None,
+) -> Any:
+    """The trainer callback every LoRA method shares: it records each step's log entry (made by
+    ``step_entry``: loss for SFT/DPO by default, rewards for GRPO), reports progress, and stops
+    between steps when the job is cancelled."""
     from transformers import TrainerCallback
+
+    entry_of = step_entry or _sft_entry(progress)
 
     class _Cb(TrainerCallback):
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
@@ -411,23 +443,18 @@ def _callback(progress: Progress, report: Report, should_stop: ShouldStop, span:
 
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
             logs = dict(logs or {})
-            if "loss" not in logs:
-                return
-            if "num_tokens" in logs:
+            if "num_tokens" in logs and ("loss" in logs or "reward" in logs):
                 progress.tokens = int(logs["num_tokens"])
-            entry = {
-                "step": int(state.global_step),
-                "loss": float(logs["loss"]),
-                "learningRate": float(logs.get("learning_rate") or 0.0),
-                "tokensPerS": round(progress.tokens_per_s(), 1),
-            }
+            made = entry_of(logs, int(state.global_step))
+            if made is None:
+                return
+            entry, message = made
             progress.log.append(entry)
             total = max(1, progress.total_steps)
             report(
                 span[0] + span[1] * min(1.0, state.global_step / total),
                 "train",
-                f"step {state.global_step}/{total} loss {entry['loss']:.4f} "
-                f"lr {entry['learningRate']:.2e} {entry['tokensPerS']:.0f} tok/s",
+                f"step {state.global_step}/{total} {message}",
             )
 
     return _Cb()
@@ -588,7 +615,7 @@ def fit(
         eval_dataset=HFDataset.from_list(data.eval) if data.eval else None,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[_callback(progress, report, should_stop, span), *callbacks],
+        callbacks=[progress_callback(progress, report, should_stop, span), *callbacks],
     )
     result = trainer.train()
     if should_stop():
