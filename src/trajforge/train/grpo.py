@@ -51,6 +51,7 @@ from trajforge.train.lora import (
     Report,
     ShouldStop,
     StepEntry,
+    lora_config,
     progress_callback,
     use_bf16,
 )
@@ -534,7 +535,7 @@ def fit(
 
     import torch
     from datasets import Dataset as HFDataset
-    from peft import LoraConfig, PeftModel
+    from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if opts.threads:
@@ -554,19 +555,7 @@ def fit(
             model = PeftModel.from_pretrained(model, parent_adapter, is_trainable=True)
         adapted_all = getattr(model.peft_config["default"], "layers_to_transform", None) is None
     else:
-        depth = int(getattr(model.config, "num_hidden_layers", 0) or 0)
-        layers = None
-        if opts.lora_layers is not None and depth:
-            layers = list(range(max(0, depth - opts.lora_layers), depth))
-        peft_config = LoraConfig(
-            r=opts.lora_rank,
-            lora_alpha=opts.lora_alpha,
-            lora_dropout=opts.dropout,
-            target_modules=list(opts.target_modules),
-            layers_to_transform=layers,
-            task_type="CAUSAL_LM",
-            bias="none",
-        )
+        peft_config = lora_config(opts, model)
     checkpointing = (
         opts.activation_checkpointing if opts.activation_checkpointing is not None else adapted_all
     )

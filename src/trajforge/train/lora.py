@@ -560,6 +560,25 @@ def compact_sft_trainer() -> Any:
     return CompactSFTTrainer
 
 
+def lora_config(opts: LoraOptions, model: Any) -> Any:
+    """The PEFT LoRA config of a new adapter on ``model`` (every method's: SFT, DPO, GRPO)."""
+    from peft import LoraConfig
+
+    depth = int(getattr(model.config, "num_hidden_layers", 0) or 0)
+    layers = None
+    if opts.lora_layers is not None and depth:
+        layers = list(range(max(0, depth - opts.lora_layers), depth))
+    return LoraConfig(
+        r=opts.lora_rank,
+        lora_alpha=opts.lora_alpha,
+        lora_dropout=opts.dropout,
+        target_modules=list(opts.target_modules),
+        layers_to_transform=layers,
+        task_type="CAUSAL_LM",
+        bias="none",
+    )
+
+
 def fit(
     opts: LoraOptions,
     data: Data,
@@ -576,7 +595,6 @@ def fit(
     ``callbacks``: more trainer callbacks (the remote entry point saves a checkpoint on a cancel)."""
     import torch
     from datasets import Dataset as HFDataset
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOTrainer
 
@@ -589,19 +607,7 @@ def fit(
     model: Any = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     if device == "cuda":
         model = model.to("cuda")
-    depth = int(getattr(model.config, "num_hidden_layers", 0) or 0)
-    layers = None
-    if opts.lora_layers is not None and depth:
-        layers = list(range(max(0, depth - opts.lora_layers), depth))
-    peft_config = LoraConfig(
-        r=opts.lora_rank,
-        lora_alpha=opts.lora_alpha,
-        lora_dropout=opts.dropout,
-        target_modules=list(opts.target_modules),
-        layers_to_transform=layers,
-        task_type="CAUSAL_LM",
-        bias="none",
-    )
+    peft_config = lora_config(opts, model)
     fitted = fit_length(data, tokenizer, opts.max_length)
     if fitted.dropped:
         report(span[0], "setup", f"left out {fitted.dropped} rows longer than maxLength={opts.max_length}")
