@@ -171,6 +171,9 @@ onSubmit("#job-form", async (form) => {
 const backendSelect = document.getElementById("backend");
 const offerPicker = document.getElementById("offer-picker");
 
+// A filter's change event also fires on blur, so loads overlap and repeat: only the latest load
+// fills the picker, and it keeps the user's pick when that offer still matches.
+let offersLoad = 0;
 async function loadOffers() {
   const form = document.getElementById("job-form");
   const params = new URLSearchParams();
@@ -178,8 +181,11 @@ async function loadOffers() {
     const v = form.elements[name].value.trim();
     if (v) params.set(name, v);
   }
+  const mine = ++offersLoad;
   const resp = await api("GET", "/api/training/vast/offers?" + params.toString());
   const offers = (await resp.json()).offers;
+  if (mine !== offersLoad) return;
+  const picked = offerPicker.value;
   while (offerPicker.options.length > 1) offerPicker.remove(1);
   for (const o of offers) {
     const opt = document.createElement("option");
@@ -188,6 +194,7 @@ async function loadOffers() {
       (o.geolocation ? " · " + o.geolocation : "");
     offerPicker.appendChild(opt);
   }
+  offerPicker.value = offers.some((o) => String(o.id) === picked) ? picked : "";
   offerPicker.options[0].textContent = offers.length ? "cheapest matching" : "no offer matches";
 }
 
