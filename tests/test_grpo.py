@@ -93,7 +93,12 @@ def _share_of_target(store: Store, job_id: str, last_steps: int, total: int) -> 
     return sum(hits) / len(hits)
 
 
-def test_grpo_raises_its_reward_against_the_inverted_reward(tmp_path: Path, peaky_model: Path) -> None:
+@pytest.mark.parametrize("checkpointing", [True, False], ids=["whole-rows", "grouped-prompts"])
+def test_grpo_raises_its_reward_against_the_inverted_reward(
+    tmp_path: Path, peaky_model: Path, checkpointing: bool
+) -> None:
+    """With activation checkpointing the loss scores whole rows; without, each distinct prompt
+    runs once (``grouped_completion_logits``): both must learn."""
     grpo_rewards.TARGET["text"] = _first_token_target(peaky_model)
     store = open_store(str(tmp_path / "s.db"))
     try:
@@ -102,6 +107,7 @@ def test_grpo_raises_its_reward_against_the_inverted_reward(tmp_path: Path, peak
         common = {
             "model": f"local:{peaky_model}", "iterations": steps, "batchSize": 1, "numGenerations": gens,
             "maxCompletionLength": 2, "temperature": 0.5, "learningRate": 0.005, "seed": 7, "threads": 1,
+            "activationCheckpointing": checkpointing,
         }  # fmt: skip
         seen: list[str] = []
         up = _run(
@@ -421,3 +427,38 @@ def test_cancel_stops_grpo_between_steps(tmp_path: Path, tiny_model_dir: Path) -
     assert store.list_models() == []
     assert store.count(TrajectoryFilter(batch_id=job.id, source="rollout")) > 0  # what it did is kept
     store.close()
+
+
+def test_grouped_completion_logits_equal_whole_rows_in_values_and_gradients(tiny_model_dir: Path) -> None:
+    """Each distinct prompt is run once in the loss pass; the completions' logits and the LoRA
+    gradients must be those of scoring every whole row (TRL's way), rows in any order."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
+    keep, prompts = 5, [[1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 2, 3, 10, 11], [5, 6, 7, 8]]
+    ids, mask = [], []
+    for p in prompts:
+        for g in range(3):
+            c = torch.randint(20, 200, (keep - g % 2,)).tolist()  # some completions end early
+            pad_left, pad_right = 9 - len(p), keep - len(c)
+            ids.append([0] * pad_left + p + c + [0] * pad_right)
+            mask.append([0] * pad_left + [1] * (len(p) + len(c)) + [0] * pad_right)
+    order = torch.randperm(len(ids))
+    input_ids, attention = torch.tensor(ids)[order], torch.tensor(mask)[order]
+    grouped = grpo.grouped_completion_logits(model, input_ids, attention, keep)
+    whole = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=keep + 1).logits[:, :-1]
+    scored = attention[:, -keep:].bool()
+    assert grouped.shape == whole.shape
+    assert torch.allclose(grouped[scored], whole[scored], atol=1e-4)
+    params = [p for p in model.parameters() if p.requires_grad]
+    ga = torch.autograd.grad(grouped[scored].logsumexp(-1).sum(), params)
+    gb = torch.autograd.grad(whole[scored].logsumexp(-1).sum(), params)
+    for a, b in zip(ga, gb, strict=True):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5)
+    assert any(float(b.abs().max()) > 0 for b in gb)

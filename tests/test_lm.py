@@ -93,3 +93,39 @@ def test_a_shared_prompt_prefix_is_computed_once_with_the_same_answers(tiny_mode
     model._cache.clear()
     model.PREFIX_MIN = 10**9  # the plain left-padded path
     assert model.chat_batch(convs, max_tokens=12) == shared
+
+
+def test_repeated_rows_run_once_with_the_same_greedy_tokens(tiny_model_dir: Path) -> None:
+    """GRPO samples each prompt several times: the repeats share the distinct row's keys and
+    values (over a shared system prefix, and without one), and greedy decoding gives exactly what
+    the plain left-padded batch gives."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from trajforge.lm import shared_prefix_batch
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    system = list(range(5, 85))  # an 80-token shared prefix
+    prompts = [system + [100 + i] * (3 + 2 * i) for i in range(3)]
+    rows = [prompts[i] for i in (0, 1, 0, 2, 1, 0)]
+
+    def greedy(min_prefix: int, dedupe: bool) -> list[list[int]]:
+        if dedupe:
+            batch, extra = shared_prefix_batch(model, rows, 0, min_prefix)
+        else:  # the reference: every row on its own, left-padded, no cache
+            width = max(len(r) for r in rows)
+            batch = {
+                "input_ids": torch.tensor([[0] * (width - len(r)) + r for r in rows]),
+                "attention_mask": torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows]),
+            }
+            extra = {}
+        if dedupe:
+            assert lm._cache_key() in extra  # the repeats came from a cache
+            assert extra[lm._cache_key()].get_seq_length() == batch["input_ids"].shape[1] - 1
+        with torch.inference_mode():
+            out = model.generate(**batch, **extra, max_new_tokens=8, do_sample=False, pad_token_id=0)
+        return out[:, batch["input_ids"].shape[1] :].tolist()
+
+    reference = greedy(0, dedupe=False)
+    assert greedy(64, dedupe=True) == reference
+    assert greedy(10**9, dedupe=True) == reference

@@ -329,35 +329,56 @@ def shared_prefix_batch(
     model: Any, ids: Sequence[list[int]], pad: int, min_prefix: int = 64, device: Any = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A generation batch for token rows ``ids``: left-padded — or, when they share a prefix of at
-    least ``min_prefix`` tokens (a system prompt; GRPO's copies of one prompt), laid out as
-    ``prefix + padding + rest`` with the prefix's attention keys and values computed once and
-    shared by every row (positions come from the attention mask, so the padding in the middle is
-    invisible to the model). Returns the batch and the extra ``generate`` arguments (the cache)."""
+    least ``min_prefix`` tokens (a system prompt), laid out as ``prefix + padding + rest`` with the
+    prefix's attention keys and values computed once and shared by every row (positions come from
+    the attention mask, so the padding in the middle is invisible to the model). Rows that repeat
+    (GRPO samples each prompt several times) are also run once: their keys and values up to the
+    last token are computed for the distinct rows and copied to the repeats, so ``generate`` only
+    runs the last column. Returns the batch and the extra ``generate`` arguments (the cache)."""
     import torch
 
-    shared = _common_prefix(ids) if len(ids) > 1 else 0
-    shared = min(shared, min(len(r) for r in ids) - 1)  # every row keeps a token of its own
+    def put(t: Any) -> Any:
+        return t.to(device) if device is not None else t
+
+    distinct: dict[tuple[int, ...], int] = {}
+    pick = [distinct.setdefault(tuple(r), len(distinct)) for r in ids]
+    rows = [list(r) for r in distinct]
+    shared = _common_prefix(rows) if len(rows) > 1 else 0
+    shared = min(shared, min(len(r) for r in rows) - 1)  # every row keeps a token of its own
     if shared < min_prefix:
-        width = max(len(r) for r in ids)
-        input_ids = [[pad] * (width - len(r)) + list(r) for r in ids]
-        mask = [[0] * (width - len(r)) + [1] * len(r) for r in ids]
-        batch = {"input_ids": torch.tensor(input_ids), "attention_mask": torch.tensor(mask)}
-        return {k: v.to(device) if device is not None else v for k, v in batch.items()}, {}
-    width = max(len(r) for r in ids) - shared
+        shared = 0
+    width = max(len(r) for r in rows) - shared
     input_ids, mask = [], []
-    for r in ids:
+    for r in rows:
         gap = width - (len(r) - shared)
-        input_ids.append(list(r[:shared]) + [pad] * gap + list(r[shared:]))
+        input_ids.append(r[:shared] + [pad] * gap + r[shared:])
         mask.append([1] * shared + [0] * gap + [1] * (len(r) - shared))
-    prefix = torch.tensor([list(ids[0][:shared])])
-    if device is not None:
-        prefix = prefix.to(device)
+    tokens, attention = put(torch.tensor(input_ids)), put(torch.tensor(mask))
+    batch = {"input_ids": tokens[pick], "attention_mask": attention[pick]}
+    repeats = len(rows) < len(ids)
+    if not shared and not repeats:
+        return batch, {}
+    cache: Any = None
     with torch.inference_mode():
-        out = model(input_ids=prefix, use_cache=True)
-    cache = getattr(out, _cache_key())
-    cache.batch_repeat_interleave(len(ids))
-    batch = {"input_ids": torch.tensor(input_ids), "attention_mask": torch.tensor(mask)}
-    return {k: v.to(device) if device is not None else v for k, v in batch.items()}, {_cache_key(): cache}
+        if shared:
+            out = model(input_ids=tokens[:1, :shared], use_cache=True)
+            cache = getattr(out, _cache_key())
+            cache.batch_repeat_interleave(len(rows))
+        if repeats and width > 1:
+            upto = attention[:, : shared + width - 1]
+            out = model(
+                input_ids=tokens[:, shared : shared + width - 1],
+                attention_mask=upto,
+                position_ids=(upto.cumsum(-1) - 1).clamp(min=0)[:, shared:],
+                use_cache=True,
+                **({_cache_key(): cache} if cache is not None else {}),
+            )
+            cache = getattr(out, _cache_key())
+    if cache is None:
+        return batch, {}
+    if repeats:
+        cache.batch_select_indices(put(torch.tensor(pick)))
+    return batch, {_cache_key(): cache}
 
 
 def _common_prefix(rows: Sequence[Sequence[int]]) -> int:

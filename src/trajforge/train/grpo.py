@@ -427,7 +427,113 @@ def fast_grpo_trainer() -> Any:
                 ids.append(row[:end])
             return ids, None
 
+        def _get_per_token_logps_and_entropies(
+            self,
+            model: Any,
+            input_ids: Any,
+            attention_mask: Any,
+            logits_to_keep: int,
+            batch_size: int | None = None,
+            compute_entropy: bool = False,
+            compute_aux_loss: bool = False,
+            **multimodal: Any,
+        ) -> Any:
+            # TRL's fused LM head scores only the completion positions on Triton devices; elsewhere
+            # (a CPU) it projects *every* position, prompt included, through the vocabulary and back
+            # in the backward: with a 300-token prompt and 30-token completions that was ~10x the
+            # needed head work and a third of a CPU step. The model's own ``logits_to_keep`` slices
+            # before the head (with the model's own logit scaling), then TRL's log-softmax/entropy.
+            if (
+                input_ids.device.type in ("cuda", "xpu")
+                or compute_aux_loss
+                or any(v is not None for v in multimodal.values())
+            ):
+                return super()._get_per_token_logps_and_entropies(
+                    model,
+                    input_ids,
+                    attention_mask,
+                    logits_to_keep,
+                    batch_size,
+                    compute_entropy,
+                    compute_aux_loss,
+                    **multimodal,
+                )
+            from trl.trainer.utils import selective_log_softmax, selective_log_softmax_and_entropy
+
+            checkpointing = bool(getattr(self.args, "activation_checkpointing", False)) or bool(
+                getattr(self.model, "is_gradient_checkpointing", False)
+            )
+            size = batch_size or input_ids.size(0)
+            logps, entropies = [], []
+            for start in range(0, input_ids.size(0), size):
+                ids = input_ids[start : start + size]
+                mask = attention_mask[start : start + size]
+                with self.accelerator.autocast():
+                    if checkpointing:  # recomputation refuses a cache: score the whole rows
+                        logits = model(
+                            input_ids=ids,
+                            attention_mask=mask,
+                            logits_to_keep=logits_to_keep + 1,
+                            use_cache=False,
+                        ).logits[:, :-1]
+                    else:
+                        logits = grouped_completion_logits(model, ids, mask, logits_to_keep)
+                target = ids[:, -logits_to_keep:]
+                if compute_entropy:
+                    lp, ent = selective_log_softmax_and_entropy(logits, target, temperature=self.temperature)
+                    entropies.append(ent)
+                else:
+                    lp = selective_log_softmax(logits, target, temperature=self.temperature)
+                logps.append(lp)
+            return (
+                torch.cat(logps, dim=0),
+                torch.cat(entropies, dim=0) if compute_entropy else None,
+                None,
+            )
+
     return FastGRPOTrainer
+
+
+def grouped_completion_logits(model: Any, input_ids: Any, attention_mask: Any, keep: int) -> Any:
+    """The logits that score each row's last ``keep`` tokens (the completion), with each distinct
+    prompt run through the model **once**: a GRPO batch holds every prompt ``numGenerations``
+    times, and the prompt is ~10x the completion, so scoring whole rows spends most of a CPU step
+    on the same prompt again. The distinct prompts run first (their keys and values kept, with
+    gradients), then every completion attends to its own prompt's, selected per row. Positions
+    come from the attention mask, as in generation. Same values as scoring whole rows (RoPE is
+    relative, pads are masked), about ``numGenerations``x less prompt work."""
+    import torch
+
+    from trajforge.lm import _cache_key
+
+    prompt_ids, completion_ids = input_ids[:, :-keep], input_ids[:, -keep:]
+    prompt_mask = attention_mask[:, :-keep]
+    rows = torch.cat([prompt_ids * prompt_mask, prompt_mask], dim=1)
+    _, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    n = input_ids.size(0)
+    first = torch.full((int(inverse.max()) + 1,), n, dtype=torch.long, device=input_ids.device)
+    first = first.scatter_reduce(0, inverse, torch.arange(n, device=input_ids.device), "amin")
+    pick = inverse  # row i attends to distinct prompt inverse[i], run as row inverse[i] of ``first``
+    u_mask = prompt_mask[first]
+    out = model(
+        input_ids=prompt_ids[first],
+        attention_mask=u_mask,
+        position_ids=(u_mask.cumsum(-1) - 1).clamp(min=0),
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache = getattr(out, _cache_key())
+    cache.batch_select_indices(pick)
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -keep:]
+    rest = model(
+        input_ids=completion_ids,
+        attention_mask=attention_mask,
+        position_ids=positions,
+        use_cache=True,
+        logits_to_keep=keep,
+        **{_cache_key(): cache},
+    )
+    return torch.cat([out.logits[:, -1:][pick], rest.logits[:, :-1]], dim=1)
 
 
 # --- fit -----------------------------------------------------------------------------------------
