@@ -153,8 +153,7 @@ class DocumentReads(SqlHelpers):
         distinct text of a page is filtered once (texts shared between pages, once per read)."""
         option = orjson.OPT_APPEND_NEWLINE if newline else None
         texts = _Texts()
-        fragment = orjson.Fragment
-        private = None if privacy is None else _PrivateDocs(privacy)
+        parts: _RawDocs | _PrivateDocs = _RawDocs() if privacy is None else _PrivateDocs(privacy)
         for rows in self._pages(flt, chunk):
             with self._read_tx() as cur:
                 ids = [r[0] for r in rows]
@@ -165,70 +164,7 @@ class DocumentReads(SqlHelpers):
                 refs = [r[k] for r in calls for k in _CALL_TEXTS]
                 refs.extend(r[8] for r in accesses)
                 table = texts.page(self._fetch_texts(cur), refs)
-            if private is not None:
-                yield from private.docs(rows, steps, calls, accesses, scores, table, texts.shared, option)
-                continue
-            get = table.get
-            docs: dict[str, dict[str, Any]] = {r[0]: _trajectory_doc(r) for r in rows}
-            step_docs: dict[tuple[str, str], dict[str, Any]] = {}
-            for r in steps:
-                step = {
-                    "stepId": r[0],
-                    "stepNumber": r[2],
-                    "timestamp": r[3],
-                    "llmCalls": [],
-                    "providerAccesses": [],
-                    "action": _fragment(r[4]),
-                    "reward": r[5],
-                    "done": None if r[6] is None else bool(r[6]),
-                    "observation": _fragment(r[7]),
-                    "metadata": _fragment(r[8]),
-                }
-                step_docs[(r[1], r[0])] = step
-                docs[r[1]]["steps"].append(step)
-            for r in calls:
-                # The columns come in the wire keys' order; then the text ids become their bodies
-                # and JSON-valued columns are embedded as they are stored.
-                call = dict(zip(_CALL_KEYS, r[2:]))  # noqa: B905 - same length by construction
-                call["systemPrompt"] = get(r[6])
-                call["userPrompt"] = get(r[7])
-                call["response"] = get(r[9])
-                call["reasoning"] = get(r[10])
-                if r[8] is not None:
-                    call["messages"] = fragment(table[r[8]])
-                if r[11] is not None:
-                    call["toolCalls"] = fragment(r[11])
-                if r[12] is not None:
-                    call["tools"] = fragment(table[r[12]])
-                if r[24] is not None:
-                    call["tags"] = fragment(r[24])
-                _step_doc(step_docs, docs[r[0]], r[1])["llmCalls"].append(call)
-            for r in accesses:
-                _step_doc(step_docs, docs[r[0]], r[1])["providerAccesses"].append(
-                    {
-                        "accessId": r[2],
-                        "timestamp": r[3],
-                        "providerId": r[4],
-                        "providerName": r[5],
-                        "purpose": r[6],
-                        "query": _fragment(r[7]),
-                        "data": None if r[8] is None else fragment(table[r[8]]),
-                    }
-                )
-            for r in scores:
-                docs[r[1]]["scores"].append(
-                    {
-                        "trajectoryId": r[1],
-                        "name": r[2],
-                        "value": r[3],
-                        "comment": r[4],
-                        "source": r[5],
-                        "scoreId": r[0],
-                        "createdAt": r[6],
-                    }
-                )
-            for doc in docs.values():
-                yield orjson.dumps(doc, option=option)
+            yield from _assemble(parts, rows, steps, calls, accesses, scores, table, texts.shared, option)
 
     def iter_call_rows(
         self, flt: TrajectoryFilter, chunk: int = 500, *, privacy: PrivacyFilter | None = None
@@ -388,7 +324,7 @@ class _PrivateDocs:
         self._action_keys = tuple(camel(f.name) for f in dataclasses.fields(ActionResult))
         self._action_content = frozenset(camel(f) for f in ACTION_CONTENT)
 
-    def _text(self, s: str | None) -> str | None:
+    def text(self, s: str | None) -> str | None:
         return None if s is None else self.pf.text(s)
 
     def _json_body(self, body: str) -> orjson.Fragment:
@@ -399,7 +335,7 @@ class _PrivateDocs:
             return orjson.Fragment(body)
         return orjson.Fragment(self._dumps(self.pf.value(self._loads(body))))
 
-    def _value(self, s: str | None) -> orjson.Fragment | None:
+    def value(self, s: str | None) -> orjson.Fragment | None:
         """A JSON-valued column (metadata, observation, query, tool calls), once per distinct value."""
         if s is None:
             return None
@@ -411,7 +347,7 @@ class _PrivateDocs:
             hit = memo[s] = self._json_body(s)
         return hit
 
-    def _step_action(self, s: str | None) -> orjson.Fragment | None:
+    def step_action(self, s: str | None) -> orjson.Fragment | None:
         if s is None:
             return None
         memo = self._actions
@@ -437,87 +373,113 @@ class _PrivateDocs:
             hit = memo[s] = orjson.Fragment(s if wire is None else self._dumps(wire))
         return hit
 
-    def docs(
-        self,
-        rows: Sequence[Any],
-        steps: Sequence[Any],
-        calls: Sequence[Any],
-        accesses: Sequence[Any],
-        scores: Sequence[Any],
-        table: dict[int, str],
-        shared: dict[int, str],
-        option: int | None,
-    ) -> Iterator[bytes]:
-        text, value = self._text, self._value
-        plain = self._texts.page(table, (r[k] for r in calls for k in (6, 7, 9, 10)), shared, self.pf.text)
-        jsons = self._jsons.page(
-            table,
-            itertools.chain((r[k] for r in calls for k in (8, 12)), (r[8] for r in accesses)),
-            shared,
-            self._json_body,
-        )
-        docs: dict[str, dict[str, Any]] = {}
-        for r in rows:
-            doc = _trajectory_doc(r)
-            doc["agentId"] = text(r[1])
-            doc["scenarioId"] = text(r[7])
-            doc["metadata"] = value(r[11] or "{}")
-            docs[r[0]] = doc
-        step_docs: dict[tuple[str, str], dict[str, Any]] = {}
-        for r in steps:
-            step = {
-                "stepId": r[0],
-                "stepNumber": r[2],
+    def plain_page(self, table: dict[int, str], ids: Iterable[int | None], shared: dict[int, str]) -> Any:
+        return self._texts.page(table, ids, shared, self.pf.text)
+
+    def json_page(self, table: dict[int, str], ids: Iterable[int | None], shared: dict[int, str]) -> Any:
+        return self._jsons.page(table, ids, shared, self._json_body)
+
+
+class _RawDocs:
+    """The stored values as they are: texts by id, JSON-valued columns embedded as stored."""
+
+    @staticmethod
+    def text(s: str | None) -> str | None:
+        return s
+
+    value = step_action = staticmethod(_fragment)
+
+    @staticmethod
+    def plain_page(table: dict[int, str], ids: Iterable[int | None], shared: dict[int, str]) -> Any:
+        return table
+
+    @staticmethod
+    def json_page(table: dict[int, str], ids: Iterable[int | None], shared: dict[int, str]) -> Any:
+        fragment = orjson.Fragment
+        return {i: fragment(table[i]) for i in ids if i is not None}
+
+
+def _assemble(
+    parts: _RawDocs | _PrivateDocs,
+    rows: Sequence[Any],
+    steps: Sequence[Any],
+    calls: Sequence[Any],
+    accesses: Sequence[Any],
+    scores: Sequence[Any],
+    table: dict[int, str],
+    shared: dict[int, str],
+    option: int | None,
+) -> Iterator[bytes]:
+    """A page's JSON documents: the columns come in the wire keys' order, text ids become their
+    bodies and JSON-valued columns are embedded as fragments, each through ``parts`` (as stored,
+    or privacy-filtered once per distinct value)."""
+    text, value, action = parts.text, parts.value, parts.step_action
+    plain = parts.plain_page(table, (r[k] for r in calls for k in (6, 7, 9, 10)), shared)
+    jsons = parts.json_page(
+        table, itertools.chain((r[k] for r in calls for k in (8, 12)), (r[8] for r in accesses)), shared
+    )
+    docs: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        doc = _trajectory_doc(r)
+        doc["agentId"] = text(r[1])
+        doc["scenarioId"] = text(r[7])
+        doc["metadata"] = value(r[11] or "{}")
+        docs[r[0]] = doc
+    step_docs: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in steps:
+        step = {
+            "stepId": r[0],
+            "stepNumber": r[2],
+            "timestamp": r[3],
+            "llmCalls": [],
+            "providerAccesses": [],
+            "action": action(r[4]),
+            "reward": r[5],
+            "done": None if r[6] is None else bool(r[6]),
+            "observation": value(r[7]),
+            "metadata": value(r[8]),
+        }
+        step_docs[(r[1], r[0])] = step
+        docs[r[1]]["steps"].append(step)
+    for r in calls:
+        call = dict(zip(_CALL_KEYS, r[2:]))  # noqa: B905 - same length by construction
+        call["systemPrompt"] = plain.get(r[6])
+        call["userPrompt"] = plain.get(r[7])
+        call["response"] = plain.get(r[9])
+        call["reasoning"] = plain.get(r[10])
+        call["messages"] = jsons.get(r[8])
+        call["toolCalls"] = value(r[11])
+        call["tools"] = jsons.get(r[12])
+        call["actionType"] = text(r[18])
+        if r[24] is not None:
+            call["tags"] = orjson.Fragment(r[24])
+        _step_doc(step_docs, docs[r[0]], r[1])["llmCalls"].append(call)
+    for r in accesses:
+        _step_doc(step_docs, docs[r[0]], r[1])["providerAccesses"].append(
+            {
+                "accessId": r[2],
                 "timestamp": r[3],
-                "llmCalls": [],
-                "providerAccesses": [],
-                "action": self._step_action(r[4]),
-                "reward": r[5],
-                "done": None if r[6] is None else bool(r[6]),
-                "observation": value(r[7]),
-                "metadata": value(r[8]),
+                "providerId": r[4],
+                "providerName": r[5],
+                "purpose": r[6],
+                "query": value(r[7]),
+                "data": jsons.get(r[8]),
             }
-            step_docs[(r[1], r[0])] = step
-            docs[r[1]]["steps"].append(step)
-        for r in calls:
-            call = dict(zip(_CALL_KEYS, r[2:]))  # noqa: B905 - same length by construction
-            call["systemPrompt"] = plain.get(r[6])
-            call["userPrompt"] = plain.get(r[7])
-            call["response"] = plain.get(r[9])
-            call["reasoning"] = plain.get(r[10])
-            call["messages"] = jsons.get(r[8])
-            call["toolCalls"] = value(r[11])
-            call["tools"] = jsons.get(r[12])
-            call["actionType"] = text(r[18])
-            if r[24] is not None:
-                call["tags"] = orjson.Fragment(r[24])
-            _step_doc(step_docs, docs[r[0]], r[1])["llmCalls"].append(call)
-        for r in accesses:
-            _step_doc(step_docs, docs[r[0]], r[1])["providerAccesses"].append(
-                {
-                    "accessId": r[2],
-                    "timestamp": r[3],
-                    "providerId": r[4],
-                    "providerName": r[5],
-                    "purpose": r[6],
-                    "query": value(r[7]),
-                    "data": jsons.get(r[8]),
-                }
-            )
-        for r in scores:
-            docs[r[1]]["scores"].append(
-                {
-                    "trajectoryId": r[1],
-                    "name": r[2],
-                    "value": r[3],
-                    "comment": text(r[4]),
-                    "source": r[5],
-                    "scoreId": r[0],
-                    "createdAt": r[6],
-                }
-            )
-        for doc in docs.values():
-            yield orjson.dumps(doc, option=option)
+        )
+    for r in scores:
+        docs[r[1]]["scores"].append(
+            {
+                "trajectoryId": r[1],
+                "name": r[2],
+                "value": r[3],
+                "comment": text(r[4]),
+                "source": r[5],
+                "scoreId": r[0],
+                "createdAt": r[6],
+            }
+        )
+    for doc in docs.values():
+        yield orjson.dumps(doc, option=option)
 
 
 class _PrivateRows:
