@@ -95,6 +95,7 @@ def grpo_child(kind: str, model: str, steps: int, batch: int, gens: int, lr: flo
             output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch * gens, num_generations=gens,
             max_completion_length=max_completion, temperature=temperature, learning_rate=lr, beta=0.0,
             report_to=[], save_strategy="no", logging_steps=1, disable_tqdm=True, use_cpu=True,
+            bf16=lora.native_bf16("cpu"),  # the precision ours picks (TRL's bf16 default is emulated here)
         )  # fmt: skip
         trainer = GRPOTrainer(
             model=AutoModelForCausalLM.from_pretrained(base),
