@@ -90,7 +90,7 @@ def test_walked_pages_are_the_index_paths_pages(
     for query in QUERIES:
         flt = TrajectoryFilter(search=query, source=source)
         for limit, offset in [(10, 0), (10, 10), (7, 40), (25, 100), (10, 145)]:
-            monkeypatch.setattr(searchwalk, "HIT_COST", 0)  # walk whenever the walk can answer
+            monkeypatch.setattr(corpus, "walk_hit_cost", 0)  # walk whenever the walk can answer
             monkeypatch.setattr(sqlite, "RANGE_GAP", gap)
             walked = corpus.list_trajectories(flt, limit=limit, offset=offset)
             monkeypatch.setattr(searchwalk, "WALK_DEPTH", -1)  # the index path only

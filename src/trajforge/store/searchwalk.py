@@ -35,10 +35,6 @@ WALK_MAX = 2_000
 """Most trajectories one page may walk; a page that needs more takes the index path."""
 WALK_DEPTH = 1_000
 """Pages deeper than this (``offset + limit``) take the index path: the walk grows with the depth."""
-HIT_COST = 40
-"""About how many index hits cost as much as walking one trajectory (~32 searchable texts,
-each fetched and checked, against one hit's heap or link lookup): the walk runs when it is
-expected to be cheaper than the index path over all the hits."""
 
 
 class Walked(NamedTuple):
@@ -51,6 +47,12 @@ class Walked(NamedTuple):
 
 class SearchWalk(SqlHelpers):
     """The walk, over the store's own helpers (a part of the SQL store, like the write path)."""
+
+    walk_hit_cost = 40
+    """About how many index hits cost as much as walking one trajectory (~30 searchable texts,
+    each checked, against one hit's heap or link lookup): the walk runs when it is expected to be
+    cheaper than the index path over all the hits. Each backend sets its own, measured on the
+    query benchmark's store."""
 
     def _walk_search(self, cur: Any, flt: TrajectoryFilter, limit: int, offset: int) -> Walked | None:
         """The page of ``flt`` (which has a search) found by walking, or None when the index path
@@ -87,7 +89,9 @@ class SearchWalk(SqlHelpers):
             ahead = math.inf if density == 0 else (need - len(found)) / density
             if walked + ahead > WALK_MAX:
                 return None
-            if walked == WALK_FIRST and (walked + ahead) * HIT_COST > density * self._about(cur, flt):
+            if walked == WALK_FIRST and (walked + ahead) * self.walk_hit_cost > density * self._about(
+                cur, flt
+            ):
                 return None  # the index path's cost is its hits: about density x trajectories
             size = min(1_000, int(ahead * 1.25) + 16)
 

@@ -38,6 +38,9 @@ class SQLiteStore(SqlStore):
 
     dialect = "sqlite"
     page_search_id = "+t.id"
+    # 100k trajectories, a word in 9.5% of them: the index path 112 ms (9.5k hits, ~12 us each),
+    # the walk 86 ms (~540 trajectories, ~0.16 ms each).
+    walk_hit_cost = 15
     group_pass_rows = 100_000
 
     def __init__(self, path: str | Path, *, migrate_data: bool = True) -> None:
