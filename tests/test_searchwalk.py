@@ -3,6 +3,8 @@ SQLite and PostgreSQL, and a total that says when it is a lower bound."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -119,7 +121,7 @@ def test_a_common_word_gets_a_lower_bound_and_a_rare_one_its_count(corpus: Store
     assert not everything.total_is_lower_bound and everything.total == len(everything.items) == COMMON
 
 
-def test_the_api_says_when_the_total_is_a_lower_bound(corpus: Store) -> None:
+def test_the_api_says_when_the_total_is_a_lower_bound(corpus: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     with TestClient(create_app(corpus), base_url="http://127.0.0.1") as client:
         common = client.get("/api/trajectories", params={"search": "common", "limit": 10}).json()
         assert common["totalIsLowerBound"] is True and common["total"] > 10
@@ -127,3 +129,14 @@ def test_the_api_says_when_the_total_is_a_lower_bound(corpus: Store) -> None:
         assert rare["totalIsLowerBound"] is False and rare["total"] == 1
         listed = client.get("/api/trajectories", params={"limit": 1}).json()
         assert listed["totalIsLowerBound"] is False and listed["total"] == N
+        # The dashboard shows the bound as "N+", and a next page (its 50 a page are a walk only
+        # when walking is free, on a store this small).
+        monkeypatch.setattr(corpus, "walk_hit_cost", 0)
+        page = client.get("/trajectories", params={"search": "common"})
+        assert page.status_code == 200
+        assert (
+            re.search(r'id="total">\d+\+ matching', page.text) and 'id="page-info">page 1 of 2+' in page.text
+        )
+        assert re.search(
+            r'id="total">1 matching', client.get("/trajectories", params={"search": "number17"}).text
+        )
