@@ -84,16 +84,25 @@ QUERIES = [
 ]
 
 
-@pytest.mark.parametrize(("source", "gap"), [(None, sqlite.RANGE_GAP), ("chat", sqlite.RANGE_GAP), (None, 0)])
+@pytest.mark.parametrize(
+    ("source", "gap", "ranges"),
+    [
+        (None, sqlite.RANGE_GAP, sqlite.MAX_RANGES),
+        ("chat", sqlite.RANGE_GAP, sqlite.MAX_RANGES),
+        (None, 0, 10**6),
+        (None, 0, 3),
+    ],
+)
 def test_walked_pages_are_the_index_paths_pages(
-    corpus: Store, monkeypatch: pytest.MonkeyPatch, source: str | None, gap: int
+    corpus: Store, monkeypatch: pytest.MonkeyPatch, source: str | None, gap: int, ranges: int
 ) -> None:
-    # gap 0: SQLite asks FTS5 one text id at a time instead of one range.
+    # gap 0: SQLite asks FTS5 one text id at a time instead of one range, or in 3 ranges.
     for query in QUERIES:
         flt = TrajectoryFilter(search=query, source=source)
         for limit, offset in [(10, 0), (10, 10), (7, 40), (25, 100), (10, 145)]:
             monkeypatch.setattr(corpus, "walk_hit_cost", 0)  # walk whenever the walk can answer
             monkeypatch.setattr(sqlite, "RANGE_GAP", gap)
+            monkeypatch.setattr(sqlite, "MAX_RANGES", ranges)
             walked = corpus.list_trajectories(flt, limit=limit, offset=offset)
             monkeypatch.setattr(searchwalk, "WALK_DEPTH", -1)  # the index path only
             exact = corpus.list_trajectories(flt, limit=limit, offset=offset)
