@@ -12,13 +12,12 @@ trajectories in the same order.
 What the walk does not give is the number of matches: it stops after the page. Its total is the
 matches it walked past, reported as a lower bound (``Page.total_is_lower_bound``, "N+"), unless
 it reached the last trajectory. Rare words, deep pages and walks that would run long take the
-index path, which counts exactly; which one runs is decided after a first batch, from the
-density it found.
+index path, which counts exactly; which one runs is decided from the density the first batches
+found (32 trajectories, up to 128 when they held few matches).
 """
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -31,6 +30,9 @@ if TYPE_CHECKING:
 WALK_FIRST = 32
 """Trajectories in the first batch: enough to measure a common word's density, cheap to waste
 when the word turns out rare (~32 x 30 texts checked)."""
+WALK_SAMPLE, WALK_SAMPLE_MAX = 8, 128
+"""The walk judges a word's density once it has found this many matches, or walked this many
+trajectories (a word with a few matches among the first batch: look further before judging)."""
 WALK_MAX = 2_000
 """Most trajectories one page may walk; a page that needs more takes the index path."""
 WALK_DEPTH = 1_000
@@ -68,6 +70,7 @@ class SearchWalk(SqlHelpers):
         found: list[Any] = []
         walked = 0
         size = WALK_FIRST
+        judged = False
         key: tuple[int, str] | None = None
         while True:
             sql = f"SELECT {TRAJ_COLS} FROM trajectories t{where}"
@@ -85,14 +88,20 @@ class SearchWalk(SqlHelpers):
             if len(found) >= need:
                 return Walked(found[offset : offset + limit], len(found), True)
             key = (rows[-1][4], rows[-1][0])
+            if not found:
+                return None  # none among the newest: a rare word, the index path's
             density = len(found) / walked
-            ahead = math.inf if density == 0 else (need - len(found)) / density
+            ahead = (need - len(found)) / density
+            if len(found) < WALK_SAMPLE and walked < WALK_SAMPLE_MAX:
+                # Too few matches to judge the density by (1 of 32 for a word in 10%: 3x off).
+                size = WALK_SAMPLE_MAX - walked
+                continue
             if walked + ahead > WALK_MAX:
                 return None
-            if walked == WALK_FIRST and (walked + ahead) * self.walk_hit_cost > density * self._about(
-                cur, flt
-            ):
-                return None  # the index path's cost is its hits: about density x trajectories
+            if not judged:
+                judged = True
+                if (walked + ahead) * self.walk_hit_cost > density * self._about(cur, flt):
+                    return None  # the index path's cost is its hits: about density x trajectories
             size = min(1_000, int(ahead * 1.25) + 16)
 
     def _about(self, cur: Any, flt: TrajectoryFilter) -> int:
