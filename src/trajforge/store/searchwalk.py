@@ -102,7 +102,7 @@ class SearchWalk(SqlHelpers):
                 judged = True
                 if (walked + ahead) * self.walk_hit_cost > density * self._about(cur, flt):
                     return None  # the index path's cost is its hits: about density x trajectories
-            size = min(1_000, int(ahead * 1.25) + 16)
+            size = min(1_000, int(ahead * 1.1) + 8)  # a little over the estimate: one more batch is rare
 
     def _about(self, cur: Any, flt: TrajectoryFilter) -> int:
         """Roughly how many trajectories ``flt`` holds, without its search (all a choice of path
