@@ -117,20 +117,26 @@ class SearchWalk(SqlHelpers):
     ) -> list[Any]:
         """The rows (in order) whose searchable texts satisfy every set: some text matches each
         positive group, none matches a negated term."""
-        if not rows:
-            return []
+        alive = list(rows)
+        for terms, positive in sets:
+            if not alive:
+                break
+            hits = self._matching_trajectories(cur, terms, [r[0] for r in alive])
+            alive = [r for r in alive if (r[0] in hits) is positive]
+        return alive
+
+    def _matching_trajectories(
+        self, cur: Any, terms: tuple[search.Term, ...], trajectory_ids: list[str]
+    ) -> set[str]:
+        """Which of these trajectories have a searchable text matching any of ``terms``: their
+        links, then each distinct text asked once (a system prompt shared by the whole batch too)."""
         texts: dict[str, list[int]] = defaultdict(list)
         for tid, text_id in self._select_in(
             cur,
             "SELECT trajectory_id, text_id FROM trajectory_texts WHERE fts AND trajectory_id IN ({marks})",
-            [r[0] for r in rows],
+            trajectory_ids,
         ):
             texts[tid].append(text_id)
-        alive = list(rows)
-        for terms, positive in sets:
-            wanted = sorted({i for r in alive for i in texts.get(r[0], ())})
-            hits = self._match_texts(cur, terms, wanted) if wanted else set()
-            alive = [r for r in alive if any(i in hits for i in texts.get(r[0], ())) is positive]
-            if not alive:
-                break
-        return alive
+        wanted = sorted({i for ids in texts.values() for i in ids})
+        hits = self._match_texts(cur, terms, wanted) if wanted else set()
+        return {tid for tid, ids in texts.items() if any(i in hits for i in ids)}
