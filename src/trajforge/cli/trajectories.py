@@ -30,7 +30,7 @@ def trajectories_list(req: ListRequest, db: DbOption = None) -> None:
     with store_at(db) as store:
         page = store.list_trajectories(req.only_filter(), limit=req.limit, offset=offset)
     table = Table(
-        title=f"{page.total} trajectories (showing {offset + 1 if page.items else 0}–{offset + len(page.items)})"
+        title=f"{page.total}{'+' if page.total_is_lower_bound else ''} trajectories (showing {offset + 1 if page.items else 0}–{offset + len(page.items)})"
     )
     for col in ("started", "id", "agent", "source", "status", "steps", "calls", "tokens", "reward"):
         table.add_column(col, overflow="fold", no_wrap=col in ("started", "id"))

@@ -222,7 +222,7 @@ def trajectories_page(request: Request) -> Response:
     if not 1 <= page <= MAX_PAGE:  # a bigger one would be an offset past what SQL takes
         error, page = f"page must be a number from 1 to {MAX_PAGE}", 1
     items: list[Any] = []
-    total = 0
+    total, at_least = 0, False
     stats: dict[str, Any] = {}
     rewards: list[float] = []
     # What the export buttons send: the filter as the export body takes it (typed), or as typed in
@@ -232,7 +232,7 @@ def trajectories_page(request: Request) -> Response:
         flt = FilterQuery.parse(params)
         export_filter = flt.only_filter().to_wire()
         result = store.list_trajectories(flt, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
-        items, total = result.items, result.total
+        items, total, at_least = result.items, result.total, result.total_is_lower_bound
         stats = store.stats(flt)
         sample = store.list_trajectories(flt, limit=500).items
         rewards = [
@@ -249,6 +249,7 @@ def trajectories_page(request: Request) -> Response:
         {
             "items": items,
             "total": total,
+            "total_at_least": at_least,
             "page": page,
             "pages": pages,
             "filters": params,

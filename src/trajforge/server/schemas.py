@@ -63,6 +63,12 @@ class TrajectoryList(BaseModel):
     total: int
     limit: int
     offset: int
+    totalIsLowerBound: bool = Field(
+        default=False,
+        description="True when `total` is a lower bound, not the count: a search for a word in most "
+        "trajectories finds its page among the newest and counts only the matches it walked past. "
+        "There are at least `total` matches, and more pages while a page comes back full.",
+    )
 
 
 class TrajectoryDetail(BaseModel):

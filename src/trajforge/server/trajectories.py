@@ -91,6 +91,7 @@ def list_trajectories(request: Request, query: Annotated[ListQuery, Query()]) ->
         "total": page.total,
         "limit": query.limit,
         "offset": query.offset,
+        "totalIsLowerBound": page.total_is_lower_bound,
     }
 
 

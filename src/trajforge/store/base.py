@@ -32,6 +32,10 @@ class Page:
     total: int
     limit: int
     offset: int
+    total_is_lower_bound: bool = False
+    """``total`` is a lower bound, not the count: a search for a common word finds its page by
+    walking the newest trajectories, and counts only the matches it walked past (at least
+    ``offset + len(items) + 1``: there are more). Shown as "N+"."""
 
 
 @dataclass(slots=True)

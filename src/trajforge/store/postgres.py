@@ -21,7 +21,7 @@ from trajforge.store import pgcopy, search
 from trajforge.store.base import Page
 from trajforge.store.filter import TrajectoryFilter
 from trajforge.store.migrations import DataMigration, Migration
-from trajforge.store.sql import TRAJ_COLS, SqlStore, _trajectory
+from trajforge.store.sql import TRAJ_COLS, SqlStore, _trajectory, _walked_page
 
 _SCHEMA = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 # Any fixed number: serializes migrations when several hosts open the same database at once.
@@ -61,6 +61,11 @@ class PostgresStore(SqlStore):
     upserts touch rows in a fixed order, and deadlocks or serialization failures are retried."""
 
     dialect = "postgres"
+    # A word in ~9.5% of the trajectories: at 100k the index path 33 ms (9.5k hits, 3.5 us each),
+    # a walk 161 ms (~540 trajectories, 0.3 ms each: a text's key lookup and check cost more than
+    # FTS5's seek in its word list); at 400k the index path 290 ms (38k hits, 7.5 us each: the
+    # heap pages no longer cached), a walk 151 ms. Either side of 40.
+    walk_hit_cost = 40
 
     def __init__(self, url: str, *, pool_size: int = 8, migrate_data: bool = True) -> None:
         super().__init__()
@@ -259,12 +264,81 @@ class PostgresStore(SqlStore):
             params,
         )
 
+    def _about(self, cur: Any, flt: TrajectoryFilter) -> int:
+        """The planner's row count of the table (the rollup's sum reads a table that only vacuum
+        keeps small: 6-9 ms here without autovacuum), or the rollup's count before any analyze."""
+        row = self._ex(cur, "SELECT reltuples FROM pg_class WHERE oid = 'trajectories'::regclass").fetchone()
+        return int(row[0]) if row[0] >= 0 else super()._about(cur, flt)
+
+    def _text_test(self, cur: Any, terms: tuple[search.Term, ...]) -> tuple[str, list[Any]]:
+        """A condition on a text ``x`` (``x.body``): it matches any of ``terms``, by the tsquery
+        the index answers. Parsing a text (``to_tsvector``) costs ~45 us, so a cheap test runs
+        first: every word of a matching term is a substring of the text lowercased (the 'simple'
+        configuration's words are its tokens lowercased, character by character). ASCII
+        lowercasing (``COLLATE "C"``) is the cheap one and exact for ASCII words: the only other
+        characters that lowercase to ASCII are U+0130 and U+212A (checked over all of Unicode),
+        and a text holding one skips the test. A term with a non-ASCII word is checked without it."""
+        tsquery, params = search.tsquery_any(terms)
+        words: list[list[str]] = []
+        for term in terms:
+            row = self._ex(cur, "SELECT tsvector_to_array(to_tsvector('simple', ?))", [" ".join(term.words)])
+            lexemes = row.fetchone()[0]
+            if not lexemes or not all(w.isascii() for w in lexemes):
+                words = []
+                break
+            words.append(list(lexemes))
+        test = f"to_tsvector('simple', left(x.body, 100000)) @@ {tsquery}"
+        if not words:
+            return test, params
+        lowered = 'lower(x.body COLLATE "C")'
+        alternatives = ["(" + " AND ".join([f"strpos({lowered}, ?) > 0"] * len(w)) + ")" for w in words]
+        # The two letters are looked for only in texts with a non-ASCII character (on the
+        # benchmark's ASCII texts, a quarter of the test's cost otherwise).
+        special = (
+            "(octet_length(x.body) <> length(x.body) AND (strpos(x.body, ?) > 0 OR strpos(x.body, ?) > 0))"
+        )
+        prefilter = "(" + " OR ".join([*alternatives, special]) + ")"
+        pre_params = [w for lexemes in words for w in lexemes] + ["\u0130", "\u212a"]
+        return f"{prefilter} AND {test}", [*pre_params, *params]
+
+    # OFFSET 0 keeps the texts fetched by their keys and the match a filter on them: given the
+    # match as a condition of the scan, the planner reads the word's whole GIN list to AND it with
+    # the keys (a word in 52k texts: ~40 ms, growing with the store).
+    _TEXTS_BY_KEY = "(SELECT id, body FROM texts WHERE id = ANY({ids}) AND fts OFFSET 0) x"
+
+    def _match_texts(self, cur: Any, terms: tuple[search.Term, ...], text_ids: Sequence[int]) -> set[int]:
+        """The texts by their keys, each checked with :meth:`_text_test`."""
+        if not text_ids:
+            return set()
+        test, params = self._text_test(cur, terms)
+        sql = f"SELECT x.id FROM {self._TEXTS_BY_KEY.format(ids='%b')} WHERE {test}"
+        return {r[0] for r in self._ex(cur, sql, [list(text_ids), *params]).fetchall()}
+
+    def _matching_trajectories(
+        self, cur: Any, terms: tuple[search.Term, ...], trajectory_ids: list[str]
+    ) -> set[str]:
+        """As the shared one, in one statement: the links stay on the server (a batch of 800
+        trajectories has ~25k of them)."""
+        test, params = self._text_test(cur, terms)
+        texts = self._TEXTS_BY_KEY.format(ids="ARRAY(SELECT DISTINCT text_id FROM l)")
+        sql = (
+            "WITH l AS MATERIALIZED (SELECT trajectory_id, text_id FROM trajectory_texts "
+            "WHERE trajectory_id = ANY(%b) AND fts), "
+            f"m AS MATERIALIZED (SELECT x.id FROM {texts} WHERE {test}) "
+            "SELECT DISTINCT l.trajectory_id FROM l JOIN m ON m.id = l.text_id"
+        )
+        return {r[0] for r in self._ex(cur, sql, [list(trajectory_ids), *params]).fetchall()}
+
     def list_trajectories(self, flt: TrajectoryFilter, limit: int = 50, offset: int = 0) -> Page:
         """A search page and its total from one statement: the matching trajectory ids are found
         once (the GIN index, then owners or the link index) and both the page and the count read
         them, where the shared path would run the text match twice (~2x the time at 10k hits)."""
         if not flt.search:
             return super().list_trajectories(flt, limit, offset)
+        with self._read_tx() as cur:
+            walked = self._walk_search(cur, flt, limit, offset)
+        if walked is not None:
+            return _walked_page(walked, limit, offset)
         query = search.parse(flt.search)
         selects, hit_params = [], []
         for terms, op in [(g, " INTERSECT ") for g in query.groups] + [

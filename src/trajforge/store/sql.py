@@ -30,6 +30,7 @@ from trajforge.records import (
 from trajforge.store import search
 from trajforge.store.base import Page
 from trajforge.store.documents import DocumentReads
+from trajforge.store.searchwalk import SearchWalk, Walked
 from trajforge.store.sqlbase import (
     ACCESS_COLS,
     CALL_COLS,
@@ -56,7 +57,7 @@ def _opt_loads(value: str | None) -> Any:
     return None if value is None else jsonutil.loads(value)
 
 
-class SqlStore(DocumentReads, TrainingRecords, TrajectoryWrites, SqlBase):
+class SqlStore(DocumentReads, TrainingRecords, TrajectoryWrites, SearchWalk, SqlBase):
     """Shared implementation; subclasses provide connections, placeholders and search."""
 
     def __init__(self) -> None:
@@ -131,6 +132,11 @@ class SqlStore(DocumentReads, TrainingRecords, TrajectoryWrites, SqlBase):
             return self._count(cur, flt)
 
     def list_trajectories(self, flt: TrajectoryFilter, limit: int = 50, offset: int = 0) -> Page:
+        if flt.search:
+            with self._read_tx() as cur:
+                walked = self._walk_search(cur, flt, limit, offset)
+            if walked is not None:
+                return _walked_page(walked, limit, offset)
         page_where, page_params = self._where(flt, page=True)
         with self._read_tx() as cur:
             rows = self._ex(
@@ -598,6 +604,10 @@ def _rollup_where(flt: TrajectoryFilter) -> tuple[str, list[Any]] | None:
             clauses.append(f"{column} = ?")
             params.append(value)
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def _walked_page(walked: Walked, limit: int, offset: int) -> Page:
+    return Page([_trajectory(r) for r in walked.rows], walked.total, limit, offset, walked.lower_bound)
 
 
 def _trajectory(r: Sequence[Any]) -> Trajectory:

@@ -131,8 +131,22 @@ class SqlHelpers(Protocol):
         """A SELECT of the ids of the trajectories with a searchable text matching any of ``terms``."""
         ...
 
+    def _match_texts(self, cur: Any, terms: tuple[search.Term, ...], text_ids: Sequence[int]) -> set[int]:
+        """Which of the (searchable) texts ``text_ids`` match any of ``terms``: the same match as
+        :meth:`_search_ids`, asked of a few thousand given texts instead of the whole index."""
+        ...
+
     def _pages(self, flt: TrajectoryFilter, chunk: int) -> Iterator[list[Any]]:
         """Trajectory rows matching ``flt``, newest first, ``chunk`` per page (the reads implement it)."""
+        ...
+
+    def _where(self, flt: TrajectoryFilter, *, page: bool = False) -> tuple[str, list[Any]]:
+        """The ``WHERE`` clause (on ``trajectories t``) and its parameters for ``flt`` (the reads
+        implement it)."""
+        ...
+
+    def _count(self, cur: Any, flt: TrajectoryFilter) -> int:
+        """How many trajectories match ``flt`` (the reads implement it)."""
         ...
 
 
@@ -155,6 +169,9 @@ class SqlBase(SqlHelpers):
 
     def _text_match(self, terms: tuple[search.Term, ...]) -> tuple[str, list[Any]]:
         """A condition on ``tt.text_id``: the text matches any of ``terms``."""
+        raise NotImplementedError
+
+    def _match_texts(self, cur: Any, terms: tuple[search.Term, ...], text_ids: Sequence[int]) -> set[int]:
         raise NotImplementedError
 
     def _search_ids(self, terms: tuple[search.Term, ...]) -> tuple[str, list[Any]]:

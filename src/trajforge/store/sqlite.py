@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -26,6 +27,11 @@ PRAGMAS = (
     "PRAGMA cache_size = -65536",
     "PRAGMA mmap_size = 268435456",
 )
+RANGE_GAP = 20_000
+"""Text ids closer than this are asked of FTS5 as one range: the matches in the gap between them
+(a few hundred at most for a word in most texts) cost less than another statement."""
+MAX_RANGES = 16
+"""Most FTS5 statements one check of a batch's texts runs."""
 
 
 class SQLiteStore(SqlStore):
@@ -35,6 +41,9 @@ class SQLiteStore(SqlStore):
 
     dialect = "sqlite"
     page_search_id = "+t.id"
+    # A word in ~9.5% of the trajectories: at 100k the index path 105 ms (9.5k hits, 11 us each),
+    # a walk 79 ms (~540 trajectories, 0.15 ms each); at 400k 561 ms against 100 ms.
+    walk_hit_cost = 15
     group_pass_rows = 100_000
 
     def __init__(self, path: str | Path, *, migrate_data: bool = True) -> None:
@@ -149,6 +158,29 @@ class SQLiteStore(SqlStore):
 
     def _text_match(self, terms: tuple[search.Term, ...]) -> tuple[str, list[Any]]:
         return "tt.text_id IN (SELECT rowid FROM texts_fts WHERE texts_fts MATCH ?)", [search.fts5_any(terms)]
+
+    def _match_texts(self, cur: Any, terms: tuple[search.Term, ...], text_ids: Sequence[int]) -> set[int]:
+        """FTS5 answers ``MATCH`` within a range of rowids by seeking in the word's list, but ran
+        ``rowid IN (...)`` of 3,000 ids for seconds, and each statement costs ~0.2 ms to set up: the
+        ids are asked as a few ranges, split at the gaps wider than RANGE_GAP (a batch of
+        trajectories' texts is mostly one run of recent ids, plus a few shared ones), at most
+        MAX_RANGES of them (the widest gaps; scattered ids cost a longer stretch of the list, never
+        more than all of it)."""
+        ids = sorted(text_ids)
+        if not ids:
+            return set()
+        gaps = sorted(range(1, len(ids)), key=lambda k: ids[k] - ids[k - 1], reverse=True)
+        cuts = sorted(k for k in gaps[: MAX_RANGES - 1] if ids[k] - ids[k - 1] > RANGE_GAP)
+        wanted = set(ids)
+        match = search.fts5_any(terms)
+        out: set[int] = set()
+        for a, b in itertools.pairwise([0, *cuts, len(ids)]):
+            rows = cur.execute(
+                "SELECT rowid FROM texts_fts WHERE texts_fts MATCH ? AND rowid BETWEEN ? AND ?",
+                [match, ids[a], ids[b - 1]],
+            ).fetchall()
+            out.update(r[0] for r in rows if r[0] in wanted)
+        return out
 
     def _index_texts(self, cur: Any, rows: Sequence[tuple[int, str]]) -> None:
         if rows:
