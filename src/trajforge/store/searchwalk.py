@@ -22,7 +22,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from trajforge.store import search
-from trajforge.store.sqlbase import TRAJ_COLS, SqlHelpers
+from trajforge.store.sqlbase import SqlHelpers, newest_after
 
 if TYPE_CHECKING:
     from trajforge.store.filter import TrajectoryFilter
@@ -66,21 +66,13 @@ class SearchWalk(SqlHelpers):
         # Positive groups first: each set only checks the texts of the trajectories still in.
         sets = [(g, True) for g in query.groups] + [((n,), False) for n in query.negated]
         where, params = self._where(flt.model_copy(update={"search": None}))
-        joiner = " AND " if where else " WHERE "
         found: list[Any] = []
         walked = 0
         size = WALK_FIRST
         judged = False
         key: tuple[int, str] | None = None
         while True:
-            sql = f"SELECT {TRAJ_COLS} FROM trajectories t{where}"
-            page_params = list(params)
-            if key is not None:
-                sql += joiner + "(t.start_time < ? OR (t.start_time = ? AND t.id < ?))"
-                page_params += [key[0], key[0], key[1]]
-            rows = self._ex(
-                cur, sql + " ORDER BY t.start_time DESC, t.id DESC LIMIT ?", [*page_params, size]
-            ).fetchall()
+            rows = self._ex(cur, *newest_after(where, params, key, size)).fetchall()
             walked += len(rows)
             found.extend(self._matching(cur, rows, sets))
             if len(rows) < size:  # walked them all: the count is exact

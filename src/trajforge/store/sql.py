@@ -40,6 +40,7 @@ from trajforge.store.sqlbase import (
     TRAJ_COLS,
     SqlBase,
     chunked,
+    newest_after,
     placeholders,
 )
 from trajforge.store.stats import DAY_MS, add_to_rollup, rolled_totals, stats_report
@@ -177,16 +178,9 @@ class SqlStore(DocumentReads, TrainingRecords, TrajectoryWrites, SearchWalk, Sql
         """Trajectory rows matching ``flt``, newest first, ``chunk`` per page (keyset pagination:
         constant cost per page however deep the export goes)."""
         where, params = self._where(flt)
-        joiner = " AND " if where else " WHERE "
         cursor_key: tuple[int, str] | None = None
         while True:
-            sql = f"SELECT {TRAJ_COLS} FROM trajectories t{where}"
-            page_params = list(params)
-            if cursor_key is not None:
-                sql += joiner + "(t.start_time < ? OR (t.start_time = ? AND t.id < ?))"
-                page_params += [cursor_key[0], cursor_key[0], cursor_key[1]]
-            sql += " ORDER BY t.start_time DESC, t.id DESC LIMIT ?"
-            page_params.append(chunk)
+            sql, page_params = newest_after(where, params, cursor_key, chunk)
             with self._read_tx() as cur:
                 rows = self._ex(cur, sql, page_params).fetchall()
             if not rows:

@@ -30,6 +30,22 @@ TRAJ_COLS = (
     "group_index, is_training_data, metadata, total_reward, step_count, llm_call_count, "
     "provider_access_count, total_prompt_tokens, total_completion_tokens, created_at, updated_at"
 )
+
+
+def newest_after(
+    where: str, params: list[Any], key: tuple[int, str] | None, size: int
+) -> tuple[str, list[Any]]:
+    """The next ``size`` trajectory rows (``TRAJ_COLS``) of a filter's ``where``, newest first,
+    after the row whose ``(start_time, id)`` is ``key`` (keyset pagination: constant cost per page
+    however deep the read goes). The next key is the last row's ``(row[4], row[0])``."""
+    sql = f"SELECT {TRAJ_COLS} FROM trajectories t{where}"
+    out = list(params)
+    if key is not None:
+        sql += (" AND " if where else " WHERE ") + "(t.start_time < ? OR (t.start_time = ? AND t.id < ?))"
+        out += [key[0], key[0], key[1]]
+    return sql + " ORDER BY t.start_time DESC, t.id DESC LIMIT ?", [*out, size]
+
+
 CALL_COLS = (
     "call_id, trajectory_id, step_id, timestamp, model, model_version, system_text, user_text, "
     "response_text, reasoning_text, messages_text, tools_text, tool_calls, finish_reason, temperature, "
