@@ -204,6 +204,26 @@ def job_working(store: Store, job_id: str) -> int:
     return pid
 
 
+def cancel_while_training(store: Store, job_id: str, timeout: float) -> Any:
+    """Cancel a job once it reports a training step, then wait until it has ended and its runner
+    has reaped the process; returns the final job (both waits within ``timeout`` seconds)."""
+    from trajforge import jobs
+
+    deadline = time.monotonic() + timeout
+    until(
+        f"{job_id} to start training",
+        lambda: any(e.phase == "train" for e in store.list_events(job_id=job_id)),
+        timeout,
+    )
+    jobs.cancel(store, job_id)
+
+    def ended() -> Any:
+        final = jobs.get(store, job_id)
+        return final if final.status in JOB_FINISHED and final.exit_code is not None else None
+
+    return until(f"{job_id} to end", ended, max(0.1, deadline - time.monotonic()))
+
+
 def free_port() -> int:
     """A loopback port nothing listens on (at the moment of asking)."""
     import socket

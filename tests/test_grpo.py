@@ -4,7 +4,6 @@ validated at submit, and the API and CLI submitting it."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests import grpo_rewards
-from tests.helpers import make_support_corpus
+from tests.helpers import cancel_while_training, make_support_corpus
 from trajforge import datasets, evaluate, jobs, models
 from trajforge.errors import InvalidInput
 from trajforge.records import Job, LlmCall, Step, Trajectory, WriteBatch
@@ -408,19 +407,7 @@ def test_cancel_stops_grpo_between_steps(tmp_path: Path, tiny_model_dir: Path) -
                 "maxCompletionLength": 2,
             },
         )
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if any(e.phase == "train" for e in store.list_events(job_id=job.id)):
-                break
-            time.sleep(0.2)
-        else:
-            raise AssertionError(f"training never started: {store.get_job(job.id)}")
-        jobs.cancel(store, job.id)
-        while time.monotonic() < deadline:
-            final = jobs.get(store, job.id)
-            if final.status in ("completed", "failed", "cancelled") and final.exit_code is not None:
-                break
-            time.sleep(0.2)
+        final = cancel_while_training(store, job.id, 180)
     finally:
         runner.stop()
     assert final.status == "cancelled" and final.exit_code == 130, final

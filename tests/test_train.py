@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 import trajforge
 from tests.fakes.ollama_server import FakeOllama, llama_info
-from tests.helpers import free_port, make_support_corpus
+from tests.helpers import cancel_while_training, free_port, make_support_corpus
 from trajforge import datasets, evaluate, jobs, models, ollama
 from trajforge.errors import InvalidInput, NotFound, Unavailable
 from trajforge.records import Job, Model, WriteBatch
@@ -217,19 +217,7 @@ def test_cancel_stops_training_between_steps(tmp_path: Path, tiny_model_dir: Pat
         job = jobs.submit(
             store, {"backend": "cpu", "model": f"local:{tiny_model_dir}", "iterations": 5000, "batchSize": 2}
         )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if any(e.phase == "train" for e in store.list_events(job_id=job.id)):
-                break
-            time.sleep(0.2)
-        else:
-            raise AssertionError(f"training never started: {store.get_job(job.id)}")
-        jobs.cancel(store, job.id)
-        while time.monotonic() < deadline:
-            final = jobs.get(store, job.id)
-            if final.status in ("completed", "failed", "cancelled") and final.exit_code is not None:
-                break  # ended, and its runner has reaped the process
-            time.sleep(0.2)
+        final = cancel_while_training(store, job.id, 120)
     finally:
         runner.stop()
     # It stopped by itself between steps (exit 130), well before the SIGKILL grace period.

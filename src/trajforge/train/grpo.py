@@ -726,11 +726,9 @@ def run(
 ) -> dict[str, Any]:
     """The GRPO job body (called by :func:`trajforge.train.lora.run` for ``method: grpo``): train,
     save, register the model with its method, parent and reward."""
-    import orjson as _orjson
-
     from trajforge import models
     from trajforge.records import Model
-    from trajforge.train.lora import models_root, peak_rss_mb, resolve_base
+    from trajforge.train.lora import models_root, peak_rss_mb, resolve_base, save_model
 
     device = job.backend
     rows = load_prompts(Path(ds.path), opts.task)
@@ -789,28 +787,8 @@ def run(
         "baseDir": base_dir,
         "options": opts.summary(),
     }
-    adapter = out / "adapter"
-    trainer.model.save_pretrained(adapter)
-    trainer.processing_class.save_pretrained(adapter)
-    (out / "train_log.jsonl").write_bytes(b"".join(_orjson.dumps(e) + b"\n" for e in progress.log))
-    model.adapter_path = str(adapter)
-    if opts.merge:
-        report(0.95, "merge", "merging the adapter into the base model")
-        merged = out / "merged"
-        trainer.model.merge_and_unload().save_pretrained(merged)
-        trainer.processing_class.save_pretrained(merged)
-        model.merged_path = str(merged)
-    model.metrics = metrics
-    store.add_model(model)
-    report(
-        1.0,
-        "done",
+    done = (
         f"model {model.id}: reward {metrics['rewardFirst'] or 0:.3f} → {metrics['rewardLast'] or 0:.3f} "
-        f"over {metrics['steps']} steps",
+        f"over {metrics['steps']} steps"
     )
-    return {
-        "modelId": model.id,
-        "adapterPath": model.adapter_path,
-        "mergedPath": model.merged_path,
-        "metrics": metrics,
-    }
+    return save_model(store, trainer, progress, model, out, opts, metrics, report, done)

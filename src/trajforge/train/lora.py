@@ -707,11 +707,37 @@ def run(
     }
     if progress.rows[1]:
         metrics["evalLoss"] = float(trainer.evaluate()["eval_loss"])
+    (out / "trainer_state.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    return save_model(
+        store,
+        trainer,
+        progress,
+        model,
+        out,
+        opts,
+        metrics,
+        report,
+        f"model {model.id}: loss {metrics['finalLoss']}",
+    )
+
+
+def save_model(
+    store: Any,
+    trainer: Any,
+    progress: Progress,
+    model: Model,
+    out: Path,
+    opts: LoraOptions,
+    metrics: dict[str, Any],
+    report: Report,
+    done: str,
+) -> dict[str, Any]:
+    """Save a trained adapter (and, with ``merge``, the merged model) and its step log under
+    ``out``, register ``model`` with ``metrics``; the job's output. Every local LoRA method ends here."""
     adapter = out / "adapter"
     trainer.model.save_pretrained(adapter)
     trainer.processing_class.save_pretrained(adapter)
     (out / "train_log.jsonl").write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in progress.log))
-    (out / "trainer_state.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     model.adapter_path = str(adapter)
     if opts.merge:
         report(0.95, "merge", "merging the adapter into the base model")
@@ -721,7 +747,7 @@ def run(
         model.merged_path = str(merged)
     model.metrics = metrics
     store.add_model(model)
-    report(1.0, "done", f"model {model.id}: loss {metrics['finalLoss']}")
+    report(1.0, "done", done)
     return {
         "modelId": model.id,
         "adapterPath": model.adapter_path,
